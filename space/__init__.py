@@ -1,0 +1,28 @@
+"""space: lossless single-model speculative decoding (SPACE and friends) for LLaMA-family models.
+
+    import space
+    model, tokenizer = space.load_model()                      # SmolLM2-135M-Instruct from its GGUF
+    space.add_mask_tokens(model, tokenizer, mask_num=3)        # untrained masks: lossless, just slow
+    ids = tokenizer("def fib(n):", return_tensors="pt").input_ids
+    result = space.decode(model, ids, method="space", max_new_tokens=64)
+    print(tokenizer.decode(result.tokens), result.stats.mean_tokens_per_step)
+"""
+
+from space.decoding import DECODERS, DecodeOptions, DecodeResult, DecodeStats, decode
+from space.errors import SpaceError
+from space.models import default_model_path, load_model
+from space.tokens import MaskSpec, add_mask_tokens, read_mask_spec
+
+__all__ = [
+    "DECODERS",
+    "DecodeOptions",
+    "DecodeResult",
+    "DecodeStats",
+    "MaskSpec",
+    "SpaceError",
+    "add_mask_tokens",
+    "decode",
+    "default_model_path",
+    "load_model",
+    "read_mask_spec",
+]

