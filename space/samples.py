@@ -1,0 +1,138 @@
+"""Semi-autoregressive SFT samples (SAR-SFT, spec §1.4-§1.5): encoded turns -> model inputs with mask blocks.
+
+Labels are aligned with the inputs (HF convention: the logit at index i is scored against
+`labels[i+1]`). A block of masks placed after the context `x_<p` holds `M_1 .. M_{k+1}` at positions
+`p .. p+k` with labels `[-100, x_{p+1}, ..., x_{p+k}]` after the block's preceding label slot, so
+`M_j` learns `x_{p+j}` (j = 1..k) while `x_p` is learned by the ordinary AR stream. `M_{k+1}` has no
+target; it only carries the label slot of `M_k`.
+
+Two modes:
+
+* **truncating** (faithful default, §1.4): turns are processed in order; the first turn with
+  `U(0,1) <= mask_prob` and a response of at least k+1 tokens is cut at `s ~ randint(0, len-k-1)`,
+  gets one block of k+1 masks (labels `y_0 .. y_{s+k}`), and every later turn is dropped.
+* **efficient** (multi-block, §1.5 with its bugs fixed): the whole conversation keeps its AR
+  labels and `mask_blocks` private blocks are appended, each attending only to its own prefix at
+  the right positions. The fixes: eligibility and cut points come from every turn's responses (not
+  the last turn's length), all k targets must be response tokens (no -100 across turn
+  boundaries), blocks are reserved inside `cutoff_len` (never cut away), `mask_random` appends
+  `kk+1` masks for `kk` targets, and candidates are found in O(L).
+
+Each sample carries `mask_offsets` (j for `M_j`, 0 for real tokens); efficient samples also carry
+`position_ids` and `segment_ids` (0 for real tokens, b for block b) from which the collator builds
+the 4D attention mask.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from space.errors import SpaceError
+from space.templates import EncodedTurn
+
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class MaskingConfig:
+    mask_num: int = 0  # k; 0 = plain SFT
+    mask_id: int = 0
+    mask_prob: float = 1.0
+    mask_diff: bool = False
+    mask_random: bool = False  # efficient mode: block size kk ~ U{1..k}
+    efficient: bool = False
+    mask_blocks: int = 4  # efficient mode: blocks per sample (fewer when the sample has fewer cut points)
+    cutoff_len: int = 1024
+
+    def block_ids(self, size: int) -> list[int]:
+        return [self.mask_id + j if self.mask_diff else self.mask_id for j in range(size)]
+
+    def validate(self) -> None:
+        if self.mask_num < 0:
+            raise SpaceError(f"mask_num must be >= 0 (got {self.mask_num})")
+        if not 0.0 <= self.mask_prob <= 1.0:
+            raise SpaceError(f"mask_prob must be in [0, 1] (got {self.mask_prob})")
+        reserved = (self.mask_blocks if self.efficient else 1) * (self.mask_num + 1) if self.mask_num else 0
+        if self.cutoff_len < reserved + 2:
+            raise SpaceError(
+                f"cutoff_len {self.cutoff_len} is too short for {reserved} mask slots "
+                f"({'mask_blocks x ' if self.efficient else ''}(mask_num + 1)) plus context; raise --cutoff_len"
+            )
+        if self.efficient and self.mask_blocks < 1:
+            raise SpaceError(f"mask_blocks must be >= 1 (got {self.mask_blocks})")
+
+
+def truncate_turns(pairs: list[EncodedTurn], cutoff_len: int) -> list[EncodedTurn]:
+    """Clip each turn's source and target in proportion to their lengths (LLaMA-Factory 0.2, spec §1.3)."""
+    clipped = []
+    for source, target in pairs:
+        total = len(source) + len(target)
+        max_source = int(cutoff_len * len(source) / total)
+        max_target = int(cutoff_len * len(target) / total)
+        clipped.append((source[:max_source], target[:max_target]))
+    return clipped
+
+
+def build_sample(pairs: list[EncodedTurn], config: MaskingConfig, rng: random.Random) -> dict:
+    """One training sample from one conversation's encoded turns."""
+    if config.efficient and config.mask_num > 0:
+        return _efficient_sample(pairs, config, rng)
+    return _truncating_sample(pairs, config, rng)
+
+
+def _truncating_sample(pairs: list[EncodedTurn], config: MaskingConfig, rng: random.Random) -> dict:
+    k = config.mask_num
+    input_ids, labels, offsets = [], [], []
+    for source, target in truncate_turns(pairs, config.cutoff_len):
+        # One uniform draw per turn, as the original (static masks, seeded once).
+        masked = rng.random() <= config.mask_prob and k > 0 and len(target) >= k + 1
+        if masked:
+            # Fix: the original clips the finished sample to cutoff_len, which can cut the block away.
+            room = config.cutoff_len - len(input_ids) - len(source) - (k + 1)
+            if room < 0:
+                masked = False
+        if masked:
+            s = rng.randint(0, len(target) - k - 1)
+            s = min(s, room)
+            input_ids += source + target[:s] + config.block_ids(k + 1)
+            labels += [IGNORE] * len(source) + target[: s + k + 1]
+            offsets += [0] * (len(source) + s) + list(range(1, k + 2))
+            break
+        input_ids += source + target
+        labels += [IGNORE] * len(source) + target
+        offsets += [0] * (len(source) + len(target))
+    cut = config.cutoff_len
+    return dict(input_ids=input_ids[:cut], labels=labels[:cut], mask_offsets=offsets[:cut])
+
+
+def _efficient_sample(pairs: list[EncodedTurn], config: MaskingConfig, rng: random.Random) -> dict:
+    k = config.mask_num
+    input_ids, labels = [], []
+    for source, target in truncate_turns(pairs, config.cutoff_len):
+        input_ids += source + target
+        labels += [IGNORE] * len(source) + target
+    room = config.cutoff_len - config.mask_blocks * (k + 1)  # blocks are reserved, never clipped away
+    input_ids, labels = input_ids[:room], labels[:room]
+    length = len(input_ids)
+    sample = dict(input_ids=input_ids, labels=labels, mask_offsets=[0] * length,
+                  position_ids=list(range(length)), segment_ids=[0] * length)
+    if rng.random() > config.mask_prob:
+        return sample
+
+    sizes = [rng.randint(1, k) if config.mask_random else k for _ in range(config.mask_blocks)]
+    # Cut p is valid for size kk when x_p .. x_{p+kk} are all response tokens: x_p is the AR stream's
+    # target, x_{p+1} .. x_{p+kk} the masks' targets. run[p] = length of the labelled run starting at p.
+    run = [0] * (length + 1)
+    for p in range(length - 1, -1, -1):
+        run[p] = run[p + 1] + 1 if labels[p] != IGNORE else 0
+    candidates = [p for p in range(1, length) if run[p] >= min(sizes) + 1]
+    chosen = sorted(rng.sample(candidates, min(len(candidates), config.mask_blocks)))
+    for block, p in enumerate(chosen, start=1):
+        size = min(sizes[block - 1], run[p] - 1)
+        sample["input_ids"] += config.block_ids(size + 1)
+        sample["labels"] += [IGNORE] + input_ids[p + 1 : p + size + 1]
+        sample["mask_offsets"] += list(range(1, size + 2))
+        sample["position_ids"] += list(range(p, p + size + 1))
+        sample["segment_ids"] += [block] * (size + 1)
+    return sample
