@@ -28,7 +28,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import space  # noqa: E402
+from space.cli import run  # noqa: E402
 from space.decoding.common import Model  # noqa: E402
+from space.eval import report  # noqa: E402
 
 PROMPT = "Complete the following python code.\n\ndef running_mean(values: list[float]) -> list[float]:\n    \"\"\"Return the running mean of values.\"\"\"\n"
 
@@ -122,15 +124,10 @@ def main(argv=None) -> dict:
 
 
 def markdown_table(rows: list[dict]) -> str:
-    header = ["method", "k", "fed tokens", "ms/step", "model ms/step", "overhead ms/step", "step cost vs AR", "tokens/step"]
-    keys = ["method", "k", "fed_tokens", "ms_per_step", "model_ms", "overhead_ms", "step_cost_vs_ar", "tokens_per_step"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(row[key]) for key in keys) + " |" for row in rows]
-    return "\n".join(lines)
+    columns = ["method", "k", "fed_tokens", "ms_per_step", "model_ms", "overhead_ms", "step_cost_vs_ar", "tokens_per_step"]
+    headers = ["method", "k", "fed tokens", "ms/step", "model ms/step", "overhead ms/step", "step cost vs AR", "tokens/step"]
+    return report.markdown_table(rows, columns, headers)
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except space.SpaceError as error:
-        sys.exit(f"error: {error}")
+    run(main)

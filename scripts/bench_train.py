@@ -23,7 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import space  # noqa: E402
+from space.cli import run  # noqa: E402
 import train_sft  # noqa: E402
+from space.eval import report  # noqa: E402
 
 MODES = {
     "plain SFT": ["--mask_num", "0"],
@@ -110,15 +112,9 @@ class StepTimer:
 
 
 def markdown_table(rows: list[dict]) -> str:
-    keys = ["mode", "seconds_per_sample", "cost_vs_plain", "real_tokens_per_sample", "fed_tokens_per_sample",
-            "real_tokens_per_second", "mask_predictions_per_sample"]
-    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    lines += ["| " + " | ".join(str(row[key]) for key in keys) + " |" for row in rows]
-    return "\n".join(lines)
+    return report.markdown_table(rows, ["mode", "seconds_per_sample", "cost_vs_plain", "real_tokens_per_sample",
+                                        "fed_tokens_per_sample", "real_tokens_per_second", "mask_predictions_per_sample"])
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except space.SpaceError as error:
-        sys.exit(f"error: {error}")
+    run(main)

@@ -19,14 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import space  # noqa: E402
-
-
-def str2bool(value: str) -> bool:
-    if value.lower() in ("true", "1", "yes"):
-        return True
-    if value.lower() in ("false", "0", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+from space.cli import run, str2bool  # noqa: E402
 
 
 def parse_args(argv):
@@ -105,7 +98,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except space.SpaceError as error:
-        sys.exit(f"error: {error}")
+    run(main)

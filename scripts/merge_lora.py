@@ -16,6 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import space  # noqa: E402
+from space.cli import run  # noqa: E402
 from space.models import adapter_base  # noqa: E402
 
 
@@ -43,7 +44,4 @@ def main(argv=None) -> Path:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except space.SpaceError as error:
-        sys.exit(f"error: {error}")
+    run(main)

@@ -29,6 +29,7 @@ from transformers import HfArgumentParser, Seq2SeqTrainingArguments, set_seed  #
 from transformers.trainer_utils import get_last_checkpoint  # noqa: E402
 
 import space  # noqa: E402
+from space.cli import run  # noqa: E402
 from space.collate import SarCollator  # noqa: E402
 from space.models import ADAPTER_FIELDS_FILE  # noqa: E402
 from space.data import load_conversations  # noqa: E402
@@ -252,7 +253,4 @@ def plot_loss(history: list[dict], path: Path) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except space.SpaceError as error:
-        sys.exit(f"error: {error}")
+    run(main)

@@ -16,6 +16,7 @@ Records with an empty prompt or response are dropped, as in the original recipe.
 
 from __future__ import annotations
 
+import gzip
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,12 +61,12 @@ def load_conversations(dataset: str, dataset_dir: str | Path = "data") -> list[C
 def load_one(name: str, dataset_dir: Path) -> list[Conversation]:
     for candidate in (Path(name), dataset_dir / name):
         if candidate.suffix in (".json", ".jsonl") and candidate.is_file():
-            return _parse_records(_read_file(candidate), str(candidate))
+            return _parse_records(read_records(candidate), str(candidate))
     if name in DATASETS:
         entry = DATASETS[name]
         local = dataset_dir / entry.file_name
         if local.is_file():
-            return _parse_records(_read_file(local), str(local))
+            return _parse_records(read_records(local), str(local))
         return _parse_records(_read_hub(name, entry, local), entry.hub_id)
     if Path(name).suffix in (".json", ".jsonl"):
         raise SpaceError(f"dataset file not found: {name} (looked in . and {dataset_dir})")
@@ -74,18 +75,21 @@ def load_one(name: str, dataset_dir: Path) -> list[Conversation]:
     )
 
 
-def _read_file(path: Path) -> list[dict]:
-    text = path.read_text(encoding="utf-8")
+def read_records(path: Path) -> list[dict]:
+    """Records of a `.json` list or a `.jsonl` file, either optionally gzipped; errors name file and line."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as handle:
+        text = handle.read()
+    if path.name.removesuffix(".gz").endswith(".jsonl"):
+        records = []
+        for line_number, line in enumerate(text.splitlines(), start=1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as error:
+                    raise SpaceError(f"{path}: line {line_number} is not valid JSON ({error.msg})") from error
+        return records
     try:
-        if path.suffix == ".jsonl":
-            records = []
-            for line_number, line in enumerate(text.splitlines(), start=1):
-                if line.strip():
-                    try:
-                        records.append(json.loads(line))
-                    except json.JSONDecodeError as error:
-                        raise SpaceError(f"{path}: line {line_number} is not valid JSON ({error.msg})") from error
-            return records
         records = json.loads(text)
     except json.JSONDecodeError as error:
         raise SpaceError(f"{path}: not valid JSON ({error.msg} at line {error.lineno})") from error

@@ -1,0 +1,198 @@
+"""Evaluate decoding methods on the same prompts: speedup, tokens per step, identity and quality.
+
+Takes the original SPACE eval flags with their meanings (`--llm_dir --mask_id --dataset --mask_num
+--do_sample --use_cache --model_type --mask_diff --save_data`, booleans as `true/false`) plus the
+toolkit's own. Every method answers every prompt in the same process and model; see
+`space.eval.harness` for how timing is kept fair. Outputs in `--output_dir`:
+
+* `samples.jsonl`: one line per answer (prompt, turn, method, text, ids, seconds, tokens per step,
+  and `passed` / `rouge_l` where quality is measured);
+* `summary.json`, `summary.md` (the table printed at the end) and `summary.png` (figure);
+* with `--save_data true`, the original per-step and per-sample CSVs (`token_dict.csv`, `res_dict.csv`).
+
+Interrupted runs keep finished prompts; the same command resumes.
+
+    python scripts/eval_infer.py --dataset human_eval --methods space,ar,hf,prompt_lookup --num_samples 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+from statistics import mean
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import space  # noqa: E402
+from space.cli import run, str2bool  # noqa: E402
+from space.eval import execution, harness, report  # noqa: E402
+from space.eval.datasets import dataset_names, default_max_new_tokens, load_eval_dataset  # noqa: E402
+from space.eval.metrics import summarize  # noqa: E402
+from space.eval.prompts import MODEL_TYPES  # noqa: E402
+from space.eval.rouge import rouge_l  # noqa: E402
+from space.tokens import resolve_mask_spec  # noqa: E402
+
+SPECULATIVE_OPTIONS = {"space": ("mask_num", "mask_id", "mask_diff", "sampling_mode")}
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    original = parser.add_argument_group("original SPACE flags")
+    original.add_argument("--llm_dir", default=None, help="model dir, hub name or .gguf (default: the embedded model)")
+    original.add_argument("--mask_id", type=int, default=None, help="default: the model config")
+    original.add_argument("--dataset", default="human_eval", help=f"one of {', '.join(dataset_names())}")
+    original.add_argument("--mask_num", type=int, default=None, help="k (default: the model config)")
+    original.add_argument("--do_sample", type=str2bool, default=False)
+    original.add_argument("--use_cache", type=str2bool, default=True, help="KV cache for every method (original default: false)")
+    original.add_argument("--model_type", default="llama", choices=MODEL_TYPES, help="selects the original prompt string")
+    original.add_argument("--mask_diff", type=str2bool, default=None, help="default: the model config")
+    original.add_argument("--save_data", type=str2bool, default=True, help="per-step statistics, histogram, repetition filter, CSVs")
+    extra = parser.add_argument_group("toolkit flags")
+    extra.add_argument("--methods", default="space,ar,hf,prompt_lookup", help=f"comma list of {sorted(space.DECODERS)}")
+    extra.add_argument("--num_samples", type=int, default=None, help="first N prompts (default: all)")
+    extra.add_argument("--max_new_tokens", type=int, default=None, help="default: the original's per dataset")
+    extra.add_argument("--output_dir", default=None, help="default: outputs/eval/<dataset>")
+    extra.add_argument("--overwrite", action="store_true", help="replace a run with a different configuration")
+    extra.add_argument("--data_path", default=None, help="local file or hub name for non-vendored datasets")
+    extra.add_argument("--prompt_style", default="auto", choices=["auto", "original", "chat_template"],
+                       help="auto: chat_template for the embedded model, original (--model_type) otherwise")
+    extra.add_argument("--warmup", type=int, default=1, help="untimed warm-up rounds of every method")
+    extra.add_argument("--seed", type=int, default=0)
+    extra.add_argument("--temperature", type=float, default=1.0)
+    extra.add_argument("--top_p", type=float, default=1.0)
+    extra.add_argument("--top_k", type=int, default=0)
+    extra.add_argument("--sampling_mode", default="exact", choices=["exact", "original"])
+    extra.add_argument("--dtype", default="float32")
+    extra.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    extra.add_argument("--adapter", default=None, help="peft adapter directory on top of --llm_dir")
+    extra.add_argument("--pass_at_k", type=str2bool, default=True, help="execute generated code (HumanEval datasets)")
+    extra.add_argument("--exec_timeout", type=float, default=10.0, help="seconds per executed program")
+    extra.add_argument("--progress", type=str2bool, default=True)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in space.DECODERS]
+    if unknown or not methods:
+        raise space.SpaceError(f"unknown method(s) {unknown} in --methods; available: {sorted(space.DECODERS)}")
+    prompts = load_eval_dataset(args.dataset, args.data_path, args.num_samples)
+    max_new_tokens = args.max_new_tokens or default_max_new_tokens(args.dataset)
+
+    model, tokenizer = space.load_model(args.llm_dir, adapter=args.adapter, dtype=args.dtype, device=args.device)
+    note = prepare_masks(model, tokenizer, args, methods)
+    style = args.prompt_style if args.prompt_style != "auto" else ("chat_template" if args.llm_dir is None else "original")
+    options = method_options(args, methods, max_new_tokens)
+    config = dict(llm_dir=args.llm_dir, adapter=args.adapter, dataset=args.dataset, data_path=args.data_path,
+                  methods=methods, options=options, prompt_style=style, model_type=args.model_type, dtype=args.dtype,
+                  device=str(model.device), num_samples=args.num_samples)
+    store = harness.ResultStore(args.output_dir or f"outputs/eval/{args.dataset}", config, overwrite=args.overwrite)
+    if note:
+        print(note, file=sys.stderr)
+
+    if args.warmup:
+        harness.warm_up(model, tokenizer, prompts[0], methods, options, style, args.model_type, args.warmup, model.device)
+    records = harness.run_prompts(model, tokenizer, prompts, methods, options, store, style, args.model_type,
+                                  progress=args.progress)
+    ids = {p.id for p in prompts}
+    records = [r for r in records if r["id"] in ids]
+    add_quality(records, prompts, args)
+    store.rewrite(records)
+
+    spec = space.read_mask_spec(model.config)
+    summary = summarize(records, count_tokens=lambda text: len(tokenizer.encode(text)) + 1,
+                        mask_num=options.get("space", {}).get("mask_num") or (spec.mask_num if spec else None))
+    finish_summary(summary, records, args, methods, len(prompts), note, style)
+    write_outputs(store.dir, summary, records, args.save_data)
+    print(report.summary_table(summary))
+    print(f"\nresults: {store.dir}/summary.json, summary.md, summary.png, samples.jsonl")
+    return summary
+
+
+def prepare_masks(model, tokenizer, args, methods) -> str | None:
+    """Check SPACE can run before any timing; give the embedded base model untrained masks if needed."""
+    if "space" not in methods:
+        return None
+    note = None
+    if space.read_mask_spec(model.config) is None and args.llm_dir is None and args.mask_id is None:
+        space.add_mask_tokens(model, tokenizer, mask_num=args.mask_num or 3)
+        note = ("note: the embedded SmolLM2-135M-Instruct has no trained mask tokens here; untrained ones were added, "
+                "so SPACE output equals AR but few drafts are accepted")
+    resolve_mask_spec(model.config, args.mask_id, args.mask_num, args.mask_diff)  # one clear error if unusable
+    return note
+
+
+def method_options(args, methods: list[str], max_new_tokens: int) -> dict[str, dict]:
+    common = dict(max_new_tokens=max_new_tokens, use_cache=args.use_cache, do_sample=args.do_sample,
+                  temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    options = {}
+    for method in methods:
+        options[method] = dict(common)
+        for name in SPECULATIVE_OPTIONS.get(method, ()):
+            value = getattr(args, name)
+            if value is not None:
+                options[method][name] = value
+    return options
+
+
+def add_quality(records: list[dict], prompts, args) -> None:
+    """pass@1 for code datasets (executed in a sandbox), ROUGE-L for summaries."""
+    by_id = {p.id: p for p in prompts}
+    for record in records:
+        prompt = by_id[record["id"]]
+        if prompt.problem is not None and args.pass_at_k and record["turn"] == 0:
+            if "passed" not in record:
+                result = execution.check_completion(prompt.problem, record["text"], prompt.language, timeout=args.exec_timeout)
+                record["passed"] = None if result.status == "skipped" else result.passed
+                record["exec_status"] = result.status
+        if prompt.reference is not None:
+            record["rouge_l"] = round(rouge_l(record["text"], prompt.reference), 4)
+
+
+def finish_summary(summary: dict, records: list[dict], args, methods, num_prompts: int, note, style) -> None:
+    summary.update(dataset=args.dataset, num_samples=num_prompts, prompt_style=style,
+                   settings=dict(do_sample=args.do_sample, use_cache=args.use_cache, dtype=args.dtype,
+                                 model=args.llm_dir or "embedded SmolLM2-135M-Instruct", adapter=args.adapter),
+                   note=note)
+    for name in methods:
+        rows = [r for r in records if r["method"] == name]
+        executed = [r["passed"] for r in rows if r.get("passed") is not None]
+        summary["methods"][name]["pass@1"] = round(mean(executed), 4) if executed else None
+        scores = [r["rouge_l"] for r in rows if "rouge_l" in r]
+        summary["methods"][name]["rouge_l"] = round(mean(scores), 4) if scores else None
+        if args.do_sample:
+            summary["methods"][name]["identity_rate"] = None  # sampled outputs are not expected to match
+    skipped = {r["exec_status"] for r in records if r.get("exec_status") == "skipped"}
+    if skipped:
+        summary["quality_note"] = "code execution skipped: toolchain not found"
+
+
+def write_outputs(directory: Path, summary: dict, records: list[dict], save_data: bool) -> None:
+    if not save_data:
+        summary["original"] = {name: {k: v for k, v in values.items() if k in ("time_percentage", "speedup_sum", "speedup_avg")}
+                               for name, values in summary["original"].items()}
+    (directory / "summary.json").write_text(json.dumps(summary, indent=2))
+    (directory / "summary.md").write_text(f"# {summary['dataset']}: {summary['num_samples']} prompts\n\n"
+                                          + report.summary_table(summary) + "\n")
+    report.draw_figure(summary, directory / "summary.png")
+    if save_data:
+        with (directory / "token_dict.csv").open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["idx", "turn", "method", "step", "tokens"])
+            for r in records:
+                for step, emitted in enumerate(r["tokens_per_step"]):
+                    writer.writerow([r["id"], r["turn"], r["method"], step, emitted])
+        with (directory / "res_dict.csv").open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["idx", "turn", "method", "infer_time", "new_tokens", "steps", "passed", "content"])
+            for r in records:
+                writer.writerow([r["id"], r["turn"], r["method"], r["seconds"], len(r["ids"]), r["steps"],
+                                 r.get("passed"), r["text"]])
+
+
+if __name__ == "__main__":
+    run(main)

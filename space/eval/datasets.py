@@ -1,0 +1,125 @@
+"""Evaluation datasets -> `EvalPrompt`s (one or more user turns each).
+
+| name | source | turns | quality |
+|---|---|---|---|
+| `human_eval` | vendored HumanEval-X Python, the original instruction prompt (spec §4.2) | 1 | pass@1 |
+| `humaneval-x-{python,cpp,java,js,go}` | vendored HumanEval-X, the same instruction per language | 1 | pass@1 |
+| `mt-bench` | FastChat `question.jsonl` (`--data_path`) or a hub name | 2 | per-category speed |
+| `cip` | chatbot instruction prompts, first 100 `prompt`s (`--data_path` or hub) | 1 | - |
+| `xsum` | `document` / `summary` (`--data_path` or hub) | 1 | ROUGE-L |
+
+`--data_path` may be a local `.json`/`.jsonl`(`.gz`) file or a hub dataset name (read with `datasets`).
+The faithful `human_eval` instruction keeps the original's two-backtick typo (`end with '``'`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from space.data import read_records
+from space.errors import SpaceError
+
+DATA_DIR = Path(__file__).resolve().parent / "data"
+HUMANEVAL_LANGUAGES = ("python", "cpp", "java", "js", "go")
+LANGUAGE_NAMES = {"python": "python", "cpp": "C++", "java": "Java", "js": "JavaScript", "go": "Go"}
+FENCES = {"python": "python", "cpp": "cpp", "java": "java", "js": "javascript", "go": "go"}
+ORIGINAL_HUMANEVAL_INSTRUCTION = (
+    "Complete the following python code. Give the answer in a code block starts with '```python' and end with '``'"
+)
+# The original's generation budget per dataset (spec §4.2); xsum is ours.
+DEFAULT_MAX_NEW_TOKENS = {"human_eval": 1024, "humaneval-x": 1024, "mt-bench": 1024, "cip": 512, "xsum": 128}
+HUB_NAMES = {"mt-bench": "HuggingFaceH4/mt_bench_prompts", "cip": "alespalla/chatbot_instruction_prompts",
+             "xsum": "EdinburghNLP/xsum"}
+XSUM_INSTRUCTION = "Summarize the following article in one sentence.\n\n"
+
+
+@dataclass
+class EvalPrompt:
+    id: str
+    turns: list[str]  # user messages; each method answers them in order, keeping its own history
+    category: str | None = None
+    reference: str | None = None  # xsum: the gold summary
+    problem: dict | None = field(default=None, repr=False)  # humaneval: the record, for execution
+    language: str | None = None
+
+
+def dataset_names() -> list[str]:
+    return ["human_eval", *[f"humaneval-x-{lang}" for lang in HUMANEVAL_LANGUAGES], "mt-bench", "cip", "xsum"]
+
+
+def default_max_new_tokens(name: str) -> int:
+    return DEFAULT_MAX_NEW_TOKENS["humaneval-x" if name.startswith("humaneval-x") else name]
+
+
+def load_eval_dataset(name: str, data_path: str | None = None, num_samples: int | None = None) -> list[EvalPrompt]:
+    if name == "human_eval":
+        prompts = _humaneval("python", data_path, faithful=True)
+    elif name.startswith("humaneval-x-") and name.split("-", 2)[2] in HUMANEVAL_LANGUAGES:
+        prompts = _humaneval(name.split("-", 2)[2], data_path, faithful=False)
+    elif name == "mt-bench":
+        prompts = _mt_bench(_records(name, data_path))
+    elif name == "cip":
+        prompts = [EvalPrompt(id=str(i), turns=[_field(r, "prompt", name, i)]) for i, r in enumerate(_records(name, data_path)[:100])]
+    elif name == "xsum":
+        prompts = [EvalPrompt(id=str(r.get("id", i)), turns=[XSUM_INSTRUCTION + _field(r, "document", name, i)],
+                              reference=_field(r, "summary", name, i)) for i, r in enumerate(_records(name, data_path))]
+    else:
+        raise SpaceError(f"unknown dataset {name!r}; available: {', '.join(dataset_names())}")
+    if not prompts:
+        raise SpaceError(f"dataset {name!r} has no prompts")
+    return prompts[:num_samples] if num_samples else prompts
+
+
+def humaneval_instruction(language: str, faithful: bool) -> str:
+    if faithful:
+        return ORIGINAL_HUMANEVAL_INSTRUCTION
+    return (f"Complete the following {LANGUAGE_NAMES[language]} code. Give the answer in a code block "
+            f"starts with '```{FENCES[language]}' and end with '```'")
+
+
+def _humaneval(language: str, data_path: str | None, faithful: bool) -> list[EvalPrompt]:
+    records = _records("human_eval", data_path) if data_path else read_records(DATA_DIR / "humaneval-x" / f"humaneval_{language}.jsonl.gz")
+    instruction = humaneval_instruction(language, faithful)
+    prompts = []
+    for index, record in enumerate(records):
+        prompt = _field(record, "prompt", "human_eval", index)
+        prompts.append(EvalPrompt(id=str(record.get("task_id", index)), turns=[instruction + "\n" + prompt],
+                                  problem=record, language=language))
+    return prompts
+
+
+def _mt_bench(records: list[dict]) -> list[EvalPrompt]:
+    prompts = []
+    for index, record in enumerate(records):
+        turns = record.get("turns", record.get("prompt"))
+        if not isinstance(turns, list) or not turns:
+            raise SpaceError(f"mt-bench: record {index} has no 'turns' list")
+        prompts.append(EvalPrompt(id=str(record.get("question_id", record.get("prompt_id", index))), turns=list(turns),
+                                  category=record.get("category")))
+    return prompts
+
+
+def _field(record: dict, key: str, dataset: str, index: int) -> str:
+    if key not in record:
+        raise SpaceError(f"{dataset}: record {index} has no {key!r} field (keys: {sorted(record)})")
+    return str(record[key])
+
+
+def _records(dataset: str, data_path: str | None) -> list[dict]:
+    if data_path is None:
+        raise SpaceError(f"dataset {dataset!r} is not vendored: pass --data_path (a local .json/.jsonl file, "
+                         f"or a hub dataset such as {HUB_NAMES.get(dataset, 'its hub name')})")
+    path = Path(data_path)
+    if path.exists() or path.suffix in (".json", ".jsonl", ".gz"):
+        if not path.is_file():
+            raise SpaceError(f"data file not found: {data_path}")
+        return read_records(path)
+    try:
+        import datasets
+
+        rows = datasets.load_dataset(data_path, split="test" if dataset in ("cip", "xsum") else "train")
+    except Exception as error:  # offline, unknown name, wrong split: all mean "not available"
+        raise SpaceError(f"could not load {data_path!r} for {dataset} from the hub ({type(error).__name__}); "
+                         "pass a local file with --data_path") from error
+    return [dict(row) for row in rows]

@@ -1,0 +1,160 @@
+"""Timed, interleaved, resumable runs of several decoding methods on the same prompts.
+
+Fair timing: every method uses the same model object (dtype, attention kernel), warm-up runs come
+first, the order of methods rotates from prompt to prompt so drift hits all of them alike, CUDA is
+synchronised around each timed call, and token counts come from the generated ids.
+
+Nothing is lost on interruption: `ResultStore` appends each prompt's answers to `samples.jsonl`
+as soon as the prompt is done, and a rerun with the same configuration skips finished prompts. A
+directory that holds a run with a different configuration is refused unless `overwrite`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+import space
+from space.errors import SpaceError
+from space.eval.datasets import EvalPrompt
+from space.eval.prompts import add_special_tokens, render
+
+CONFIG_FILE = "run_config.json"
+SAMPLES_FILE = "samples.jsonl"
+RESUMABLE_KEYS = ("num_samples",)  # changing these extends a run instead of invalidating it
+
+
+class ResultStore:
+    def __init__(self, output_dir: str | Path, config: dict, overwrite: bool = False):
+        self.dir = Path(output_dir)
+        self.config = config
+        existing = self.dir / CONFIG_FILE
+        if existing.is_file():
+            previous = json.loads(existing.read_text())
+            differs = {k for k in set(previous) | set(config) if k not in RESUMABLE_KEYS and previous.get(k) != config.get(k)}
+            if differs and not overwrite:
+                raise SpaceError(f"{self.dir} holds a run with a different configuration ({', '.join(sorted(differs))}); "
+                                 "pass --overwrite to replace it or choose another --output_dir")
+            if differs:
+                shutil.rmtree(self.dir)
+        elif self.dir.exists() and any(self.dir.iterdir()) and not overwrite:
+            raise SpaceError(f"{self.dir} exists and is not an evaluation run; pass --overwrite or another --output_dir")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
+        if self.samples_path.is_file():
+            self.rewrite(self.records())  # drop a line torn by an interruption before appending after it
+
+    @property
+    def samples_path(self) -> Path:
+        return self.dir / SAMPLES_FILE
+
+    def records(self) -> list[dict]:
+        if not self.samples_path.is_file():
+            return []
+        records = []
+        for line in self.samples_path.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut by an interruption: that prompt is redone
+                break
+        return records
+
+    def done_ids(self, methods: list[str]) -> set[str]:
+        answered = {}
+        for record in self.records():
+            answered.setdefault(record["id"], set()).add(record["method"])
+        return {prompt_id for prompt_id, done in answered.items() if set(methods) <= done}
+
+    def append(self, records: list[dict]) -> None:
+        with self.samples_path.open("a") as handle:
+            for record in records:
+                handle.write(json.dumps(record) + "\n")
+            handle.flush()
+
+    def rewrite(self, records: list[dict]) -> None:
+        """Replace samples.jsonl atomically (used to add quality fields at the end)."""
+        temporary = self.samples_path.with_suffix(".tmp")
+        temporary.write_text("".join(json.dumps(r) + "\n" for r in records))
+        temporary.replace(self.samples_path)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed_decode(model, input_ids: torch.Tensor, method: str, options: dict, device: torch.device):
+    synchronize(device)
+    start = time.perf_counter()
+    result = space.decode(model, input_ids, method, **options)
+    synchronize(device)
+    return result, time.perf_counter() - start
+
+
+def encode(tokenizer, text: str, style: str, device: torch.device) -> torch.Tensor:
+    return tokenizer(text, return_tensors="pt", add_special_tokens=add_special_tokens(style)).input_ids.to(device)
+
+
+def warm_up(model, tokenizer, prompt: EvalPrompt, methods: list[str], options: dict[str, dict], style: str,
+            model_type: str, runs: int, device: torch.device) -> None:
+    """Untimed short runs of every method: first-call costs (kernels, allocator) are paid here."""
+    input_ids = encode(tokenizer, render([(prompt.turns[0], None)], style, model_type, tokenizer), style, device)
+    for _ in range(runs):
+        for method in methods:
+            space.decode(model, input_ids, method, **dict(options[method], max_new_tokens=16))
+
+
+def run_prompts(
+    model,
+    tokenizer,
+    prompts: list[EvalPrompt],
+    methods: list[str],
+    options: dict[str, dict],
+    store: ResultStore,
+    style: str,
+    model_type: str = "llama",
+    progress: bool = True,
+) -> list[dict]:
+    """Answer every unfinished prompt with every method; returns all records (old and new)."""
+    device = model.get_input_embeddings().weight.device
+    done = store.done_ids(methods)
+    todo = [(index, p) for index, p in enumerate(prompts) if p.id not in done]
+    totals = {method: [0, 0.0] for method in methods}  # tokens, seconds: for the running speedup
+    bar = tqdm(todo, desc="evaluating", disable=not progress, unit="prompt")
+    for index, prompt in bar:
+        order = methods[index % len(methods):] + methods[: index % len(methods)]  # rotate: drift hits all alike
+        histories = {method: [] for method in methods}
+        records = []
+        for turn, user in enumerate(prompt.turns):
+            for method in order:
+                text = render(histories[method] + [(user, None)], style, model_type, tokenizer)
+                input_ids = encode(tokenizer, text, style, device)
+                result, seconds = timed_decode(model, input_ids, method, options[method], device)
+                answer = tokenizer.decode(result.tokens, skip_special_tokens=True)
+                histories[method].append((user, answer))
+                records.append(dict(
+                    id=prompt.id, turn=turn, method=method, category=prompt.category, text=answer,
+                    ids=result.tokens.tolist(), prompt_tokens=input_ids.shape[1], seconds=round(seconds, 5),
+                    steps=result.stats.steps, tokens_per_step=result.stats.tokens_per_step,
+                    accepted_per_step=result.stats.accepted_per_step,
+                ))
+                totals[method][0] += len(result.tokens)
+                totals[method][1] += seconds
+        store.append(records)
+        bar.set_postfix_str(_running_speedup(totals))
+    return store.records()
+
+
+def _running_speedup(totals: dict[str, list]) -> str:
+    base = next((b for b in ("ar", "hf") if b in totals and totals[b][1] > 0), None)
+    if base is None:
+        return ""
+    base_rate = totals[base][0] / totals[base][1]
+    parts = [f"{m} x{(tokens / seconds) / base_rate:.2f}" for m, (tokens, seconds) in totals.items()
+             if m != base and seconds > 0]
+    return f"vs {base}: " + ", ".join(parts)

@@ -1,0 +1,78 @@
+"""Reports: markdown tables, the evaluation summary table, and the figure (tokens/step and speedup).
+
+`markdown_table` is shared by every script that prints results. The figure needs matplotlib (an
+`eval` extra); without it the PNG is skipped with a note, never the run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def markdown_table(rows: list[dict], columns: list[str], headers: list[str] | None = None) -> str:
+    headers = headers or columns
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(_cell(row.get(column)) for column in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
+    return str(value)
+
+
+def summary_table(summary: dict) -> str:
+    """One row per method: speed, acceptance, identity and quality."""
+    methods = summary["methods"]
+    baselines = [b for b in ("ar", "hf", "prompt_lookup") if b in methods]
+    columns = ["method", "tokens_per_second", *[f"speedup_vs_{b}" for b in baselines], "avg_tokens_per_step",
+               "target_forwards", "identity_rate", "pass@1", "rouge_l"]
+    headers = ["method", "tokens/s", *[f"speedup vs {b}" for b in baselines], "tokens/step", "forwards",
+               "identity", "pass@1", "ROUGE-L"]
+    rows = [dict(method=name, **values) for name, values in methods.items()]
+    keep = [i for i, c in enumerate(columns) if c == "method" or any(r.get(c) is not None for r in rows)]
+    return markdown_table(rows, [columns[i] for i in keep], [headers[i] for i in keep])
+
+
+def draw_figure(summary: dict, path: Path) -> Path | None:
+    """Left: share of steps emitting n tokens, per method with drafts. Right: speedup vs AR."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("note: matplotlib is not installed; no figure (pip install matplotlib)")
+        return None
+    methods = summary["methods"]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    drafted = {name: m["tokens_per_step_histogram"] for name, m in methods.items()
+               if any(int(n) > 1 for n in m["tokens_per_step_histogram"])}
+    width = 0.8 / max(len(drafted), 1)
+    for offset, (name, histogram) in enumerate(drafted.items()):
+        total = sum(histogram.values())
+        sizes = sorted(int(n) for n in histogram)
+        left.bar([n + offset * width for n in sizes], [histogram[str(n)] / total for n in sizes], width, label=name)
+    left.set_xlabel("tokens emitted per target forward")
+    left.set_ylabel("share of steps")
+    left.set_title("tokens per step")
+    if drafted:
+        left.legend()
+    base = "ar" if "ar" in methods else next(iter(methods))
+    names = list(methods)
+    values = [methods[n].get(f"speedup_vs_{base}") or 0.0 for n in names]
+    bars = right.bar(names, values, color=["tab:gray" if n == base else "tab:blue" for n in names])
+    for bar, name in zip(bars, names):
+        rate = methods[name].get("tokens_per_second")
+        right.annotate(f"{rate:.1f} tok/s" if rate else "", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                       ha="center", va="bottom", fontsize=8)
+    right.axhline(1.0, color="black", linewidth=0.8)
+    right.set_ylabel(f"speedup vs {base} (tokens/s ratio)")
+    right.set_title(f"{summary.get('dataset', '')}: wall-clock speedup")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path

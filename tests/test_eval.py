@@ -1,0 +1,210 @@
+"""Evaluation harness: metric math, ROUGE-L, dataset loaders, prompt strings, and the CLI in-process."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+import space
+from space.eval.datasets import ORIGINAL_HUMANEVAL_INSTRUCTION, load_eval_dataset
+from space.eval.metrics import method_summary, original_metrics, repetition_ratio, summarize
+from space.eval.prompts import render
+from space.eval.rouge import rouge_l
+from space.testing import tiny_llama, tiny_text_tokenizer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+
+import eval_infer  # noqa: E402
+
+
+def record(method, prompt_id, ids, seconds, per_step, text="a b c", turn=0, category=None):
+    return dict(id=prompt_id, turn=turn, method=method, ids=ids, text=text, seconds=seconds, steps=len(per_step),
+                tokens_per_step=per_step, category=category)
+
+
+RECORDS = [
+    record("ar", "p1", [1, 2, 3, 4], 4.0, [1, 1, 1, 1], category="code"),
+    record("ar", "p2", [5, 6], 2.0, [1, 1], category="chat"),
+    record("space", "p1", [1, 2, 3, 4], 1.0, [1, 3], category="code"),
+    record("space", "p2", [5, 7], 2.0, [1, 1], category="chat"),
+]
+
+
+def test_clean_metrics_on_synthetic_records():
+    summary = summarize(RECORDS)
+    ar, sp = summary["methods"]["ar"], summary["methods"]["space"]
+    assert ar["tokens_per_second"] == 1.0 and sp["tokens_per_second"] == 2.0
+    assert sp["speedup_vs_ar"] == 2.0 and ar["speedup_vs_ar"] == 1.0
+    assert sp["avg_tokens_per_step"] == 1.5 and sp["target_forwards"] == 4
+    assert sp["identity_rate"] == 0.5  # p2 differs in its last token
+    assert sp["tokens_per_step_histogram"] == {"1": 3, "3": 1}
+    assert summary["categories"]["code"]["space"]["speedup_vs_ar"] == 4.0
+
+
+def test_original_metrics_on_synthetic_records():
+    count = lambda text: len(text.split()) + 1  # noqa: E731  (stands in for len(encode(text)) + 1)
+    report = original_metrics([r for r in RECORDS if r["method"] == "space"], [r for r in RECORDS if r["method"] == "ar"],
+                              count, max_steps=4)
+    assert report["time_percentage"] == round(1.5 / 3.0, 4)
+    assert report["speedup_sum"] == round((8 / 3) / (8 / 6), 4)
+    assert report["speedup_avg"] == round(((4 / 1 + 4 / 2) / 2) / ((4 / 4 + 4 / 2) / 2), 4)
+    assert report["avg_num_of_tokens"] == 1.5
+    assert report["histogram"] == {"1": [3, 0.75], "2": [0, 0.0], "3": [1, 0.25], "4": [0, 0.0]}
+    assert report["filtered"]["kept"] == 2
+
+
+def test_repetition_filter_drops_degenerate_baseline_answers():
+    assert repetition_ratio("the the the the the the the the") > 3.5
+    assert repetition_ratio("a quick brown fox jumps") < 3.5
+    rows = [record("ar", "p", [1], 1.0, [1], text="go " * 20), record("space", "p", [1], 1.0, [1], text="go " * 20)]
+    report = original_metrics(rows[1:], rows[:1], lambda t: 1)
+    assert report["filtered"] == {"kept": 0, "of": 1}
+
+
+def test_method_summary_of_nothing_is_safe():
+    assert method_summary([])["tokens_per_second"] is None
+
+
+def test_rouge_l():
+    assert rouge_l("the cat sat on the mat", "the cat sat on the mat") == 1.0
+    assert rouge_l("", "anything") == 0.0
+    # LCS("the cat was on the mat", "the cat sat on the mat") = 5 of 6 words each side
+    assert abs(rouge_l("the cat was on the mat", "the cat sat on the mat") - 5 / 6) < 1e-9
+
+
+def test_humaneval_loaders_use_vendored_files():
+    prompts = load_eval_dataset("human_eval")
+    assert len(prompts) == 164 and prompts[0].id == "Python/0"
+    assert prompts[0].turns[0].startswith(ORIGINAL_HUMANEVAL_INSTRUCTION + "\nfrom typing import List")
+    assert "end with '``'" in prompts[0].turns[0]  # the original's typo is kept in the faithful dataset
+    for language in ("python", "cpp", "java", "js", "go"):
+        prompts = load_eval_dataset(f"humaneval-x-{language}", num_samples=3)
+        assert len(prompts) == 3 and prompts[0].language == language and prompts[0].problem["test"]
+
+
+def test_other_loaders_read_local_files(tmp_path):
+    (tmp_path / "mt.jsonl").write_text(json.dumps({"question_id": 81, "category": "writing", "turns": ["a", "b"]}) + "\n")
+    (tmp_path / "cip.jsonl").write_text("\n".join(json.dumps({"prompt": f"p{i}"}) for i in range(150)))
+    (tmp_path / "xsum.json").write_text(json.dumps([{"id": "x1", "document": "long text", "summary": "short"}]))
+    [mt] = load_eval_dataset("mt-bench", str(tmp_path / "mt.jsonl"))
+    assert mt.turns == ["a", "b"] and mt.category == "writing" and mt.id == "81"
+    assert len(load_eval_dataset("cip", str(tmp_path / "cip.jsonl"))) == 100  # the original's first 100
+    [xsum] = load_eval_dataset("xsum", str(tmp_path / "xsum.json"))
+    assert xsum.reference == "short" and xsum.turns[0].endswith("long text")
+
+
+@pytest.mark.parametrize("name,path,message", [
+    ("gsm8k", None, "unknown dataset 'gsm8k'"),
+    ("mt-bench", None, "is not vendored: pass --data_path"),
+    ("cip", "missing.jsonl", "data file not found: missing.jsonl"),
+])
+def test_loader_errors(name, path, message):
+    with pytest.raises(space.SpaceError, match=message):
+        load_eval_dataset(name, path)
+
+
+def test_original_llama_prompt_strings():
+    single = render([("Hi", None)], "original", "llama")
+    assert single.endswith("questions.\nHuman:Hi\nAssistant:")
+    double = render([("Hi", "Hello!"), ("More", None)], "original", "llama")
+    assert double == single + "\nHello!\nHuman:More\nAssistant:"
+    assert render([("Hi", None)], "original", "chatglm") == "[Round 0]\n\n问：Hi\n\n答："
+    assert render([("Hi", None)], "original", "llama-2-chat").startswith("[INST]<<SYS>>")
+
+
+def test_chat_template_prompt_style():
+    tokenizer = tiny_text_tokenizer()
+    assert render([("Hi", "Yo"), ("Again", None)], "chat_template", tokenizer=tokenizer) == \
+        "<s>user\nHi</s>\n<s>assistant\nYo</s>\n<s>user\nAgain</s>\n<s>assistant\n"
+
+
+# --- the CLI, in-process on a tiny model -------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("eval") / "model"
+    tokenizer = tiny_text_tokenizer()
+    tiny_llama(seed=2, vocab_size=len(tokenizer) + 1, mask_num=3).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def cli(tiny_dir, output, *extra):
+    return ["--llm_dir", str(tiny_dir), "--dataset", "human_eval", "--num_samples", "2", "--max_new_tokens", "12",
+            "--methods", "space,ar,hf,prompt_lookup", "--output_dir", str(output), "--progress", "false", *extra]
+
+
+def test_cli_writes_well_formed_outputs_and_resumes(tiny_dir, tmp_path):
+    summary = eval_infer.main(cli(tiny_dir, tmp_path / "run"))
+    for name in ("samples.jsonl", "summary.json", "summary.md", "summary.png", "token_dict.csv", "res_dict.csv"):
+        assert (tmp_path / "run" / name).is_file(), name
+    saved = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert saved["dataset"] == "human_eval" and saved["num_samples"] == 2
+    for method in ("space", "ar", "hf", "prompt_lookup"):
+        values = saved["methods"][method]
+        for key in ("tokens_per_second", "speedup_vs_ar", "avg_tokens_per_step", "identity_rate", "pass@1"):
+            assert key in values, (method, key)
+        assert values["identity_rate"] == 1.0  # greedy: every method reproduces AR
+    assert summary["original"]["space_vs_ar"]["time_percentage"] > 0
+    lines = (tmp_path / "run" / "samples.jsonl").read_text().splitlines()
+    assert len(lines) == 8 and all("passed" in json.loads(line) for line in lines)
+    # the same command again: nothing is recomputed
+    eval_infer.main(cli(tiny_dir, tmp_path / "run"))
+    assert len((tmp_path / "run" / "samples.jsonl").read_text().splitlines()) == 8
+
+
+def test_cli_finishes_an_interrupted_run(tiny_dir, tmp_path):
+    eval_infer.main(cli(tiny_dir, tmp_path / "run", "--num_samples", "1"))
+    lines = (tmp_path / "run" / "samples.jsonl").read_text().splitlines()
+    (tmp_path / "run" / "samples.jsonl").write_text("\n".join(lines) + "\n" + lines[0][: len(lines[0]) // 2])  # torn line
+    eval_infer.main(cli(tiny_dir, tmp_path / "run", "--num_samples", "2"))
+    records = [json.loads(line) for line in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
+    assert sorted({r["id"] for r in records}) == ["Python/0", "Python/1"] and len(records) == 8
+
+
+def test_cli_refuses_a_different_configuration_unless_overwrite(tiny_dir, tmp_path):
+    eval_infer.main(cli(tiny_dir, tmp_path / "run", "--methods", "space,ar"))
+    with pytest.raises(space.SpaceError, match="different configuration"):
+        eval_infer.main(cli(tiny_dir, tmp_path / "run", "--methods", "space,ar", "--max_new_tokens", "8"))
+    eval_infer.main(cli(tiny_dir, tmp_path / "run", "--methods", "space,ar", "--max_new_tokens", "8", "--overwrite"))
+
+
+def test_flag_parsing_takes_original_true_false_strings(tiny_dir):
+    args = eval_infer.parse_args(["--do_sample", "True", "--use_cache", "false", "--mask_diff", "FALSE", "--save_data", "true"])
+    assert (args.do_sample, args.use_cache, args.mask_diff, args.save_data) == (True, False, False, True)
+    with pytest.raises(SystemExit):
+        eval_infer.parse_args(["--use_cache", "maybe"])
+
+
+def test_cli_bad_input(tiny_dir, tmp_path):
+    with pytest.raises(space.SpaceError, match="unknown method"):
+        eval_infer.main(cli(tiny_dir, tmp_path / "a", "--methods", "space,medusa"))
+    with pytest.raises(space.SpaceError, match="unknown dataset"):
+        eval_infer.main(cli(tiny_dir, tmp_path / "b", "--dataset", "humaneval-x-rust"))
+    (tmp_path / "notamodel").mkdir()
+    with pytest.raises(space.SpaceError, match="is not a model directory"):
+        eval_infer.main(cli(tmp_path / "notamodel", tmp_path / "c"))
+    plain = tmp_path / "plain"
+    tokenizer = tiny_text_tokenizer()
+    model = tiny_llama(vocab_size=len(tokenizer))
+    del model.config.mask_id
+    model.save_pretrained(plain)
+    tokenizer.save_pretrained(plain)
+    with pytest.raises(space.SpaceError, match="no SPACE mask tokens"):
+        eval_infer.main(cli(plain, tmp_path / "d"))
+
+
+def test_run_eval_launcher_passes_environment_settings(tiny_dir, tmp_path):
+    import os
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, SPACE_PYTHON=sys.executable, LLM_DIR=str(tiny_dir), NUM_SAMPLES="1", MAX_NEW_TOKENS="6",
+               METHODS="space,ar", OUTPUT_DIR=str(tmp_path / "launch"), WARMUP="0", DEVICE="cpu")
+    completed = subprocess.run(["bash", str(root / "run_eval.sh"), "--progress", "false"], env=env, cwd=root,
+                               capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert "| space |" in completed.stdout and "--num_samples 1" in completed.stderr
+    summary = json.loads((tmp_path / "launch" / "summary.json").read_text())
+    assert summary["num_samples"] == 1 and set(summary["methods"]) == {"space", "ar"}
