@@ -37,7 +37,8 @@ PROMPT = "Complete the following python code.\n\ndef running_mean(values: list[f
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default=None, help="HF dir, hub name or .gguf (default: embedded SmolLM2-135M)")
+    parser.add_argument("--model", default=None, help="HF dir, hub name, .gguf or adapter dir (default: the SmolLM2 base "
+                        "with untrained mask tokens)")
     parser.add_argument("--ks", default="1,2,3,5", help="comma list of mask_num values")
     parser.add_argument("--max_new_tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per method; the median is reported")
@@ -88,8 +89,9 @@ def main(argv=None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     ks = [int(k) for k in args.ks.split(",")]
-    model, tokenizer = space.load_model(args.model)
-    space.add_mask_tokens(model, tokenizer, mask_num=max(ks))
+    model, tokenizer = space.load_model(args.model or "smollm2")
+    if space.read_mask_spec(model.config) is None:
+        space.add_mask_tokens(model, tokenizer, mask_num=max(ks))
     text = tokenizer.apply_chat_template([{"role": "user", "content": PROMPT}], tokenize=False, add_generation_prompt=True)
     prompt_ids = tokenizer(text, return_tensors="pt").input_ids
     common = dict(max_new_tokens=args.max_new_tokens, eos_token_id=[])

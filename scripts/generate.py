@@ -2,8 +2,9 @@
 
     python scripts/generate.py --prompt "Write a function that reverses a string." --methods space,ar,hf
 
-With no `--llm_dir` the embedded default (SmolLM2-135M-Instruct) is used; if it has no mask tokens
-yet, untrained ones are added (output stays identical to AR, but few drafts are accepted).
+With no `--llm_dir` the shipped SPACE model is used (SmolLM2-135M-Instruct + the adapter in
+`space/default_model/`); with `--llm_dir smollm2` (the plain base) untrained mask tokens are added
+for `space` (output stays identical to AR, but few drafts are accepted).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def main(argv=None) -> dict:
         if method not in space.DECODERS:
             raise space.SpaceError(f"unknown method {method!r} in --methods; available: {sorted(space.DECODERS)}")
     model, tokenizer = space.load_model(args.llm_dir, adapter=args.adapter, dtype=args.dtype, device=args.device)
-    if "space" in methods and space.read_mask_spec(model.config) is None and args.llm_dir is None:
+    if "space" in methods and space.read_mask_spec(model.config) is None and args.llm_dir in (None, "smollm2"):
         space.add_mask_tokens(model, tokenizer, mask_num=args.mask_num or 3)
         print("note: the embedded model has no trained mask tokens; untrained ones were added "
               "(output is identical to AR, but few drafts are accepted)", file=sys.stderr)

@@ -12,6 +12,12 @@ and `--dataset_dir` for local data. A single `.yaml`/`.json` argument is read as
 
 The output directory is ready for `space.decode` with no flags: model (or LoRA adapter plus
 `space.json`), tokenizer, and `mask_id` / `mask_num` / `mask_diff` in the config.
+
+`--sdsat true` trains SDSAT's semantic adaptive tokens instead (spec §3.2, reconstructed): spans of
+`1..--sat_num` copies of one adaptive token (`--sat_id`, default a new token) after random real tokens,
+one per `--sat_every` real tokens; real tokens keep the plain AR loss and never see a span. The output
+records `sat_id` / `sat_num` for `space.decode(..., "sdsat")`; SPACE's `--mask_*` flags are ignored
+except `--mask_loss_weight` (the weight of the SAT predictions).
 """
 
 from __future__ import annotations
@@ -35,14 +41,14 @@ from space.models import ADAPTER_FIELDS_FILE  # noqa: E402
 from space.data import load_conversations  # noqa: E402
 from space.samples import MaskingConfig, build_sample  # noqa: E402
 from space.templates import get_template  # noqa: E402
-from space.tokens import read_mask_spec, record_mask_spec  # noqa: E402
+from space.tokens import add_sat_tokens, read_mask_spec, read_sat_spec, record_mask_spec, record_sat_spec  # noqa: E402
 from space.trainer import SarTrainer  # noqa: E402
 
 
 
 @dataclass
 class ModelArguments:
-    model_name_or_path: str | None = field(default=None, metadata={"help": "HF dir, hub name or .gguf (default: embedded SmolLM2-135M)"})
+    model_name_or_path: str | None = field(default=None, metadata={"help": "HF dir, hub name or .gguf (default: the embedded SmolLM2-135M base)"})
     attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa or eager (4D masks need one of them)"})
 
 
@@ -61,7 +67,11 @@ class DataArguments:
     mask_efficient_train: bool = field(default=False, metadata={"help": "multi-block mode instead of the faithful truncating mode"})
     mask_blocks: int = field(default=4, metadata={"help": "efficient mode: mask blocks per sample"})
     mask_diff: bool = field(default=False, metadata={"help": "distinct ids mask_id + j per slot"})
-    mask_loss_weight: float = field(default=1.0, metadata={"help": "loss weight of the mask predictions"})
+    mask_loss_weight: float = field(default=1.0, metadata={"help": "loss weight of the mask (or SAT) predictions"})
+    sdsat: bool = field(default=False, metadata={"help": "SDSAT sample mode: adaptive-token spans instead of SPACE masks"})
+    sat_num: int = field(default=5, metadata={"help": "sdsat: longest span K_train (span sizes uniform in 1..K); the decoding k"})
+    sat_id: int | None = field(default=None, metadata={"help": "sdsat: adaptive token id (default: the model's, else a new token)"})
+    sat_every: int = field(default=64, metadata={"help": "sdsat: one span per this many real tokens"})
 
 
 @dataclass
@@ -79,17 +89,33 @@ class FinetuningArguments:
 
 
 def parse_args(argv):
+    """Flags, or a `.yaml`/`.json` config file first and flags after it (the flags win)."""
     parser = HfArgumentParser((ModelArguments, DataArguments, FinetuningArguments, Seq2SeqTrainingArguments))
     argv = list(sys.argv[1:] if argv is None else argv)
-    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
-        return parser.parse_yaml_file(argv[0])
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_json_file(argv[0])
+    if argv and argv[0].endswith((".yaml", ".yml", ".json")):
+        argv = config_to_flags(Path(argv[0])) + argv[1:]
     try:
         return parser.parse_args_into_dataclasses(args=argv)
     except ValueError as error:  # HfArgumentParser's "Some specified arguments are not used ...: [flags]"
         unknown = str(error).rsplit(":", 1)[-1].strip()
         raise space.SpaceError(f"unknown flag(s) for train_sft.py: {unknown}; see --help") from error
+
+
+def config_to_flags(path: Path) -> list[str]:
+    if not path.is_file():
+        raise space.SpaceError(f"config file not found: {path}")
+    if path.suffix == ".json":
+        values = json.loads(path.read_text())
+    else:
+        import yaml
+
+        values = yaml.safe_load(path.read_text())
+    if not isinstance(values, dict):
+        raise space.SpaceError(f"{path}: expected a mapping of flag names to values")
+    flags = []
+    for key, value in values.items():
+        flags += [f"--{key}", json.dumps(value) if isinstance(value, (list, dict)) else str(value)]
+    return flags
 
 
 def main(argv=None, callbacks=None):
@@ -98,14 +124,21 @@ def main(argv=None, callbacks=None):
     training_args.remove_unused_columns = False  # mask_offsets / position and segment ids reach compute_loss
     set_seed(training_args.seed)
 
-    model, tokenizer = space.load_model(model_args.model_name_or_path, attn_implementation=model_args.attn_implementation)
+    # no path: the embedded base itself ("smollm2"), never the shipped SPACE model built on it
+    model, tokenizer = space.load_model(model_args.model_name_or_path or "smollm2", attn_implementation=model_args.attn_implementation,
+                                        fast_cpu_linear=False)
     tokenizer.padding_side = "right"
-    spec = ensure_mask_tokens(model, tokenizer, data_args)
-    masking = MaskingConfig(
-        mask_num=data_args.mask_num, mask_id=spec.mask_id if spec else 0, mask_prob=data_args.mask_prob,
-        mask_diff=data_args.mask_diff, mask_random=data_args.mask_random, efficient=data_args.mask_efficient_train,
-        mask_blocks=data_args.mask_blocks, cutoff_len=data_args.cutoff_len,
-    )
+    if data_args.sdsat:
+        spec = ensure_sat_tokens(model, tokenizer, data_args)
+        masking = MaskingConfig(mask_num=spec.sat_num, mask_id=spec.sat_id, sdsat=True, sat_every=data_args.sat_every,
+                                cutoff_len=data_args.cutoff_len)
+    else:
+        spec = ensure_mask_tokens(model, tokenizer, data_args)
+        masking = MaskingConfig(
+            mask_num=data_args.mask_num, mask_id=spec.mask_id if spec else 0, mask_prob=data_args.mask_prob,
+            mask_diff=data_args.mask_diff, mask_random=data_args.mask_random, efficient=data_args.mask_efficient_train,
+            mask_blocks=data_args.mask_blocks, cutoff_len=data_args.cutoff_len,
+        )
     masking.validate()
     train_dataset = build_dataset(tokenizer, data_args, masking, training_args.seed)
 
@@ -124,7 +157,7 @@ def main(argv=None, callbacks=None):
         train_dataset=train_dataset,
         data_collator=SarCollator(pad_token_id=tokenizer.pad_token_id),
         callbacks=callbacks,
-        mask_num=data_args.mask_num,
+        mask_num=masking.mask_num,
         mask_loss_weight=data_args.mask_loss_weight,
     )
     resume = resolve_resume(training_args, finetune_args.overwrite_output_dir)
@@ -169,6 +202,17 @@ def ensure_mask_tokens(model, tokenizer, data_args: DataArguments):
                                  mask_diff=data_args.mask_diff)
 
 
+def ensure_sat_tokens(model, tokenizer, data_args: DataArguments):
+    """SDSAT: the model's adaptive token (k set to --sat_num), adding one first when the base has none."""
+    recorded = read_sat_spec(model.config)
+    if recorded is not None and data_args.sat_id in (None, recorded.sat_id):
+        spec = space.SatSpec(recorded.sat_id, data_args.sat_num)
+        spec.validate(model.config.vocab_size)
+        record_sat_spec(model.config, spec)
+        return spec
+    return add_sat_tokens(model, tokenizer, sat_num=data_args.sat_num, sat_id=data_args.sat_id)
+
+
 def build_dataset(tokenizer, data_args: DataArguments, masking: MaskingConfig, seed: int) -> list[dict]:
     conversations = load_conversations(data_args.dataset, data_args.dataset_dir)
     if data_args.max_samples:
@@ -181,7 +225,8 @@ def build_dataset(tokenizer, data_args: DataArguments, masking: MaskingConfig, s
         samples.append(build_sample(pairs, masking, rng))
     with_masks = sum(any(sample["mask_offsets"]) for sample in samples)
     predictions = sum(sum(1 for j in sample["mask_offsets"] if 0 < j <= masking.mask_num) for sample in samples)
-    print(f"[train_sft] {len(samples)} samples, {with_masks} with mask blocks, {predictions} mask predictions",
+    kind = "adaptive-token spans" if masking.sdsat else "mask blocks"
+    print(f"[train_sft] {len(samples)} samples, {with_masks} with {kind}, {predictions} placeholder predictions",
           file=sys.stderr)
     return samples
 
@@ -191,13 +236,14 @@ def wrap_lora(model, finetune_args: FinetuningArguments, spec):
 
     if spec is None:
         raise space.SpaceError("LoRA SAR-SFT needs mask tokens; set --mask_num > 0 (they are added when the base lacks them)")
+    # The placeholder rows (SPACE masks or the SDSAT token) of the input embedding train; the rest stays frozen.
     config = LoraConfig(
         task_type="CAUSAL_LM",
         r=finetune_args.lora_rank,
         lora_alpha=finetune_args.lora_alpha,
         lora_dropout=finetune_args.lora_dropout,
         target_modules=[name.strip() for name in finetune_args.lora_target.split(",") if name.strip()],
-        trainable_token_indices=spec.ids,  # the mask rows of the input embedding train; the rest stays frozen
+        trainable_token_indices=spec.ids,
     )
     model = get_peft_model(model.float(), config)
     model.print_trainable_parameters()
@@ -205,8 +251,11 @@ def wrap_lora(model, finetune_args: FinetuningArguments, spec):
 
 
 def write_adapter_fields(output_dir: str, base: str | None, spec) -> None:
-    """Beside the adapter: the base it belongs to and the SPACE fields (an adapter has no model config)."""
-    fields = dict(base_model=base, mask_id=spec.mask_id, mask_num=spec.mask_num, mask_diff=spec.mask_diff)
+    """Beside the adapter: the base it belongs to and the SPACE (or SDSAT) fields (an adapter has no model config)."""
+    if isinstance(spec, space.SatSpec):
+        fields = dict(base_model=base, sat_id=spec.sat_id, sat_num=spec.sat_num)
+    else:
+        fields = dict(base_model=base, mask_id=spec.mask_id, mask_num=spec.mask_num, mask_diff=spec.mask_diff)
     (Path(output_dir) / ADAPTER_FIELDS_FILE).write_text(json.dumps(fields, indent=2))
 
 

@@ -11,7 +11,7 @@
 from space.decoding import DECODERS, DecodeOptions, DecodeResult, DecodeStats, decode
 from space.errors import SpaceError
 from space.models import default_model_path, load_model
-from space.tokens import MaskSpec, add_mask_tokens, read_mask_spec
+from space.tokens import MaskSpec, SatSpec, add_mask_tokens, add_sat_tokens, read_mask_spec, read_sat_spec
 
 __all__ = [
     "DECODERS",
@@ -19,10 +19,13 @@ __all__ = [
     "DecodeResult",
     "DecodeStats",
     "MaskSpec",
+    "SatSpec",
     "SpaceError",
     "add_mask_tokens",
+    "add_sat_tokens",
     "decode",
     "default_model_path",
     "load_model",
     "read_mask_spec",
+    "read_sat_spec",
 ]

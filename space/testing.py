@@ -1,13 +1,16 @@
 """Tiny models for tests and CI: random LLaMA-family models and oracle/junk drafters, built in-process.
 
-* `tiny_llama`: a seeded random `LlamaForCausalLM` (GQA or MHA) with mask fields in its config.
+* `tiny_llama`: a seeded random `LlamaForCausalLM` (GQA or MHA) with mask fields in its config
+  (and SDSAT's `sat_id` / `sat_num` when `sat_num` is given: the last id, shared with the masks).
   The weights are scaled up so that top-2 logit gaps are large compared with fp32 rounding: greedy
   identity tests then test logic, not luck.
 * `tiny_tokenizer`: a word-level fast tokenizer over `tok0 .. tokN`, for the mask-token tools.
-* `DraftOracle`: wraps a tiny model; rows whose input is a mask id output a one-hot prediction of a
-  reference continuation (`mode="oracle"`: always right, so SPACE accepts all k; `mode="junk"`:
-  always wrong). Every other row is the wrapped model itself, with mask ids never predicted, so
-  the AR output of the wrapper is well defined and is the reference the oracle copies.
+* `DraftOracle`: wraps a tiny model; rows whose input is a mask id (or the SDSAT adaptive id)
+  output a one-hot prediction of a reference continuation (`mode="oracle"`: always right, so SPACE
+  accepts all k and SDSAT all k drafts; `mode="junk"`: always wrong). Both methods place a
+  placeholder at position p to stand for x_p and predict x_{p+1}, so one rule serves both. Every
+  other row is the wrapped model itself, with mask ids never predicted, so the AR output of the
+  wrapper is well defined and is the reference the oracle copies.
 """
 
 from __future__ import annotations
@@ -31,11 +34,12 @@ def tiny_llama(
     init_std: float = 0.25,
     max_position_embeddings: int = 2048,
     eos_token_id: int = 2,
+    sat_num: int | None = None,
 ):
     """A random LLaMA whose last ids are mask tokens recorded in its config (fp32, CPU, eval mode)."""
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-    from space.tokens import MaskSpec, record_mask_spec
+    from space.tokens import MaskSpec, SatSpec, record_mask_spec, record_sat_spec
 
     config = LlamaConfig(
         vocab_size=vocab_size,
@@ -55,6 +59,8 @@ def tiny_llama(
     model = LlamaForCausalLM(config).float().eval()
     num_ids = mask_num + 1 if mask_diff else 1
     record_mask_spec(model.config, MaskSpec(vocab_size - num_ids, mask_num, mask_diff))
+    if sat_num is not None:
+        record_sat_spec(model.config, SatSpec(vocab_size - 1, sat_num))
     model.generation_config = GenerationConfig(bos_token_id=1, eos_token_id=eos_token_id, pad_token_id=0)
     return model
 
@@ -85,8 +91,10 @@ class DraftOracle(nn.Module):
         self.mode = mode
         self.config = inner.config
         self.generation_config = inner.generation_config
-        spec_ids = range(inner.config.mask_id, inner.config.vocab_size)
-        self.mask_ids = torch.tensor(list(spec_ids))
+        spec_ids = set(range(inner.config.mask_id, inner.config.vocab_size))
+        if getattr(inner.config, "sat_id", None) is not None:
+            spec_ids.add(int(inner.config.sat_id))
+        self.mask_ids = torch.tensor(sorted(spec_ids))
         self.reference = torch.zeros(0, dtype=torch.long)
         self._backbone = _OracleBackbone(self)
         self._head = _OracleHead(self)
@@ -180,3 +188,42 @@ def tiny_text_tokenizer(vocab_size: int = 320):
         "{% if add_generation_prompt %}<s>assistant\n{% endif %}"
     )
     return tokenizer
+
+
+# --- distribution tests -----------------------------------------------------------------------
+
+
+def exact_joint(model, prompt: torch.Tensor, length: int, temperature: float = 1.0, top_k: int = 0,
+                top_p: float = 1.0) -> dict[tuple, float]:
+    """P(x_1..x_length) of sampling from `model` after `prompt` `[1, n]`, by enumerating every prefix."""
+    from space.decoding.sampling import probabilities
+
+    dist = {(): 1.0}
+    for _ in range(length):
+        grown = {}
+        for prefix, mass in dist.items():
+            ids = torch.cat([prompt[0], torch.tensor(prefix, dtype=torch.long)])[None]
+            with torch.no_grad():
+                probs = probabilities(model(ids).logits[0, -1], temperature, top_k, top_p)
+            for token in probs.nonzero().flatten().tolist():
+                grown[prefix + (token,)] = mass * float(probs[token])
+        dist = grown
+    return dist
+
+
+def chi_square_p_value(truth: dict, counts: dict, draws: int) -> float:
+    """Pearson's test of sampled `counts` against `truth`; cells expecting fewer than 5 draws are pooled."""
+    statistic, dof, pooled_expected, pooled_observed = 0.0, -1, 0.0, 0
+    for cell, probability in truth.items():
+        expected, observed = probability * draws, counts.get(cell, 0)
+        if expected < 5:
+            pooled_expected, pooled_observed = pooled_expected + expected, pooled_observed + observed
+            continue
+        statistic += (observed - expected) ** 2 / expected
+        dof += 1
+    if pooled_expected > 0:
+        statistic += (pooled_observed - pooled_expected) ** 2 / pooled_expected
+        dof += 1
+    assert sum(counts.values()) == draws and set(counts) <= set(truth)  # nothing impossible was drawn
+    return float(torch.special.gammaincc(torch.tensor(dof / 2, dtype=torch.float64),
+                                         torch.tensor(statistic / 2, dtype=torch.float64)))

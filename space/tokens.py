@@ -11,6 +11,10 @@ tokens. This module owns:
 * `resolve_mask_spec`: merges explicit options with what the config records, with one clear error
   when a model has no mask tokens.
 
+SDSAT's semantic adaptive tokens (SATs) use the same machinery under their own config fields
+(`sat_id`, `sat_num`), so one model can carry both: `SatSpec`, `add_sat_tokens`, `resolve_sat_spec`.
+SDSAT repeats one id k times (the released CodeLlama models use the existing id 32011).
+
 The original SPACE code never resized the vocabulary (spec §1.6); mean initialisation is our
 deterministic choice for rows whose original initialisation is unknown.
 """
@@ -138,14 +142,19 @@ def add_mask_tokens(
 
     new_tokens = [FILLER_TOKEN.format(i) for i in range(first_free, spec.mask_id)]
     new_tokens += [MASK_TOKEN.format(j) for j, token_id in enumerate(spec.ids) if token_id >= first_free]
-    if new_tokens:
-        tokenizer.add_special_tokens({"extra_special_tokens": new_tokens}, replace_extra_special_tokens=False)
+    _append_tokens(model, tokenizer, new_tokens)
     if tokenizer.convert_tokens_to_ids(MASK_TOKEN.format(0)) != spec.mask_id and spec.mask_id >= first_free:
         raise SpaceError(f"tokenizer assigned an unexpected id to the mask token (wanted {spec.mask_id})")
-
-    resize_and_init(model, new_ids=list(range(first_free, len(tokenizer))))
     record_mask_spec(model.config, spec)
     return spec
+
+
+def _append_tokens(model, tokenizer, names: list[str]) -> None:
+    """Add special tokens `names` after the tokenizer's last id; resize and mean-initialise their rows."""
+    first_free = len(tokenizer)
+    if names:
+        tokenizer.add_special_tokens({"extra_special_tokens": names}, replace_extra_special_tokens=False)
+    resize_and_init(model, new_ids=list(range(first_free, len(tokenizer))))
 
 
 @torch.no_grad()
@@ -172,3 +181,111 @@ def _vocab_matrices(model) -> list[torch.Tensor]:
     if output is not None and output.weight.data_ptr() != matrices[0].data_ptr():
         matrices.append(output.weight)
     return matrices
+
+
+# --- SDSAT semantic adaptive tokens ------------------------------------------------------------
+
+SAT_TOKEN = "<sdsat_sat>"
+SAT_CONFIG_FIELDS = ("sat_id", "sat_num")
+DEFAULT_SAT_NUM = 5
+
+
+@dataclass(frozen=True)
+class SatSpec:
+    """SDSAT's adaptive token: one id `sat_id`, repeated `sat_num` (k) times after the last real token."""
+
+    sat_id: int
+    sat_num: int = DEFAULT_SAT_NUM
+
+    @property
+    def ids(self) -> list[int]:
+        return [self.sat_id]
+
+    def validate(self, vocab_size: int) -> None:
+        if self.sat_num < 1:
+            raise SpaceError(f"sat_num must be >= 1 (got {self.sat_num}); SDSAT drafts sat_num tokens per round")
+        if not 0 <= self.sat_id < vocab_size:
+            raise SpaceError(
+                f"sat_id {self.sat_id} is outside the model vocabulary [0, {vocab_size}); add an adaptive token "
+                f"with space.add_sat_tokens(...) or pass a sat_id below {vocab_size}"
+            )
+
+
+def read_sat_spec(config) -> SatSpec | None:
+    """The SDSAT spec recorded in a model config, or None when the model has no adaptive token."""
+    sat_id = getattr(config, "sat_id", None)
+    if sat_id is None:
+        return None
+    return SatSpec(sat_id=int(sat_id), sat_num=int(getattr(config, "sat_num", None) or DEFAULT_SAT_NUM))
+
+
+def record_sat_spec(config, spec: SatSpec) -> None:
+    config.sat_id = spec.sat_id
+    config.sat_num = spec.sat_num
+
+
+def resolve_sat_spec(config, sat_id: int | None = None, sat_num: int | None = None) -> SatSpec:
+    """Explicit options win; missing ones come from the config; no adaptive token anywhere is an error."""
+    recorded = read_sat_spec(config)
+    if sat_id is None and recorded is None:
+        raise SpaceError(
+            "this model has no SDSAT adaptive token recorded in its config: add one with "
+            "space.add_sat_tokens(model, tokenizer, sat_num=...), train one with scripts/train_sft.py --sdsat true, "
+            "or pass sat_id= explicitly (32011 for the released CodeLlama SDSAT models)"
+        )
+    spec = SatSpec(
+        sat_id=int(sat_id if sat_id is not None else recorded.sat_id),
+        sat_num=int(sat_num if sat_num is not None else (recorded.sat_num if recorded else DEFAULT_SAT_NUM)),
+    )
+    spec.validate(config.vocab_size)
+    return spec
+
+
+def check_sat_token(tokenizer, sat_id: int) -> None:
+    """Refuse an id that the tokenizer uses for text: an ordinary piece, bos/eos/pad/unk, or a chat-template token.
+
+    Ids past the tokenizer, our own tokens and unused special tokens are fine. Fine-tuning overwrites
+    the SAT's embedding row, so it must not be one that real text needs.
+    """
+    if sat_id < 0:
+        raise SpaceError(f"sat_id must be >= 0 (got {sat_id})")
+    if sat_id >= len(tokenizer):
+        return
+    token = tokenizer.convert_ids_to_tokens(sat_id)
+    if token == SAT_TOKEN or str(token).startswith("<space_filler_"):
+        return
+    added = tokenizer.added_tokens_decoder.get(sat_id)
+    named = {tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.unk_token_id}
+    in_template = isinstance(tokenizer.chat_template, str) and str(token) in tokenizer.chat_template
+    if added is None or not added.special or sat_id in named or in_template:
+        raise SpaceError(
+            f"sat_id {sat_id} is the token {token!r}, which the tokenizer uses for text; leave sat_id unset to add "
+            f"a new adaptive token, or pick an id >= {len(tokenizer)} or an unused special token"
+        )
+
+
+def add_sat_tokens(model, tokenizer, sat_num: int = DEFAULT_SAT_NUM, sat_id: int | None = None) -> SatSpec:
+    """Make `sat_id` the SDSAT adaptive token of model and tokenizer and record it in `model.config`.
+
+    `sat_id=None` reuses an existing `<sdsat_sat>` token, else adds one at the first free id. An explicit
+    id inside the tokenizer must be an unused special token (`check_sat_token`); its row is kept as it
+    is (as the released CodeLlama models keep theirs). An id past the tokenizer is reached with filler
+    tokens and mean-initialised like SPACE's masks.
+    """
+    if sat_num < 1:
+        raise SpaceError(f"sat_num must be >= 1 (got {sat_num})")
+    first_free = len(tokenizer)
+    if sat_id is None:
+        existing = tokenizer.convert_tokens_to_ids(SAT_TOKEN)
+        known = isinstance(existing, int) and existing != tokenizer.unk_token_id and existing < first_free
+        sat_id = existing if known else first_free
+    sat_id = int(sat_id)
+    check_sat_token(tokenizer, sat_id)
+    if sat_id >= first_free:
+        _append_tokens(model, tokenizer, [FILLER_TOKEN.format(i) for i in range(first_free, sat_id)] + [SAT_TOKEN])
+        if tokenizer.convert_tokens_to_ids(SAT_TOKEN) != sat_id:
+            raise SpaceError(f"tokenizer assigned an unexpected id to the adaptive token (wanted {sat_id})")
+    spec = SatSpec(sat_id=sat_id, sat_num=int(sat_num))
+    spec.validate(model.get_input_embeddings().weight.shape[0])
+    record_sat_spec(model.config, spec)
+    return spec

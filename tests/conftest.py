@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from space.cache import CompactCache
 from space.testing import tiny_llama
 
 
@@ -19,3 +20,18 @@ def tiny_model():
 def random_prompt(length: int, seed: int, low: int = 3, high: int = 80) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     return torch.randint(low, high, (1, length), generator=generator)
+
+
+def capture_caches(monkeypatch, decoder_module) -> list:
+    """Record every `CompactCache` the decoder in `decoder_module` creates, to inspect it after decoding."""
+    caches = []
+
+    class Recording(CompactCache):
+        @classmethod
+        def for_model(cls, model, capacity):
+            cache = super().for_model(model, capacity)
+            caches.append(cache)
+            return cache
+
+    monkeypatch.setattr(decoder_module, "CompactCache", Recording)
+    return caches

@@ -154,6 +154,43 @@ def test_cli_writes_well_formed_outputs_and_resumes(tiny_dir, tmp_path):
     assert len((tmp_path / "run" / "samples.jsonl").read_text().splitlines()) == 8
 
 
+def test_cli_explains_answers_that_differ_from_ar(tiny_dir, tmp_path):
+    summary = eval_infer.main(cli(tiny_dir, tmp_path / "run", "--methods", "space,ar"))
+    assert summary["divergences"] == []
+    # plant a wrong token in one SPACE answer (a logic error): the rerun reports it, not as a near-tie
+    path = tmp_path / "run" / "samples.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    victim = next(r for r in records if r["method"] == "space" and len(r["ids"]) > 3)
+    victim["ids"][2] = (victim["ids"][2] + 1) % 50 + 3
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    summary = eval_infer.main(cli(tiny_dir, tmp_path / "run", "--methods", "space,ar"))
+    (entry,) = summary["divergences"]
+    assert (entry["id"], entry["method"], entry["position"]) == (victim["id"], "space", 2)
+    assert entry["method_token"] == victim["ids"][2] and entry["logit_gap"] > 0 and not entry["near_tie"]
+    assert summary["methods"]["space"]["identity_rate"] == 0.5
+    assert "differ from AR" in (tmp_path / "run" / "summary.md").read_text()
+
+
+def test_time_limit_stops_starting_prompts_and_summarizes_the_finished_ones(tiny_dir, tmp_path):
+    eval_infer.main(cli(tiny_dir, tmp_path / "run", "--methods", "space,ar"))
+    path = tmp_path / "run" / "samples.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    dropped = records[-1]  # the second prompt loses one answer: it is unfinished
+    path.write_text("".join(json.dumps(r) + "\n" for r in records[:-1]))
+    summary = eval_infer.main(cli(tiny_dir, tmp_path / "run", "--methods", "space,ar", "--time_limit", "0"))
+    assert summary["num_samples"] == 1 and "1 of 2 prompts" in summary["partial"]
+    assert all(values["answers"] == 1 for values in summary["methods"].values())
+    assert len(path.read_text().splitlines()) == 3  # nothing was started after the limit
+    # without the limit the same command finishes the run
+    summary = eval_infer.main(cli(tiny_dir, tmp_path / "run", "--methods", "space,ar"))
+    assert summary["num_samples"] == 2 and "partial" not in summary
+    assert any(r["id"] == dropped["id"] and r["method"] == dropped["method"]
+               for r in map(json.loads, path.read_text().splitlines()))
+    # a limit under which nothing at all is finished is one clear error
+    with pytest.raises(space.SpaceError, match="time_limit"):
+        eval_infer.main(cli(tiny_dir, tmp_path / "empty", "--methods", "space,ar", "--time_limit", "0"))
+
+
 def test_cli_finishes_an_interrupted_run(tiny_dir, tmp_path):
     eval_infer.main(cli(tiny_dir, tmp_path / "run", "--num_samples", "1"))
     lines = (tmp_path / "run" / "samples.jsonl").read_text().splitlines()

@@ -11,7 +11,7 @@ import torch
 import space
 from space.decoding.sampling import probabilities
 from space.decoding.verify import greedy_accept, original_accept, speculative_accept
-from space.testing import tiny_llama
+from space.testing import chi_square_p_value, exact_joint, tiny_llama
 
 
 def test_probabilities_match_hf_warpers():
@@ -71,39 +71,6 @@ VOCAB, K, LENGTH, DRAWS = 12, 2, 3, 1500
 PROMPT = torch.tensor([[4, 7, 5]])
 
 
-def exact_joint(model, temperature, top_k, top_p) -> dict[tuple, float]:
-    """P(x_1..x_LENGTH) of sampling from the model, by enumeration."""
-    dist = {(): 1.0}
-    for _ in range(LENGTH):
-        grown = {}
-        for prefix, mass in dist.items():
-            ids = torch.cat([PROMPT[0], torch.tensor(prefix, dtype=torch.long)])[None]
-            with torch.no_grad():
-                probs = probabilities(model(ids).logits[0, -1], temperature, top_k, top_p)
-            for token in probs.nonzero().flatten().tolist():
-                grown[prefix + (token,)] = mass * float(probs[token])
-        dist = grown
-    return dist
-
-
-def chi_square_p_value(truth: dict, counts: dict, draws: int) -> float:
-    """Pearson's test; cells expecting fewer than 5 draws are pooled into one."""
-    statistic, dof, pooled_expected, pooled_observed = 0.0, -1, 0.0, 0
-    for cell, probability in truth.items():
-        expected, observed = probability * draws, counts.get(cell, 0)
-        if expected < 5:
-            pooled_expected, pooled_observed = pooled_expected + expected, pooled_observed + observed
-            continue
-        statistic += (observed - expected) ** 2 / expected
-        dof += 1
-    if pooled_expected > 0:
-        statistic += (pooled_observed - pooled_expected) ** 2 / pooled_expected
-        dof += 1
-    assert sum(counts.values()) == draws and set(counts) <= set(truth)  # nothing impossible was drawn
-    return float(torch.special.gammaincc(torch.tensor(dof / 2, dtype=torch.float64),
-                                         torch.tensor(statistic / 2, dtype=torch.float64)))
-
-
 def sampled_counts(model, method, mode, **processing) -> dict:
     counts = {}
     for seed in range(DRAWS):
@@ -119,7 +86,7 @@ def sampled_counts(model, method, mode, **processing) -> dict:
 @pytest.mark.parametrize("use_cache", [True, False])
 def test_exact_mode_reproduces_the_model_distribution_and_original_does_not(processing, use_cache):
     model = tiny_llama(seed=5, vocab_size=VOCAB, hidden_size=32, mask_num=K)
-    truth = exact_joint(model, processing.get("temperature", 1.0), processing.get("top_k", 0),
+    truth = exact_joint(model, PROMPT, LENGTH, processing.get("temperature", 1.0), processing.get("top_k", 0),
                         processing.get("top_p", 1.0))
     processing = dict(processing, use_cache=use_cache)
     assert chi_square_p_value(truth, sampled_counts(model, "space", "exact", **processing), DRAWS) > 1e-4
@@ -129,5 +96,5 @@ def test_exact_mode_reproduces_the_model_distribution_and_original_does_not(proc
 @pytest.mark.slow
 def test_ar_sampling_reproduces_the_model_distribution():
     model = tiny_llama(seed=5, vocab_size=VOCAB, hidden_size=32, mask_num=K)
-    truth = exact_joint(model, 1.0, 0, 1.0)
+    truth = exact_joint(model, PROMPT, LENGTH, 1.0, 0, 1.0)
     assert chi_square_p_value(truth, sampled_counts(model, "ar", "exact"), DRAWS) > 1e-4

@@ -21,7 +21,7 @@ PROMPTS = [
 @pytest.fixture(scope="module")
 def smollm2():
     torch.set_num_threads(2)
-    model, tokenizer = space.load_model()
+    model, tokenizer = space.load_model("smollm2")  # the plain base, not the shipped SPACE model
     space.add_mask_tokens(model, tokenizer, mask_num=3)
     return model, tokenizer
 
@@ -45,6 +45,9 @@ def test_gguf_model_with_mask_tokens_saves_and_reloads(smollm2, tmp_path):
     reloaded, reloaded_tokenizer = space.load_model(tmp_path)
     assert space.read_mask_spec(reloaded.config) == space.read_mask_spec(model.config)
     assert reloaded_tokenizer.convert_tokens_to_ids("<space_mask_0>") == model.config.mask_id
+    saved, loaded = model.state_dict(), reloaded.state_dict()
+    assert all(torch.equal(saved[name], loaded[name]) for name in saved)  # the weights come back bit for bit
     ids = torch.tensor([[1, 504, 3458, 314]])
-    with torch.no_grad():
-        assert torch.allclose(reloaded(ids).logits, model(ids).logits, atol=1e-5)
+    with torch.no_grad():  # logits agree to fp32 rounding (MKL's summation order may differ per buffer)
+        difference = (reloaded(ids).logits - model(ids).logits).abs().max()
+    assert difference < 1e-4, difference

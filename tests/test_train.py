@@ -127,11 +127,18 @@ def test_bad_input_gets_one_clear_line(workdir, tmp_path, extra, message):
     assert "\n" not in str(error.value)
 
 
-def test_adapter_on_a_base_without_its_mask_token_is_refused(workdir, tmp_path):
-    train_sft.main(args(workdir, tmp_path / "lora", "--max_steps", "1", "--finetuning_type", "lora", "--lora_rank", "2"))
+def test_adapter_without_tokenizer_recreates_mask_tokens_or_is_refused(workdir, tmp_path):
+    trainer = train_sft.main(args(workdir, tmp_path / "lora", "--max_steps", "2", "--finetuning_type", "lora",
+                                  "--lora_rank", "2", "--learning_rate", "1e-2"))
     for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
-        (tmp_path / "lora" / name).unlink(missing_ok=True)  # a foreign adapter without its tokenizer
-    with pytest.raises(space.SpaceError, match="trained with mask id 320 but the base has no such token"):
+        (tmp_path / "lora" / name).unlink(missing_ok=True)  # an adapter shipped without its tokenizer
+    model, tokenizer = space.load_model(workdir["base"], adapter=tmp_path / "lora")
+    ids = torch.tensor([[1, 50, 60, 320, 320]])
+    with torch.no_grad():
+        assert torch.allclose(model(input_ids=ids).logits, trainer.model.eval()(input_ids=ids).logits, atol=1e-4)
+    assert tokenizer.convert_tokens_to_ids("<space_mask_0>") == 320
+    (tmp_path / "lora" / "space.json").unlink()  # a foreign adapter: nothing says which tokens to add
+    with pytest.raises(space.SpaceError, match="trains token ids up to 320 but the base has vocab 320"):
         space.load_model(workdir["base"], adapter=tmp_path / "lora")
 
 

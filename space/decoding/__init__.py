@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from space.decoding import ar, hf
+from space.decoding import ar, hf, sdsat, self_spec
 from space.decoding import space as space_decoding
 from space.decoding.common import DecodeOptions, DecodeResult, DecodeStats, check_prompt
 from space.errors import SpaceError
@@ -18,6 +18,8 @@ DECODERS = {
     "space": space_decoding.generate,
     "hf": hf.generate,
     "prompt_lookup": hf.generate_prompt_lookup,
+    "self_spec": self_spec.generate,
+    "sdsat": sdsat.generate,
 }
 
 
@@ -26,7 +28,9 @@ def decode(model, input_ids: torch.Tensor, method: str = "space", **options) -> 
 
     Options (see `DecodeOptions`): `max_new_tokens`, `eos_token_id`, `use_cache`, `do_sample`,
     `temperature`, `top_k`, `top_p`, `seed`; SPACE: `mask_num`, `mask_id`, `mask_diff` (default:
-    the model config) and `sampling_mode` ("exact" or "original").
+    the model config) and `sampling_mode` ("exact" or "original"); self_spec: `skip_layers` (required),
+    `max_draft`, `draft_threshold`, `adaptive_threshold`, `auto_parameters`, `threshold_state`; sdsat:
+    `sat_num`, `sat_id` (default: the model config) and `sampling_mode` ("exact" or the reference's tree, "original").
     """
     if method not in DECODERS:
         raise SpaceError(f"unknown method {method!r}; available: {sorted(DECODERS)}")

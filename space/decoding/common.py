@@ -36,9 +36,19 @@ class DecodeOptions:
     mask_num: int | None = None
     mask_id: int | None = None
     mask_diff: bool | None = None
-    sampling_mode: str = "exact"  # "exact" speculative sampling or the paper's "original" rule
+    sampling_mode: str = "exact"  # "exact" speculative sampling or the paper's "original" rule (SPACE, SDSAT)
+    # SDSAT (None: from the model config)
+    sat_num: int | None = None  # k adaptive tokens per draft step
+    sat_id: int | None = None
     # HF prompt-lookup decoding
     prompt_lookup_num_tokens: int = 10
+    # self-speculative decoding (Draft & Verify)
+    skip_layers: object = None  # SkipLayers or {"attention": [...], "mlp": [...]}; required by self_spec
+    max_draft: int = 8  # K_max: drafts per round at most
+    draft_threshold: float | None = None  # γ0; None: 0.8 greedy, 0.5 sampling (the reference's defaults)
+    adaptive_threshold: bool = True
+    auto_parameters: tuple = (1, 0.5, 0.9, 0.01, 0.9)  # [f, β1, α, ε, β2] of the γ update
+    threshold_state: object = None  # a ThresholdState carries γ across calls; None: fresh per call
 
     @classmethod
     def from_kwargs(cls, method: str, options: dict) -> "DecodeOptions":
@@ -57,6 +67,12 @@ class DecodeOptions:
             raise SpaceError(f"unknown sampling_mode {self.sampling_mode!r}; use one of {list(SAMPLING_MODES)}")
         if self.mask_num is not None and self.mask_num < 1:
             raise SpaceError(f"mask_num must be >= 1 (got {self.mask_num})")
+        if self.sat_num is not None and self.sat_num < 1:
+            raise SpaceError(f"sat_num must be >= 1 (got {self.sat_num})")
+        if self.max_draft < 1:
+            raise SpaceError(f"max_draft must be >= 1 (got {self.max_draft})")
+        if self.draft_threshold is not None and not 0 <= self.draft_threshold <= 1:
+            raise SpaceError(f"draft_threshold must be in [0, 1] (got {self.draft_threshold})")
         if self.do_sample:
             if not self.temperature > 0:
                 raise SpaceError(f"temperature must be > 0 when sampling (got {self.temperature})")

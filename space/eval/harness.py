@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 import space
+from space.decoding.threshold import ThresholdState
 from space.errors import SpaceError
 from space.eval.datasets import EvalPrompt
 from space.eval.prompts import add_special_tokens, render
@@ -83,15 +84,27 @@ class ResultStore:
         temporary.replace(self.samples_path)
 
 
+def complete_ids(records: list[dict], prompts: list[EvalPrompt], methods: list[str]) -> set[str]:
+    """Ids of the prompts whose every turn was answered by every method."""
+    answered = {(r["id"], r["turn"], r["method"]) for r in records}
+    return {p.id for p in prompts
+            if all((p.id, turn, method) in answered for turn in range(len(p.turns)) for method in methods)}
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
+def decoder_name(label: str) -> str:
+    """A method label is a decoder name, optionally with a variant suffix: `space@3` runs `space`."""
+    return label.split("@", 1)[0]
+
+
 def timed_decode(model, input_ids: torch.Tensor, method: str, options: dict, device: torch.device):
     synchronize(device)
     start = time.perf_counter()
-    result = space.decode(model, input_ids, method, **options)
+    result = space.decode(model, input_ids, decoder_name(method), **options)
     synchronize(device)
     return result, time.perf_counter() - start
 
@@ -106,7 +119,7 @@ def warm_up(model, tokenizer, prompt: EvalPrompt, methods: list[str], options: d
     input_ids = encode(tokenizer, render([(prompt.turns[0], None)], style, model_type, tokenizer), style, device)
     for _ in range(runs):
         for method in methods:
-            space.decode(model, input_ids, method, **dict(options[method], max_new_tokens=16))
+            space.decode(model, input_ids, decoder_name(method), **dict(options[method], max_new_tokens=16))
 
 
 def run_prompts(
@@ -119,14 +132,24 @@ def run_prompts(
     style: str,
     model_type: str = "llama",
     progress: bool = True,
+    time_limit: float | None = None,
 ) -> list[dict]:
-    """Answer every unfinished prompt with every method; returns all records (old and new)."""
+    """Answer every unfinished prompt with every method; returns all records (old and new).
+
+    With `time_limit` (seconds), no new prompt is started once that much time has passed; the same
+    call later resumes where this one stopped.
+    """
+    deadline = None if time_limit is None else time.monotonic() + time_limit
     device = model.get_input_embeddings().weight.device
     done = store.done_ids(methods)
     todo = [(index, p) for index, p in enumerate(prompts) if p.id not in done]
     totals = {method: [0, 0.0] for method in methods}  # tokens, seconds: for the running speedup
+    # self_spec's threshold γ carries over from prompt to prompt, as in the paper's evaluation
+    states = {method: ThresholdState() for method in methods if decoder_name(method) == "self_spec"}
     bar = tqdm(todo, desc="evaluating", disable=not progress, unit="prompt")
     for index, prompt in bar:
+        if deadline is not None and time.monotonic() >= deadline:
+            break
         order = methods[index % len(methods):] + methods[: index % len(methods)]  # rotate: drift hits all alike
         histories = {method: [] for method in methods}
         records = []
@@ -134,7 +157,8 @@ def run_prompts(
             for method in order:
                 text = render(histories[method] + [(user, None)], style, model_type, tokenizer)
                 input_ids = encode(tokenizer, text, style, device)
-                result, seconds = timed_decode(model, input_ids, method, options[method], device)
+                run_options = dict(options[method], threshold_state=states[method]) if method in states else options[method]
+                result, seconds = timed_decode(model, input_ids, method, run_options, device)
                 answer = tokenizer.decode(result.tokens, skip_special_tokens=True)
                 histories[method].append((user, answer))
                 records.append(dict(
@@ -142,6 +166,7 @@ def run_prompts(
                     ids=result.tokens.tolist(), prompt_tokens=input_ids.shape[1], seconds=round(seconds, 5),
                     steps=result.stats.steps, tokens_per_step=result.stats.tokens_per_step,
                     accepted_per_step=result.stats.accepted_per_step,
+                    **({"drafted_per_step": result.stats.drafted_per_step} if method in states else {}),
                 ))
                 totals[method][0] += len(result.tokens)
                 totals[method][1] += seconds

@@ -112,6 +112,13 @@ def _original(pairs: list[tuple[dict, dict]], count_tokens, max_steps: int | Non
     )
 
 
+def _max_tokens_per_step(name: str, mask_num: int | None) -> int | None:
+    """k+1 for SPACE (`space` uses the run's k, `space@K` its own K); None lets the data decide."""
+    if name.startswith("space@"):
+        return int(name.split("@", 1)[1]) + 1
+    return mask_num + 1 if name == "space" and mask_num else None
+
+
 def summarize(records: list[dict], count_tokens=None, mask_num: int | None = None) -> dict:
     """Per-method clean metrics, speedups against every baseline present, and the original report."""
     grouped = by_method(records)
@@ -128,7 +135,7 @@ def summarize(records: list[dict], count_tokens=None, mask_num: int | None = Non
                 continue
             for base in BASELINES:
                 if base in grouped:
-                    steps = mask_num + 1 if name == "space" and mask_num else None
+                    steps = _max_tokens_per_step(name, mask_num)
                     original[f"{name}_vs_{base}"] = original_metrics(grouped[name], grouped[base], count_tokens, steps)
     categories = {}
     for category in sorted({r["category"] for r in records if r.get("category")}):

@@ -1,0 +1,151 @@
+"""Self-speculative decoding (Draft & Verify; Zhang et al., ACL 2024, arXiv 2309.08168; spec §4-§7).
+
+One model plays both roles. Each round:
+
+1. draft: the same model with the sub-blocks in `skip_layers` bypassed (`space.skip_layers`) proposes
+   tokens one at a time from the last committed token, until its top-1 probability falls below γ
+   (the low-confidence token is kept), `max_draft` tokens, EOS, or the remaining budget;
+2. verify: one full-model forward over `[x_last, d_1..d_n]` scores every draft;
+3. accept: greedy prefix match or exact speculative sampling (`space.decoding.verify`), so the output
+   is exactly greedy / sampled decoding of the full model;
+4. update the cache: keep `x_last` and the `a` accepted drafts, drop the rest;
+5. move γ toward the target acceptance rate (`space.decoding.threshold`).
+
+The KV cache is shared: the draft reads the committed full-model entries and writes scratch entries
+only in the attention layers it runs; they are dropped (every layer truncated to the committed length)
+before verification, which recomputes those positions with the full model. Prefill and the first token
+always use the full model. Without the cache every forward recomputes the whole sequence, the draft's
+included (slow; it exists to test the logic, as for the other methods).
+
+When sampling, drafts are sampled from the draft's filtered distribution (same temperature / top-k /
+top-p as the target), which exact speculative sampling requires; the stop confidence is the drafted
+token's probability under the raw softmax, as in the reference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from space.cache import CompactCache
+from space.decoding.common import DecodeOptions, DecodeResult, DecodeStats, Model, Output, eos_ids, make_generator
+from space.decoding.sampling import probabilities, sample
+from space.decoding.threshold import AutoParameters, ThresholdState, update_threshold
+from space.decoding.verify import greedy_accept, speculative_accept
+from space.layout import additive_mask
+from space.skip_layers import check_skippable, resolve_skip_layers, skipping_forward
+
+DEFAULT_THRESHOLD = {False: 0.8, True: 0.5}  # γ0 of the reference's greedy (essg) and sampling (sss) loops
+
+
+@dataclass
+class SelfSpecStats(DecodeStats):
+    """`DecodeStats` plus the draft side: drafts per round, draft forwards, γ at the end."""
+
+    drafted_per_step: list[int] = field(default_factory=list)
+    draft_forwards: int = 0
+    final_threshold: float | None = None
+
+    @property
+    def acceptance_rate(self) -> float:
+        drafted = sum(self.drafted_per_step)
+        return sum(self.accepted_per_step) / drafted if drafted else 0.0
+
+
+@dataclass
+class _Drafts:
+    tokens: list[int]
+    q: torch.Tensor | None  # [n, V] draft distributions when sampling
+
+
+@torch.inference_mode()
+def generate(model, input_ids: torch.Tensor, options: DecodeOptions) -> DecodeResult:
+    target = Model(model)
+    check_skippable(target.model)
+    skip = resolve_skip_layers(options.skip_layers, target.model)
+    masks = skip.masks(target.config.num_hidden_layers)
+    params = AutoParameters.from_list(options.auto_parameters)
+    state = options.threshold_state if options.threshold_state is not None else ThresholdState()
+    initial = options.draft_threshold if options.draft_threshold is not None else DEFAULT_THRESHOLD[options.do_sample]
+    state.start_call(initial)
+
+    device = target.device
+    input_ids = input_ids.to(device)
+    out = Output(input_ids, options.max_new_tokens, eos_ids(model, options.eos_token_id))
+    cache = CompactCache.for_model(target.model, out.ids.numel() + options.max_draft + 1) if options.use_cache else None
+    generator = make_generator(options.seed, device) if options.do_sample else None
+    stats = SelfSpecStats()
+
+    while not out.finished:
+        committed = out.length  # x_0 .. x_{committed-1}; the cache holds all but x_last (none before prefill)
+        # 1. draft, except in the prefill round, and never more than the budget leaves room for (+1 bonus)
+        room = min(options.max_draft, out.max_new_tokens - out.generated - 1)
+        if stats.steps > 0 and room > 0:
+            drafts = _draft(target, masks, out, room, state.gamma, options, generator, cache, stats)
+        else:
+            drafts = _Drafts([], None)
+        n = len(drafts.tokens)
+        draft_ids = torch.tensor(drafts.tokens, dtype=torch.long, device=device)
+
+        # 2. verify: one full forward over [x_last, d_1..d_n] (the whole sequence without a cache)
+        start = cache.length if cache is not None else 0
+        ids = torch.cat([out.committed()[start:], draft_ids])
+        positions = torch.arange(start, committed + n, device=device)
+        hidden = target.hidden(ids, positions, cache=cache)
+        verify_logits = target.logits(hidden[-(n + 1):])  # [n+1, V]
+
+        # 3. accept
+        if options.do_sample:
+            p = probabilities(verify_logits, options.temperature, options.top_k, options.top_p)
+            q = drafts.q if drafts.q is not None else p.new_zeros(0, p.shape[-1])
+            accepted, bonus = speculative_accept(p, q, draft_ids, generator)
+        else:
+            accepted, bonus = greedy_accept(verify_logits.argmax(dim=-1), draft_ids)
+
+        # 4. commit (cut at EOS and at max_new_tokens), then keep x_last + the accepted drafts in the cache
+        emitted = out.append(drafts.tokens[:accepted] + [bonus])
+        stats.record(emitted, min(accepted, emitted))
+        stats.drafted_per_step.append(n)
+        if cache is not None:
+            cache.truncate(committed + accepted)
+
+        # 5. adapt γ
+        update_threshold(state, accepted, n, options.max_draft, params, options.adaptive_threshold)
+
+    stats.final_threshold = state.gamma
+    return out.result(stats)
+
+
+def _draft(target: Model, masks, out: Output, room: int, gamma: float, options: DecodeOptions, generator,
+           cache: CompactCache | None, stats: SelfSpecStats) -> _Drafts:
+    """Up to `room` draft tokens from the layer-skipped model; the cache is left as it was found."""
+    device = target.device
+    committed = out.length
+    tokens, qs = [], []
+    eos = out.eos
+    for j in range(room):
+        if cache is not None:  # one new token against the committed cache + this round's scratch entries
+            last = out.ids[committed - 1 : committed] if j == 0 else torch.tensor(tokens[-1:], device=device)
+            ids, positions, mask = last, torch.tensor([committed - 1 + j], device=device), None
+        else:  # the whole sequence, causally masked
+            ids = torch.cat([out.committed(), torch.tensor(tokens, dtype=torch.long, device=device)])
+            positions = torch.arange(ids.shape[0], device=device)
+            causal = torch.ones(ids.shape[0], ids.shape[0], dtype=torch.bool, device=device).tril()
+            mask = additive_mask(causal, target.dtype)
+        hidden = skipping_forward(target.model, ids, positions, masks, cache, mask)
+        stats.draft_forwards += 1
+        logits = target.logits(hidden[-1:])[0]  # [V]
+        if options.do_sample:
+            q = probabilities(logits, options.temperature, options.top_k, options.top_p)
+            token = int(sample(q, generator))
+            qs.append(q)
+        else:
+            token = int(logits.argmax())
+        confidence = float(logits.softmax(dim=-1)[token])  # raw, untempered softmax: the stop rule's scale
+        tokens.append(token)
+        if confidence < gamma or token in eos:  # nothing after an EOS can be emitted
+            break
+    if cache is not None:
+        cache.truncate(committed - 1)  # drop the scratch entries of the layers the draft ran
+    return _Drafts(tokens, torch.stack(qs) if qs else None)

@@ -1,0 +1,166 @@
+"""Self-distillation data: prompts the project builds itself, answered by the base model's own greedy decoding.
+
+Training SPACE's masks on the model's own outputs teaches them to draft exactly what the model will
+verify. The prompts never contain HumanEval problems:
+
+* coding requests built from the signatures and docstrings of Python standard-library functions
+  (PSF-licensed text), phrased like the HumanEval instruction so the answers have the same shape;
+* a short list of general and coding instructions written for this project (`configs/distill/`).
+
+Any prompt whose function name is a HumanEval entry point, or whose text shares a long word run
+with a HumanEval prompt, is dropped (`is_contaminated`).
+
+`generate_answers` runs batched greedy generation (left padding, explicit attention mask) and
+appends each batch to a JSONL file, so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import random
+import re
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from space.eval.datasets import ORIGINAL_HUMANEVAL_INSTRUCTION, load_eval_dataset
+
+STDLIB_MODULES = (
+    "textwrap string shlex fnmatch glob posixpath genericpath shutil heapq bisect statistics random fractions "
+    "difflib json base64 calendar colorsys functools collections copy pprint reprlib html urllib.parse email.utils "
+    "ipaddress secrets uuid gzip tarfile zipfile configparser inspect ast tokenize linecache traceback warnings "
+    "contextlib numbers re codecs locale gettext platform sysconfig tempfile filecmp mimetypes http.cookies quopri "
+    "keyword operator decimal csv dataclasses enum graphlib pathlib plistlib typing wave zipapp sched selectors "
+    "socket ssl subprocess threading queue smtplib imaplib ftplib poplib mailbox binascii hashlib hmac pickle "
+    "pickletools copyreg shelve sqlite3 lzma bz2 logging getopt optparse argparse cmd code codeop pdb pstats "
+    "timeit trace tracemalloc"
+).split()
+MAX_DOC_CHARS = 700
+
+
+def stdlib_functions() -> list[tuple[str, str, str, str]]:
+    """(module, name, signature, docstring) of public pure-Python stdlib functions with real docstrings."""
+    found = []
+    for module_name in STDLIB_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        for name, obj in sorted(vars(module).items()):
+            if name.startswith("_") or not inspect.isfunction(obj) or obj.__module__ != module.__name__:
+                continue
+            doc = inspect.getdoc(obj)
+            if not doc or len(doc) < 40:
+                continue
+            try:
+                signature = str(inspect.signature(obj))
+            except (TypeError, ValueError):
+                continue
+            found.append((module_name, name, signature, doc))
+    return found
+
+
+def function_stub(name: str, signature: str, doc: str) -> str:
+    doc = doc.strip()
+    if len(doc) > MAX_DOC_CHARS:
+        doc = doc[:MAX_DOC_CHARS].rsplit("\n", 1)[0]
+    body = "\n".join(("    " + line) if line else "" for line in doc.splitlines())
+    return f'def {name}{signature}:\n    """\n{body}\n    """\n'
+
+
+def coding_prompts(seed: int = 0) -> list[dict]:
+    """Coding requests from stdlib functions; most use the HumanEval instruction wording."""
+    rng = random.Random(seed)
+    prompts = []
+    for module, name, signature, doc in stdlib_functions():
+        stub = function_stub(name, signature, doc)
+        if rng.random() < 0.8:
+            text = ORIGINAL_HUMANEVAL_INSTRUCTION + "\n" + stub
+        else:
+            first = doc.strip().split("\n\n")[0].replace("\n", " ")
+            text = f"Write a Python function `{name}{signature}` that does the following: {first}"
+        prompts.append(dict(id=f"stdlib/{module}.{name}", prompt=text, entry_point=name))
+    return prompts
+
+
+def project_prompts(path: Path) -> list[dict]:
+    """The instructions written for this project (one JSON list of strings)."""
+    texts = json.loads(path.read_text())
+    return [dict(id=f"{path.stem}/{i}", prompt=text, entry_point=None) for i, text in enumerate(texts)]
+
+
+def _word_runs(text: str, length: int = 8) -> set[tuple[str, ...]]:
+    words = re.findall(r"\w+", text.lower())
+    return {tuple(words[i : i + length]) for i in range(len(words) - length + 1)}
+
+
+def is_contaminated(prompt: dict, entry_points: set[str], humaneval_runs: set) -> bool:
+    """True when the prompt names a HumanEval function or shares an 8-word run with a HumanEval prompt."""
+    if prompt.get("entry_point") and prompt["entry_point"] in entry_points:
+        return True
+    return bool(_word_runs(prompt["prompt"]) & humaneval_runs)
+
+
+def build_prompts(project_files: list[Path], seed: int = 0, limit: int | None = None) -> tuple[list[dict], int]:
+    """All clean prompts, shuffled with `seed`; also returns how many were dropped as contaminated."""
+    humaneval = load_eval_dataset("human_eval")
+    entry_points = {p.problem.get("entry_point") or _entry_point(p.problem["declaration"]) for p in humaneval}
+    runs = set().union(*(_word_runs(p.problem["prompt"]) for p in humaneval))
+    runs -= _word_runs(ORIGINAL_HUMANEVAL_INSTRUCTION)  # the shared instruction is not contamination
+    candidates = coding_prompts(seed)
+    for path in project_files:
+        candidates += project_prompts(path)
+    clean = [p for p in candidates if not is_contaminated(p, entry_points, runs)]
+    random.Random(seed).shuffle(clean)
+    return (clean[:limit] if limit else clean), len(candidates) - len(clean)
+
+
+def _entry_point(declaration: str) -> str:
+    match = re.search(r"def (\w+)\(", declaration)
+    return match.group(1) if match else ""
+
+
+@torch.inference_mode()
+def generate_answers(model, tokenizer, prompts: list[dict], output: Path, batch_size: int = 16,
+                     max_new_tokens: int = 256, progress: bool = True) -> list[dict]:
+    """Greedy answers in the chat template, appended to `output` (JSONL) batch by batch; resumes."""
+    from transformers import GenerationConfig
+
+    done = {}
+    if output.is_file():
+        for line in output.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                break  # torn by an interruption: regenerate from here
+            done[record["id"]] = record
+        output.write_text("".join(json.dumps(r) + "\n" for r in done.values()))
+    todo = [p for p in prompts if p["id"] not in done]
+    tokenizer.padding_side = "left"
+    eos = model.generation_config.eos_token_id
+    stops = set(_as_list(eos))
+    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, eos_token_id=eos,
+                              pad_token_id=tokenizer.pad_token_id, repetition_penalty=1.0)
+    # similar lengths in a batch waste less padding
+    todo.sort(key=lambda p: len(p["prompt"]))
+    batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
+    for batch in tqdm(batches, desc="self-distillation answers", disable=not progress, unit="batch"):
+        texts = [tokenizer.apply_chat_template([{"role": "user", "content": p["prompt"]}], tokenize=False,
+                                               add_generation_prompt=True) for p in batch]
+        encoded = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+        generated = model.generate(**encoded, generation_config=config)[:, encoded.input_ids.shape[1] :]
+        with output.open("a") as handle:
+            for prompt, ids in zip(batch, generated.tolist()):
+                ids = ids[: next((i + 1 for i, t in enumerate(ids) if t in stops), len(ids))]  # drop the padding
+                answer = tokenizer.decode(ids, skip_special_tokens=True)
+                record = dict(id=prompt["id"], instruction=prompt["prompt"], input="", output=answer, output_ids=ids)
+                handle.write(json.dumps(record) + "\n")
+                done[prompt["id"]] = record
+    return [done[p["id"]] for p in prompts if p["id"] in done]
+
+
+def _as_list(value) -> list[int]:
+    return [value] if isinstance(value, int) else list(value or [])

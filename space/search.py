@@ -1,0 +1,155 @@
+"""Search the skip set of self-speculative decoding by Bayesian optimisation (spec §8).
+
+The search space is the 2L bits "skip attention of layer i" / "skip MLP of layer i"; the objective
+(maximised) is a black box, normally the measured tokens/s of greedy `self_spec` on calibration
+prompts (`scripts/search_skip_layers.py` builds it). The optimiser is optuna's TPE (a Bayesian
+optimiser that handles binary parameters natively; the reference used a GP over [0,1]^2L rounded
+at 0.5, which the bits make unnecessary).
+
+What this module owns: the trial loop (ask → evaluate → tell → log), the time budget, warm-start
+probes, and the resumable JSONL trial log. It does not load models, tokenize or time decoding.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from tqdm.auto import tqdm
+
+from space.errors import SpaceError
+from space.skip_layers import SkipLayers
+
+VALUE = "tokens_per_second"  # the key of the objective's record that is maximised
+MAX_REPEATS = 50  # proposals in a row that were all measured before: the search has converged
+
+
+@dataclass
+class SearchResult:
+    best: SkipLayers
+    best_value: float
+    trials: list[dict] = field(default_factory=list)  # every record, loaded and new
+    new_trials: int = 0
+
+
+class TrialLog:
+    """One JSON record per evaluated skip set; reloaded on start, so an interrupted search resumes."""
+
+    def __init__(self, path: str | Path | None, num_layers: int):
+        self.path = Path(path) if path is not None else None
+        self.num_layers = num_layers
+
+    def load(self) -> list[dict]:
+        if self.path is None or not self.path.is_file():
+            return []
+        records = []
+        for line in self.path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # a line torn by an interruption: that point is measured again
+                continue
+            if record.get("num_layers") != self.num_layers:
+                raise SpaceError(f"trial log {str(self.path)!r} is for a {record.get('num_layers')}-layer model, "
+                                 f"this one has {self.num_layers}; pass another --log")
+            records.append(record)
+        return records
+
+    def append(self, record: dict) -> None:
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+
+def skip_to_params(skip: SkipLayers, num_layers: int) -> dict[str, int]:
+    attention, mlp = skip.masks(num_layers)
+    return {**{f"attention_{i}": int(b) for i, b in enumerate(attention)}, **{f"mlp_{i}": int(b) for i, b in enumerate(mlp)}}
+
+
+def params_to_skip(params: dict, num_layers: int) -> SkipLayers:
+    return SkipLayers.from_bits([params[f"attention_{i}"] for i in range(num_layers)],
+                                [params[f"mlp_{i}"] for i in range(num_layers)])
+
+
+def search(
+    num_layers: int,
+    objective: Callable[[SkipLayers], dict],
+    time_budget: float,
+    n_trials: int | None = None,
+    log: str | Path | None = None,
+    probes: list[SkipLayers] = (),
+    seed: int = 1,
+    first_trial_seconds: float = 0.0,
+    progress: bool = True,
+) -> SearchResult:
+    """Maximise `objective(skip)[VALUE]` for at most `time_budget` seconds and `n_trials` new trials.
+
+    `first_trial_seconds`: the caller's estimate of one evaluation; a budget below it is an error.
+    A new trial starts only if the slowest trial so far would still fit in the remaining budget.
+    """
+    try:
+        import optuna
+    except ImportError as error:
+        raise SpaceError("the skip-layer search needs optuna: pip install optuna") from error
+    if time_budget <= 0 or time_budget < first_trial_seconds:
+        raise SpaceError(f"time budget {time_budget:.1f}s is too small to evaluate one skip set (about "
+                         f"{first_trial_seconds:.1f}s each); raise --time_budget")
+    start = time.perf_counter()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    distributions = {name: optuna.distributions.CategoricalDistribution([0, 1])
+                     for name in skip_to_params(SkipLayers(), num_layers)}
+    study = optuna.create_study(direction="maximize",
+                                sampler=optuna.samplers.TPESampler(seed=seed, multivariate=True))
+
+    trial_log = TrialLog(log, num_layers)
+    records = trial_log.load()
+    measured: dict[SkipLayers, dict] = {}
+    for record in records:
+        skip = SkipLayers.from_dict({k: record[k] for k in ("attention", "mlp", "num_layers")})
+        measured[skip] = record
+        study.add_trial(optuna.trial.create_trial(params=skip_to_params(skip, num_layers),
+                                                  distributions=distributions, value=record[VALUE]))
+    for probe in probes:  # known-good points first (the reference's lazy probes)
+        probe = probe.validate(num_layers, "probe")
+        if probe not in measured:
+            study.enqueue_trial(skip_to_params(probe, num_layers))
+
+    new, repeats, slowest = 0, 0, first_trial_seconds
+    bar = tqdm(total=round(time_budget), desc="searching skip layers", disable=not progress,
+               bar_format="{desc}: {percentage:3.0f}%|{bar}| {n}/{total} s [{elapsed}<{remaining}{postfix}]")
+    while n_trials is None or new < n_trials:
+        elapsed = time.perf_counter() - start
+        if elapsed + slowest > time_budget or repeats >= MAX_REPEATS:
+            break
+        trial = study.ask(distributions)
+        skip = params_to_skip(trial.params, num_layers)
+        if skip in measured:  # noisy re-measurements are not worth the budget: tell the known value
+            study.tell(trial, measured[skip][VALUE])
+            repeats += 1
+            continue
+        repeats = 0
+        began = time.perf_counter()
+        outcome = objective(skip)
+        seconds = time.perf_counter() - began
+        slowest = max(slowest, seconds)
+        record = {**skip.to_dict(), **outcome, "seconds": round(seconds, 4)}
+        study.tell(trial, float(record[VALUE]))
+        trial_log.append(record)
+        records.append(record)
+        measured[skip] = record
+        new += 1
+        best = max(records, key=lambda r: r[VALUE])
+        bar.update(min(round(time.perf_counter() - start) - bar.n, bar.total - bar.n))
+        bar.set_postfix_str(f"trials {len(records)}, best {best[VALUE]:.2f} tok/s")
+    bar.close()
+    if not records:
+        raise SpaceError(f"time budget {time_budget:.0f}s ran out before one skip set was evaluated; raise --time_budget")
+    best = max(records, key=lambda r: r[VALUE])
+    best_skip = SkipLayers.from_dict({k: best[k] for k in ("attention", "mlp", "num_layers")})
+    return SearchResult(best_skip, float(best[VALUE]), records, new)

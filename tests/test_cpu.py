@@ -1,0 +1,54 @@
+"""`space.cpu.RowsLinear`: the same products as `nn.Linear`, and decoders stay lossless on it."""
+
+import pytest
+import torch
+from torch import nn
+
+import space
+from space.cpu import RowsLinear, use_fast_linear
+from space.testing import tiny_llama
+
+
+@pytest.mark.parametrize("rows", [1, 2, 7, 36])
+@pytest.mark.parametrize("bias", [False, True])
+def test_rows_linear_matches_linear(rows, bias):
+    torch.manual_seed(rows)
+    plain = nn.Linear(48, 80, bias=bias)
+    fast = nn.Linear(48, 80, bias=bias)
+    fast.load_state_dict(plain.state_dict())
+    wrapper = nn.Sequential(fast)
+    assert use_fast_linear(wrapper) == 1 and isinstance(wrapper[0], RowsLinear)
+    x = torch.randn(1, rows, 48)
+    with torch.inference_mode():
+        torch.testing.assert_close(wrapper(x), plain(x), rtol=1e-5, atol=1e-5)
+        assert wrapper(x).shape == (1, rows, 80)
+
+
+def test_rows_linear_retakes_its_transposed_copy_when_the_weight_changes():
+    layer = nn.Sequential(nn.Linear(8, 4, bias=False))
+    use_fast_linear(layer)
+    x = torch.randn(1, 8)
+    with torch.inference_mode():
+        first = layer(x)
+    with torch.no_grad():
+        layer[0].weight.mul_(2)
+    with torch.inference_mode():
+        torch.testing.assert_close(layer(x), 2 * first)
+
+
+def test_rows_linear_keeps_gradients_flowing():
+    layer = nn.Sequential(nn.Linear(8, 4))
+    use_fast_linear(layer)
+    layer(torch.randn(3, 8)).sum().backward()
+    assert layer[0].weight.grad is not None
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_decoders_stay_identical_on_fast_linear_layers(seed):
+    model = tiny_llama(seed=seed)
+    use_fast_linear(model)
+    prompt = torch.randint(3, model.config.vocab_size - 8, (1, 6), generator=torch.Generator().manual_seed(seed))
+    reference = space.decode(model, prompt, "ar", max_new_tokens=24, eos_token_id=[]).tokens
+    for use_cache in (True, False):
+        result = space.decode(model, prompt, "space", max_new_tokens=24, eos_token_id=[], use_cache=use_cache)
+        assert result.tokens.tolist() == reference.tolist()

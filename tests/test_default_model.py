@@ -1,0 +1,64 @@
+"""The default-model recipe end to end on a tiny model, and the shipped SmolLM2 SPACE model itself."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import space
+from space.eval.datasets import load_eval_dataset
+from space.models import has_shipped_model
+from space.testing import tiny_llama, tiny_text_tokenizer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+
+import make_default_model  # noqa: E402
+
+
+def test_recipe_runs_end_to_end_on_a_tiny_model(tmp_path):
+    tokenizer = tiny_text_tokenizer()
+    base = tiny_llama(seed=1, vocab_size=len(tokenizer), init_std=0.02)
+    for name in ("mask_id", "mask_num", "mask_diff"):
+        delattr(base.config, name)
+    base.save_pretrained(tmp_path / "base")
+    tokenizer.save_pretrained(tmp_path / "base")
+    argv = ["--model", str(tmp_path / "base"), "--limit", "6", "--max_new_tokens", "12", "--batch_size", "3",
+            "--max_steps", "3", "--work_dir", str(tmp_path / "work"), "--export_dir", str(tmp_path / "export"),
+            "--decode_mask_num", "2", "--train_args", "--save_steps 2 --logging_steps 1"]
+    exported = make_default_model.main(argv)
+    assert {p.name for p in exported.iterdir()} >= {"adapter_config.json", "adapter_model.safetensors", "space.json"}
+    log = json.loads((tmp_path / "work" / "recipe_log.json").read_text())
+    assert set(log) == {"distill", "train", "export"}
+    assert len((tmp_path / "work" / "distill.jsonl").read_text().splitlines()) == 6
+    # rerunning resumes: nothing is generated again and training continues from its checkpoint
+    make_default_model.main(argv)
+    assert len((tmp_path / "work" / "distill.jsonl").read_text().splitlines()) == 6
+
+    model, _ = space.load_model(tmp_path / "base", adapter=exported)
+    spec = space.read_mask_spec(model.config)
+    assert spec.mask_diff and spec.mask_num == 2  # decodes with the recorded k; trained with the config's 6
+    prompt = torch.tensor([[1, 40, 50, 60]])
+    reference = space.decode(model, prompt, "ar", max_new_tokens=12).tokens.tolist()
+    for k in (None, 6):
+        assert space.decode(model, prompt, "space", max_new_tokens=12, mask_num=k).tokens.tolist() == reference
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not has_shipped_model(), reason="no shipped default model in space/default_model")
+def test_shipped_model_decodes_like_ar_on_humaneval_prompts():
+    torch.set_num_threads(2)
+    model, tokenizer = space.load_model()
+    spec = space.read_mask_spec(model.config)
+    assert spec is not None
+    accepted = 0
+    for prompt in load_eval_dataset("human_eval", num_samples=3):
+        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt.turns[0]}], tokenize=False,
+                                             add_generation_prompt=True)
+        ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids
+        reference = space.decode(model, ids, "ar", max_new_tokens=64).tokens
+        result = space.decode(model, ids, "space", max_new_tokens=64)
+        assert result.tokens.tolist() == reference.tolist()
+        accepted += sum(result.stats.accepted_per_step)
+    assert accepted > 0  # the shipped masks draft tokens that the model accepts

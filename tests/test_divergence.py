@@ -1,0 +1,46 @@
+"""The near-tie analysis of answers that differ from AR (`space.eval.divergence`)."""
+
+import torch
+
+import space
+from space.eval.divergence import NEAR_TIE, explain, first_difference
+from space.testing import tiny_llama
+
+
+def test_first_difference():
+    assert first_difference([1, 2, 3], [1, 2, 3]) is None
+    assert first_difference([1, 5, 3], [1, 2, 3]) == 1
+    assert first_difference([1, 2], [1, 2, 3]) == 2
+
+
+def _ar_answer(model, prompt):
+    return space.decode(model, prompt, "ar", max_new_tokens=8, eos_token_id=[]).tokens.tolist()
+
+
+def test_a_clear_win_left_is_not_a_near_tie():
+    model = tiny_llama(seed=3)
+    prompt = torch.tensor([[1, 10, 20, 30]])
+    reference = _ar_answer(model, prompt)
+    assert explain(model, prompt, reference, reference) is None
+    # swap AR's token at step 3 for its runner-up: the report gives the true top-2 gap
+    with torch.inference_mode():
+        logits = model(torch.tensor([[1, 10, 20, 30] + reference[:3]])).logits[0, -1]
+    runner_up = int(logits.topk(2).indices[1])
+    wrong = reference[:3] + [runner_up] + reference[4:]
+    report = explain(model, prompt, wrong, reference)
+    assert report["position"] == 3 and report["ar_token"] == reference[3] and report["method_token"] == runner_up
+    assert abs(report["logit_gap"] - report["top2_gap"]) < 1e-5
+    assert report["logit_gap"] > NEAR_TIE and not report["near_tie"]
+
+
+def test_an_exact_tie_is_reported_as_a_near_tie():
+    model = tiny_llama(seed=4)
+    prompt = torch.tensor([[1, 11, 22]])
+    reference = _ar_answer(model, prompt)
+    chosen, twin = reference[2], next(t for t in range(3, 90) if t not in reference)
+    with torch.no_grad():  # token `twin` gets the lm_head row of AR's token at step 2: equal logits there
+        model.lm_head.weight[twin] = model.lm_head.weight[chosen]
+    reference = _ar_answer(model, prompt)  # AR takes the lower id of the tied pair
+    other = twin if reference[2] == chosen else chosen
+    report = explain(model, prompt, reference[:2] + [other], reference[:3])
+    assert report["position"] == 2 and report["logit_gap"] == 0.0 and report["near_tie"]
