@@ -29,10 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import space  # noqa: E402
 from space.cli import run, str2bool  # noqa: E402
 from space.eval import execution, harness, report  # noqa: E402
-from space.eval.divergence import explain  # noqa: E402
-from space.eval.prompts import render  # noqa: E402
 from space.eval.datasets import dataset_names, default_max_new_tokens, load_eval_dataset  # noqa: E402
-from space.eval.metrics import summarize  # noqa: E402
+from space.eval.divergence import explain  # noqa: E402
+from space.eval.metrics import split_label, summarize  # noqa: E402
 from space.eval.prompts import MODEL_TYPES  # noqa: E402
 from space.eval.rouge import rouge_l  # noqa: E402
 from space.models import BASE_MODEL_ALIASES  # noqa: E402
@@ -98,7 +97,7 @@ def parse_args(argv):
 def main(argv=None) -> dict:
     args = parse_args(argv)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = [m for m in methods if harness.decoder_name(m) not in space.DECODERS or not _valid_variant(m)]
+    unknown = [m for m in methods if not _valid_label(m)]
     if unknown or not methods:
         raise space.SpaceError(f"unknown method(s) {unknown} in --methods; available: {sorted(space.DECODERS)}")
     prompts = load_eval_dataset(args.dataset, args.data_path, args.num_samples)
@@ -123,10 +122,10 @@ def main(argv=None) -> dict:
                                  progress=args.progress, time_limit=args.time_limit)
     complete = harness.complete_ids(stored, prompts, methods)
     requested = len(prompts)
-    prompts = [p for p in prompts if p.id in complete]
+    prompts = [p for p in prompts if p.id in complete]  # a stopped run reports only fully answered prompts
     if not prompts:
         raise space.SpaceError(f"no prompt was answered by every method within --time_limit {args.time_limit}s; "
-                               "raise it (answers so far are kept and the same command resumes)")  # a stopped run reports only fully answered prompts
+                               "raise it (answers so far are kept and the same command resumes)")
     records = [r for r in stored if r["id"] in complete]
     add_quality(records, prompts, args)
     store.rewrite(stored)  # unfinished prompts keep their answers for the resume
@@ -147,9 +146,10 @@ def main(argv=None) -> dict:
     return summary
 
 
-def _valid_variant(label: str) -> bool:
-    name, _, k = label.partition("@")
-    return not k or (name in VARIANT_OPTION and k.isdigit())
+def _valid_label(label: str) -> bool:
+    """A decoder name, or `space@K` / `sdsat@K`."""
+    name, k = split_label(label)
+    return name in space.DECODERS and (k is None or name in VARIANT_OPTION)
 
 
 def prepare_masks(model, tokenizer, args, methods) -> str | None:
@@ -200,8 +200,9 @@ def method_options(args, methods: list[str], max_new_tokens: int, skip_layers: d
                 options[method][name] = value
         if harness.decoder_name(method) == "self_spec":
             options[method]["skip_layers"] = skip_layers
-        if "@" in method:  # space@K, sdsat@K
-            options[method][VARIANT_OPTION[harness.decoder_name(method)]] = int(method.split("@", 1)[1])
+        name, k = split_label(method)
+        if k is not None:  # space@K, sdsat@K
+            options[method][VARIANT_OPTION[name]] = k
     return options
 
 
@@ -252,8 +253,8 @@ def explain_divergences(model, tokenizer, records: list[dict], prompts, style: s
             continue
         entry = dict(id=record["id"], turn=record["turn"], method=record["method"])
         if record["turn"] == 0:  # later turns build on each method's own earlier answers
-            text = render([(by_id[record["id"]].turns[0], None)], style, model_type, tokenizer)
-            entry.update(explain(model, harness.encode(tokenizer, text, style, model.device), record["ids"], ar_ids))
+            prompt_ids = harness.first_turn_ids(tokenizer, by_id[record["id"]], style, model_type, model.device)
+            entry.update(explain(model, prompt_ids, record["ids"], ar_ids))
         found.append(entry)
     if found:
         ties = sum(bool(e.get("near_tie")) for e in found)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -64,9 +63,6 @@ def main(argv=None) -> Path:
             raise space.SpaceError(f"--mask_num {args.mask_num} must be between 1 and the trained mask_num {fields['mask_num']}")
         fields["decode_mask_num"] = args.mask_num
     (output / ADAPTER_FIELDS_FILE).write_text(json.dumps(fields, indent=2))
-    for extra in ("training_summary.json",):
-        if (source / extra).is_file():
-            shutil.copy(source / extra, output / extra)
     print(f"exported {len(tensors)} tensors ({size_mb:.1f} MB, {args.dtype}) -> {output}")
     return output
 

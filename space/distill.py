@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from space.decoding.common import eos_ids
 from space.eval.datasets import ORIGINAL_HUMANEVAL_INSTRUCTION, load_eval_dataset
 
 STDLIB_MODULES = (
@@ -137,11 +138,13 @@ def generate_answers(model, tokenizer, prompts: list[dict], output: Path, batch_
             except json.JSONDecodeError:
                 break  # torn by an interruption: regenerate from here
             done[record["id"]] = record
-        output.write_text("".join(json.dumps(r) + "\n" for r in done.values()))
+        temporary = output.with_suffix(output.suffix + ".tmp")  # an interruption here must not lose answers
+        temporary.write_text("".join(json.dumps(r) + "\n" for r in done.values()))
+        temporary.replace(output)
     todo = [p for p in prompts if p["id"] not in done]
     tokenizer.padding_side = "left"
     eos = model.generation_config.eos_token_id
-    stops = set(_as_list(eos))
+    stops = set(eos_ids(model, eos))
     config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, eos_token_id=eos,
                               pad_token_id=tokenizer.pad_token_id, repetition_penalty=1.0)
     # similar lengths in a batch waste less padding
@@ -160,7 +163,3 @@ def generate_answers(model, tokenizer, prompts: list[dict], output: Path, batch_
                 handle.write(json.dumps(record) + "\n")
                 done[prompt["id"]] = record
     return [done[p["id"]] for p in prompts if p["id"] in done]
-
-
-def _as_list(value) -> list[int]:
-    return [value] if isinstance(value, int) else list(value or [])

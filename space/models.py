@@ -157,7 +157,8 @@ def _apply_adapter(model, tokenizer, adapter_dir: Path, merge: bool):
 
     if not (adapter_dir / "adapter_config.json").is_file():
         raise SpaceError(f"{adapter_dir} is not a peft adapter directory (no adapter_config.json)")
-    fields = adapter_fields(adapter_dir)
+    saved = _read_fields_file(adapter_dir)
+    fields = _config_fields(saved)
     if (adapter_dir / "tokenizer_config.json").is_file():
         tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
         rows = model.get_input_embeddings().weight.shape[0]
@@ -179,21 +180,18 @@ def _apply_adapter(model, tokenizer, adapter_dir: Path, merge: bool):
     model = model.merge_and_unload() if merge else model
     for name, value in fields.items():
         setattr(model.config, name, value)
-    decode_k = _decode_mask_num(adapter_dir)
+    decode_k = _decode_mask_num(saved, adapter_dir)
     if decode_k is not None:  # trained with more mask slots than the measured-best decoding k
         model.config.mask_num = decode_k
     return model, tokenizer
 
 
-def _decode_mask_num(adapter_dir: Path) -> int | None:
+def _decode_mask_num(saved: dict, adapter_dir: Path) -> int | None:
     """`space.json`'s `decode_mask_num`: the default k for decoding, at most the trained `mask_num`."""
-    path = adapter_dir / ADAPTER_FIELDS_FILE
-    if not path.is_file():
-        return None
-    fields = json.loads(path.read_text())
-    k = fields.get("decode_mask_num")
-    if k is not None and not 1 <= int(k) <= int(fields.get("mask_num") or k):
-        raise SpaceError(f"{path}: decode_mask_num {k} must be between 1 and the trained mask_num {fields.get('mask_num')}")
+    k = saved.get("decode_mask_num")
+    if k is not None and not 1 <= int(k) <= int(saved.get("mask_num") or k):
+        raise SpaceError(f"{adapter_dir / ADAPTER_FIELDS_FILE}: decode_mask_num {k} must be between 1 and the "
+                         f"trained mask_num {saved.get('mask_num')}")
     return None if k is None else int(k)
 
 
@@ -211,11 +209,16 @@ def _is_adapter_dir(path: Path) -> bool:
 
 def adapter_fields(adapter_dir: Path) -> dict:
     """SPACE (and SDSAT) fields saved beside an adapter (`space.json`, written by scripts/train_sft.py)."""
+    return _config_fields(_read_fields_file(adapter_dir))
+
+
+def _read_fields_file(adapter_dir: Path) -> dict:
     path = adapter_dir / ADAPTER_FIELDS_FILE
-    if not path.is_file():
-        return {}
-    fields = json.loads(path.read_text())
-    return {name: fields[name] for name in CONFIG_FIELDS + SAT_CONFIG_FIELDS if fields.get(name) is not None}
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _config_fields(saved: dict) -> dict:
+    return {name: saved[name] for name in CONFIG_FIELDS + SAT_CONFIG_FIELDS if saved.get(name) is not None}
 
 
 def adapter_base(adapter_dir: Path) -> str | None:

@@ -128,17 +128,28 @@ def _truncating_sample(pairs: list[EncodedTurn], config: MaskingConfig, rng: ran
     return dict(input_ids=input_ids[:cut], labels=labels[:cut], mask_offsets=offsets[:cut])
 
 
-def _efficient_sample(pairs: list[EncodedTurn], config: MaskingConfig, rng: random.Random) -> dict:
-    k = config.mask_num
+def _whole_conversation(pairs: list[EncodedTurn], cutoff_len: int) -> tuple[list[int], list[int]]:
+    """Every turn's ids and AR labels (prompts unlabelled), turns clipped in proportion to `cutoff_len`."""
     input_ids, labels = [], []
-    for source, target in truncate_turns(pairs, config.cutoff_len):
+    for source, target in truncate_turns(pairs, cutoff_len):
         input_ids += source + target
         labels += [IGNORE] * len(source) + target
+    return input_ids, labels
+
+
+def _unmasked_sample(input_ids: list[int], labels: list[int]) -> dict:
+    """Real tokens only, at their own positions in segment 0; blocks are appended after them."""
+    length = len(input_ids)
+    return dict(input_ids=input_ids, labels=labels, mask_offsets=[0] * length,
+                position_ids=list(range(length)), segment_ids=[0] * length)
+
+
+def _efficient_sample(pairs: list[EncodedTurn], config: MaskingConfig, rng: random.Random) -> dict:
+    k = config.mask_num
+    input_ids, labels = _whole_conversation(pairs, config.cutoff_len)
     room = config.cutoff_len - config.mask_blocks * (k + 1)  # blocks are reserved, never clipped away
     input_ids, labels = input_ids[:room], labels[:room]
-    length = len(input_ids)
-    sample = dict(input_ids=input_ids, labels=labels, mask_offsets=[0] * length,
-                  position_ids=list(range(length)), segment_ids=[0] * length)
+    sample = _unmasked_sample(input_ids, labels)
     if rng.random() > config.mask_prob:
         return sample
     sizes = [rng.randint(1, k) if config.mask_random else k for _ in range(config.mask_blocks)]
@@ -148,19 +159,14 @@ def _efficient_sample(pairs: list[EncodedTurn], config: MaskingConfig, rng: rand
 
 def _sdsat_sample(pairs: list[EncodedTurn], config: MaskingConfig, rng: random.Random) -> dict:
     k = config.mask_num
-    input_ids, labels = [], []
-    for source, target in truncate_turns(pairs, config.cutoff_len):
-        input_ids += source + target
-        labels += [IGNORE] * len(source) + target
+    input_ids, labels = _whole_conversation(pairs, config.cutoff_len)
     # Real tokens come first: spans take the room left under cutoff_len (one per sat_every real tokens),
     # and only the one span every sample gets may clip the tail.
     kept = min(len(input_ids), config.cutoff_len - (k + 1))
     spans = max(1, min(len(input_ids) // config.sat_every, (config.cutoff_len - kept) // (k + 1)))
     room = config.cutoff_len - spans * (k + 1)
     input_ids, labels = input_ids[:room], labels[:room]
-    length = len(input_ids)
-    sample = dict(input_ids=input_ids, labels=labels, mask_offsets=[0] * length,
-                  position_ids=list(range(length)), segment_ids=[0] * length)
+    sample = _unmasked_sample(input_ids, labels)
     sizes = [rng.randint(1, k) for _ in range(spans)]
     _append_blocks(sample, input_ids, labels, sizes, config, rng)
     return sample

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 import torch
 
+from space.decoding.threshold import DEFAULT_AUTO_PARAMETERS
 from space.errors import SpaceError
 from space.models import unwrap
 
@@ -47,7 +48,7 @@ class DecodeOptions:
     max_draft: int = 8  # K_max: drafts per round at most
     draft_threshold: float | None = None  # γ0; None: 0.8 greedy, 0.5 sampling (the reference's defaults)
     adaptive_threshold: bool = True
-    auto_parameters: tuple = (1, 0.5, 0.9, 0.01, 0.9)  # [f, β1, α, ε, β2] of the γ update
+    auto_parameters: tuple = DEFAULT_AUTO_PARAMETERS  # [f, β1, α, ε, β2] of the γ update
     threshold_state: object = None  # a ThresholdState carries γ across calls; None: fresh per call
 
     @classmethod

@@ -15,16 +15,17 @@ drive other methods' draft length later.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 
 from space.errors import SpaceError
 
-DEFAULT_AUTO_PARAMETERS = (1, 0.5, 0.9, 0.01, 0.9)  # [f, β1, α, ε, β2], the reference defaults
 GAMMA_MAX = 1.0 - 1e-6  # γ = 1 would stop after every token whatever the confidence; keep it below
 
 
 @dataclass(frozen=True)
 class AutoParameters:
+    """`auto_parameters` [f, β1, α, ε, β2]; the defaults are the reference's."""
+
     every: int = 1  # f: update every f verification rounds
     beta1: float = 0.5  # EMA factor of the acceptance rate
     alpha: float = 0.9  # target acceptance rate
@@ -45,6 +46,9 @@ class AutoParameters:
         if epsilon < 0:
             raise SpaceError(f"auto_parameters epsilon must be >= 0, got {epsilon}")
         return cls(int(every), float(beta1), float(alpha), float(epsilon), float(beta2))
+
+
+DEFAULT_AUTO_PARAMETERS = astuple(AutoParameters())  # (1, 0.5, 0.9, 0.01, 0.9)
 
 
 @dataclass

@@ -23,6 +23,7 @@ import space
 from space.decoding.threshold import ThresholdState
 from space.errors import SpaceError
 from space.eval.datasets import EvalPrompt
+from space.eval.metrics import split_label
 from space.eval.prompts import add_special_tokens, render
 
 CONFIG_FILE = "run_config.json"
@@ -97,8 +98,8 @@ def synchronize(device: torch.device) -> None:
 
 
 def decoder_name(label: str) -> str:
-    """A method label is a decoder name, optionally with a variant suffix: `space@3` runs `space`."""
-    return label.split("@", 1)[0]
+    """The decoder a method label runs: `space@3` runs `space` (with mask_num 3)."""
+    return split_label(label)[0]
 
 
 def timed_decode(model, input_ids: torch.Tensor, method: str, options: dict, device: torch.device):
@@ -113,10 +114,15 @@ def encode(tokenizer, text: str, style: str, device: torch.device) -> torch.Tens
     return tokenizer(text, return_tensors="pt", add_special_tokens=add_special_tokens(style)).input_ids.to(device)
 
 
+def first_turn_ids(tokenizer, prompt: EvalPrompt, style: str, model_type: str, device: torch.device) -> torch.Tensor:
+    """The `[1, n]` ids every method answers for the prompt's first turn."""
+    return encode(tokenizer, render([(prompt.turns[0], None)], style, model_type, tokenizer), style, device)
+
+
 def warm_up(model, tokenizer, prompt: EvalPrompt, methods: list[str], options: dict[str, dict], style: str,
             model_type: str, runs: int, device: torch.device) -> None:
     """Untimed short runs of every method: first-call costs (kernels, allocator) are paid here."""
-    input_ids = encode(tokenizer, render([(prompt.turns[0], None)], style, model_type, tokenizer), style, device)
+    input_ids = first_turn_ids(tokenizer, prompt, style, model_type, device)
     for _ in range(runs):
         for method in methods:
             space.decode(model, input_ids, decoder_name(method), **dict(options[method], max_new_tokens=16))

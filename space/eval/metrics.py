@@ -112,11 +112,22 @@ def _original(pairs: list[tuple[dict, dict]], count_tokens, max_steps: int | Non
     )
 
 
-def _max_tokens_per_step(name: str, mask_num: int | None) -> int | None:
+def split_label(label: str) -> tuple[str, int | None]:
+    """A method label is a decoder name with an optional k: `space@3` -> ("space", 3), `ar` -> ("ar", None).
+
+    A suffix that is not a number is left in the name, so the label is refused as an unknown method.
+    """
+    name, _, k = label.partition("@")
+    return (name, int(k)) if k.isdigit() else (label if k else name, None)
+
+
+def _max_tokens_per_step(label: str, mask_num: int | None) -> int | None:
     """k+1 for SPACE (`space` uses the run's k, `space@K` its own K); None lets the data decide."""
-    if name.startswith("space@"):
-        return int(name.split("@", 1)[1]) + 1
-    return mask_num + 1 if name == "space" and mask_num else None
+    name, k = split_label(label)
+    if name != "space":
+        return None
+    k = k if k is not None else mask_num
+    return k + 1 if k else None
 
 
 def summarize(records: list[dict], count_tokens=None, mask_num: int | None = None) -> dict:
