@@ -3,7 +3,8 @@
     python scripts/export_default_model.py --adapter_dir runs/default_model/sft --output space/default_model
 
 Keeps the adapter config, the SPACE fields (`space.json`, base = the embedded SmolLM2; `--mask_num`
-records the default decoding k, chosen by the k sweep, as `decode_mask_num`) and the
+records the default decoding k, chosen by the k sweep, as `decode_mask_num`, and `--cuda_mask_num` the
+one used on a GPU as `decode_mask_num_cuda`) and the
 adapter weights (LoRA matrices and the trained mask-token rows) cast to float16 safetensors. The
 tokenizer is not copied: `space.load_model()` rebuilds the mask tokens from `space.json`.
 """
@@ -35,6 +36,8 @@ def parse_args(argv):
     parser.add_argument("--base_model", default=None, help="recorded base (default: none = the embedded SmolLM2)")
     parser.add_argument("--mask_num", type=int, default=None,
                         help="default decoding k recorded as decode_mask_num (at most the trained mask_num)")
+    parser.add_argument("--cuda_mask_num", type=int, default=None,
+                        help="default decoding k on a GPU, recorded as decode_mask_num_cuda")
     parser.add_argument("--max_mb", type=float, default=25.0, help="refuse to export a larger adapter")
     return parser.parse_args(argv)
 
@@ -58,10 +61,13 @@ def main(argv=None) -> Path:
     (output / "adapter_config.json").write_text(json.dumps(config, indent=2))
     fields = json.loads((source / ADAPTER_FIELDS_FILE).read_text())
     fields["base_model"] = args.base_model
-    if args.mask_num is not None:
-        if not 1 <= args.mask_num <= fields["mask_num"]:
-            raise space.SpaceError(f"--mask_num {args.mask_num} must be between 1 and the trained mask_num {fields['mask_num']}")
-        fields["decode_mask_num"] = args.mask_num
+    for flag, key in (("mask_num", "decode_mask_num"), ("cuda_mask_num", "decode_mask_num_cuda")):
+        k = getattr(args, flag)
+        if k is None:
+            continue
+        if not 1 <= k <= fields["mask_num"]:
+            raise space.SpaceError(f"--{flag} {k} must be between 1 and the trained mask_num {fields['mask_num']}")
+        fields[key] = k
     (output / ADAPTER_FIELDS_FILE).write_text(json.dumps(fields, indent=2))
     print(f"exported {len(tensors)} tensors ({size_mb:.1f} MB, {args.dtype}) -> {output}")
     return output

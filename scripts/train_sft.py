@@ -221,7 +221,7 @@ def build_dataset(tokenizer, data_args: DataArguments, masking: MaskingConfig, s
     rng = random.Random(seed)  # static masks: drawn once, in dataset order
     samples = []
     for conversation in tqdm(conversations, desc="building SAR-SFT samples", disable=None):
-        pairs = template.encode(tokenizer, conversation.turns, conversation.system)
+        pairs = template.encode(tokenizer, conversation.turns, conversation.system, conversation.unfinished)
         samples.append(build_sample(pairs, masking, rng))
     with_masks = sum(any(sample["mask_offsets"]) for sample in samples)
     predictions = sum(sum(1 for j in sample["mask_offsets"] if 0 < j <= masking.mask_num) for sample in samples)

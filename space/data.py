@@ -11,7 +11,9 @@ Formats (detected per record):
 * sharegpt: `conversations`, a list of `{"from": "human"|"gpt"|"system", "value": ...}` (or
   `role`/`content`, or plain strings alternating user/assistant).
 
-Records with an empty prompt or response are dropped, as in the original recipe.
+Records with an empty prompt or response are dropped, as in the original recipe. A record with
+`"unfinished": true` (an answer cut off at a length limit, as the self-distillation data marks them)
+is trained without the end of turn after its last response, so the model does not learn to stop there.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from space.errors import SpaceError
 class Conversation:
     turns: list[tuple[str, str]]  # (query, response)
     system: str | None = None
+    unfinished: bool = False  # the last response was cut off by a length limit: no end of turn is trained
 
 
 @dataclass(frozen=True)
@@ -125,6 +128,7 @@ def _parse_records(records: list, source: str) -> list[Conversation]:
                 f"{source}: record {index} is neither alpaca (instruction/output) nor sharegpt (conversations); "
                 f"its keys are {sorted(record)}"
             )
+        conversation.unfinished = bool(record.get("unfinished", False))
         if conversation.turns and all(query.strip() and response.strip() for query, response in conversation.turns):
             conversations.append(conversation)
     return conversations

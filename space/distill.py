@@ -130,6 +130,8 @@ def generate_answers(model, tokenizer, prompts: list[dict], output: Path, batch_
     """Greedy answers in the chat template, appended to `output` (JSONL) batch by batch; resumes."""
     from transformers import GenerationConfig
 
+    eos = model.generation_config.eos_token_id
+    stops = set(eos_ids(model, eos))
     done = {}
     if output.is_file():
         for line in output.read_text().splitlines():
@@ -137,14 +139,14 @@ def generate_answers(model, tokenizer, prompts: list[dict], output: Path, batch_
                 record = json.loads(line)
             except json.JSONDecodeError:
                 break  # torn by an interruption: regenerate from here
+            # files written before the field existed: an answer without a stop token was cut off
+            record.setdefault("unfinished", not record["output_ids"] or record["output_ids"][-1] not in stops)
             done[record["id"]] = record
         temporary = output.with_suffix(output.suffix + ".tmp")  # an interruption here must not lose answers
         temporary.write_text("".join(json.dumps(r) + "\n" for r in done.values()))
         temporary.replace(output)
     todo = [p for p in prompts if p["id"] not in done]
     tokenizer.padding_side = "left"
-    eos = model.generation_config.eos_token_id
-    stops = set(eos_ids(model, eos))
     config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, eos_token_id=eos,
                               pad_token_id=tokenizer.pad_token_id, repetition_penalty=1.0)
     # similar lengths in a batch waste less padding
@@ -159,7 +161,8 @@ def generate_answers(model, tokenizer, prompts: list[dict], output: Path, batch_
             for prompt, ids in zip(batch, generated.tolist()):
                 ids = ids[: next((i + 1 for i, t in enumerate(ids) if t in stops), len(ids))]  # drop the padding
                 answer = tokenizer.decode(ids, skip_special_tokens=True)
-                record = dict(id=prompt["id"], instruction=prompt["prompt"], input="", output=answer, output_ids=ids)
+                record = dict(id=prompt["id"], instruction=prompt["prompt"], input="", output=answer, output_ids=ids,
+                              unfinished=not ids or ids[-1] not in stops)
                 handle.write(json.dumps(record) + "\n")
                 done[prompt["id"]] = record
     return [done[p["id"]] for p in prompts if p["id"] in done]

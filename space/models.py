@@ -98,10 +98,10 @@ def load_model(
     torch_device = resolve_device(device)
     if adapter is None and name_or_path is None and has_shipped_model():
         adapter = SHIPPED_MODEL_DIR
-    if str(name_or_path).lower() in BASE_MODEL_ALIASES:
-        name_or_path = None
     if adapter is None and name_or_path is not None and _is_adapter_dir(Path(name_or_path)):
         adapter, name_or_path = Path(name_or_path), adapter_base(Path(name_or_path))
+    if str(name_or_path).lower() in BASE_MODEL_ALIASES:  # also an adapter's recorded base ("smollm2")
+        name_or_path = None
     source, load_kwargs = _locate(name_or_path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **load_kwargs)
@@ -122,7 +122,7 @@ def load_model(
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     if adapter is not None:
-        model, tokenizer = _apply_adapter(model, tokenizer, Path(adapter), merge_adapter)
+        model, tokenizer = _apply_adapter(model, tokenizer, Path(adapter), merge_adapter, torch_device.type)
     model.to(torch_device).eval()
     if fast_cpu_linear if fast_cpu_linear is not None else torch_device.type == "cpu":
         use_fast_linear(model)
@@ -149,7 +149,7 @@ def _locate(name_or_path) -> tuple[str, dict]:
     return str(name_or_path), {}  # a hub name such as "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
-def _apply_adapter(model, tokenizer, adapter_dir: Path, merge: bool):
+def _apply_adapter(model, tokenizer, adapter_dir: Path, merge: bool, device_type: str = "cpu"):
     """Base + adapter. The mask tokens the adapter was trained with are recreated first: from the
     tokenizer saved beside it, else from the SPACE fields in `space.json` (same ids, same mean rows)."""
     from peft import PeftModel
@@ -180,18 +180,20 @@ def _apply_adapter(model, tokenizer, adapter_dir: Path, merge: bool):
     model = model.merge_and_unload() if merge else model
     for name, value in fields.items():
         setattr(model.config, name, value)
-    decode_k = _decode_mask_num(saved, adapter_dir)
+    decode_k = decode_mask_num(saved, device_type, adapter_dir)
     if decode_k is not None:  # trained with more mask slots than the measured-best decoding k
         model.config.mask_num = decode_k
     return model, tokenizer
 
 
-def _decode_mask_num(saved: dict, adapter_dir: Path) -> int | None:
-    """`space.json`'s `decode_mask_num`: the default k for decoding, at most the trained `mask_num`."""
-    k = saved.get("decode_mask_num")
+def decode_mask_num(saved: dict, device_type: str = "cpu", adapter_dir: Path | None = None) -> int | None:
+    """The default decoding k of `space.json`: `decode_mask_num_cuda` on a GPU when present (a wider step
+    costs little there), else `decode_mask_num`; each at most the trained `mask_num`."""
+    key = "decode_mask_num_cuda" if device_type == "cuda" and "decode_mask_num_cuda" in saved else "decode_mask_num"
+    k = saved.get(key)
     if k is not None and not 1 <= int(k) <= int(saved.get("mask_num") or k):
-        raise SpaceError(f"{adapter_dir / ADAPTER_FIELDS_FILE}: decode_mask_num {k} must be between 1 and the "
-                         f"trained mask_num {saved.get('mask_num')}")
+        where = adapter_dir / ADAPTER_FIELDS_FILE if adapter_dir is not None else ADAPTER_FIELDS_FILE
+        raise SpaceError(f"{where}: {key} {k} must be between 1 and the trained mask_num {saved.get('mask_num')}")
     return None if k is None else int(k)
 
 

@@ -5,6 +5,9 @@
 * `vicuna`: the same structure with `"USER: {q} ASSISTANT: "` and no separator (LLaMA-Factory 0.2).
 * `chat_template`: the tokenizer's own chat template, cut into per-turn pieces.
 
+With `unfinished=True` the last response was cut off at a length limit and gets no EOS or end-of-turn
+markup: training one there would teach the model to stop mid-answer.
+
 Every piece is tokenized separately with `add_special_tokens=False`, as the original does, so a
 sentencepiece tokenizer adds its dummy-prefix space at each piece start (bit-identical data).
 """
@@ -37,7 +40,8 @@ class PieceTemplate:
     separator: str
     system: str
 
-    def encode(self, tokenizer, turns: list[Turn], system: str | None = None) -> list[EncodedTurn]:
+    def encode(self, tokenizer, turns: list[Turn], system: str | None = None,
+               unfinished: bool = False) -> list[EncodedTurn]:
         bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
         eos = [tokenizer.eos_token_id]
         separator = _encode(tokenizer, self.separator)
@@ -50,7 +54,8 @@ class PieceTemplate:
             else:
                 prefix = separator + bos
             source = prefix + _encode(tokenizer, self.prompt.format(query=query))
-            pairs.append((source, _encode(tokenizer, response) + eos))
+            last_cut = unfinished and index == len(turns) - 1
+            pairs.append((source, _encode(tokenizer, response) + ([] if last_cut else eos)))
         return pairs
 
 
@@ -60,7 +65,8 @@ class ChatTemplate:
 
     name: str = "chat_template"
 
-    def encode(self, tokenizer, turns: list[Turn], system: str | None = None) -> list[EncodedTurn]:
+    def encode(self, tokenizer, turns: list[Turn], system: str | None = None,
+               unfinished: bool = False) -> list[EncodedTurn]:
         if not getattr(tokenizer, "chat_template", None):
             raise SpaceError("template 'chat_template' needs a tokenizer with a chat template; use --template default")
         messages = [{"role": "system", "content": system}] if system else []
@@ -73,7 +79,14 @@ class ChatTemplate:
             if not (prompt.startswith(rendered) and full.startswith(prompt)):
                 raise SpaceError("the tokenizer's chat template does not render conversations as growing prefixes; "
                                  "use --template default or vicuna")
-            pairs.append((_encode(tokenizer, prompt[len(rendered):]), _encode(tokenizer, full[len(prompt):])))
+            target = full[len(prompt):]
+            if unfinished and len(pairs) == len(turns) - 1:  # cut after the response: no end-of-turn markup
+                end = target.find(response)
+                if end < 0:
+                    raise SpaceError("the chat template changes the response text, so an unfinished answer cannot be "
+                                     "cut before its end of turn; use --template default")
+                target = target[: end + len(response)]
+            pairs.append((_encode(tokenizer, prompt[len(rendered):]), _encode(tokenizer, target)))
             rendered = full
         return pairs
 

@@ -107,3 +107,21 @@ def test_registry_name_without_local_file_and_no_hub_gives_one_line(tmp_path, mo
     with pytest.raises(space.SpaceError, match=r"alpaca_gpt4_data_en\.json does not exist and the hub dataset") as error:
         load_conversations("alpaca_gpt4_en", tmp_path)
     assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("name", ["default", "chat_template"])
+def test_unfinished_answer_is_trained_without_its_end_of_turn(tokenizer, name):
+    turns = [("Add 2 and 3.", "5"), ("Count to ten.", "1 2 3 4")]
+    finished = get_template(name).encode(tokenizer, turns)
+    cut = get_template(name).encode(tokenizer, turns, unfinished=True)
+    assert cut[0] == finished[0] and cut[1][0] == finished[1][0]  # earlier turns and prompts unchanged
+    assert cut[1][1] == enc(tokenizer, "1 2 3 4")
+    assert tokenizer.eos_token_id in finished[1][1] and tokenizer.eos_token_id not in cut[1][1]
+
+
+def test_unfinished_flag_is_read_from_records(tmp_path):
+    path = write(tmp_path / "d.jsonl", [
+        {"instruction": "a", "output": "b", "unfinished": True},
+        {"instruction": "c", "output": "d"},
+    ], jsonl=True)
+    assert [c.unfinished for c in load_conversations(str(path))] == [True, False]

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import space
+from space.decoding.common import eos_ids
 from space.eval.datasets import load_eval_dataset
 from space.models import has_shipped_model
 from space.testing import tiny_llama, tiny_text_tokenizer
@@ -31,14 +32,23 @@ def test_recipe_runs_end_to_end_on_a_tiny_model(tmp_path):
     assert {p.name for p in exported.iterdir()} >= {"adapter_config.json", "adapter_model.safetensors", "space.json"}
     log = json.loads((tmp_path / "work" / "recipe_log.json").read_text())
     assert set(log) == {"distill", "train", "export"}
-    assert len((tmp_path / "work" / "distill.jsonl").read_text().splitlines()) == 6
-    # rerunning resumes: nothing is generated again and training continues from its checkpoint
+    data = tmp_path / "work" / "distill.jsonl"
+    records = [json.loads(line) for line in data.read_text().splitlines()]
+    assert len(records) == 6
+    stops = set(eos_ids(base, base.generation_config.eos_token_id))
+    assert all(r["unfinished"] == (r["output_ids"][-1] not in stops) for r in records)
+    assert any(r["unfinished"] for r in records)  # 12 tokens cut most answers off
+    # rerunning resumes: nothing is generated again, an older file gains the unfinished marks, and
+    # training continues from its checkpoint
+    data.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "unfinished"}) + "\n" for r in records))
     make_default_model.main(argv)
-    assert len((tmp_path / "work" / "distill.jsonl").read_text().splitlines()) == 6
+    assert [json.loads(line) for line in data.read_text().splitlines()] == records
 
     model, _ = space.load_model(tmp_path / "base", adapter=exported)
     spec = space.read_mask_spec(model.config)
     assert spec.mask_diff and spec.mask_num == 2  # decodes with the recorded k; trained with the config's 6
+    saved = json.loads((exported / "space.json").read_text())
+    assert space.models.decode_mask_num(saved, "cuda") == make_default_model.DECODE_MASK_NUM_CUDA
     prompt = torch.tensor([[1, 40, 50, 60]])
     reference = space.decode(model, prompt, "ar", max_new_tokens=12).tokens.tolist()
     for k in (None, 6):

@@ -70,3 +70,38 @@ def test_bad_paths_give_one_line_errors(tmp_path, saved_tiny):
         with pytest.raises(space.SpaceError, match=message) as error:
             space.load_model(**kwargs)
         assert "\n" not in str(error.value)
+
+
+def test_adapter_recording_the_base_alias_loads_the_embedded_base(saved_tiny, tmp_path, monkeypatch):
+    """An adapter trained on `--model_name_or_path smollm2` records that alias as its base; loading the
+    adapter directory must resolve it to the embedded GGUF, not ask the hub for a model named smollm2."""
+    import json
+
+    import space.models as models
+
+    _, path = saved_tiny
+    peft_model = get_peft_model(tiny_llama(seed=3), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"]))
+    peft_model.save_pretrained(tmp_path / "adapter")
+    (tmp_path / "adapter" / models.ADAPTER_FIELDS_FILE).write_text(json.dumps({"base_model": "smollm2"}))
+    located = []
+    real_locate = models._locate
+
+    def locate(name_or_path):
+        located.append(name_or_path)
+        return real_locate(path) if name_or_path is None else real_locate(name_or_path)
+
+    monkeypatch.setattr(models, "_locate", locate)
+    model, _ = space.load_model(tmp_path / "adapter")
+    assert located == [None]  # None = the embedded default base
+    assert model.get_input_embeddings().weight.shape[0] == 96
+
+
+def test_decoding_k_of_space_json_depends_on_the_device():
+    from space.models import decode_mask_num
+
+    saved = {"mask_num": 6, "decode_mask_num": 3, "decode_mask_num_cuda": 6}
+    assert decode_mask_num(saved, "cpu") == 3 and decode_mask_num(saved, "cuda") == 6
+    assert decode_mask_num({"mask_num": 6, "decode_mask_num": 2}, "cuda") == 2  # no GPU entry: the one k
+    assert decode_mask_num({"mask_num": 6}, "cuda") is None
+    with pytest.raises(space.SpaceError, match="decode_mask_num_cuda 7 must be between 1 and the trained mask_num 6"):
+        decode_mask_num({"mask_num": 6, "decode_mask_num_cuda": 7}, "cuda")
