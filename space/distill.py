@@ -124,6 +124,11 @@ def _entry_point(declaration: str) -> str:
     return match.group(1) if match else ""
 
 
+def _cut_off(ids: list[int], stops: set[int]) -> bool:
+    """An answer that does not end with a stop token was cut off by the length limit."""
+    return not ids or ids[-1] not in stops
+
+
 @torch.inference_mode()
 def generate_answers(model, tokenizer, prompts: list[dict], output: Path, batch_size: int = 16,
                      max_new_tokens: int = 256, progress: bool = True) -> list[dict]:
@@ -140,7 +145,7 @@ def generate_answers(model, tokenizer, prompts: list[dict], output: Path, batch_
             except json.JSONDecodeError:
                 break  # torn by an interruption: regenerate from here
             # files written before the field existed: an answer without a stop token was cut off
-            record.setdefault("unfinished", not record["output_ids"] or record["output_ids"][-1] not in stops)
+            record.setdefault("unfinished", _cut_off(record["output_ids"], stops))
             done[record["id"]] = record
         temporary = output.with_suffix(output.suffix + ".tmp")  # an interruption here must not lose answers
         temporary.write_text("".join(json.dumps(r) + "\n" for r in done.values()))
@@ -162,7 +167,7 @@ def generate_answers(model, tokenizer, prompts: list[dict], output: Path, batch_
                 ids = ids[: next((i + 1 for i, t in enumerate(ids) if t in stops), len(ids))]  # drop the padding
                 answer = tokenizer.decode(ids, skip_special_tokens=True)
                 record = dict(id=prompt["id"], instruction=prompt["prompt"], input="", output=answer, output_ids=ids,
-                              unfinished=not ids or ids[-1] not in stops)
+                              unfinished=_cut_off(ids, stops))
                 handle.write(json.dumps(record) + "\n")
                 done[prompt["id"]] = record
     return [done[p["id"]] for p in prompts if p["id"] in done]
