@@ -58,6 +58,9 @@ def main(argv=None) -> Path:
     save_file(tensors, output / WEIGHTS)
     config = json.loads((source / "adapter_config.json").read_text())
     config["base_model_name_or_path"] = args.base_model
+    if isinstance(config.get("target_modules"), list):
+        # peft writes a set in its own order; sort it so a re-export of the same run diffs clean
+        config["target_modules"] = sorted(config["target_modules"])
     (output / "adapter_config.json").write_text(json.dumps(config, indent=2))
     fields = json.loads((source / ADAPTER_FIELDS_FILE).read_text())
     fields["base_model"] = args.base_model

@@ -32,6 +32,8 @@ def test_recipe_runs_end_to_end_on_a_tiny_model(tmp_path):
     assert {p.name for p in exported.iterdir()} >= {"adapter_config.json", "adapter_model.safetensors", "space.json"}
     log = json.loads((tmp_path / "work" / "recipe_log.json").read_text())
     assert set(log) == {"distill", "train", "export"}
+    modules = json.loads((exported / "adapter_config.json").read_text())["target_modules"]
+    assert modules == sorted(modules) and len(modules) > 1
     data = tmp_path / "work" / "distill.jsonl"
     records = [json.loads(line) for line in data.read_text().splitlines()]
     assert len(records) == 6
