@@ -30,7 +30,7 @@ import space  # noqa: E402
 from space.cli import run, str2bool  # noqa: E402
 from space.eval import execution, harness, report  # noqa: E402
 from space.eval.datasets import dataset_names, default_max_new_tokens, load_eval_dataset  # noqa: E402
-from space.eval.divergence import explain  # noqa: E402
+from space.eval.divergence import explain, near_tie_threshold  # noqa: E402
 from space.eval.metrics import split_label, summarize  # noqa: E402
 from space.eval.prompts import MODEL_TYPES  # noqa: E402
 from space.eval.rouge import rouge_l  # noqa: E402
@@ -138,6 +138,7 @@ def main(argv=None) -> dict:
         summary["partial"] = (f"stopped by --time_limit: {len(prompts)} of {requested} prompts answered by every "
                               "method; the same command resumes")
         print(summary["partial"], file=sys.stderr)
+    summary["versions"] = report.versions()
     if not args.do_sample and "ar" in methods:
         summary["divergences"] = explain_divergences(model, tokenizer, records, prompts, style, args.model_type)
     write_outputs(store.dir, summary, records, args.save_data)
@@ -258,7 +259,8 @@ def explain_divergences(model, tokenizer, records: list[dict], prompts, style: s
         found.append(entry)
     if found:
         ties = sum(bool(e.get("near_tie")) for e in found)
-        print(f"{len(found)} answer(s) differ from AR; {ties} of them at a near-tie (|logit gap| < 1e-4): "
+        print(f"{len(found)} answer(s) differ from AR; {ties} of them at a near-tie "
+              f"(|logit gap| < {near_tie_threshold(model.dtype):g}): "
               "see summary.json 'divergences'", file=sys.stderr)
     return found
 
@@ -268,8 +270,9 @@ def divergence_table(summary: dict) -> str:
     if not rows:
         return ""
     return (f"\n{len(rows)} answer(s) differ from AR; at the first differing step, AR's logit gap between its token "
-            "and the method's (near-tie: below 1e-4):\n\n"
-            + report.markdown_table(rows, ["id", "method", "position", "ar_token", "method_token", "logit_gap", "near_tie"])
+            "and the method's (near-tie: below the dtype's threshold):\n\n"
+            + report.markdown_table(rows, ["id", "method", "position", "ar_token", "method_token", "logit_gap",
+                                           "near_tie_threshold", "near_tie"])
             + "\n")
 
 

@@ -49,7 +49,8 @@ from space.trainer import SarTrainer  # noqa: E402
 @dataclass
 class ModelArguments:
     model_name_or_path: str | None = field(default=None, metadata={"help": "HF dir, hub name or .gguf (default: the embedded SmolLM2-135M base)"})
-    attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa or eager (4D masks need one of them)"})
+    attn_implementation: str = field(default="sdpa", metadata={
+        "help": "sdpa or eager; flash_attention_2 and others only in the truncating mode (the other modes need a 4D mask)"})
 
 
 @dataclass
@@ -120,25 +121,17 @@ def config_to_flags(path: Path) -> list[str]:
 
 def main(argv=None, callbacks=None):
     model_args, data_args, finetune_args, training_args = parse_args(argv)
-    check_arguments(data_args, finetune_args)
+    check_arguments(data_args, finetune_args, model_args)
     training_args.remove_unused_columns = False  # mask_offsets / position and segment ids reach compute_loss
     set_seed(training_args.seed)
+    start_zero3_comm(training_args, finetune_args)
 
     # no path: the embedded base itself ("smollm2"), never the shipped SPACE model built on it
     model, tokenizer = space.load_model(model_args.model_name_or_path or "smollm2", attn_implementation=model_args.attn_implementation,
                                         fast_cpu_linear=False)
     tokenizer.padding_side = "right"
-    if data_args.sdsat:
-        spec = ensure_sat_tokens(model, tokenizer, data_args)
-        masking = MaskingConfig(mask_num=spec.sat_num, mask_id=spec.sat_id, sdsat=True, sat_every=data_args.sat_every,
-                                cutoff_len=data_args.cutoff_len)
-    else:
-        spec = ensure_mask_tokens(model, tokenizer, data_args)
-        masking = MaskingConfig(
-            mask_num=data_args.mask_num, mask_id=spec.mask_id if spec else 0, mask_prob=data_args.mask_prob,
-            mask_diff=data_args.mask_diff, mask_random=data_args.mask_random, efficient=data_args.mask_efficient_train,
-            mask_blocks=data_args.mask_blocks, cutoff_len=data_args.cutoff_len,
-        )
+    spec = ensure_sat_tokens(model, tokenizer, data_args) if data_args.sdsat else ensure_mask_tokens(model, tokenizer, data_args)
+    masking = masking_config(data_args, spec)
     masking.validate()
     train_dataset = build_dataset(tokenizer, data_args, masking, training_args.seed)
 
@@ -180,12 +173,61 @@ def main(argv=None, callbacks=None):
     return trainer
 
 
-def check_arguments(data_args: DataArguments, finetune_args: FinetuningArguments) -> None:
+MASK_4D_ATTENTION = ("sdpa", "eager")  # the attention implementations that take a 4D additive float mask
+
+
+def check_arguments(data_args: DataArguments, finetune_args: FinetuningArguments,
+                    model_args: ModelArguments | None = None) -> None:
     if finetune_args.stage != "sft":
         raise space.SpaceError(f"--stage {finetune_args.stage} is not supported; SAR-SFT is --stage sft")
     if finetune_args.finetuning_type not in ("full", "lora"):
         raise space.SpaceError(f"--finetuning_type must be full or lora (got {finetune_args.finetuning_type})")
     get_template(data_args.template)
+    if model_args is not None:
+        check_attention(model_args.attn_implementation, data_args)
+
+
+def check_attention(attn_implementation: str, data_args: DataArguments) -> None:
+    """Multi-block and SDSAT samples carry private blocks, so the trainer feeds a 4D float mask; flash
+    and flex kernels take none and would fail deep in CUDA. The truncating mode is plain causal."""
+    multi_block = data_args.mask_efficient_train and data_args.mask_num > 0
+    mode = "--sdsat" if data_args.sdsat else "--mask_efficient_train" if multi_block else None
+    if mode and attn_implementation not in MASK_4D_ATTENTION:
+        raise space.SpaceError(
+            f"--attn_implementation {attn_implementation} cannot take the 4D attention mask of {mode} samples; "
+            f"use --attn_implementation sdpa (or eager), or the truncating mode, which keeps {attn_implementation}"
+        )
+
+
+def start_zero3_comm(training_args, finetune_args: FinetuningArguments) -> None:
+    """ZeRO-3 partitions the weights while they load (transformers wraps from_pretrained in zero.Init),
+    and zero.Init takes the world size from deepspeed.comm: accelerate starts it on GPUs, not under
+    --use_cpu, where each rank would think it is alone. Mask rows are then written through
+    `space.tokens.gathered`."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    if not is_deepspeed_zero3_enabled():
+        return
+    _ = training_args.device  # accelerate's process group first, as the Trainer would make it
+    if finetune_args.finetuning_type == "lora" and training_args.device.type != "cuda":
+        # peft gathers the trainable mask rows on CUDA only (TrainableTokensLayer._collect_token_weights)
+        raise space.SpaceError("LoRA under ZeRO-3 needs CUDA GPUs (peft's trainable tokens); on CPU use "
+                               "--deepspeed configs/deepspeed/zero2.json")
+    import deepspeed
+
+    deepspeed.init_distributed()
+
+
+def masking_config(data_args: DataArguments, spec) -> MaskingConfig:
+    """How samples get their placeholders: SDSAT spans of `spec.sat_id`, or SPACE masks of `spec.mask_id`."""
+    if data_args.sdsat:
+        return MaskingConfig(mask_num=spec.sat_num, mask_id=spec.sat_id, sdsat=True, sat_every=data_args.sat_every,
+                             cutoff_len=data_args.cutoff_len)
+    return MaskingConfig(
+        mask_num=data_args.mask_num, mask_id=spec.mask_id if spec else 0, mask_prob=data_args.mask_prob,
+        mask_diff=data_args.mask_diff, mask_random=data_args.mask_random, efficient=data_args.mask_efficient_train,
+        mask_blocks=data_args.mask_blocks, cutoff_len=data_args.cutoff_len,
+    )
 
 
 def ensure_mask_tokens(model, tokenizer, data_args: DataArguments):

@@ -1,6 +1,9 @@
-"""A preallocated KV cache that can drop and compact entries in place.
+"""A preallocated KV cache that can drop and compact entries in place, and the name it is passed under.
 
-This is the one module that knows the transformers Cache API. Speculative decoders feed a chunk of
+This is the one module that knows the transformers Cache API. transformers 5.24 renamed the forward
+argument `past_key_values` to `cache` (the old name is accepted through a shim until 5.40); a cache
+passed under a name the model does not take would be silently ignored, so `cache_kwargs` reads the
+name off the module's own signature and `passed_cache` reads either name back. Speculative decoders feed a chunk of
 drafted tokens, then keep only the entries of the accepted ones. `DynamicCache` would force a copy
 of the whole cache on every step (and refuses `crop(n > 0)` in transformers 5), so each layer here
 owns a buffer of fixed capacity, `update` writes the new chunk after the live prefix, and
@@ -15,8 +18,41 @@ overflow them, so a caller's capacity estimate is a hint, not a limit.
 
 from __future__ import annotations
 
+import functools
+import inspect
+
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
+
+
+CACHE_ARGUMENT_NAMES = ("cache", "past_key_values")  # transformers >= 5.24, then 5.0 - 5.23
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_argument(forward_type: type, forward_function) -> str:
+    parameters = inspect.signature(forward_function).parameters  # follows the deprecation wrapper
+    for name in CACHE_ARGUMENT_NAMES:
+        if name in parameters:
+            return name
+    raise TypeError(f"{forward_type.__name__}.forward takes no KV cache argument (looked for {CACHE_ARGUMENT_NAMES})")
+
+
+def cache_argument(module) -> str:
+    """The keyword under which `module.forward` takes its KV cache: `cache` or `past_key_values`."""
+    return _cache_argument(type(module), type(module).forward)
+
+
+def cache_kwargs(module, cache) -> dict:
+    """`{name: cache}` for a call of `module`, under the name its forward takes."""
+    return {cache_argument(module): cache}
+
+
+def passed_cache(kwargs: dict):
+    """The cache in a forward's keyword arguments under either name, or None."""
+    for name in CACHE_ARGUMENT_NAMES:
+        if kwargs.get(name) is not None:
+            return kwargs[name]
+    return None
 
 
 class CompactLayer(DynamicLayer):

@@ -20,8 +20,10 @@ from pathlib import Path
 
 import torch
 
+from space.cache import cache_kwargs
 from space.errors import SpaceError
 from space.models import unwrap
+from space.window import layer_mask
 
 ENTRY_KEYS = {"attention", "mlp", "num_layers"}
 LAYER_PARTS = ("input_layernorm", "self_attn", "post_attention_layernorm", "mlp")
@@ -171,13 +173,14 @@ def skipping_forward(
     position_ids: torch.Tensor,
     masks: tuple[list[bool], list[bool]],
     cache=None,
-    attention_mask: torch.Tensor | None = None,
+    attention_mask: torch.Tensor | dict[str, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """The backbone with the flagged sub-blocks bypassed -> final-norm hidden states `[q, H]`.
 
     `masks` = `SkipLayers.masks(L)`. A bypassed attention writes no KV, so its cache layer keeps its
     length; the caller truncates the written layers back afterwards. Same arithmetic as
     `LlamaDecoderLayer.forward` for the sub-blocks that run, so skipping nothing equals the model.
+    `attention_mask`: None (the query sees every cached key), or `Model.mask`'s tensor or per-layer-type dict.
     """
     skip_attention, skip_mlp = masks
     backbone = unwrap(model).get_decoder()
@@ -188,8 +191,8 @@ def skipping_forward(
             attended, _ = layer.self_attn(
                 hidden_states=layer.input_layernorm(hidden),
                 position_embeddings=position_embeddings,
-                attention_mask=attention_mask,
-                past_key_values=cache,
+                attention_mask=layer_mask(attention_mask, backbone.config, index),
+                **cache_kwargs(layer.self_attn, cache),
             )
             hidden = hidden + attended
         if not skip_mlp[index]:

@@ -1,7 +1,9 @@
 """Tiny models for tests and CI: random LLaMA-family models and oracle/junk drafters, built in-process.
 
 * `tiny_llama`: a seeded random `LlamaForCausalLM` (GQA or MHA) with mask fields in its config
-  (and SDSAT's `sat_id` / `sat_num` when `sat_num` is given: the last id, shared with the masks).
+  (and SDSAT's `sat_id` / `sat_num` when `sat_num` is given: the last id, shared with the masks);
+  `architecture="mistral"` or `"qwen2"` builds the same model in those classes (Qwen2: q/k/v biases),
+  with `sliding_window` set where given.
   The weights are scaled up so that top-2 logit gaps are large compared with fp32 rounding: greedy
   identity tests then test logic, not luck.
 * `tiny_tokenizer`: a word-level fast tokenizer over `tok0 .. tokN`, for the mask-token tools.
@@ -20,6 +22,8 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
+from space.cache import cache_kwargs
+
 
 def tiny_llama(
     seed: int = 0,
@@ -35,13 +39,35 @@ def tiny_llama(
     max_position_embeddings: int = 2048,
     eos_token_id: int = 2,
     sat_num: int | None = None,
+    architecture: str = "llama",
+    sliding_window: int | None = None,
+    max_window_layers: int = 0,
 ):
-    """A random LLaMA whose last ids are mask tokens recorded in its config (fp32, CPU, eval mode)."""
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+    """A random LLaMA (or Mistral, Qwen2) whose last ids are mask tokens recorded in its config (fp32, CPU, eval mode).
+
+    `sliding_window`: Mistral's window; Qwen2's on every layer (`use_sliding_window`); None: full attention.
+    `max_window_layers` (Qwen2): the first that many layers keep full attention (mixed full and sliding layers).
+    """
+    import transformers
+    from transformers import GenerationConfig
 
     from space.tokens import MaskSpec, SatSpec, record_mask_spec, record_sat_spec
 
-    config = LlamaConfig(
+    classes = {"llama": ("LlamaConfig", "LlamaForCausalLM"), "mistral": ("MistralConfig", "MistralForCausalLM"),
+               "qwen2": ("Qwen2Config", "Qwen2ForCausalLM")}
+    if architecture not in classes:
+        raise ValueError(f"architecture must be one of {sorted(classes)}, not {architecture!r}")
+    config_class, model_class = (getattr(transformers, name) for name in classes[architecture])
+    window = {}
+    if architecture == "mistral":
+        window = dict(sliding_window=sliding_window)
+    elif architecture == "qwen2":
+        window = dict(use_sliding_window=sliding_window is not None, sliding_window=sliding_window,
+                      max_window_layers=max_window_layers)
+    elif sliding_window is not None:
+        raise ValueError("LLaMA has no sliding window; use architecture='mistral' or 'qwen2'")
+    config = config_class(
+        **window,
         vocab_size=vocab_size,
         hidden_size=hidden_size,
         intermediate_size=2 * hidden_size,
@@ -56,7 +82,7 @@ def tiny_llama(
         pad_token_id=0,
     )
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config).float().eval()
+    model = model_class(config).float().eval()
     num_ids = mask_num + 1 if mask_diff else 1
     record_mask_spec(model.config, MaskSpec(vocab_size - num_ids, mask_num, mask_diff))
     if sat_num is not None:
@@ -129,14 +155,15 @@ class _OracleBackbone(nn.Module):
         super().__init__()
         self.__dict__["oracle"] = oracle  # not a submodule: avoids a reference cycle in module trees
 
-    def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None, use_cache=False):
+    def forward(self, input_ids, attention_mask=None, position_ids=None, cache=None, use_cache=False):
         oracle = self.oracle
-        output = oracle.inner.get_decoder()(
+        backbone = oracle.inner.get_decoder()
+        output = backbone(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             use_cache=use_cache,
+            **cache_kwargs(backbone, cache),
         )
         hidden = output.last_hidden_state  # [1, q, H]
         is_mask = torch.isin(input_ids, oracle.mask_ids.to(input_ids.device))  # [1, q]

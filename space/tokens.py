@@ -9,7 +9,18 @@ tokens. This module owns:
   lies beyond the vocabulary, e.g. 32002 for a 32,000-token LLaMA vocabulary), resizes the input
   embeddings and an untied lm_head, and initialises the new rows with the mean of the old ones;
 * `resolve_mask_spec`: merges explicit options with what the config records, with one clear error
-  when a model has no mask tokens.
+  when a model has no mask tokens;
+* `text_use`: the one rule (masks and SATs) for which existing ids may become placeholders.
+
+An explicit id may also be a token the tokenizer already has but does not use for text (an added
+`<mask>`, an unused special token) or an embedding row past the tokenizer (a checkpoint already
+trained with that id, e.g. SPACE's Vicuna with row 32002). Such rows are kept as they are: they are
+either trained for this purpose or unused, and re-initialising would throw a trained row away.
+Rows that did not exist are mean-initialised, as are the rows of ids we pick ourselves
+(`mask_id=None`: the first free id, whose row, if any, is unused padding).
+
+Under DeepSpeed ZeRO-3 the weights are partitioned while they load; `gathered` collects the full
+embedding and lm_head matrices to read and write rows (transformers' resize gathers on its own).
 
 SDSAT's semantic adaptive tokens (SATs) use the same machinery under their own config fields
 (`sat_id`, `sat_num`), so one model can carry both: `SatSpec`, `add_sat_tokens`, `resolve_sat_spec`.
@@ -21,6 +32,8 @@ deterministic choice for rows whose original initialisation is unknown.
 
 from __future__ import annotations
 
+import contextlib
+import re
 from dataclasses import dataclass
 
 import torch
@@ -107,11 +120,6 @@ def resolve_mask_spec(
     return spec
 
 
-def _is_own_token(tokenizer, token_id: int) -> bool:
-    token = tokenizer.convert_ids_to_tokens(token_id)
-    return isinstance(token, str) and token.startswith(("<space_mask_", "<space_filler_"))
-
-
 def add_mask_tokens(
     model,
     tokenizer,
@@ -122,9 +130,10 @@ def add_mask_tokens(
     """Make `mask_id` (and, with `mask_diff`, the next `mask_num` ids) mask tokens of model and tokenizer.
 
     `mask_id=None` takes the first free id, `len(tokenizer)`. An explicit id beyond the tokenizer is
-    reached with filler special tokens (32000 and 32001 for LLaMA with `mask_id=32002`). An id that
-    the tokenizer already uses is accepted only when it is one of our own mask tokens (re-adding is
-    a no-op). Returns the spec, also recorded in `model.config`.
+    reached with filler special tokens (32000 and 32001 for LLaMA with `mask_id=32002`). An explicit id
+    that the tokenizer already has must not be one it uses for text (`text_use`); it gets no second
+    token name. Rows the model already has are kept when the id is explicit (see the module
+    docstring); new rows are mean-initialised. Returns the spec, also recorded in `model.config`.
     """
     first_free = len(tokenizer)
     spec = MaskSpec(mask_id=first_free if mask_id is None else int(mask_id), mask_num=mask_num, mask_diff=mask_diff)
@@ -133,52 +142,122 @@ def add_mask_tokens(
     if spec.mask_id < 0:
         raise SpaceError(f"mask_id must be >= 0 (got {spec.mask_id})")
     for token_id in spec.ids:
-        if token_id < first_free and not _is_own_token(tokenizer, token_id):
-            token = tokenizer.convert_ids_to_tokens(token_id)
-            raise SpaceError(
-                f"mask id {token_id} is already the token {token!r} of the tokenizer; pick mask_id >= "
-                f"{first_free} or leave it unset to take the first free id"
-            )
+        check_placeholder_id(tokenizer, token_id, "mask id", "mask_id", "new mask tokens")
 
     new_tokens = [FILLER_TOKEN.format(i) for i in range(first_free, spec.mask_id)]
     new_tokens += [MASK_TOKEN.format(j) for j, token_id in enumerate(spec.ids) if token_id >= first_free]
-    _append_tokens(model, tokenizer, new_tokens)
+    # the mean excludes an existing mask row (its id is below first_free)
+    _append_tokens(model, tokenizer, new_tokens, keep_existing_rows=mask_id is not None,
+                   mean_of=min(spec.mask_id, first_free))
     if tokenizer.convert_tokens_to_ids(MASK_TOKEN.format(0)) != spec.mask_id and spec.mask_id >= first_free:
         raise SpaceError(f"tokenizer assigned an unexpected id to the mask token (wanted {spec.mask_id})")
+    spec.validate(vocab_rows(model))
     record_mask_spec(model.config, spec)
     return spec
 
 
-def _append_tokens(model, tokenizer, names: list[str]) -> None:
+_OWN_TOKEN_PREFIXES = ("<space_mask_", "<space_filler_", "<sdsat_sat>")
+_FRAMING_TOKENS = ("bos", "eos", "pad", "unk", "cls", "sep")
+_MARKUP = re.compile(r"<[^<>\s]+>|\[[^\[\]\s]+\]")  # <mask>, <|reserved_0|>, [MASK]: control-token spelling
+
+
+def text_use(tokenizer, token_id: int) -> str | None:
+    """How the tokenizer uses `token_id` for text, or None when the id is free to become a placeholder.
+
+    Free: ids past the tokenizer, our own tokens, and added tokens that are special or spelled as
+    control tokens (`<mask>`, `[MASK]`) unless they frame text (bos/eos/pad/unk/cls/sep) or the chat
+    template writes them. Everything else is an ordinary text piece (a vocabulary entry, or an added
+    token that reads as text, such as a run of spaces). Fine-tuning rewrites a placeholder's row, so it
+    must not be one that real text needs.
+    """
+    if token_id >= len(tokenizer):
+        return None
+    token = str(tokenizer.convert_ids_to_tokens(token_id))
+    if token.startswith(_OWN_TOKEN_PREFIXES):
+        return None
+    for role in _FRAMING_TOKENS:
+        if getattr(tokenizer, f"{role}_token_id", None) == token_id:
+            return f"its {role} token"
+    added = tokenizer.added_tokens_decoder.get(token_id)
+    if added is None:
+        return "an ordinary text piece"
+    if not added.special and not _MARKUP.fullmatch(added.content.strip()):
+        return "an added token that reads as text"
+    templates = tokenizer.chat_template
+    templates = templates.values() if isinstance(templates, dict) else [templates] if templates else []
+    if any(added.content in template for template in templates):
+        return "the chat template writes it"
+    return None
+
+
+def check_placeholder_id(tokenizer, token_id: int, label: str, flag: str, new_what: str) -> None:
+    """One line naming the fix when `token_id` is a token the tokenizer uses for text (see `text_use`)."""
+    use = text_use(tokenizer, token_id)
+    if use is not None:
+        token = tokenizer.convert_ids_to_tokens(token_id)
+        raise SpaceError(
+            f"{label} {token_id} is the token {token!r}, which the tokenizer uses for text ({use}); leave {flag} "
+            f"unset to add {new_what}, or pick an id >= {len(tokenizer)} or an unused added/special token"
+        )
+
+
+def _append_tokens(model, tokenizer, names: list[str], keep_existing_rows: bool = False,
+                   mean_of: int | None = None) -> None:
     """Add special tokens `names` after the tokenizer's last id; resize and mean-initialise their rows."""
     first_free = len(tokenizer)
     if names:
         tokenizer.add_special_tokens({"extra_special_tokens": names}, replace_extra_special_tokens=False)
-    resize_and_init(model, new_ids=list(range(first_free, len(tokenizer))))
+    resize_and_init(model, new_ids=list(range(first_free, len(tokenizer))), keep_existing_rows=keep_existing_rows,
+                    mean_of=mean_of)
+
+
+def vocab_rows(model) -> int:
+    """Rows of the input embedding; under ZeRO-3 a partitioned weight's `shape` is empty, `ds_shape` is real."""
+    weight = model.get_input_embeddings().weight
+    return int(getattr(weight, "ds_shape", weight.shape)[0])
+
+
+def gathered(params: list[torch.Tensor]):
+    """Context in which ZeRO-3 partitioned `params` hold their full data; rank 0's writes are kept.
+
+    Every rank must enter it (it is a collective). A no-op for ordinary tensors.
+    """
+    if not any(hasattr(param, "ds_id") for param in params):
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(params, modifier_rank=0)
 
 
 @torch.no_grad()
-def resize_and_init(model, new_ids: list[int]) -> None:
-    """Grow the embeddings to cover `new_ids` and set those rows to the mean of the old rows."""
+def resize_and_init(model, new_ids: list[int], keep_existing_rows: bool = False, mean_of: int | None = None) -> None:
+    """Grow the embeddings to cover `new_ids` and set their rows to the mean of the first `mean_of` rows
+    (default: every row below the first new id, the real tokens).
+
+    With `keep_existing_rows`, only rows the resize creates are set; rows the model had are kept.
+    """
     if not new_ids:
         return
-    embeddings = model.get_input_embeddings()
-    old_rows = embeddings.weight.shape[0]
+    old_rows = vocab_rows(model)
     needed = max(new_ids) + 1
-    if needed > old_rows:
+    if needed > old_rows:  # transformers' resize gathers ZeRO-3 weights itself
         model.resize_token_embeddings(needed, mean_resizing=False)
-    known = min(new_ids)  # rows below the first new id are real, trained tokens
-    for matrix in _vocab_matrices(model):
-        mean = matrix[:known].float().mean(dim=0).to(matrix.dtype)
-        matrix[new_ids] = mean
-    model.config.vocab_size = model.get_input_embeddings().weight.shape[0]
+    init_ids = [i for i in new_ids if i >= old_rows] if keep_existing_rows else list(new_ids)
+    known = min(new_ids) if mean_of is None else mean_of
+    if init_ids:
+        matrices = _vocab_matrices(model)
+        with gathered(matrices):
+            for matrix in matrices:
+                matrix[init_ids] = matrix[:known].float().mean(dim=0).to(matrix.dtype)
+    model.config.vocab_size = vocab_rows(model)
 
 
 def _vocab_matrices(model) -> list[torch.Tensor]:
     """Input embedding and (when untied) output embedding weights, each `[vocab, hidden]`."""
     matrices = [model.get_input_embeddings().weight]
     output = model.get_output_embeddings()
-    if output is not None and output.weight.data_ptr() != matrices[0].data_ptr():
+    # identity, not data_ptr: ZeRO-3 partitioned weights all have empty storage
+    if output is not None and output.weight is not matrices[0]:
         matrices.append(output.weight)
     return matrices
 
@@ -242,39 +321,24 @@ def resolve_sat_spec(config, sat_id: int | None = None, sat_num: int | None = No
 
 
 def check_sat_token(tokenizer, sat_id: int) -> None:
-    """Refuse an id that the tokenizer uses for text: an ordinary piece, bos/eos/pad/unk, or a chat-template token.
-
-    Ids past the tokenizer, our own tokens and unused special tokens are fine. Fine-tuning overwrites
-    the SAT's embedding row, so it must not be one that real text needs.
-    """
+    """Refuse an id that the tokenizer uses for text (`text_use`, the rule mask ids follow too)."""
     if sat_id < 0:
         raise SpaceError(f"sat_id must be >= 0 (got {sat_id})")
-    if sat_id >= len(tokenizer):
-        return
-    token = tokenizer.convert_ids_to_tokens(sat_id)
-    if token == SAT_TOKEN or str(token).startswith("<space_filler_"):
-        return
-    added = tokenizer.added_tokens_decoder.get(sat_id)
-    named = {tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.unk_token_id}
-    in_template = isinstance(tokenizer.chat_template, str) and str(token) in tokenizer.chat_template
-    if added is None or not added.special or sat_id in named or in_template:
-        raise SpaceError(
-            f"sat_id {sat_id} is the token {token!r}, which the tokenizer uses for text; leave sat_id unset to add "
-            f"a new adaptive token, or pick an id >= {len(tokenizer)} or an unused special token"
-        )
+    check_placeholder_id(tokenizer, sat_id, "sat_id", "sat_id", "a new adaptive token")
 
 
 def add_sat_tokens(model, tokenizer, sat_num: int = DEFAULT_SAT_NUM, sat_id: int | None = None) -> SatSpec:
     """Make `sat_id` the SDSAT adaptive token of model and tokenizer and record it in `model.config`.
 
     `sat_id=None` reuses an existing `<sdsat_sat>` token, else adds one at the first free id. An explicit
-    id inside the tokenizer must be an unused special token (`check_sat_token`); its row is kept as it
-    is (as the released CodeLlama models keep theirs). An id past the tokenizer is reached with filler
-    tokens and mean-initialised like SPACE's masks.
+    id inside the tokenizer must be one it does not use for text (`check_sat_token`); its row is kept as
+    it is (as the released CodeLlama models keep theirs). An id past the tokenizer is reached with filler
+    tokens; rows the model already has are kept, new rows are mean-initialised like SPACE's masks.
     """
     if sat_num < 1:
         raise SpaceError(f"sat_num must be >= 1 (got {sat_num})")
     first_free = len(tokenizer)
+    explicit = sat_id is not None
     if sat_id is None:
         existing = tokenizer.convert_tokens_to_ids(SAT_TOKEN)
         known = isinstance(existing, int) and existing != tokenizer.unk_token_id and existing < first_free
@@ -282,10 +346,11 @@ def add_sat_tokens(model, tokenizer, sat_num: int = DEFAULT_SAT_NUM, sat_id: int
     sat_id = int(sat_id)
     check_sat_token(tokenizer, sat_id)
     if sat_id >= first_free:
-        _append_tokens(model, tokenizer, [FILLER_TOKEN.format(i) for i in range(first_free, sat_id)] + [SAT_TOKEN])
+        _append_tokens(model, tokenizer, [FILLER_TOKEN.format(i) for i in range(first_free, sat_id)] + [SAT_TOKEN],
+                       keep_existing_rows=explicit)
         if tokenizer.convert_tokens_to_ids(SAT_TOKEN) != sat_id:
             raise SpaceError(f"tokenizer assigned an unexpected id to the adaptive token (wanted {sat_id})")
     spec = SatSpec(sat_id=sat_id, sat_num=int(sat_num))
-    spec.validate(model.get_input_embeddings().weight.shape[0])
+    spec.validate(vocab_rows(model))
     record_sat_spec(model.config, spec)
     return spec

@@ -5,20 +5,45 @@ DeepSpeed, bf16, gradient checkpointing, checkpointing and resuming all come fro
 an additive mask of the model's dtype), computes `space.loss.sar_loss`, and accumulates per-offset
 mask metrics on the device; `MaskMetricsLogger` converts them to floats only at the logging
 interval (one sync per log line, not per step) and adds `mask_loss_j` / `mask_acc_j` to the log.
+Under data parallelism each rank sees its own share of the batch, so the numerators and the counts
+are summed over ranks (one all_reduce per log line) before dividing: the logged means are global.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 from transformers import Trainer, TrainerCallback
 
 from space.loss import MaskMetrics, sar_loss
+from space.models import unwrap
+from space.window import AttentionMasks
+
+
+def sum_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` summed over the ranks of the default process group (a collective); itself when alone."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        tensor = tensor.clone()
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def means_from_sums(sums: torch.Tensor) -> dict[str, float]:
+    """`[3, k]` rows loss_sum, correct, count -> `mask_loss_j` / `mask_acc_j` for the offsets j that were seen."""
+    loss_sum, correct, count = sums.tolist()
+    logs = {}
+    for offset, (loss, right, n) in enumerate(zip(loss_sum, correct, count), start=1):
+        if n:
+            logs[f"mask_loss_{offset}"] = round(loss / n, 4)
+            logs[f"mask_acc_{offset}"] = round(right / n, 4)
+    return logs
 
 
 class MetricsAccumulator:
-    """Running sums of `MaskMetrics` since the last log line."""
+    """Running sums of `MaskMetrics` (k offsets) since the last log line."""
 
-    def __init__(self):
+    def __init__(self, num_offsets: int = 0):
+        self.num_offsets = num_offsets
         self.sums: MaskMetrics | None = None
 
     def add(self, metrics: MaskMetrics) -> None:
@@ -29,19 +54,18 @@ class MetricsAccumulator:
             self.sums.correct += metrics.correct.detach()
             self.sums.count += metrics.count.detach()
 
-    def pop_means(self) -> dict[str, float]:
+    def pop_sums(self, device: torch.device | str = "cpu") -> torch.Tensor:
+        """`[3, k]` float sums (zeros when nothing was added, so every rank joins the reduction), then reset."""
         if self.sums is None:
-            return {}
-        count = self.sums.count.clamp(min=1)
-        losses, accuracies = (self.sums.loss_sum / count).tolist(), (self.sums.correct / count).tolist()
-        seen = self.sums.count.tolist()
+            return torch.zeros(3, self.num_offsets, device=device)
+        stacked = torch.stack([self.sums.loss_sum.float(), self.sums.correct.float(), self.sums.count.float()])
         self.sums = None
-        logs = {}
-        for offset, (loss, accuracy, n) in enumerate(zip(losses, accuracies, seen), start=1):
-            if n:
-                logs[f"mask_loss_{offset}"] = round(loss, 4)
-                logs[f"mask_acc_{offset}"] = round(accuracy, 4)
-        return logs
+        return stacked
+
+    def pop_means(self, device: torch.device | str = "cpu") -> dict[str, float]:
+        """Means over every rank's predictions since the last call (a collective when distributed)."""
+        sums = self.pop_sums(device)
+        return means_from_sums(sum_over_ranks(sums) if sums.numel() else sums)  # k = 0 (plain SFT): nothing to sum
 
 
 class MaskMetricsLogger(TrainerCallback):
@@ -51,10 +75,32 @@ class MaskMetricsLogger(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs is None or "loss" not in logs:  # only training log lines carry mask metrics
             return
-        metrics = self.accumulator.pop_means()
+        metrics = self.accumulator.pop_means(args.device)  # every rank logs, so every rank joins the all_reduce
         logs.update(metrics)
         if state.log_history:
             state.log_history[-1].update(metrics)  # the Trainer stored a copy before calling us
+
+
+def additive_mask(pattern: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The collator's boolean `[B, 1, L, L]` pattern (True = may attend) as an additive mask of `dtype`."""
+    return torch.zeros(pattern.shape, dtype=dtype, device=pattern.device).masked_fill(~pattern, torch.finfo(dtype).min)
+
+
+def training_masks(pattern: torch.Tensor, positions: torch.Tensor, config, dtype: torch.dtype):
+    """The collator's pattern as the backbone's mask, with the config's sliding window applied per layer type.
+
+    Decoding applies the window (`space.window`), so mask rows must learn under the same one. Returns one
+    additive mask, or a dict keyed by layer type where full and sliding layers mix.
+    """
+    masks = AttentionMasks.for_config(config)
+    distance = positions[:, None, :, None] - positions[:, None, None, :]  # [B, 1, L, L] query - key position
+
+    def windowed(window):
+        return additive_mask(pattern if window is None else pattern & (distance < window), dtype)
+
+    if masks.layer_types is None:
+        return windowed(masks.windows[0])
+    return {kind: windowed(window) for kind, window in zip(masks.layer_types, masks.windows)}
 
 
 class SarTrainer(Trainer):
@@ -62,7 +108,7 @@ class SarTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.mask_num = mask_num
         self.mask_loss_weight = mask_loss_weight
-        self.mask_metrics = MetricsAccumulator()
+        self.mask_metrics = MetricsAccumulator(mask_num)
         # Our loss is a per-micro-batch mean (as the original); the Trainer then scales it for
         # gradient accumulation instead of expecting a loss normalised by `num_items_in_batch`.
         self.model_accepts_loss_kwargs = False
@@ -74,10 +120,8 @@ class SarTrainer(Trainer):
         labels, offsets = inputs.pop("labels"), inputs.pop("mask_offsets")
         pattern = inputs.pop("attention_mask_4d", None)
         if pattern is not None:
-            dtype = next(model.parameters()).dtype
-            inputs["attention_mask"] = torch.zeros(pattern.shape, dtype=dtype, device=pattern.device).masked_fill(
-                ~pattern, torch.finfo(dtype).min
-            )
+            inputs["attention_mask"] = training_masks(pattern, inputs["position_ids"], unwrap(model).config,
+                                                      next(model.parameters()).dtype)
         outputs = model(**inputs, use_cache=False)
         loss, metrics = sar_loss(outputs.logits, labels, offsets, self.mask_loss_weight, self.mask_num)
         if model.training:

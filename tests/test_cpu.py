@@ -52,3 +52,14 @@ def test_decoders_stay_identical_on_fast_linear_layers(seed):
     for use_cache in (True, False):
         result = space.decode(model, prompt, "space", max_new_tokens=24, eos_token_id=[], use_cache=use_cache)
         assert result.tokens.tolist() == reference.tolist()
+
+
+def test_half_precision_inputs_keep_the_plain_product():
+    """The fast formulations were measured in fp32 only; bf16/fp16 rows must get exactly `F.linear`."""
+    for dtype in (torch.bfloat16, torch.float16):
+        layer = torch.nn.Linear(24, 40).to(dtype)
+        layer.__class__ = RowsLinear
+        for rows in (1, 5):
+            x = torch.randn(rows, 24).to(dtype)
+            with torch.inference_mode():
+                assert torch.equal(layer(x), nn.functional.linear(x, layer.weight, layer.bias))

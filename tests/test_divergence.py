@@ -3,7 +3,8 @@
 import torch
 
 import space
-from space.eval.divergence import NEAR_TIE, explain, first_difference
+from space.decoding.common import Model
+from space.eval.divergence import NEAR_TIE, explain, first_difference, near_tie_threshold
 from space.testing import tiny_llama
 
 
@@ -44,3 +45,28 @@ def test_an_exact_tie_is_reported_as_a_near_tie():
     other = twin if reference[2] == chosen else chosen
     report = explain(model, prompt, reference[:2] + [other], reference[:3])
     assert report["position"] == 2 and report["logit_gap"] == 0.0 and report["near_tie"]
+
+
+def test_near_tie_threshold_grows_with_the_dtypes_rounding():
+    fp32, fp16, bf16 = (near_tie_threshold(d) for d in (torch.float32, torch.float16, torch.bfloat16))
+    assert fp32 == NEAR_TIE < fp16 < bf16
+    assert near_tie_threshold(torch.float64) < fp32  # unlisted dtypes scale with their epsilon
+
+
+def test_a_bf16_sized_gap_is_a_near_tie_in_bf16_only():
+    model = tiny_llama(seed=5).to(torch.bfloat16)
+    prompt = torch.tensor([[1, 12, 24, 36]])
+    reference = _ar_answer(model, prompt)
+    chosen, twin = reference[1], next(t for t in range(3, 90) if t not in reference)
+    target = Model(model)
+    with torch.inference_mode():
+        hidden = target.hidden(torch.tensor([1, 12, 24, 36] + reference[:1]), torch.arange(5))[-1:]
+        top = float(target.logits(hidden)[0, chosen])
+    with torch.no_grad():  # `twin` scores about 0.5 below AR's token: inside bf16 noise, far outside fp32's
+        model.lm_head.weight[twin] = model.lm_head.weight[chosen] * (1 - 0.5 / top)
+    report = explain(model, prompt, reference[:1] + [twin], reference)
+    assert report["near_tie_threshold"] == near_tie_threshold(torch.bfloat16)
+    assert NEAR_TIE < report["logit_gap"] < near_tie_threshold(torch.bfloat16) and report["near_tie"]
+    assert not explain(model, prompt, reference[:1] + [twin], reference, threshold=NEAR_TIE)["near_tie"]
+    far = int(target.logits(hidden.detach())[0].argmin())  # the clearly losing token is never a near-tie
+    assert not explain(model, prompt, reference[:1] + [far], reference)["near_tie"]

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import transformers
 
 import space
 from space.eval.datasets import ORIGINAL_HUMANEVAL_INSTRUCTION, load_eval_dataset
@@ -141,6 +142,7 @@ def test_cli_writes_well_formed_outputs_and_resumes(tiny_dir, tmp_path):
         assert (tmp_path / "run" / name).is_file(), name
     saved = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert saved["dataset"] == "human_eval" and saved["num_samples"] == 2
+    assert saved["versions"]["transformers"] == transformers.__version__ and saved["versions"]["torch"]
     for method in ("space", "ar", "hf", "prompt_lookup"):
         values = saved["methods"][method]
         for key in ("tokens_per_second", "speedup_vs_ar", "avg_tokens_per_step", "identity_rate", "pass@1"):

@@ -6,6 +6,7 @@ import random
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -117,7 +118,12 @@ def test_resume_from_checkpoint(workdir, tmp_path):
     (["--dataset", "nope_dataset"], "unknown dataset 'nope_dataset'"),
     (["--template", "alpaca"], "unknown template 'alpaca'"),
     (["--cutoff_len", "4"], "cutoff_len 4 is too short"),
-    (["--mask_id", "10"], "mask id 10 is already the token"),
+    (["--mask_id", "10"], "mask id 10 is the token .*, which the tokenizer uses for text"),
+    (["--mask_id", "2"], r"uses for text \(its eos token\)"),
+    (["--attn_implementation", "flash_attention_2", "--mask_efficient_train", "true"],
+     "flash_attention_2 cannot take the 4D attention mask of --mask_efficient_train samples; use --attn_implementation sdpa"),
+    (["--attn_implementation", "flash_attention_3", "--sdsat", "true"], "flash_attention_3 cannot take .* --sdsat samples"),
+    (["--attn_implementation", "flex_attention", "--mask_efficient_train", "true"], "use --attn_implementation sdpa"),
     (["--stage", "rm"], "--stage rm is not supported"),
     (["--mask_nums", "3"], r"unknown flag\(s\) for train_sft.py: \['--mask_nums'"),
 ])
@@ -125,6 +131,54 @@ def test_bad_input_gets_one_clear_line(workdir, tmp_path, extra, message):
     with pytest.raises(space.SpaceError, match=message) as error:
         train_sft.main(args(workdir, tmp_path / "bad", "--max_steps", "1", *extra))
     assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("implementation,options", [
+    ("flash_attention_2", dict(mask_efficient_train=False)),  # truncating mode: plain causal, 2D padding mask
+    ("flash_attention_2", dict(mask_efficient_train=True, mask_num=0)),  # plain SFT: no blocks
+    ("sdpa", dict(mask_efficient_train=True)),
+    ("eager", dict(sdsat=True)),
+])
+def test_attention_kernels_that_fit_the_sample_mode_are_accepted(implementation, options):
+    train_sft.check_attention(implementation, train_sft.DataArguments(**options))
+
+
+def test_lora_under_zero3_off_cuda_is_refused_before_loading(monkeypatch):
+    import transformers.integrations
+
+    monkeypatch.setattr(transformers.integrations, "is_deepspeed_zero3_enabled", lambda: True)
+    training_args = SimpleNamespace(device=torch.device("cpu"))
+    with pytest.raises(space.SpaceError, match="LoRA under ZeRO-3 needs CUDA GPUs.*configs/deepspeed/zero2.json"):
+        train_sft.start_zero3_comm(training_args, train_sft.FinetuningArguments(finetuning_type="lora"))
+
+
+def with_added_mask(path: Path) -> Path:
+    """A base whose tokenizer already holds an added `<mask>` (id 320) with a row of its own."""
+    tokenizer = tiny_text_tokenizer()
+    tokenizer.add_tokens(["<mask>"])
+    model = tiny_llama(seed=0, vocab_size=len(tokenizer), init_std=0.02)
+    for name in ("mask_id", "mask_num", "mask_diff"):
+        delattr(model.config, name)
+    with torch.no_grad():
+        model.get_input_embeddings().weight[320] = 0.5
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def test_lora_with_an_existing_mask_token_trains_its_row_and_records_its_id(workdir, tmp_path):
+    workdir = dict(workdir, base=with_added_mask(tmp_path / "base"))
+    train_sft.main(args(workdir, tmp_path / "lora", "--max_steps", "6", "--finetuning_type", "lora", "--lora_rank", "2",
+                        "--mask_id", "320", "--mask_efficient_train", "true"))
+    assert json.loads((tmp_path / "lora" / "space.json").read_text())["mask_id"] == 320
+    model, tokenizer = space.load_model(tmp_path / "lora")
+    assert len(tokenizer) == 321 and model.get_input_embeddings().weight.shape[0] == 321  # no duplicate token or row
+    assert tokenizer.convert_ids_to_tokens(320) == "<mask>" and model.config.mask_id == 320
+    row = model.get_input_embeddings().weight[320]
+    assert not torch.allclose(row, torch.full_like(row, 0.5), atol=1e-4)  # trained from the row it had
+    prompt = torch.tensor([[1, 50, 60, 70]])
+    assert space.decode(model, prompt, "space", max_new_tokens=12).tokens.tolist() == \
+        space.decode(model, prompt, "ar", max_new_tokens=12).tokens.tolist()
 
 
 def test_adapter_without_tokenizer_recreates_mask_tokens_or_is_refused(workdir, tmp_path):

@@ -10,13 +10,17 @@ The model is used through three HF calls only, so any LLaMA-family `*ForCausalLM
 
 from __future__ import annotations
 
+import functools
+import weakref
 from dataclasses import asdict, dataclass, field, fields
 
 import torch
 
+from space.cache import cache_kwargs
 from space.decoding.threshold import DEFAULT_AUTO_PARAMETERS
 from space.errors import SpaceError
 from space.models import unwrap
+from space.window import AttentionMasks
 
 SAMPLING_MODES = ("exact", "original")
 
@@ -132,6 +136,21 @@ def check_prompt(model, input_ids: torch.Tensor) -> None:
         raise SpaceError(f"input_ids contain ids outside the vocabulary [0, {vocab})")
 
 
+def check_one_device(model) -> None:
+    """Refuse a model split over several accelerators (`device_map`): the decoders index hidden states,
+    logits and the cache as tensors of one device. CPU/disk offload passes (accelerate runs offloaded
+    blocks on the one main device), except for the embeddings and lm_head, whose weights the decoders read."""
+    device_map = getattr(model, "hf_device_map", None) or {}
+    devices = sorted({f"cuda:{d}" if isinstance(d, int) else str(d) for d in device_map.values()} - {"cpu", "disk"})
+    if len(devices) > 1:
+        raise SpaceError(f"the model is split over devices {devices} (device_map); the decoders need it on one "
+                         "device: load it with device_map={'': 'cuda:0'} (or without device_map, then .to(device))")
+    ends = (model.get_input_embeddings(), model.get_output_embeddings())
+    if any(getattr(getattr(end, "weight", None), "is_meta", False) for end in ends):
+        raise SpaceError("the model's input embeddings or lm_head are offloaded (device_map 'cpu'/'disk'); the "
+                         "decoders read their weights: keep embed_tokens and lm_head on the main device")
+
+
 def eos_ids(model, eos_token_id) -> list[int]:
     """The stop ids: explicit ones, else the model's generation config, else its config."""
     if eos_token_id is None:
@@ -153,11 +172,39 @@ def make_generator(seed: int | None, device: torch.device) -> torch.Generator:
     return generator
 
 
+_FP32_HEADS: "weakref.WeakKeyDictionary[torch.nn.Module, tuple]" = weakref.WeakKeyDictionary()
+
+
+def fp32_head(head: torch.nn.Module) -> torch.nn.Module:
+    """An fp32 copy of a half-precision lm_head (same class, so CPU keeps its fast products), kept per
+    head and retaken when the weight is replaced or changed in place."""
+    weight = head.weight
+    key = (type(head), weight.data_ptr(), weight._version, tuple(weight.shape), weight.device)
+    cached = _FP32_HEADS.get(head)
+    if cached is None or cached[0] != key:
+        with torch.inference_mode(False), torch.no_grad():  # a normal tensor: RowsLinear tracks its version
+            cached = (key, _float_copy(head))
+        _FP32_HEADS[head] = cached
+    return cached[1]
+
+
+def _float_copy(head: torch.nn.Module) -> torch.nn.Module:
+    weight = head.weight
+    copy = head.__class__.__new__(head.__class__)
+    torch.nn.Module.__init__(copy)
+    copy.in_features, copy.out_features = weight.shape[1], weight.shape[0]
+    copy.weight = torch.nn.Parameter(weight.detach().float(), requires_grad=False)
+    bias = getattr(head, "bias", None)
+    copy.bias = None if bias is None else torch.nn.Parameter(bias.detach().float(), requires_grad=False)
+    return copy
+
+
 class Model:
     """The three pieces of a causal LM a decoder touches: backbone, lm_head, config."""
 
     def __init__(self, model):
         model = unwrap(model)
+        check_one_device(model)
         attn = getattr(model.config, "_attn_implementation", "eager")
         if attn not in ("eager", "sdpa"):
             raise SpaceError(
@@ -171,20 +218,36 @@ class Model:
         self.device = model.get_input_embeddings().weight.device
         self.dtype = model.get_input_embeddings().weight.dtype
 
+    @functools.cached_property
+    def attention(self) -> AttentionMasks:
+        """The layers' sliding windows, read when a decoder first builds a mask of its own (AR never does)."""
+        return AttentionMasks.for_config(self.config)
+
+    def mask(self, allowed: torch.Tensor, query_positions: torch.Tensor, key_positions: torch.Tensor):
+        """A decoder's own pattern `[q, kv]` as the backbone's mask, with the model's sliding windows applied."""
+        return self.attention.build(allowed, query_positions, key_positions, self.dtype)
+
     def hidden(self, input_ids, position_ids, attention_mask=None, cache=None) -> torch.Tensor:
         """One backbone forward -> final-norm hidden states `[q, H]` (batch 1 squeezed)."""
         output = self.backbone(
             input_ids=input_ids[None],
             attention_mask=attention_mask,
             position_ids=position_ids[None],
-            past_key_values=cache,
             use_cache=cache is not None,
+            **cache_kwargs(self.backbone, cache),
         )
         return output.last_hidden_state[0]
 
     def logits(self, hidden_rows: torch.Tensor) -> torch.Tensor:
-        """lm_head on the given rows only, upcast to fp32 (argmax over fp32 logits: spec §6.2 item 4)."""
-        return self.head(hidden_rows).float()
+        """lm_head on the given rows only, computed in fp32 whatever the model's dtype.
+
+        A half-precision product rounds each logit to 8 (bf16) or 11 (fp16) bits, enough to flip an
+        argmax between a verify row and an AR row; the few rows a decoder reads are cheap in fp32.
+        """
+        weight = getattr(self.head, "weight", None)
+        if weight is None or weight.dtype == torch.float32:
+            return self.head(hidden_rows).float()
+        return fp32_head(self.head)(hidden_rows.float())
 
 
 class Output:

@@ -11,7 +11,9 @@ from __future__ import annotations
 import torch
 from transformers import GenerationConfig
 
+from space.cache import passed_cache
 from space.decoding.common import DecodeOptions, DecodeResult, DecodeStats, check_prompt, eos_ids
+from space.errors import SpaceError
 from space.models import unwrap
 
 
@@ -56,22 +58,28 @@ class _ForwardLog:
         self.handle.remove()
 
     def _hook(self, module, args, kwargs):
-        cache = kwargs.get("past_key_values")
+        cache = passed_cache(kwargs)  # `cache=` from transformers 5.24, `past_key_values=` before
         self.cache_lengths.append(cache.get_seq_length() if cache is not None else -1)
 
-    def stats(self, generated: int) -> DecodeStats:
-        """Between forwards the cache grows by exactly the tokens committed (HF crops rejected drafts)."""
+    def stats(self, prompt_length: int, generated: int) -> DecodeStats:
+        """Tokens committed per forward, from the cache length each forward saw.
+
+        A forward keeps in the cache what it was fed and accepted, but not the token it picks last, so
+        forward i (i >= 1) committed `C[i+1] - C[i]` tokens; the first one, which also holds the prompt
+        (and since transformers 5.24 prompt lookup's first draft), committed `C[1] - prompt_length + 1`;
+        the last one committed what is left.
+        """
         stats = DecodeStats()
         lengths = self.cache_lengths
-        if not lengths or min(lengths) < 0:  # no cache: one forward per token
+        if not lengths or max(lengths) < 0:  # no cache: one forward per token
             for _ in range(generated):
                 stats.record(1)
             return stats
-        per_step = [after - before for before, after in zip(lengths[1:], lengths[2:])]
-        # The first forward is the prefill; it emits one token. The last emits what is left.
-        per_step = [1] + per_step
+        # The first forward may get no cache (transformers < 5.24 creates it inside the prefill).
+        seen = [prompt_length - 1] + lengths[1:]  # the first forward counts as if it saw the prompt but one token
+        per_step = [after - before for before, after in zip(seen, seen[1:])]
         per_step.append(generated - sum(per_step))
-        for emitted in per_step[: len(lengths)]:
+        for emitted in per_step:
             stats.record(emitted, accepted=emitted - 1)
         return stats
 
@@ -90,8 +98,9 @@ def _run(model, input_ids: torch.Tensor, options: DecodeOptions, **extra) -> Dec
             attention_mask=torch.ones_like(input_ids),
             generation_config=_generation_config(model, options, **extra),
         )
-    tokens = output[0, input_ids.shape[1] :].clone()
-    return DecodeResult(tokens=tokens, stats=log.stats(tokens.numel()))
+    # transformers 5.0 prompt lookup can overshoot max_new_tokens by one token; never report more
+    tokens = output[0, input_ids.shape[1] :][: options.max_new_tokens].clone()
+    return DecodeResult(tokens=tokens, stats=log.stats(input_ids.shape[1], tokens.numel()))
 
 
 def generate(model, input_ids: torch.Tensor, options: DecodeOptions) -> DecodeResult:
@@ -101,4 +110,6 @@ def generate(model, input_ids: torch.Tensor, options: DecodeOptions) -> DecodeRe
 
 def generate_prompt_lookup(model, input_ids: torch.Tensor, options: DecodeOptions) -> DecodeResult:
     """HF prompt-lookup decoding: n-gram drafts copied from the context, verified greedily."""
+    if not options.use_cache:
+        raise SpaceError("prompt_lookup needs the KV cache (HF assisted decoding requires one); use use_cache=True")
     return _run(model, input_ids, options, prompt_lookup_num_tokens=options.prompt_lookup_num_tokens)

@@ -43,7 +43,6 @@ from space.decoding.common import DecodeOptions, DecodeResult, DecodeStats, Mode
 from space.decoding.sampling import probabilities, sample
 from space.decoding.verify import greedy_accept, speculative_accept
 from space.errors import SpaceError
-from space.layout import additive_mask
 from space.tokens import resolve_sat_spec
 
 # The reference's tree templates (decoders/model/utils.py, `tree_depth_{5,7,9,11,13}`), one string per
@@ -213,12 +212,14 @@ def _verify_tree(target: Model, tree: Tree, candidates: list[torch.Tensor], out:
     if cache is not None:  # the cache holds x_0 .. x_{n-1}: every node sees all of it
         ids, positions = tokens, n + depth
         allowed = torch.cat([tree_mask.new_ones(tree.size, n), tree_mask], dim=1)
+        keys = torch.cat([torch.arange(n, device=device), positions])
     else:
         ids = torch.cat([out.ids[:n], tokens])
         positions = torch.cat([torch.arange(n, device=device), n + depth])
         allowed = torch.ones(n + tree.size, n + tree.size, dtype=torch.bool, device=device).tril()
         allowed[n:, n:] = tree_mask
-    hidden = target.hidden(ids, positions, additive_mask(allowed, target.dtype), cache)
+        keys = positions
+    hidden = target.hidden(ids, positions, target.mask(allowed, positions, keys), cache)
     p = process(target.logits(hidden[-tree.size:]))  # [T, V]
 
     parents, children = paths[:, :-1], paths[:, 1:]  # [P, D] each

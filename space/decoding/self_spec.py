@@ -33,7 +33,6 @@ from space.decoding.common import DecodeOptions, DecodeResult, DecodeStats, Mode
 from space.decoding.sampling import probabilities, sample
 from space.decoding.threshold import AutoParameters, ThresholdState, update_threshold
 from space.decoding.verify import greedy_accept, speculative_accept
-from space.layout import additive_mask
 from space.skip_layers import check_skippable, resolve_skip_layers, skipping_forward
 
 DEFAULT_THRESHOLD = {False: 0.8, True: 0.5}  # γ0 of the reference's greedy (essg) and sampling (sss) loops
@@ -127,12 +126,16 @@ def _draft(target: Model, masks, out: Output, room: int, gamma: float, options: 
     for j in range(room):
         if cache is not None:  # one new token against the committed cache + this round's scratch entries
             last = out.ids[committed - 1 : committed] if j == 0 else torch.tensor(tokens[-1:], device=device)
-            ids, positions, mask = last, torch.tensor([committed - 1 + j], device=device), None
+            ids, positions = last, torch.tensor([committed - 1 + j], device=device)
+            mask = None  # the layers that run hold keys 0..p, all visible to p unless a window hides the oldest
+            if target.attention.windowed:
+                keys = torch.arange(committed + j, device=device)
+                mask = target.mask(torch.ones(1, keys.numel(), dtype=torch.bool, device=device), positions, keys)
         else:  # the whole sequence, causally masked
             ids = torch.cat([out.committed(), torch.tensor(tokens, dtype=torch.long, device=device)])
             positions = torch.arange(ids.shape[0], device=device)
             causal = torch.ones(ids.shape[0], ids.shape[0], dtype=torch.bool, device=device).tril()
-            mask = additive_mask(causal, target.dtype)
+            mask = target.mask(causal, positions, positions)
         hidden = skipping_forward(target.model, ids, positions, masks, cache, mask)
         stats.draft_forwards += 1
         logits = target.logits(hidden[-1:])[0]  # [V]

@@ -27,7 +27,7 @@ from space.cache import CompactCache
 from space.decoding.common import DecodeOptions, DecodeResult, DecodeStats, Model, Output, eos_ids, make_generator
 from space.decoding.sampling import probabilities, sample
 from space.decoding.verify import greedy_accept, original_accept, speculative_accept
-from space.layout import ChunkLayout, additive_mask, step_layout
+from space.layout import ChunkLayout, step_layout
 from space.tokens import resolve_mask_spec
 
 FP16_MAX = 65504.0  # the original's draft probability for the first step's dummy candidates
@@ -69,7 +69,6 @@ def generate(model, input_ids: torch.Tensor, options: DecodeOptions) -> DecodeRe
     layout = ChunkLayout.build(k, device)
     group_ids = torch.tensor(spec.group_ids(k), device=device)
     chunk_ids = layout.token_template(group_ids)  # [q]; row 0 and candidate rows change every step
-    chunk_mask = additive_mask(layout.allowed, target.dtype)[0, 0]  # [q, q]
 
     out = Output(input_ids, options.max_new_tokens, eos_ids(model, options.eos_token_id))
     cache = CompactCache.for_model(target.model, out.ids.numel() + layout.size) if options.use_cache else None
@@ -85,14 +84,15 @@ def generate(model, input_ids: torch.Tensor, options: DecodeOptions) -> DecodeRe
         if cache is not None and cache.length > 0:  # the cache holds x_0 .. x_{n-2}
             ids = chunk_ids
             positions = layout.position_offsets + (n - 1)
-            prefix = chunk_mask.new_zeros(layout.size, n - 1)  # every chunk row sees the whole prefix
-            mask = torch.cat([prefix, chunk_mask], dim=1)[None, None]
+            prefix = layout.allowed.new_ones(layout.size, n - 1)  # causally, every chunk row sees the prefix
+            keys = torch.cat([torch.arange(n - 1, device=device), positions])  # cached x_t sits at position t
+            mask = target.mask(torch.cat([prefix, layout.allowed], dim=1), positions, keys)
             base = 0
         else:  # first cached step, or no cache: the full extended sequence E
             ids = torch.cat([out.ids[: n - 1], chunk_ids])
             allowed, positions = step_layout(n, k)
-            mask = additive_mask(allowed.to(device), target.dtype)
             positions = positions.to(device)
+            mask = target.mask(allowed.to(device), positions, positions)
             base = n - 1
 
         # 2. one forward

@@ -7,7 +7,8 @@ legitimately from there on. A logic error shows up differently: AR's token clear
 step where the method left it.
 
 `explain` re-runs the model on the prompt plus the common prefix (one plain forward) and reports,
-at the first differing position, the logit gap between AR's token and the method's token.
+at the first differing position, the logit gap between AR's token and the method's token. The
+noise, and so the near-tie threshold, grows with the precision lost in the model's dtype.
 """
 
 from __future__ import annotations
@@ -16,7 +17,19 @@ import torch
 
 from space.decoding.common import Model
 
-NEAR_TIE = 1e-4  # logit gap below which a different argmax is rounding, not logic
+# Per dtype, about twice the largest logit difference measured between forwards of different shapes on the
+# shipped model (scripts/measure_logit_noise.py, docs/results/logit_noise.json: fp32 1.8e-4, bf16 1.2). fp16
+# keeps 3 more mantissa bits than bf16, so an eighth of bf16's. Below it, a different argmax is rounding, not logic.
+NEAR_TIE = 4e-4  # fp32
+NEAR_TIE_BY_DTYPE = {torch.float32: NEAR_TIE, torch.bfloat16: 2.5, torch.float16: 0.3}
+
+
+def near_tie_threshold(dtype: torch.dtype) -> float:
+    """The logit gap below which a differing argmax is rounding noise for a model computed in `dtype`."""
+    if dtype in NEAR_TIE_BY_DTYPE:
+        return NEAR_TIE_BY_DTYPE[dtype]
+    # another float type: scale fp32's threshold by its machine epsilon
+    return NEAR_TIE * torch.finfo(dtype).eps / torch.finfo(torch.float32).eps
 
 
 def first_difference(ids: list[int], reference: list[int]) -> int | None:
@@ -28,20 +41,24 @@ def first_difference(ids: list[int], reference: list[int]) -> int | None:
 
 
 @torch.inference_mode()
-def explain(model, prompt_ids: torch.Tensor, ids: list[int], reference: list[int], threshold: float = NEAR_TIE) -> dict | None:
+def explain(model, prompt_ids: torch.Tensor, ids: list[int], reference: list[int],
+            threshold: float | None = None) -> dict | None:
     """Where `ids` (a method's answer) leaves `reference` (AR's) and whether that step is a near-tie.
 
-    `prompt_ids` is the `[1, n]` prompt both answered. Returns None when the answers are equal.
+    `prompt_ids` is the `[1, n]` prompt both answered; `threshold` defaults to the model dtype's
+    `near_tie_threshold`. Returns None when the answers are equal.
     """
     index = first_difference(ids, reference)
     if index is None:
         return None
     target = Model(model)
+    if threshold is None:
+        threshold = near_tie_threshold(target.dtype)
     sequence = torch.cat([prompt_ids[0].to(target.device), torch.tensor(reference[:index], device=target.device)])
     hidden = target.hidden(sequence, torch.arange(sequence.numel(), device=target.device))
     logits = target.logits(hidden[-1:])[0]  # [V] AR's logits at the first differing step
     top2 = logits.topk(2)
-    result = dict(position=index, top2_gap=float(top2.values[0] - top2.values[1]))
+    result = dict(position=index, top2_gap=float(top2.values[0] - top2.values[1]), near_tie_threshold=threshold)
     if index < len(ids) and index < len(reference):
         ours, theirs = ids[index], reference[index]
         gap = float(logits[theirs] - logits[ours])

@@ -1,4 +1,5 @@
-"""Reports: markdown tables, the evaluation summary table, and the figure (tokens/step and speedup).
+"""Reports: markdown tables, the evaluation summary table, the figure (tokens/step and speedup), and the
+versions a result was measured with.
 
 `markdown_table` is shared by every script that prints results. The figure needs matplotlib (an
 `eval` extra); without it the PNG is skipped with a note, never the run.
@@ -6,7 +7,22 @@
 
 from __future__ import annotations
 
+import platform
+from importlib import metadata
 from pathlib import Path
+
+MEASURED_PACKAGES = ("torch", "transformers", "peft", "accelerate", "deepspeed", "tokenizers", "numpy")
+
+
+def versions() -> dict[str, str | None]:
+    """Python and the installed versions of the packages a measurement depends on (None: not installed)."""
+    found = {"python": platform.python_version()}
+    for package in MEASURED_PACKAGES:
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            found[package] = None
+    return found
 
 
 def markdown_table(rows: list[dict], columns: list[str], headers: list[str] | None = None) -> str:
