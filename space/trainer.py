@@ -109,6 +109,8 @@ class SarTrainer(Trainer):
         self.mask_num = mask_num
         self.mask_loss_weight = mask_loss_weight
         self.mask_metrics = MetricsAccumulator(mask_num)
+        # Read before training wraps the model (a DeepSpeed engine's `.config` is its own dict).
+        self.model_config = unwrap(self.model).config
         # Our loss is a per-micro-batch mean (as the original); the Trainer then scales it for
         # gradient accumulation instead of expecting a loss normalised by `num_items_in_batch`.
         self.model_accepts_loss_kwargs = False
@@ -120,7 +122,7 @@ class SarTrainer(Trainer):
         labels, offsets = inputs.pop("labels"), inputs.pop("mask_offsets")
         pattern = inputs.pop("attention_mask_4d", None)
         if pattern is not None:
-            inputs["attention_mask"] = training_masks(pattern, inputs["position_ids"], unwrap(model).config,
+            inputs["attention_mask"] = training_masks(pattern, inputs["position_ids"], self.model_config,
                                                       next(model.parameters()).dtype)
         outputs = model(**inputs, use_cache=False)
         loss, metrics = sar_loss(outputs.logits, labels, offsets, self.mask_loss_weight, self.mask_num)
