@@ -17,7 +17,7 @@ from transformers import Trainer, TrainerCallback
 
 from space.loss import MaskMetrics, sar_loss
 from space.models import unwrap
-from space.window import AttentionMasks
+from space.window import AttentionMasks, in_window
 
 
 def sum_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
@@ -93,10 +93,10 @@ def training_masks(pattern: torch.Tensor, positions: torch.Tensor, config, dtype
     additive mask, or a dict keyed by layer type where full and sliding layers mix.
     """
     masks = AttentionMasks.for_config(config)
-    distance = positions[:, None, :, None] - positions[:, None, None, :]  # [B, 1, L, L] query - key position
+    positions = positions[:, None]  # [B, 1, L]: broadcasts against the [B, 1, L, L] pattern
 
     def windowed(window):
-        return additive_mask(pattern if window is None else pattern & (distance < window), dtype)
+        return additive_mask(in_window(pattern, positions, positions, window), dtype)
 
     if masks.layer_types is None:
         return windowed(masks.windows[0])

@@ -60,10 +60,12 @@ def layer_windows(config) -> tuple[int | None, ...]:
 
 def in_window(allowed: torch.Tensor, query_positions: torch.Tensor, key_positions: torch.Tensor,
               window: int | None) -> torch.Tensor:
-    """`allowed` `[q, kv]` restricted to keys less than `window` positions behind their query (HF's rule)."""
+    """`allowed` `[..., q, kv]` restricted to keys less than `window` positions behind their query (HF's rule).
+
+    Positions are `[..., q]` and `[..., kv]` (leading dimensions broadcast, e.g. a training batch)."""
     if window is None:
         return allowed
-    distance = query_positions[:, None] - key_positions[None, :]
+    distance = query_positions[..., :, None] - key_positions[..., None, :]
     return allowed & (distance < window)
 
 
