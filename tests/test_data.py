@@ -5,8 +5,8 @@ import json
 import pytest
 
 import space
-from space.data import load_conversations
-from space.templates import VICUNA_SYSTEM, get_template
+from space.training.data import load_conversations
+from space.training.templates import VICUNA_SYSTEM, get_template
 from space.testing import tiny_text_tokenizer
 
 

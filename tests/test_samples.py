@@ -5,9 +5,9 @@ import torch
 import torch.nn.functional as F
 
 import space
-from space.collate import SarCollator, block_attention
-from space.loss import sar_loss
-from space.samples import IGNORE, MaskingConfig, build_sample, truncate_turns
+from space.training.collate import SarCollator, block_attention
+from space.training.loss import sar_loss
+from space.training.samples import IGNORE, MaskingConfig, build_sample, truncate_turns
 from space.testing import tiny_llama
 
 M = 90  # mask id in these examples

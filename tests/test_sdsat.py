@@ -11,11 +11,11 @@ import torch
 
 import space
 from space.cache import CompactCache
-from space.collate import SarCollator
+from space.training.collate import SarCollator
 from space.decoding import sdsat
 from space.decoding.common import Model
 from space.decoding.sdsat import build_tree
-from space.samples import IGNORE, MaskingConfig, build_sample
+from space.training.samples import IGNORE, MaskingConfig, build_sample
 from space.testing import DraftOracle, chi_square_p_value, exact_joint, tiny_llama, tiny_text_tokenizer
 from space.tokens import SAT_TOKEN, SatSpec, add_sat_tokens, read_sat_spec
 from tests.conftest import capture_caches, random_prompt

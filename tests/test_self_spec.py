@@ -15,7 +15,7 @@ from space.decoding import self_spec
 from space.decoding.common import Model, Output
 from space.decoding.threshold import GAMMA_MAX, AutoParameters, ThresholdState, update_threshold
 from space.decoding.verify import original_accept
-from space.search import TrialLog, search
+from space.eval.skip_search import TrialLog, search
 from space.skip_layers import SkipLayers, load_skip_file, save_skip_file, select_entry, skipping_forward
 from space.testing import chi_square_p_value, exact_joint, tiny_llama, tiny_text_tokenizer, tiny_tokenizer
 from tests.conftest import capture_caches, random_prompt

@@ -20,11 +20,11 @@ import torch
 from transformers import TrainingArguments
 
 import space
-from space.collate import SarCollator
+from space.training.collate import SarCollator
 from space.decoding import space as space_decoding
-from space.samples import MaskingConfig, build_sample
+from space.training.samples import MaskingConfig, build_sample
 from space.testing import tiny_llama
-from space.trainer import SarTrainer
+from space.training.trainer import SarTrainer
 from tests.conftest import random_prompt
 from tests.test_samples import ScriptedRandom
 

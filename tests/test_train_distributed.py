@@ -13,10 +13,10 @@ import torch
 import torch.distributed as dist
 
 import space
-from space.collate import SarCollator
-from space.loss import MaskMetrics, sar_loss
+from space.training.collate import SarCollator
+from space.training.loss import MaskMetrics, sar_loss
 from space.testing import tiny_llama, tiny_text_tokenizer
-from space.trainer import MaskMetricsLogger, MetricsAccumulator, additive_mask, means_from_sums
+from space.training.trainer import MaskMetricsLogger, MetricsAccumulator, additive_mask, means_from_sums
 from tests.test_train import make_dataset, train_sft, with_added_mask
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from space.data import read_records
+from space.io import read_records
 from space.errors import SpaceError
 
 DATA_DIR = Path(__file__).resolve().parent / "data"

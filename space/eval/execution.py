@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from space.data import read_records
+from space.io import read_records
 from space.errors import SpaceError
 
 LANGUAGES = ("python", "cpp", "java", "js", "go")

@@ -25,6 +25,7 @@ from space.errors import SpaceError
 from space.eval.datasets import EvalPrompt
 from space.eval.metrics import split_label
 from space.eval.prompts import add_special_tokens, render
+from space.io import JsonlLog, write_json
 
 CONFIG_FILE = "run_config.json"
 SAMPLES_FILE = "samples.jsonl"
@@ -47,24 +48,16 @@ class ResultStore:
         elif self.dir.exists() and any(self.dir.iterdir()) and not overwrite:
             raise SpaceError(f"{self.dir} exists and is not an evaluation run; pass --overwrite or another --output_dir")
         self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
-        if self.samples_path.is_file():
-            self.rewrite(self.records())  # drop a line torn by an interruption before appending after it
+        write_json(self.dir / CONFIG_FILE, config, sort_keys=True)
+        self.log = JsonlLog(self.samples_path)
+        self.log.resume()  # drop a line torn by an interruption before appending after it
 
     @property
     def samples_path(self) -> Path:
         return self.dir / SAMPLES_FILE
 
     def records(self) -> list[dict]:
-        if not self.samples_path.is_file():
-            return []
-        records = []
-        for line in self.samples_path.read_text().splitlines():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:  # a line cut by an interruption: that prompt is redone
-                break
-        return records
+        return self.log.read()
 
     def done_ids(self, methods: list[str]) -> set[str]:
         answered = {}
@@ -73,16 +66,11 @@ class ResultStore:
         return {prompt_id for prompt_id, done in answered.items() if set(methods) <= done}
 
     def append(self, records: list[dict]) -> None:
-        with self.samples_path.open("a") as handle:
-            for record in records:
-                handle.write(json.dumps(record) + "\n")
-            handle.flush()
+        self.log.append(records)
 
     def rewrite(self, records: list[dict]) -> None:
         """Replace samples.jsonl atomically (used to add quality fields at the end)."""
-        temporary = self.samples_path.with_suffix(".tmp")
-        temporary.write_text("".join(json.dumps(r) + "\n" for r in records))
-        temporary.replace(self.samples_path)
+        self.log.rewrite(records)
 
 
 def complete_ids(records: list[dict], prompts: list[EvalPrompt], methods: list[str]) -> set[str]:

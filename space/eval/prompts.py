@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 from space.errors import SpaceError
-from space.templates import VICUNA_SYSTEM
+from space.training.templates import VICUNA_SYSTEM
 
 MODEL_TYPES = ("llama", "llama-2-chat", "qwen", "chatglm")
 PROMPT_STYLES = ("original", "chat_template")

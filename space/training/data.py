@@ -18,12 +18,11 @@ is trained without the end of turn after its last response, so the model does no
 
 from __future__ import annotations
 
-import gzip
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from space.errors import SpaceError
+from space.io import read_records
 
 
 @dataclass
@@ -76,29 +75,6 @@ def load_one(name: str, dataset_dir: Path) -> list[Conversation]:
     raise SpaceError(
         f"unknown dataset {name!r}: use a registry name ({', '.join(sorted(DATASETS))}) or a .json/.jsonl file path"
     )
-
-
-def read_records(path: Path) -> list[dict]:
-    """Records of a `.json` list or a `.jsonl` file, either optionally gzipped; errors name file and line."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as handle:
-        text = handle.read()
-    if path.name.removesuffix(".gz").endswith(".jsonl"):
-        records = []
-        for line_number, line in enumerate(text.splitlines(), start=1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as error:
-                    raise SpaceError(f"{path}: line {line_number} is not valid JSON ({error.msg})") from error
-        return records
-    try:
-        records = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise SpaceError(f"{path}: not valid JSON ({error.msg} at line {error.lineno})") from error
-    if not isinstance(records, list):
-        raise SpaceError(f"{path}: expected a JSON list of records, got {type(records).__name__}")
-    return records
 
 
 def _read_hub(name: str, entry: DatasetEntry, local: Path) -> list[dict]:

@@ -38,7 +38,7 @@ import random
 from dataclasses import dataclass
 
 from space.errors import SpaceError
-from space.templates import EncodedTurn
+from space.training.templates import EncodedTurn
 
 IGNORE = -100
 

@@ -1,11 +1,11 @@
-"""`space.cpu.RowsLinear`: the same products as `nn.Linear`, and decoders stay lossless on it."""
+"""`space.fast_linear.RowsLinear`: the same products as `nn.Linear`, and decoders stay lossless on it."""
 
 import pytest
 import torch
 from torch import nn
 
 import space
-from space.cpu import RowsLinear, use_fast_linear
+from space.fast_linear import RowsLinear, use_fast_linear
 from space.testing import tiny_llama
 
 

@@ -2,7 +2,7 @@
 
 DeepSpeed, bf16, gradient checkpointing, checkpointing and resuming all come from
 `TrainingArguments`. `compute_loss` feeds the batch (turning the collator's boolean 4D pattern into
-an additive mask of the model's dtype), computes `space.loss.sar_loss`, and accumulates per-offset
+an additive mask of the model's dtype), computes `space.training.loss.sar_loss`, and accumulates per-offset
 mask metrics on the device; `MaskMetricsLogger` converts them to floats only at the logging
 interval (one sync per log line, not per step) and adds `mask_loss_j` / `mask_acc_j` to the log.
 Under data parallelism each rank sees its own share of the batch, so the numerators and the counts
@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 from transformers import Trainer, TrainerCallback
 
-from space.loss import MaskMetrics, sar_loss
+from space.training.loss import MaskMetrics, sar_loss
 from space.models import unwrap
 from space.window import AttentionMasks, in_window
 

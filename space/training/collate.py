@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from space.samples import IGNORE
+from space.training.samples import IGNORE
 
 
 @dataclass

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from space.decoding.common import eos_ids
 from space.eval.datasets import ORIGINAL_HUMANEVAL_INSTRUCTION, load_eval_dataset
+from space.io import JsonlLog
 
 STDLIB_MODULES = (
     "textwrap string shlex fnmatch glob posixpath genericpath shutil heapq bisect statistics random fractions "
@@ -137,19 +138,14 @@ def generate_answers(model, tokenizer, prompts: list[dict], output: Path, batch_
 
     eos = model.generation_config.eos_token_id
     stops = set(eos_ids(model, eos))
+    log = JsonlLog(output)
     done = {}
-    if output.is_file():
-        for line in output.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                break  # torn by an interruption: regenerate from here
-            # files written before the field existed: an answer without a stop token was cut off
-            record.setdefault("unfinished", _cut_off(record["output_ids"], stops))
-            done[record["id"]] = record
-        temporary = output.with_suffix(output.suffix + ".tmp")  # an interruption here must not lose answers
-        temporary.write_text("".join(json.dumps(r) + "\n" for r in done.values()))
-        temporary.replace(output)
+    for record in log.resume():  # a line torn by an interruption is regenerated
+        # files written before the field existed: an answer without a stop token was cut off
+        record.setdefault("unfinished", _cut_off(record["output_ids"], stops))
+        done[record["id"]] = record
+    if any("unfinished" not in r for r in log.read()):
+        log.rewrite(done.values())
     todo = [p for p in prompts if p["id"] not in done]
     tokenizer.padding_side = "left"
     config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, eos_token_id=eos,
@@ -162,12 +158,12 @@ def generate_answers(model, tokenizer, prompts: list[dict], output: Path, batch_
                                                add_generation_prompt=True) for p in batch]
         encoded = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
         generated = model.generate(**encoded, generation_config=config)[:, encoded.input_ids.shape[1] :]
-        with output.open("a") as handle:
-            for prompt, ids in zip(batch, generated.tolist()):
-                ids = ids[: next((i + 1 for i, t in enumerate(ids) if t in stops), len(ids))]  # drop the padding
-                answer = tokenizer.decode(ids, skip_special_tokens=True)
-                record = dict(id=prompt["id"], instruction=prompt["prompt"], input="", output=answer, output_ids=ids,
-                              unfinished=_cut_off(ids, stops))
-                handle.write(json.dumps(record) + "\n")
-                done[prompt["id"]] = record
+        records = []
+        for prompt, ids in zip(batch, generated.tolist()):
+            ids = ids[: next((i + 1 for i, t in enumerate(ids) if t in stops), len(ids))]  # drop the padding
+            answer = tokenizer.decode(ids, skip_special_tokens=True)
+            records.append(dict(id=prompt["id"], instruction=prompt["prompt"], input="", output=answer,
+                                output_ids=ids, unfinished=_cut_off(ids, stops)))
+        log.append(records)
+        done.update((record["id"], record) for record in records)
     return [done[p["id"]] for p in prompts if p["id"] in done]

@@ -12,7 +12,6 @@ probes, and the resumable JSONL trial log. It does not load models, tokenize or 
 
 from __future__ import annotations
 
-import json
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from typing import Callable
 from tqdm.auto import tqdm
 
 from space.errors import SpaceError
+from space.io import JsonlLog
 from space.skip_layers import SkipLayers
 
 VALUE = "tokens_per_second"  # the key of the objective's record that is maximised
@@ -44,26 +44,18 @@ class TrialLog:
         self.num_layers = num_layers
 
     def load(self) -> list[dict]:
-        if self.path is None or not self.path.is_file():
+        if self.path is None:
             return []
-        records = []
-        for line in self.path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:  # a line torn by an interruption: that point is measured again
-                continue
+        records = JsonlLog(self.path).resume()  # a point torn by an interruption is measured again
+        for record in records:
             if record.get("num_layers") != self.num_layers:
                 raise SpaceError(f"trial log {str(self.path)!r} is for a {record.get('num_layers')}-layer model, "
                                  f"this one has {self.num_layers}; pass another --log")
-            records.append(record)
         return records
 
     def append(self, record: dict) -> None:
-        if self.path is None:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        if self.path is not None:
+            JsonlLog(self.path).append(record)
 
 
 def skip_to_params(skip: SkipLayers, num_layers: int) -> dict[str, int]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from space.samples import IGNORE
+from space.training.samples import IGNORE
 
 
 @dataclass

@@ -1,0 +1,101 @@
+"""Record files: reading JSON/JSONL records, atomic writes and resumable JSONL logs.
+
+Every resumable file of the project (the evaluation's `samples.jsonl`, the distillation answers, the
+skip-layer search's trial log) is a `JsonlLog`: one JSON object per line, appended a record (or a batch)
+at a time and flushed, so an interruption can only tear the last line. The one rule for a torn line:
+reading stops at the first line that does not parse, and `resume()` rewrites the file without it
+before anything is appended after it. Whole-file outputs (`summary.json`, `space.json`, reports) go
+through `write_atomic`, so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from pathlib import Path
+from typing import Iterable
+
+from space.errors import SpaceError
+
+
+def write_atomic(path: str | Path, text: str) -> None:
+    """Replace `path` with `text` in one step (a temporary file beside it, then a rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    with temporary.open("w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    temporary.replace(path)
+
+
+def write_json(path: str | Path, data, indent: int | None = 2, sort_keys: bool = False) -> None:
+    """`data` as JSON (with a final newline), written atomically."""
+    write_atomic(path, json.dumps(data, indent=indent, sort_keys=sort_keys) + "\n")
+
+
+class JsonlLog:
+    """An append-only JSONL file that a rerun resumes (see the module docstring for the torn-line rule)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def read(self) -> list[dict]:
+        """The records up to the first line that does not parse (a line torn by an interruption)."""
+        if not self.path.is_file():
+            return []
+        records = []
+        for line in self.path.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+        return records
+
+    def resume(self) -> list[dict]:
+        """`read()`, and drop a torn tail from the file so that appends continue a clean log."""
+        records = self.read()
+        if self.path.is_file() and self.path.read_text() != _lines(records):
+            self.rewrite(records)
+        return records
+
+    def append(self, records: dict | Iterable[dict]) -> None:
+        """Add one record or a batch; a batch is written with one call, then flushed."""
+        batch = [records] if isinstance(records, dict) else list(records)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as handle:
+            handle.write(_lines(batch))
+            handle.flush()
+
+    def rewrite(self, records: Iterable[dict]) -> None:
+        """Replace the whole log atomically (e.g. to add fields computed at the end)."""
+        write_atomic(self.path, _lines(records))
+
+
+def _lines(records: Iterable[dict]) -> str:
+    return "".join(json.dumps(record) + "\n" for record in records)
+
+
+def read_records(path: Path) -> list[dict]:
+    """Records of a `.json` list or a `.jsonl` file, either optionally gzipped; errors name file and line."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as handle:
+        text = handle.read()
+    if path.name.removesuffix(".gz").endswith(".jsonl"):
+        records = []
+        for line_number, line in enumerate(text.splitlines(), start=1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as error:
+                    raise SpaceError(f"{path}: line {line_number} is not valid JSON ({error.msg})") from error
+        return records
+    try:
+        records = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise SpaceError(f"{path}: not valid JSON ({error.msg} at line {error.lineno})") from error
+    if not isinstance(records, list):
+        raise SpaceError(f"{path}: expected a JSON list of records, got {type(records).__name__}")
+    return records
