@@ -9,40 +9,53 @@ for `space` (output stays identical to AR, but few drafts are accepted).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
-import torch
+from transformers import HfArgumentParser
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import space
+from space.cli import run
+from space.decoding import option_names
 
-import space  # noqa: E402
-from space.cli import run, str2bool  # noqa: E402
+
+@dataclass
+class GenerateArguments:
+    llm_dir: str | None = field(default=None, metadata={"help": "HF dir, hub name or .gguf file (default: embedded SmolLM2-135M)"})
+    adapter: str | None = field(default=None, metadata={"help": "peft adapter directory applied on top of --llm_dir"})
+    prompt: str = "Write a Python function that checks whether a number is prime."
+    chat: bool = field(default=True, metadata={"help": "wrap the prompt in the tokenizer's chat template"})
+    methods: str = "space,ar,hf"
+    mask_num: int | None = field(default=None, metadata={"help": "k (default: the model config, else 3)"})
+    max_new_tokens: int = 128
+    use_cache: bool = True
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    sampling_mode: Literal["exact", "original"] = field(default="exact", metadata={"help": "space and sdsat"})
+    seed: int = 0
+    dtype: str = "float32"
+    device: str = "cpu"
+    output: str | None = field(default=None, metadata={"help": "write the results as JSON here"})
 
 
-def parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--llm_dir", default=None, help="HF dir, hub name or .gguf file (default: embedded SmolLM2-135M)")
-    parser.add_argument("--adapter", default=None, help="peft adapter directory applied on top of --llm_dir")
-    parser.add_argument("--prompt", default="Write a Python function that checks whether a number is prime.")
-    parser.add_argument("--chat", type=str2bool, default=True, help="wrap the prompt in the tokenizer's chat template")
-    parser.add_argument("--methods", default="space,ar,hf")
-    parser.add_argument("--mask_num", type=int, default=None, help="k (default: the model config, else 3)")
-    parser.add_argument("--max_new_tokens", type=int, default=128)
-    parser.add_argument("--use_cache", type=str2bool, default=True)
-    parser.add_argument("--do_sample", type=str2bool, default=False)
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--top_k", type=int, default=0)
-    parser.add_argument("--top_p", type=float, default=1.0)
-    parser.add_argument("--sampling_mode", default="exact", choices=["exact", "original"])
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--output", default=None, help="write the results as JSON here")
-    return parser.parse_args(argv)
+def parse_args(argv) -> GenerateArguments:
+    """`--flag value` as before (booleans as true/false); an unknown flag exits with argparse's usage line."""
+    parser = HfArgumentParser(GenerateArguments, description=__doc__.split("\n\n")[0])
+    return GenerateArguments(**vars(parser.parse_args(argv)))
+
+
+def decode_options(args: GenerateArguments, method: str) -> dict:
+    """The options `method` takes, from the flags (`--mask_num` only when given)."""
+    options = {name: value for name, value in asdict(args).items() if name in option_names(method)}
+    if args.mask_num is None:
+        options.pop("mask_num", None)
+    return options
 
 
 def main(argv=None) -> dict:
@@ -60,17 +73,10 @@ def main(argv=None) -> dict:
     if args.chat and tokenizer.chat_template:
         text = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
     input_ids = tokenizer(text, return_tensors="pt").input_ids
-    options = dict(
-        max_new_tokens=args.max_new_tokens, use_cache=args.use_cache, do_sample=args.do_sample,
-        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-    )
-    if args.mask_num is not None:
-        options["mask_num"] = args.mask_num
-    if "space" in methods:
-        options["sampling_mode"] = args.sampling_mode
 
     results = {}
     for method in methods:
+        options = decode_options(args, method)
         space.decode(model, input_ids, method, **dict(options, max_new_tokens=4))  # warm-up
         start = time.perf_counter()
         result = space.decode(model, input_ids, method, **options)

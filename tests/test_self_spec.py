@@ -11,7 +11,7 @@ import torch
 
 import space
 from space.cache import CompactCache
-from space.decoding import self_spec
+from space.decoding import self_spec, verify
 from space.decoding.common import Model, Output
 from space.decoding.threshold import GAMMA_MAX, AutoParameters, ThresholdState, update_threshold
 from space.decoding.verify import original_accept
@@ -186,7 +186,7 @@ def test_draft_writes_no_kv_for_skipped_attention_and_leaves_the_cache_as_found(
 @pytest.mark.parametrize("skip", ["none", "mixed", "all"])
 @pytest.mark.parametrize("max_new_tokens", [2, 9, 23])
 def test_cache_after_each_round_is_the_committed_prefix(monkeypatch, skip, max_new_tokens):
-    caches = capture_caches(monkeypatch, self_spec)
+    caches = capture_caches(monkeypatch)
     lengths = []
     original = self_spec.update_threshold
 
@@ -249,7 +249,7 @@ def test_the_distribution_test_rejects_a_biased_acceptance_rule(monkeypatch):
         k = drafts.shape[0]
         return original_accept(p, q[torch.arange(k), drafts], drafts, generator)
 
-    monkeypatch.setattr(self_spec, "speculative_accept", biased)
+    monkeypatch.setattr(verify, "speculative_accept", biased)
     processing = dict(temperature=0.7, top_k=3)
     model = tiny_llama(seed=5, vocab_size=VOCAB, hidden_size=32, num_layers=3, mask_num=2)
     truth = exact_joint(model, PROMPT, 4, **processing)

@@ -18,7 +18,6 @@ import torch
 
 import space
 from space.cache import CompactCache
-from space.decoding import space as space_decoding
 from space.decoding.common import Model
 from space.testing import DraftOracle, chi_square_p_value, tiny_llama
 from tests.conftest import capture_caches, random_prompt
@@ -26,7 +25,7 @@ from tests.conftest import capture_caches, random_prompt
 
 def record_compactions(monkeypatch) -> list[dict]:
     """After every `compact` of a cache SPACE made: prefix, moved count and a copy of the live entries."""
-    caches = capture_caches(monkeypatch, space_decoding)
+    caches = capture_caches(monkeypatch)
     records = []
     original = CompactCache.compact
 

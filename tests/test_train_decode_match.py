@@ -22,6 +22,7 @@ from transformers import TrainingArguments
 import space
 from space.training.collate import SarCollator
 from space.decoding import space as space_decoding
+from space.decoding import verify
 from space.training.samples import MaskingConfig, build_sample
 from space.testing import tiny_llama
 from space.training.trainer import SarTrainer
@@ -52,7 +53,7 @@ def decode_recording_drafts(monkeypatch, model, prompt, use_cache, decoding):
             accepted = 0 if not draws else min(next(script), drafts.numel())
             return accepted, int(target_tokens[accepted])
 
-        monkeypatch.setattr(space_decoding, "greedy_accept", scripted_accept)
+        monkeypatch.setattr(verify, "greedy_accept", scripted_accept)
     elif decoding == "sampling":
         options.update(do_sample=True, seed=5, top_k=8)
     result = space.decode(model, prompt, "space", **options)

@@ -1,10 +1,16 @@
 """The decoder registry and the public entry point `decode`.
 
-Each method is a plain function `generate(model, input_ids, options) -> DecodeResult` in a module
-of its own; `DECODERS` maps method names to them.
+Each method lives in a module of its own with a plain function `generate(model, input_ids, options) ->
+DecodeResult` and its own options dataclass (a subclass of `DecodeOptions`, which holds what every method
+reads). `DECODERS` maps a method name to `Decoder(generate, Options)`; adding a method is one module and
+one line here. The option names, their validation, the error for an option a method does not take, the
+state an evaluation carries from prompt to prompt and `decode`'s docstring all come from the Options class.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Callable
 
 import torch
 
@@ -13,30 +19,89 @@ from space.decoding import space as space_decoding
 from space.decoding.common import DecodeOptions, DecodeResult, DecodeStats, check_prompt
 from space.errors import SpaceError
 
-DECODERS = {
-    "ar": ar.generate,
-    "space": space_decoding.generate,
-    "hf": hf.generate,
-    "prompt_lookup": hf.generate_prompt_lookup,
-    "self_spec": self_spec.generate,
-    "sdsat": sdsat.generate,
+
+@dataclass(frozen=True)
+class Decoder:
+    """A decoding method: its loop and its options class."""
+
+    generate: Callable[..., DecodeResult]  # generate(model, input_ids, options: Options) -> DecodeResult
+    Options: type[DecodeOptions] = DecodeOptions
+
+    def option_names(self) -> list[str]:
+        return self.Options.option_names()
+
+    def session_options(self) -> dict:
+        return self.Options.session_options()
+
+
+DECODERS: dict[str, Decoder] = {
+    "ar": Decoder(ar.generate),
+    "space": Decoder(space_decoding.generate, space_decoding.SpaceOptions),
+    "hf": Decoder(hf.generate),
+    "prompt_lookup": Decoder(hf.generate_prompt_lookup, hf.PromptLookupOptions),
+    "self_spec": Decoder(self_spec.generate, self_spec.SelfSpecOptions),
+    "sdsat": Decoder(sdsat.generate, sdsat.SdsatOptions),
 }
 
 
-def decode(model, input_ids: torch.Tensor, method: str = "space", **options) -> DecodeResult:
-    """Generate from a `[1, n]` prompt with `method` (one of `DECODERS`).
-
-    Options (see `DecodeOptions`): `max_new_tokens`, `eos_token_id`, `use_cache`, `do_sample`,
-    `temperature`, `top_k`, `top_p`, `seed`; SPACE: `mask_num`, `mask_id`, `mask_diff` (default:
-    the model config) and `sampling_mode` ("exact" or "original"); self_spec: `skip_layers` (required),
-    `max_draft`, `draft_threshold`, `adaptive_threshold`, `auto_parameters`, `threshold_state`; sdsat:
-    `sat_num`, `sat_id` (default: the model config) and `sampling_mode` ("exact" or the reference's tree, "original").
-    """
+def decoder(method: str) -> Decoder:
     if method not in DECODERS:
         raise SpaceError(f"unknown method {method!r}; available: {sorted(DECODERS)}")
-    parsed = DecodeOptions.from_kwargs(method, options)
+    return DECODERS[method]
+
+
+def option_names(method: str) -> list[str]:
+    """The options `method` takes (the shared ones first), e.g. to derive command-line flags from."""
+    return decoder(method).option_names()
+
+
+def session_options(method: str) -> dict:
+    """Fresh values of the options `method` carries from prompt to prompt of one run (self_spec: its
+    threshold state, so γ carries over as in the paper's evaluation); {} for most methods."""
+    return decoder(method).session_options()
+
+
+def parse_options(method: str, options: dict) -> DecodeOptions:
+    """`method`'s Options from keyword options, validated; an option it does not take is one clear error."""
+    names = option_names(method)
+    refused = sorted(set(options) - set(names))
+    if refused:
+        elsewhere = {name: sorted(m for m in DECODERS if name in option_names(m)) for name in refused}
+        if all(elsewhere.values()):
+            owners = "; ".join(f"{name!r} is an option of {', '.join(elsewhere[name])}" for name in refused)
+            words = "option " + repr(refused[0]) if len(refused) == 1 else f"options {refused}"
+            raise SpaceError(f"method {method!r} takes no {words} ({owners}); its options: {names}")
+        raise SpaceError(f"unknown option(s) {refused} for method {method!r}; its options: {names}")
+    parsed = decoder(method).Options(**options)
+    parsed.validate()
+    return parsed
+
+
+def decode(model, input_ids: torch.Tensor, method: str = "space", **options) -> DecodeResult:
+    parsed = parse_options(method, options)
     check_prompt(model, input_ids)
-    return DECODERS[method](model, input_ids, parsed)
+    return DECODERS[method].generate(model, input_ids, parsed)
 
 
-__all__ = ["DECODERS", "DecodeOptions", "DecodeResult", "DecodeStats", "decode"]
+def _options_doc() -> str:
+    shared = DecodeOptions.option_names()
+    lines = [f"    every method: {', '.join(shared)}"]
+    for method, entry in DECODERS.items():
+        own = [f.name for f in fields(entry.Options) if f.name not in shared]
+        where = f"{entry.Options.__module__}.{entry.Options.__qualname__}"
+        lines.append(f"    {method}: {', '.join(own) if own else '(the shared ones only)'}" + (f" ({where})" if own else ""))
+    return "\n".join(lines)
+
+
+decode.__doc__ = f"""Generate from a `[1, n]` prompt with `method` (one of `DECODERS`).
+
+    Options, by method (generated from each method's Options class; defaults and meanings there; None
+    takes the model config's value):
+{_options_doc()}
+
+    An unknown method, or an option the method does not take, is a `SpaceError` naming the method's options.
+    """
+
+
+__all__ = ["DECODERS", "DecodeOptions", "DecodeResult", "DecodeStats", "Decoder", "decode", "option_names",
+           "parse_options", "session_options"]

@@ -1,7 +1,15 @@
-"""What every decoding method shares: options, results, input checks, the model forward, stopping.
+"""What every decoding method shares: the options base, results, input checks, the model forward, and
+the steps every decoder loop is written with.
 
-A decoder is a function `generate(model, input_ids, options) -> DecodeResult`. It neither tokenizes,
-prints nor times; the evaluation harness does that, with one definition for every method.
+A decoder is a function `generate(model, input_ids, options) -> DecodeResult` whose `options` is its own
+dataclass, a subclass of `DecodeOptions` (the fields every method reads). It neither tokenizes, prints
+nor times; the evaluation harness does that, with one definition for every method.
+
+Every loop is written with the same named steps (Medusa's generate_candidates -> tree_decoding ->
+evaluate_posterior -> update_inference_inputs): `Run.start` (the preamble: target model, input on its
+device, output buffer, KV cache, generator, stats), `Run.unseen` (the input the cache has not seen),
+one `Model.hidden` forward, `space.decoding.verify.accept` (the acceptance rule the options select),
+`Run.commit` (append, cut at EOS / the budget, record the stats), then the cache update and the draft.
 
 The model is used through three HF calls only, so any LLaMA-family `*ForCausalLM` works unchanged:
 `model.get_decoder()` (the backbone, fed a 4D float mask and explicit position ids),
@@ -16,18 +24,15 @@ from dataclasses import asdict, dataclass, field, fields
 
 import torch
 
-from space.cache import cache_kwargs
-from space.decoding.threshold import DEFAULT_AUTO_PARAMETERS
+from space.cache import CompactCache, cache_kwargs
 from space.errors import SpaceError
 from space.models import unwrap
 from space.window import AttentionMasks
 
-SAMPLING_MODES = ("exact", "original")
-
 
 @dataclass
 class DecodeOptions:
-    """Every option of `space.decode`; a method ignores the ones it does not use."""
+    """The options every method reads; a method's own options subclass this and validate their own fields."""
 
     max_new_tokens: int = 128
     eos_token_id: int | list[int] | None = None  # None: the model's generation config; []: never stop
@@ -37,47 +42,19 @@ class DecodeOptions:
     top_k: int = 0  # 0 disables top-k
     top_p: float = 1.0
     seed: int | None = None
-    # SPACE (None: from the model config)
-    mask_num: int | None = None
-    mask_id: int | None = None
-    mask_diff: bool | None = None
-    sampling_mode: str = "exact"  # "exact" speculative sampling or the paper's "original" rule (SPACE, SDSAT)
-    # SDSAT (None: from the model config)
-    sat_num: int | None = None  # k adaptive tokens per draft step
-    sat_id: int | None = None
-    # HF prompt-lookup decoding
-    prompt_lookup_num_tokens: int = 10
-    # self-speculative decoding (Draft & Verify)
-    skip_layers: object = None  # SkipLayers or {"attention": [...], "mlp": [...]}; required by self_spec
-    max_draft: int = 8  # K_max: drafts per round at most
-    draft_threshold: float | None = None  # γ0; None: 0.8 greedy, 0.5 sampling (the reference's defaults)
-    adaptive_threshold: bool = True
-    auto_parameters: tuple = DEFAULT_AUTO_PARAMETERS  # [f, β1, α, ε, β2] of the γ update
-    threshold_state: object = None  # a ThresholdState carries γ across calls; None: fresh per call
 
     @classmethod
-    def from_kwargs(cls, method: str, options: dict) -> "DecodeOptions":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise SpaceError(f"unknown option(s) {unknown} for method {method!r}; valid options: {sorted(known)}")
-        result = cls(**options)
-        result.validate()
-        return result
+    def option_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    @classmethod
+    def session_options(cls) -> dict:
+        """Options whose value is carried from prompt to prompt of one evaluation run (fresh objects)."""
+        return {}
 
     def validate(self) -> None:
         if self.max_new_tokens < 1:
             raise SpaceError(f"max_new_tokens must be >= 1 (got {self.max_new_tokens})")
-        if self.sampling_mode not in SAMPLING_MODES:
-            raise SpaceError(f"unknown sampling_mode {self.sampling_mode!r}; use one of {list(SAMPLING_MODES)}")
-        if self.mask_num is not None and self.mask_num < 1:
-            raise SpaceError(f"mask_num must be >= 1 (got {self.mask_num})")
-        if self.sat_num is not None and self.sat_num < 1:
-            raise SpaceError(f"sat_num must be >= 1 (got {self.sat_num})")
-        if self.max_draft < 1:
-            raise SpaceError(f"max_draft must be >= 1 (got {self.max_draft})")
-        if self.draft_threshold is not None and not 0 <= self.draft_threshold <= 1:
-            raise SpaceError(f"draft_threshold must be in [0, 1] (got {self.draft_threshold})")
         if self.do_sample:
             if not self.temperature > 0:
                 raise SpaceError(f"temperature must be > 0 when sampling (got {self.temperature})")
@@ -109,6 +86,12 @@ class DecodeStats:
 
     def to_dict(self) -> dict:
         return asdict(self) | {"mean_tokens_per_step": self.mean_tokens_per_step}
+
+    def record_fields(self) -> dict:
+        """What an evaluation record keeps of a run: `steps` and every per-step / per-round list, in field order."""
+        return {"steps": self.steps} | {
+            f.name: getattr(self, f.name) for f in fields(self) if isinstance(getattr(self, f.name), list)
+        }
 
 
 @dataclass
@@ -289,3 +272,51 @@ class Output:
 
     def result(self, stats: DecodeStats) -> DecodeResult:
         return DecodeResult(tokens=self.ids[self.prompt_length : self.length].clone(), stats=stats)
+
+
+@dataclass
+class Run:
+    """One decoding call's state, and the steps every decoder loop shares."""
+
+    target: Model
+    out: Output
+    cache: CompactCache | None
+    generator: torch.Generator | None
+    stats: DecodeStats
+
+    @classmethod
+    def start(cls, target: Model, input_ids: torch.Tensor, options: DecodeOptions, stats: DecodeStats,
+              cache_slack: int = 0) -> "Run":
+        """The preamble: the prompt on the model's device, the output buffer, a cache with room for the
+        output plus `cache_slack` uncommitted rows (drafts, masks), the generator when sampling."""
+        out = Output(input_ids.to(target.device), options.max_new_tokens, eos_ids(target.model, options.eos_token_id))
+        cache = CompactCache.for_model(target.model, out.ids.numel() + cache_slack) if options.use_cache else None
+        generator = make_generator(options.seed, target.device) if options.do_sample else None
+        return cls(target, out, cache, generator, stats)
+
+    @property
+    def finished(self) -> bool:
+        return self.out.finished
+
+    @property
+    def seen(self) -> int:
+        """How many committed tokens the cache holds (0 without a cache: every forward starts over)."""
+        return self.cache.length if self.cache is not None else 0
+
+    def unseen(self, extra: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The input the cache has not seen: the committed tokens after `seen`, then `extra` (drafts,
+        adaptive tokens) right after them; returns `(ids, positions)`."""
+        ids = self.out.committed()[self.seen :]
+        if extra is not None:
+            ids = torch.cat([ids, extra])
+        return ids, torch.arange(self.seen, self.seen + ids.shape[0], device=self.target.device)
+
+    def commit(self, tokens: list[int], accepted: int = 0) -> int:
+        """Append `tokens` (cut at EOS and at `max_new_tokens`) and record the forward that produced them:
+        `accepted` of them were drafts. Returns how many were kept."""
+        emitted = self.out.append(tokens)
+        self.stats.record(emitted, min(accepted, emitted))
+        return emitted
+
+    def result(self) -> DecodeResult:
+        return self.out.result(self.stats)

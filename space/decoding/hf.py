@@ -8,6 +8,8 @@ silently change the output.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from transformers import GenerationConfig
 
@@ -15,6 +17,13 @@ from space.cache import passed_cache
 from space.decoding.common import DecodeOptions, DecodeResult, DecodeStats, check_prompt, eos_ids
 from space.errors import SpaceError
 from space.models import unwrap
+
+
+@dataclass
+class PromptLookupOptions(DecodeOptions):
+    """Prompt-lookup decoding's options (`hf` takes only the shared `DecodeOptions`)."""
+
+    prompt_lookup_num_tokens: int = 10  # n-gram drafts copied from the context per step
 
 
 def _generation_config(model, options: DecodeOptions, **extra) -> GenerationConfig:
@@ -108,7 +117,7 @@ def generate(model, input_ids: torch.Tensor, options: DecodeOptions) -> DecodeRe
     return _run(model, input_ids, options)
 
 
-def generate_prompt_lookup(model, input_ids: torch.Tensor, options: DecodeOptions) -> DecodeResult:
+def generate_prompt_lookup(model, input_ids: torch.Tensor, options: PromptLookupOptions) -> DecodeResult:
     """HF prompt-lookup decoding: n-gram drafts copied from the context, verified greedily."""
     if not options.use_cache:
         raise SpaceError("prompt_lookup needs the KV cache (HF assisted decoding requires one); use use_cache=True")

@@ -39,9 +39,9 @@ from functools import lru_cache, partial
 import torch
 
 from space.cache import CompactCache
-from space.decoding.common import DecodeOptions, DecodeResult, DecodeStats, Model, Output, eos_ids, make_generator
+from space.decoding.common import DecodeOptions, DecodeResult, DecodeStats, Model, Output, Run
 from space.decoding.sampling import probabilities, sample
-from space.decoding.verify import greedy_accept, speculative_accept
+from space.decoding.verify import accept, check_sampling_mode
 from space.errors import SpaceError
 from space.tokens import resolve_sat_spec
 
@@ -58,6 +58,21 @@ TREE_LEVELS = {
     13: _FIRST + [_WIDE, _WIDE, _WIDE, _SIX, _SIX, _SIX, "0 1 2 10 11", "0 1 2 10", "0 1 2", "0 1"],
 }
 MAX_TREE_DEPTH = max(TREE_LEVELS)
+
+
+@dataclass
+class SdsatOptions(DecodeOptions):
+    """SDSAT's options; None takes the model config's."""
+
+    sat_num: int | None = None  # k adaptive tokens per draft step
+    sat_id: int | None = None
+    sampling_mode: str = "exact"  # "exact" speculative sampling or the reference's token tree, "original"
+
+    def validate(self) -> None:
+        super().validate()
+        check_sampling_mode(self.sampling_mode)
+        if self.sat_num is not None and self.sat_num < 1:
+            raise SpaceError(f"sat_num must be >= 1 (got {self.sat_num})")
 
 
 @dataclass
@@ -121,7 +136,7 @@ def build_tree(depth: int) -> Tree:
 
 
 @torch.inference_mode()
-def generate(model, input_ids: torch.Tensor, options: DecodeOptions) -> DecodeResult:
+def generate(model, input_ids: torch.Tensor, options: SdsatOptions) -> DecodeResult:
     target = Model(model)
     spec = resolve_sat_spec(target.config, options.sat_id, options.sat_num)
     k = spec.sat_num
@@ -129,23 +144,17 @@ def generate(model, input_ids: torch.Tensor, options: DecodeOptions) -> DecodeRe
     if use_tree:
         build_tree(k)  # an unsupported depth fails before any forward
     device = target.device
-    input_ids = input_ids.to(device)
-    out = Output(input_ids, options.max_new_tokens, eos_ids(model, options.eos_token_id))
-    slack = build_tree(k).size if use_tree else k + 1
-    cache = CompactCache.for_model(target.model, out.ids.numel() + slack) if options.use_cache else None
-    generator = make_generator(options.seed, device) if options.do_sample else None
+    run = Run.start(target, input_ids, options, SdsatStats(), cache_slack=build_tree(k).size if use_tree else k + 1)
+    out, cache, generator, stats = run.out, run.cache, run.generator, run.stats
     process = partial(probabilities, temperature=options.temperature, top_k=options.top_k, top_p=options.top_p)
-    stats = SdsatStats()
 
     while not out.finished:
         n = out.length  # x_0 .. x_{n-1} committed; the cache holds x_0 .. x_{n-2} (nothing before the first round)
         width = max(0, min(k, out.max_new_tokens - out.generated - 2))  # room left after t and the bonus
 
-        # 1. draft forward: [uncached committed tokens, SAT x width]
-        start = cache.length if cache is not None else 0
+        # 1. draft forward: [what the cache has not seen, SAT x width]
         sats = torch.full((width,), spec.sat_id, dtype=torch.long, device=device)
-        ids = torch.cat([out.ids[start:n], sats])
-        hidden = target.hidden(ids, torch.arange(start, n + width, device=device), cache=cache)
+        hidden = target.hidden(*run.unseen(sats), cache=cache)
         draft_logits = target.logits(hidden[-(width + 1):])  # [w+1, V]: row 0 at x_{n-1}, row j at SAT j
 
         # 2. the exact next token t from row 0, the drafts from the SAT rows
@@ -160,8 +169,7 @@ def generate(model, input_ids: torch.Tensor, options: DecodeOptions) -> DecodeRe
         else:
             tokens = draft_logits.argmax(dim=-1)
             t, drafts = int(tokens[0]), tokens[1:]
-        emitted = out.append([t])
-        stats.record(emitted)
+        emitted = run.commit([t])
         if cache is not None:
             cache.truncate(n)  # keep x_{n-1}, drop the SATs
         if out.finished:
@@ -174,17 +182,11 @@ def generate(model, input_ids: torch.Tensor, options: DecodeOptions) -> DecodeRe
             accepted_tokens, bonus, kept = _verify_tree(target, tree, candidates, out, n, cache, process, generator)
             accepted = len(accepted_tokens)
         else:
-            start = cache.length if cache is not None else 0
-            ids = torch.cat([out.ids[start : n + 1], drafts])
-            hidden = target.hidden(ids, torch.arange(start, n + 1 + width, device=device), cache=cache)
+            hidden = target.hidden(*run.unseen(drafts), cache=cache)
             verify_logits = target.logits(hidden[-(width + 1):])  # [w+1, V]
-            if options.do_sample:
-                accepted, bonus = speculative_accept(process(verify_logits), q[1:], drafts, generator)
-            else:
-                accepted, bonus = greedy_accept(verify_logits.argmax(dim=-1), drafts)
+            accepted, bonus = accept(verify_logits, drafts, options, generator, q=q[1:] if options.do_sample else None)
             accepted_tokens = drafts[:accepted].tolist()
-        verified = out.append(accepted_tokens + [bonus])
-        stats.record(verified, min(accepted, verified))
+        verified = run.commit(accepted_tokens + [bonus], accepted)
         stats.tokens_per_round.append(emitted + verified)
         stats.drafted_per_round.append(width)
         if cache is not None:
@@ -192,7 +194,7 @@ def generate(model, input_ids: torch.Tensor, options: DecodeOptions) -> DecodeRe
                 cache.compact(n, n + kept)  # t and the accepted path's nodes, moved next to x_{n-1}
             else:
                 cache.truncate(n + 1 + accepted)  # t and the accepted drafts
-    return out.result(stats)
+    return run.result()
 
 
 def _candidates(probs: torch.Tensor, count: int, generator) -> torch.Tensor:

@@ -29,13 +29,38 @@ from dataclasses import dataclass, field
 import torch
 
 from space.cache import CompactCache
-from space.decoding.common import DecodeOptions, DecodeResult, DecodeStats, Model, Output, eos_ids, make_generator
+from space.decoding.common import DecodeOptions, DecodeResult, DecodeStats, Model, Output, Run
 from space.decoding.sampling import probabilities, sample
-from space.decoding.threshold import AutoParameters, ThresholdState, update_threshold
-from space.decoding.verify import greedy_accept, speculative_accept
+from space.decoding.threshold import DEFAULT_AUTO_PARAMETERS, AutoParameters, ThresholdState, update_threshold
+from space.decoding.verify import accept
+from space.errors import SpaceError
 from space.skip_layers import check_skippable, resolve_skip_layers, skipping_forward
 
 DEFAULT_THRESHOLD = {False: 0.8, True: 0.5}  # γ0 of the reference's greedy (essg) and sampling (sss) loops
+
+
+@dataclass
+class SelfSpecOptions(DecodeOptions):
+    """Self-speculative decoding's options (Draft & Verify)."""
+
+    skip_layers: object = None  # SkipLayers or {"attention": [...], "mlp": [...]}; required
+    max_draft: int = 8  # K_max: drafts per round at most
+    draft_threshold: float | None = None  # γ0; None: 0.8 greedy, 0.5 sampling (the reference's defaults)
+    adaptive_threshold: bool = True
+    auto_parameters: tuple = DEFAULT_AUTO_PARAMETERS  # [f, β1, α, ε, β2] of the γ update
+    threshold_state: object = None  # a ThresholdState carries γ across calls; None: fresh per call
+
+    @classmethod
+    def session_options(cls) -> dict:
+        """γ carries over from prompt to prompt, as in the paper's evaluation."""
+        return {"threshold_state": ThresholdState()}
+
+    def validate(self) -> None:
+        super().validate()
+        if self.max_draft < 1:
+            raise SpaceError(f"max_draft must be >= 1 (got {self.max_draft})")
+        if self.draft_threshold is not None and not 0 <= self.draft_threshold <= 1:
+            raise SpaceError(f"draft_threshold must be in [0, 1] (got {self.draft_threshold})")
 
 
 @dataclass
@@ -59,7 +84,7 @@ class _Drafts:
 
 
 @torch.inference_mode()
-def generate(model, input_ids: torch.Tensor, options: DecodeOptions) -> DecodeResult:
+def generate(model, input_ids: torch.Tensor, options: SelfSpecOptions) -> DecodeResult:
     target = Model(model)
     check_skippable(target.model)
     skip = resolve_skip_layers(options.skip_layers, target.model)
@@ -69,42 +94,29 @@ def generate(model, input_ids: torch.Tensor, options: DecodeOptions) -> DecodeRe
     initial = options.draft_threshold if options.draft_threshold is not None else DEFAULT_THRESHOLD[options.do_sample]
     state.start_call(initial)
 
-    device = target.device
-    input_ids = input_ids.to(device)
-    out = Output(input_ids, options.max_new_tokens, eos_ids(model, options.eos_token_id))
-    cache = CompactCache.for_model(target.model, out.ids.numel() + options.max_draft + 1) if options.use_cache else None
-    generator = make_generator(options.seed, device) if options.do_sample else None
-    stats = SelfSpecStats()
+    run = Run.start(target, input_ids, options, SelfSpecStats(), cache_slack=options.max_draft + 1)
+    out, cache, stats = run.out, run.cache, run.stats
 
     while not out.finished:
         committed = out.length  # x_0 .. x_{committed-1}; the cache holds all but x_last (none before prefill)
         # 1. draft, except in the prefill round, and never more than the budget leaves room for (+1 bonus)
         room = min(options.max_draft, out.max_new_tokens - out.generated - 1)
         if stats.steps > 0 and room > 0:
-            drafts = _draft(target, masks, out, room, state.gamma, options, generator, cache, stats)
+            drafts = _draft(target, masks, out, room, state.gamma, options, run.generator, cache, stats)
         else:
             drafts = _Drafts([], None)
         n = len(drafts.tokens)
-        draft_ids = torch.tensor(drafts.tokens, dtype=torch.long, device=device)
+        draft_ids = torch.tensor(drafts.tokens, dtype=torch.long, device=target.device)
 
         # 2. verify: one full forward over [x_last, d_1..d_n] (the whole sequence without a cache)
-        start = cache.length if cache is not None else 0
-        ids = torch.cat([out.committed()[start:], draft_ids])
-        positions = torch.arange(start, committed + n, device=device)
-        hidden = target.hidden(ids, positions, cache=cache)
+        hidden = target.hidden(*run.unseen(draft_ids), cache=cache)
         verify_logits = target.logits(hidden[-(n + 1):])  # [n+1, V]
 
         # 3. accept
-        if options.do_sample:
-            p = probabilities(verify_logits, options.temperature, options.top_k, options.top_p)
-            q = drafts.q if drafts.q is not None else p.new_zeros(0, p.shape[-1])
-            accepted, bonus = speculative_accept(p, q, draft_ids, generator)
-        else:
-            accepted, bonus = greedy_accept(verify_logits.argmax(dim=-1), draft_ids)
+        accepted, bonus = accept(verify_logits, draft_ids, options, run.generator, q=drafts.q)
 
         # 4. commit (cut at EOS and at max_new_tokens), then keep x_last + the accepted drafts in the cache
-        emitted = out.append(drafts.tokens[:accepted] + [bonus])
-        stats.record(emitted, min(accepted, emitted))
+        run.commit(drafts.tokens[:accepted] + [bonus], accepted)
         stats.drafted_per_step.append(n)
         if cache is not None:
             cache.truncate(committed + accepted)
@@ -113,7 +125,7 @@ def generate(model, input_ids: torch.Tensor, options: DecodeOptions) -> DecodeRe
         update_threshold(state, accepted, n, options.max_draft, params, options.adaptive_threshold)
 
     stats.final_threshold = state.gamma
-    return out.result(stats)
+    return run.result()
 
 
 def _draft(target: Model, masks, out: Output, room: int, gamma: float, options: DecodeOptions, generator,

@@ -23,14 +23,30 @@ from dataclasses import dataclass
 
 import torch
 
-from space.cache import CompactCache
-from space.decoding.common import DecodeOptions, DecodeResult, DecodeStats, Model, Output, eos_ids, make_generator
+from space.decoding.common import DecodeOptions, DecodeResult, DecodeStats, Model, Run
 from space.decoding.sampling import probabilities, sample
-from space.decoding.verify import greedy_accept, original_accept, speculative_accept
+from space.decoding.verify import accept, check_sampling_mode
+from space.errors import SpaceError
 from space.layout import ChunkLayout, step_layout
 from space.tokens import resolve_mask_spec
 
 FP16_MAX = 65504.0  # the original's draft probability for the first step's dummy candidates
+
+
+@dataclass
+class SpaceOptions(DecodeOptions):
+    """SPACE's options; None takes the model config's (`decode_mask_num`, else `mask_num`, for k)."""
+
+    mask_num: int | None = None  # k: candidates verified and drafted per step
+    mask_id: int | None = None
+    mask_diff: bool | None = None
+    sampling_mode: str = "exact"  # "exact" speculative sampling or the paper's "original" rule
+
+    def validate(self) -> None:
+        super().validate()
+        check_sampling_mode(self.sampling_mode)
+        if self.mask_num is not None and self.mask_num < 1:
+            raise SpaceError(f"mask_num must be >= 1 (got {self.mask_num})")
 
 
 @dataclass
@@ -50,7 +66,7 @@ class _Drafts:
         return cls(group_ids.clone(), q, torch.full(group_ids.shape, FP16_MAX, device=group_ids.device))
 
     @classmethod
-    def draw(cls, logits: torch.Tensor, options: DecodeOptions, generator) -> "_Drafts":
+    def draw(cls, logits: torch.Tensor, options: SpaceOptions, generator) -> "_Drafts":
         """Next candidates from a mask group's logits `[k, V]`: argmax, or a sample per slot."""
         if not options.do_sample:
             return cls(logits.argmax(dim=-1))
@@ -60,35 +76,33 @@ class _Drafts:
 
 
 @torch.inference_mode()
-def generate(model, input_ids: torch.Tensor, options: DecodeOptions) -> DecodeResult:
+def generate(model, input_ids: torch.Tensor, options: SpaceOptions) -> DecodeResult:
     target = Model(model)
     spec = resolve_mask_spec(target.config, options.mask_id, options.mask_num, options.mask_diff)
     k = spec.mask_num
     device = target.device
-    input_ids = input_ids.to(device)
     layout = ChunkLayout.build(k, device)
     group_ids = torch.tensor(spec.group_ids(k), device=device)
     chunk_ids = layout.token_template(group_ids)  # [q]; row 0 and candidate rows change every step
 
-    out = Output(input_ids, options.max_new_tokens, eos_ids(model, options.eos_token_id))
-    cache = CompactCache.for_model(target.model, out.ids.numel() + layout.size) if options.use_cache else None
-    generator = make_generator(options.seed, device) if options.do_sample else None
+    run = Run.start(target, input_ids, options, DecodeStats(), cache_slack=layout.size)
+    out, cache = run.out, run.cache
     drafts = _Drafts.dummy(group_ids, target.config.vocab_size, options.do_sample)
-    stats = DecodeStats()
 
     while True:
         n = out.length
-        # 1. inputs: the chunk [x_{n-1}, G_0, c_0, ..., c_{k-1}, G_k]; the committed prefix too when uncached
+        # 1. inputs: the chunk [x_{n-1}, G_0, c_0, ..., c_{k-1}, G_k]; the committed prefix too when the
+        #    cache has not seen it (first step, or no cache)
         chunk_ids[0] = out.ids[n - 1]
         chunk_ids[layout.candidate_rows] = drafts.tokens
-        if cache is not None and cache.length > 0:  # the cache holds x_0 .. x_{n-2}
+        if run.seen > 0:  # the cache holds x_0 .. x_{n-2}
             ids = chunk_ids
             positions = layout.position_offsets + (n - 1)
             prefix = layout.allowed.new_ones(layout.size, n - 1)  # causally, every chunk row sees the prefix
             keys = torch.cat([torch.arange(n - 1, device=device), positions])  # cached x_t sits at position t
             mask = target.mask(torch.cat([prefix, layout.allowed], dim=1), positions, keys)
             base = 0
-        else:  # first cached step, or no cache: the full extended sequence E
+        else:  # the full extended sequence E
             ids = torch.cat([out.ids[: n - 1], chunk_ids])
             allowed, positions = step_layout(n, k)
             positions = positions.to(device)
@@ -100,20 +114,13 @@ def generate(model, input_ids: torch.Tensor, options: DecodeOptions) -> DecodeRe
 
         # 3. verify the candidates; the row after the last accepted one gives the bonus token
         verify_logits = target.logits(hidden[base + layout.verify_rows])  # [k+1, V]
-        if not options.do_sample:
-            accepted, bonus = greedy_accept(verify_logits.argmax(dim=-1), drafts.tokens)
-        else:
-            p = probabilities(verify_logits, options.temperature, options.top_k, options.top_p)
-            if options.sampling_mode == "exact":
-                accepted, bonus = speculative_accept(p, drafts.q, drafts.tokens, generator)
-            else:
-                accepted, bonus = original_accept(p, drafts.token_probs, drafts.tokens, generator)
+        accepted, bonus = accept(verify_logits, drafts.tokens, options, run.generator, q=drafts.q,
+                                 draft_probs=drafts.token_probs, sampling_mode=options.sampling_mode)
 
         # 4. commit (cut at EOS and at max_new_tokens)
-        emitted = out.append(drafts.tokens[:accepted].tolist() + [bonus])
-        stats.record(emitted, min(accepted, emitted))
+        run.commit(drafts.tokens[:accepted].tolist() + [bonus], accepted)
         if out.finished:
-            return out.result(stats)
+            return run.result()
 
         # 5. cache: keep x_0..x_{n-1}, then the accepted candidates (now x_n .. x_{n+a-1})
         if cache is not None:
@@ -121,4 +128,4 @@ def generate(model, input_ids: torch.Tensor, options: DecodeOptions) -> DecodeRe
 
         # 6. draft the next k from group `accepted`, which saw exactly the committed tokens
         draft_logits = target.logits(hidden[base + layout.group_rows(accepted)])  # [k, V]
-        drafts = _Drafts.draw(draft_logits, options, generator)
+        drafts = _Drafts.draw(draft_logits, options, run.generator)

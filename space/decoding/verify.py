@@ -11,13 +11,42 @@
 
 Shapes: `p` is `[k+1, V]` (target distributions at the k draft positions and one past them), `q`
 is `[k, V]`, `drafts` is `[k]`. Each function returns `(accepted, next_token)`.
+
+`accept` is the dispatch every decoder calls: greedy without sampling, else the rule `sampling_mode`
+names ("exact": speculative sampling, "original": SPACE's published rule).
 """
 
 from __future__ import annotations
 
 import torch
 
-from space.decoding.sampling import sample
+from space.decoding.sampling import probabilities, sample
+from space.errors import SpaceError
+
+SAMPLING_MODES = ("exact", "original")
+
+
+def check_sampling_mode(mode: str) -> None:
+    if mode not in SAMPLING_MODES:
+        raise SpaceError(f"unknown sampling_mode {mode!r}; use one of {list(SAMPLING_MODES)}")
+
+
+def accept(verify_logits: torch.Tensor, drafts: torch.Tensor, options, generator: torch.Generator | None,
+           q: torch.Tensor | None = None, draft_probs: torch.Tensor | None = None,
+           sampling_mode: str = "exact") -> tuple[int, int]:
+    """Verify `drafts` `[k]` against the target's logits `[k+1, V]` with the rule the options select.
+
+    `options` gives `do_sample`, `temperature`, `top_k`, `top_p`; `q` `[k, V]` (the draft distributions,
+    None when nothing was drafted) serves the exact rule, `draft_probs` `[k]` (q_i(x_i)) the original one.
+    """
+    if not options.do_sample:
+        return greedy_accept(verify_logits.argmax(dim=-1), drafts)
+    p = probabilities(verify_logits, options.temperature, options.top_k, options.top_p)  # [k+1, V]
+    if sampling_mode == "original":
+        return original_accept(p, draft_probs, drafts, generator)
+    if q is None:  # no drafts: the bonus alone, from p
+        q = p.new_zeros(0, p.shape[-1])
+    return speculative_accept(p, q, drafts, generator)
 
 
 def greedy_accept(target_tokens: torch.Tensor, drafts: torch.Tensor) -> tuple[int, int]:

@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 import space
-from space.decoding.threshold import ThresholdState
+from space.decoding import session_options
 from space.errors import SpaceError
 from space.eval.datasets import EvalPrompt
 from space.eval.metrics import split_label
@@ -138,8 +138,8 @@ def run_prompts(
     done = store.done_ids(methods)
     todo = [(index, p) for index, p in enumerate(prompts) if p.id not in done]
     totals = {method: [0, 0.0] for method in methods}  # tokens, seconds: for the running speedup
-    # self_spec's threshold γ carries over from prompt to prompt, as in the paper's evaluation
-    states = {method: ThresholdState() for method in methods if decoder_name(method) == "self_spec"}
+    # state a method carries from prompt to prompt (self_spec's threshold γ, as in the paper's evaluation)
+    sessions = {method: session_options(decoder_name(method)) for method in methods}
     bar = tqdm(todo, desc="evaluating", disable=not progress, unit="prompt")
     for index, prompt in bar:
         if deadline is not None and time.monotonic() >= deadline:
@@ -151,16 +151,13 @@ def run_prompts(
             for method in order:
                 text = render(histories[method] + [(user, None)], style, model_type, tokenizer)
                 input_ids = encode(tokenizer, text, style, device)
-                run_options = dict(options[method], threshold_state=states[method]) if method in states else options[method]
-                result, seconds = timed_decode(model, input_ids, method, run_options, device)
+                result, seconds = timed_decode(model, input_ids, method, dict(options[method], **sessions[method]), device)
                 answer = tokenizer.decode(result.tokens, skip_special_tokens=True)
                 histories[method].append((user, answer))
                 records.append(dict(
                     id=prompt.id, turn=turn, method=method, category=prompt.category, text=answer,
                     ids=result.tokens.tolist(), prompt_tokens=input_ids.shape[1], seconds=round(seconds, 5),
-                    steps=result.stats.steps, tokens_per_step=result.stats.tokens_per_step,
-                    accepted_per_step=result.stats.accepted_per_step,
-                    **({"drafted_per_step": result.stats.drafted_per_step} if method in states else {}),
+                    **result.stats.record_fields(),  # steps and every per-step / per-round list of the method
                 ))
                 totals[method][0] += len(result.tokens)
                 totals[method][1] += seconds

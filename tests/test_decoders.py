@@ -1,0 +1,152 @@
+"""The decoder registry: each method's own options, the error for an option it does not take, the state an
+evaluation carries from prompt to prompt, and the per-answer record every method's stats give."""
+
+from dataclasses import fields
+
+import pytest
+import torch
+
+import space
+from space.decoding import DECODERS, Decoder, option_names, parse_options, session_options
+from space.decoding.common import DecodeOptions, DecodeStats
+from space.decoding.sdsat import SdsatOptions, SdsatStats
+from space.decoding.self_spec import SelfSpecOptions, SelfSpecStats
+from space.decoding.space import SpaceOptions
+from space.decoding.threshold import ThresholdState
+from space.eval.datasets import EvalPrompt
+from space.eval.harness import ResultStore, run_prompts
+from space.testing import tiny_llama, tiny_tokenizer
+
+PROMPT = torch.tensor([[5, 6, 7]])
+SHARED = ["max_new_tokens", "eos_token_id", "use_cache", "do_sample", "temperature", "top_k", "top_p", "seed"]
+# per method: an option another method takes but this one does not
+INAPPLICABLE = {"ar": "mask_num", "space": "skip_layers", "hf": "sat_num", "prompt_lookup": "mask_num",
+                "self_spec": "sampling_mode", "sdsat": "max_draft"}
+OWN_OPTIONS = {
+    "ar": [], "hf": [], "prompt_lookup": ["prompt_lookup_num_tokens"],
+    "space": ["mask_num", "mask_id", "mask_diff", "sampling_mode"],
+    "self_spec": ["skip_layers", "max_draft", "draft_threshold", "adaptive_threshold", "auto_parameters",
+                  "threshold_state"],
+    "sdsat": ["sat_num", "sat_id", "sampling_mode"],
+}
+
+
+# --- the registry and the options classes ------------------------------------------------------
+
+
+def test_registry_maps_each_method_to_its_loop_and_options():
+    assert set(DECODERS) == set(OWN_OPTIONS) == set(INAPPLICABLE) == set(space.DECODERS)
+    assert space.DecodeOptions is DecodeOptions
+    for method, entry in DECODERS.items():
+        assert isinstance(entry, Decoder) and callable(entry.generate)
+        assert issubclass(entry.Options, DecodeOptions)
+        assert option_names(method) == [f.name for f in fields(entry.Options)] == SHARED + OWN_OPTIONS[method]
+        assert f"{method}: " in space.decode.__doc__
+        assert all(name in space.decode.__doc__ for name in OWN_OPTIONS[method])
+
+
+@pytest.mark.parametrize("method", sorted(INAPPLICABLE))
+def test_an_option_the_method_does_not_take_is_one_clear_error(method):
+    name = INAPPLICABLE[method]
+    expected = f"method '{method}' takes no option '{name}' ('{name}' is an option of "
+    with pytest.raises(space.SpaceError) as error:
+        space.decode(tiny_llama(), PROMPT, method, **{name: 3})
+    message = str(error.value)
+    assert message.startswith(expected) and f"its options: {option_names(method)}" in message
+    assert "\n" not in message
+
+
+def test_unknown_option_and_unknown_method():
+    with pytest.raises(space.SpaceError, match=r"unknown option\(s\) \['mask_nums'\] for method 'ar'; its options: \["):
+        parse_options("ar", dict(mask_nums=3))
+    with pytest.raises(space.SpaceError, match=r"method 'hf' takes no options \['mask_num', 'sat_num'\]"):
+        parse_options("hf", dict(mask_num=3, sat_num=2))
+    for call in (lambda: option_names("medusa"), lambda: session_options("medusa"), lambda: parse_options("medusa", {})):
+        with pytest.raises(space.SpaceError, match="unknown method 'medusa'; available: "):
+            call()
+
+
+def test_each_options_class_validates_its_own_fields_only():
+    assert type(parse_options("space", dict(mask_num=2))) is SpaceOptions
+    assert type(parse_options("ar", {})) is DecodeOptions
+    for options_class, bad, message in [
+        (DecodeOptions, dict(max_new_tokens=0), "max_new_tokens must be >= 1"),
+        (SpaceOptions, dict(mask_num=0), "mask_num must be >= 1"),
+        (SpaceOptions, dict(sampling_mode="residual"), "unknown sampling_mode"),
+        (SdsatOptions, dict(sat_num=0), "sat_num must be >= 1"),
+        (SdsatOptions, dict(sampling_mode="tree"), "unknown sampling_mode"),
+        (SelfSpecOptions, dict(max_draft=0), "max_draft must be >= 1"),
+        (SelfSpecOptions, dict(draft_threshold=1.5), r"draft_threshold must be in \[0, 1\]"),
+        (SelfSpecOptions, dict(do_sample=True, temperature=0), "temperature must be > 0"),  # shared checks run too
+    ]:
+        with pytest.raises(space.SpaceError, match=message):
+            options_class(**bad).validate()
+
+
+# --- state carried from prompt to prompt, and the record of each answer -------------------------
+
+
+def test_session_options_are_fresh_per_run_and_only_self_spec_has_any():
+    first, second = session_options("self_spec"), session_options("self_spec")
+    assert set(first) == {"threshold_state"} and isinstance(first["threshold_state"], ThresholdState)
+    assert first["threshold_state"] is not second["threshold_state"]
+    assert all(session_options(method) == {} for method in DECODERS if method != "self_spec")
+
+
+def test_record_fields_take_every_per_step_and_per_round_list():
+    assert list(DecodeStats().record_fields()) == ["steps", "tokens_per_step", "accepted_per_step"]
+    assert list(SelfSpecStats().record_fields()) == ["steps", "tokens_per_step", "accepted_per_step", "drafted_per_step"]
+    assert list(SdsatStats().record_fields()) == ["steps", "tokens_per_step", "accepted_per_step",
+                                                  "tokens_per_round", "drafted_per_round"]
+
+
+def answer(tmp_path, model, methods, options, prompts=2):
+    """Every method answers `prompts` one-turn prompts; returns the records as samples.jsonl holds them."""
+    store = ResultStore(tmp_path / "run", {"test": True})
+    turns = [EvalPrompt(id=str(i), turns=[f"tok{5 + i} tok{6 + i} tok{7 + i}"]) for i in range(prompts)]
+    return run_prompts(model, tiny_tokenizer(), turns, methods, options, store, "original", progress=False)
+
+
+RECORD_KEYS = ["id", "turn", "method", "category", "text", "ids", "prompt_tokens", "seconds", "steps",
+               "tokens_per_step", "accepted_per_step"]
+
+
+def test_sdsat_records_carry_per_round_stats_and_other_records_keep_their_keys(tmp_path):
+    model = tiny_llama(seed=2, sat_num=3)
+    common = dict(max_new_tokens=12, eos_token_id=[])
+    methods = ["sdsat", "ar", "space"]
+    records = answer(tmp_path, model, methods, {method: common for method in methods})
+    by_method = {record["method"]: record for record in records if record["id"] == "0"}
+    assert list(by_method["ar"]) == list(by_method["space"]) == RECORD_KEYS
+    record = by_method["sdsat"]
+    assert list(record) == RECORD_KEYS + ["tokens_per_round", "drafted_per_round"]
+    assert sum(record["tokens_per_round"]) == len(record["ids"]) == 12
+    assert len(record["drafted_per_round"]) == len(record["tokens_per_round"]) >= 2
+    assert all(0 <= drafted <= 3 for drafted in record["drafted_per_round"])
+
+
+def test_self_spec_gamma_carries_across_prompts_through_the_generic_path(tmp_path, monkeypatch):
+    """run_prompts asks the registry for self_spec's session state: one ThresholdState for the whole run."""
+    calls = []
+    decode = space.decode
+
+    def recording(model, input_ids, method, **options):
+        state = options.get("threshold_state")
+        calls.append((method, state, None if state is None else state.gamma))
+        result = decode(model, input_ids, method, **options)
+        if state is not None:
+            assert result.stats.final_threshold == state.gamma
+        return result
+
+    monkeypatch.setattr(space, "decode", recording)
+    model = tiny_llama(seed=9, num_layers=4)
+    skip_all = {"attention": [0, 1, 2, 3], "mlp": [0, 1, 2, 3]}  # a junk drafter: γ only rises
+    options = {"self_spec": dict(max_new_tokens=20, eos_token_id=[], skip_layers=skip_all, draft_threshold=0.3),
+               "ar": dict(max_new_tokens=20, eos_token_id=[])}
+    records = answer(tmp_path, model, ["self_spec", "ar"], options, prompts=3)
+    states = [(state, gamma) for method, state, gamma in calls if method == "self_spec"]
+    assert len(states) == 3 and all(method == "self_spec" or state is None for method, state, _ in calls)
+    state = states[0][0]
+    assert all(s is state for s, _ in states)  # one state for the whole run
+    assert states[0][1] is None and 0.3 < states[1][1] < states[2][1] < state.gamma  # each prompt starts where the last ended
+    assert state.drafted == sum(sum(r["drafted_per_step"]) for r in records if r["method"] == "self_spec")
