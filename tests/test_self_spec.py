@@ -3,7 +3,7 @@ KV rollback, the layer-skipping forward, the Bayesian search and the CLI wiring.
 
 import itertools
 import json
-import sys
+import runpy
 from pathlib import Path
 
 import pytest
@@ -15,16 +15,24 @@ from space.decoding import self_spec, verify
 from space.decoding.common import Model, Output
 from space.decoding.threshold import GAMMA_MAX, AutoParameters, ThresholdState, update_threshold
 from space.decoding.verify import original_accept
+from space.eval import evaluate
+from space.eval.flags import parse_eval_args
+from space.eval.skip_pipeline import parse_search_args, search_skip_layers
 from space.eval.skip_search import TrialLog, search
 from space.skip_layers import SkipLayers, load_skip_file, save_skip_file, select_entry, skipping_forward
 from space.testing import chi_square_p_value, exact_joint, tiny_llama, tiny_text_tokenizer, tiny_tokenizer
 from tests.conftest import capture_caches, random_prompt
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
+SEARCH_SCRIPT = ROOT / "scripts" / "search_skip_layers.py"
 
-import eval_infer  # noqa: E402
-import search_skip_layers  # noqa: E402
+
+def run_eval(argv: list[str]) -> dict:
+    return evaluate(parse_eval_args(argv))
+
+
+def run_search(argv: list[str]) -> dict:
+    return search_skip_layers(parse_search_args(argv))
 
 LAYERS = 4
 SKIPS = {
@@ -454,14 +462,15 @@ def tiny_dir(tmp_path_factory):
     return path
 
 
-def test_search_script_writes_a_valid_file_and_keeps_other_entries(tiny_dir, tmp_path):
+def test_search_script_writes_a_valid_file_and_keeps_other_entries(tiny_dir, tmp_path, capsys):
     prompts = tmp_path / "prompts.json"
     prompts.write_text(json.dumps(["tok5 tok9 tok11 tok7", "tok20 tok21 tok22"]))
     output = tmp_path / "skip_layers.json"
     save_skip_file(output, {"llama-2-13b": SkipLayers((3,), (), 40)})
     common = ["--llm_dir", str(tiny_dir), "--prompts", str(prompts), "--max_new_tokens", "8", "--output", str(output),
               "--log", str(tmp_path / "log.jsonl"), "--progress", "false"]
-    summary = search_skip_layers.main(common + ["--time_budget", "120", "--n_trials", "3"])
+    summary = runpy.run_path(str(SEARCH_SCRIPT))["main"](common + ["--time_budget", "120", "--n_trials", "3"])
+    assert json.loads(capsys.readouterr().out) == summary  # the script prints the summary as one JSON line
     entries = load_skip_file(output)
     assert set(entries) == {"llama-2-13b", "tiny-model"} and summary["key"] == "tiny-model"
     model = space.load_model(str(tiny_dir))[0]
@@ -469,9 +478,21 @@ def test_search_script_writes_a_valid_file_and_keeps_other_entries(tiny_dir, tmp
     assert summary["new_trials"] == 3 and summary["tokens_per_second"] > 0
     assert len((tmp_path / "log.jsonl").read_text().splitlines()) == 3
     with pytest.raises(space.SpaceError, match="too small to evaluate one skip set"):
-        search_skip_layers.main(common + ["--time_budget", "0.001"])
+        run_search(common + ["--time_budget", "0.001"])
     with pytest.raises(space.SpaceError, match="--time_budget must be > 0"):
-        search_skip_layers.main(common + ["--time_budget", "0"])
+        run_search(common + ["--time_budget", "0"])
+
+
+def test_search_flags_keep_their_defaults_and_true_false_values():
+    args = parse_search_args([])
+    assert (args.chat, args.progress, args.max_new_tokens, args.time_budget, args.n_trials, args.max_draft,
+            args.draft_threshold, args.seed, args.dtype, args.device) == (False, True, 32, 3600.0, None, 8, 0.8, 1,
+                                                                           "float32", "cpu")
+    assert Path(args.output) == ROOT / "configs" / "self_spec" / "skip_layers.json"
+    assert Path(args.prompts) == ROOT / "configs" / "self_spec" / "calibration_prompts.json"
+    assert parse_search_args(["--chat", "true", "--progress", "False"]).chat is True
+    with pytest.raises(SystemExit):
+        parse_search_args(["--chat", "maybe"])
 
 
 def test_eval_cli_runs_self_spec_with_a_skip_file(tmp_path):
@@ -485,8 +506,8 @@ def test_eval_cli_runs_self_spec_with_a_skip_file(tmp_path):
             "--methods", "self_spec,ar", "--skip_layers", str(skip_file), "--pass_at_k", "false",
             "--progress", "false", "--output_dir", str(tmp_path / "run")]
     with pytest.raises(space.SpaceError, match="has no entry for model 'model'"):
-        eval_infer.main(argv)
-    summary = eval_infer.main(argv + ["--skip_layers_key", "a", "--max_draft", "4"])
+        run_eval(argv)
+    summary = run_eval(argv + ["--skip_layers_key", "a", "--max_draft", "4"])
     assert summary["methods"]["self_spec"]["identity_rate"] == 1.0
     records = [json.loads(line) for line in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
     spec_record = next(r for r in records if r["method"] == "self_spec")

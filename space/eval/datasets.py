@@ -9,6 +9,8 @@
 | `xsum` | `document` / `summary` (`--data_path` or hub) | 1 | ROUGE-L |
 
 `--data_path` may be a local `.json`/`.jsonl`(`.gz`) file or a hub dataset name (read with `datasets`).
+This module also owns the vendored HumanEval-X files (`load_problems`) and their language list, which
+the code-execution package `space.eval.code` reuses.
 The faithful `human_eval` instruction keeps the original's two-backtick typo (`end with '``'`).
 """
 
@@ -21,6 +23,7 @@ from space.io import read_records
 from space.errors import SpaceError
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
+HUMANEVAL_DIR = DATA_DIR / "humaneval-x"
 HUMANEVAL_LANGUAGES = ("python", "cpp", "java", "js", "go")
 LANGUAGE_NAMES = {"python": "python", "cpp": "C++", "java": "Java", "js": "JavaScript", "go": "Go"}
 FENCES = {"python": "python", "cpp": "cpp", "java": "java", "js": "javascript", "go": "go"}
@@ -71,6 +74,20 @@ def load_eval_dataset(name: str, data_path: str | None = None, num_samples: int 
     return prompts[:num_samples] if num_samples else prompts
 
 
+def check_language(language: str) -> None:
+    if language not in HUMANEVAL_LANGUAGES:
+        raise SpaceError(f"unknown language {language!r}: use one of {', '.join(HUMANEVAL_LANGUAGES)}")
+
+
+def load_problems(language: str) -> list[dict]:
+    """The 164 vendored HumanEval-X records of `language`, in file order (task ids `<Lang>/0` ... `/163`)."""
+    check_language(language)
+    path = HUMANEVAL_DIR / f"humaneval_{language}.jsonl.gz"
+    if not path.is_file():
+        raise SpaceError(f"HumanEval-X data for {language} not found at {path}: reinstall the package")
+    return read_records(path)
+
+
 def humaneval_instruction(language: str, faithful: bool) -> str:
     if faithful:
         return ORIGINAL_HUMANEVAL_INSTRUCTION
@@ -79,7 +96,7 @@ def humaneval_instruction(language: str, faithful: bool) -> str:
 
 
 def _humaneval(language: str, data_path: str | None, faithful: bool) -> list[EvalPrompt]:
-    records = _records("human_eval", data_path) if data_path else read_records(DATA_DIR / "humaneval-x" / f"humaneval_{language}.jsonl.gz")
+    records = _records("human_eval", data_path) if data_path else load_problems(language)
     instruction = humaneval_instruction(language, faithful)
     prompts = []
     for index, record in enumerate(records):

@@ -1,4 +1,17 @@
-"""ROUGE-L F-measure (Lin 2004) on lower-cased word tokens, without external dependencies."""
+"""ROUGE-L F-measure (Lin 2004) on lower-cased word tokens (`\w+`, any script), without external dependencies.
+
+Why not the `rouge-score` package (0.1.2): its default tokenizer keeps only `[a-z0-9]` runs, so it
+scores other text differently, checked on these pairs (ours vs rouge-score's rougeL F):
+
+* accented Latin: "Zoë Ball left São Paulo café" vs "Zoë Ball left São Paulo": 0.9091 vs 0.9231
+  ("São" becomes "s", "o"; "café" becomes "caf");
+* Cyrillic or Chinese: a text against itself scores 1.0 with ours and 0 with rouge-score (no tokens);
+* identifiers: "call foo_bar now" vs "call foo bar now": 0.5714 vs 1.0 (it splits at "_").
+
+XSum summaries name people and places with accents and a model's answer may switch script, so its
+tokenizer would change the published numbers. With our tokenizer passed in, the package would only
+supply the LCS below, not worth a dependency (absl-py, nltk).
+"""
 
 from __future__ import annotations
 

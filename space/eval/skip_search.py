@@ -2,12 +2,24 @@
 
 The search space is the 2L bits "skip attention of layer i" / "skip MLP of layer i"; the objective
 (maximised) is a black box, normally the measured tokens/s of greedy `self_spec` on calibration
-prompts (`scripts/search_skip_layers.py` builds it). The optimiser is optuna's TPE (a Bayesian
+prompts (`space.eval.skip_pipeline` builds it). The optimiser is optuna's TPE (a Bayesian
 optimiser that handles binary parameters natively; the reference used a GP over [0,1]^2L rounded
 at 0.5, which the bits make unnecessary).
 
 What this module owns: the trial loop (ask → evaluate → tell → log), the time budget, warm-start
-probes, and the resumable JSONL trial log. It does not load models, tokenize or time decoding.
+probes, the resumable JSONL trial log, and where the shipped self_spec configs live. It does not
+load models, tokenize or time decoding.
+
+Why a JSONL trial log (`space.io.JsonlLog`) and not optuna's `JournalStorage` with
+`load_if_exists`: (1) an interrupted write: optuna 5.0's journal file skips a torn last line on
+reading but the next append lands after it, and the reload after that fails with a
+JSONDecodeError, so an interrupted search would not resume; `JsonlLog.resume()` drops the torn line
+before appending, the one rule every resumable log of this project follows. (2) The file stays one
+readable record per measured skip set (`attention`, `mlp`, `num_layers`, `tokens_per_second`, ...),
+which the published logs (docs/results/self_spec) use; a journal is optuna's operation log and would
+need a migration. (3) What the journal adds, several workers sharing one study, does not apply: the
+objective is wall-clock speed, which parallel workers on one machine would distort. Resuming is
+exact either way: logged points are told to a fresh study (`add_trial`) before it asks.
 """
 
 from __future__ import annotations
@@ -24,6 +36,11 @@ from space.errors import SpaceError
 from space.io import JsonlLog
 from space.skip_layers import SkipLayers
 
+# The shipped self_spec configs of a repository checkout (the package is installed with `pip install -e .`):
+# the calibration prompts and the skip sets, which the search writes into and the evaluation reads.
+SELF_SPEC_CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "self_spec"
+SHIPPED_SKIP_FILE = SELF_SPEC_CONFIGS / "skip_layers.json"
+CALIBRATION_PROMPTS = SELF_SPEC_CONFIGS / "calibration_prompts.json"
 VALUE = "tokens_per_second"  # the key of the objective's record that is maximised
 MAX_REPEATS = 50  # proposals in a row that were all measured before: the search has converged
 

@@ -1,0 +1,181 @@
+"""Run one test program under limits and say how it went; `check_completion` goes from a model's raw
+answer to an `ExecutionResult` (extract, build, run).
+
+The sandbox is a throwaway working directory, a minimal environment, stdin on /dev/null, rlimits
+(address space, CPU time, file size, no core dumps) and a wall-clock timeout that kills the whole
+process group. It stops infinite loops, memory hogs and output floods. It is not a security
+boundary (the program can still read the file system and reach the network): run untrusted model
+output inside a container or VM you can throw away.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import resource
+import signal
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from space.eval.code.extract import extract_code
+from space.eval.code.programs import build_program
+from space.eval.code.toolchains import TOOLS, Step, environment, prepare, toolchain_available
+from space.eval.datasets import check_language
+
+STATUSES = ("passed", "failed", "timeout", "skipped", "error")
+DETAIL_LINES = 6
+DETAIL_CHARS = 600
+
+
+@dataclass
+class ExecutionResult:
+    """How one program ran: `status` is one of STATUSES; a compile error is "failed"."""
+
+    status: str  # "passed", "failed", "timeout", "skipped" (toolchain missing), "error" (harness failure)
+    detail: str = ""  # short: the last lines of stderr, or why it was skipped
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "passed"
+
+
+def run_program(program: str, language: str, timeout: float = 10.0, memory_mb: int = 2048) -> ExecutionResult:
+    """Compile (if needed) and run `program` in a fresh temporary directory; "passed" iff it exits 0
+    (and, for JS, printed no "Assertion failed": node's console.assert does not throw).
+
+    `timeout` is the wall-clock limit of the run itself (CPU time is capped just above it);
+    compiling has its own `toolchains.COMPILE_TIMEOUT`. `memory_mb` caps the address space of python and native
+    binaries, the heap (-Xmx) of the JVM and the old space of node. Safe to call from a thread
+    pool: between fork and exec the child only sets rlimits.
+    """
+    check_language(language)
+    if not toolchain_available(language):
+        return _skipped(language)
+    with tempfile.TemporaryDirectory(prefix="space-exec-", ignore_cleanup_errors=True) as root:
+        workdir = Path(root) / "work"
+        workdir.mkdir()
+        steps = prepare(language, workdir, program, timeout, memory_mb)
+        env = environment(language, Path(root))
+        for index, step in enumerate(steps):
+            result = _run_step(step, workdir, env, Path(root) / f"step{index}")
+            if result is not None:
+                return result
+        return ExecutionResult("passed")
+
+
+def check_completion(problem: dict, completion_text: str, language: str, timeout: float = 10.0) -> ExecutionResult:
+    """Run the tests of `problem` on a model's raw answer: extract_code, build_program, run_program."""
+    if not toolchain_available(language):  # skip before building: no need to parse what cannot run
+        return _skipped(language)
+    code = extract_code(completion_text, language)
+    return run_program(build_program(problem, code, language), language, timeout=timeout)
+
+
+def _skipped(language: str) -> ExecutionResult:
+    return ExecutionResult("skipped", f"{language} toolchain not found on PATH: needs {', '.join(TOOLS[language])}")
+
+
+def _run_step(step: Step, workdir: Path, env: dict[str, str], log: Path) -> ExecutionResult | None:
+    """Run one step; None if it succeeded, else the result that ends the run."""
+    try:
+        returncode, stderr, stdout = _execute(step, workdir, env, log)
+    except OSError as error:  # the toolchain vanished or cannot start: not the candidate's fault
+        return ExecutionResult("error", f"cannot run {step.argv[0]}: {error}")
+    what = "compile " if step.compile else ""
+    if returncode is None or returncode == -signal.SIGXCPU:
+        return ExecutionResult("timeout", f"{what}timed out after {step.timeout:g} s")
+    output = stderr if stderr.strip() else stdout
+    if returncode != 0:
+        prefix = "compile error: " if step.compile else _signal_note(returncode)
+        return ExecutionResult("failed", prefix + _tail(output))
+    if step.fail_marker and step.fail_marker in stderr:
+        return ExecutionResult("failed", _tail(stderr))
+    return None
+
+
+def _execute(step: Step, workdir: Path, env: dict[str, str], log: Path) -> tuple[int | None, str, str]:
+    """(returncode or None on timeout, stderr, stdout). Output goes to files, so the file-size limit
+    caps it and a chatty program cannot fill the parent's memory or block on a full pipe."""
+    out_path, err_path = log.with_suffix(".out"), log.with_suffix(".err")
+    with open(out_path, "wb") as out, open(err_path, "wb") as err:
+        process = subprocess.Popen(
+            step.argv, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+            start_new_session=True,  # its own process group, so a timeout kills its children too
+            preexec_fn=_limits(step),
+        )
+        exited = _wait_without_reaping(process.pid, step.timeout)
+        # Kill the group while the unreaped leader still holds its id, so the id cannot have been
+        # reused by another run; this also ends background children of a program that exited.
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        returncode = process.wait()
+    return (returncode if exited else None), _read_tail(err_path), _read_tail(out_path)
+
+
+def _wait_without_reaping(pid: int, timeout: float) -> bool:
+    """Whether process `pid` exited within `timeout` seconds; it is left a zombie for the caller."""
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while _running(pid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(delay)
+        delay = min(delay * 2, 0.02)
+    return True
+
+
+def _running(pid: int) -> bool:
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None
+    except ChildProcessError:  # someone else reaped it
+        return False
+
+
+def _limits(step: Step):
+    """preexec_fn setting the step's rlimits in the child. No RLIMIT_NPROC: it counts every process
+    of the user on the machine, so a cap that stops a fork bomb breaks parallel evaluation."""
+    cpu = math.ceil(step.timeout) + 1
+
+    def apply() -> None:
+        _setlimit(resource.RLIMIT_CPU, cpu, cpu + 1)  # SIGXCPU at the soft limit, SIGKILL a second later
+        _setlimit(resource.RLIMIT_FSIZE, step.file_mb * 2**20)
+        _setlimit(resource.RLIMIT_CORE, 0)  # an assert's abort must not dump cores into the workdir
+        if step.memory_mb is not None:
+            _setlimit(resource.RLIMIT_AS, step.memory_mb * 2**20)
+
+    return apply
+
+
+def _setlimit(which: int, soft: int, hard: int | None = None) -> None:
+    hard = soft if hard is None else hard
+    _, current = resource.getrlimit(which)
+    if current != resource.RLIM_INFINITY:  # an unprivileged process cannot raise its hard limit
+        soft, hard = min(soft, current), min(hard, current)
+    resource.setrlimit(which, (soft, hard))
+
+
+def _read_tail(path: Path, limit: int = 65536) -> str:
+    with open(path, "rb") as f:
+        f.seek(max(0, path.stat().st_size - limit))
+        return f.read().decode("utf-8", errors="replace")
+
+
+def _tail(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return "\n".join(lines[-DETAIL_LINES:])[-DETAIL_CHARS:]
+
+
+def _signal_note(returncode: int) -> str:
+    if returncode >= 0:
+        return ""
+    try:
+        name = signal.Signals(-returncode).name
+    except ValueError:
+        name = f"signal {-returncode}"
+    why = {"SIGXFSZ": " (output too large)", "SIGKILL": " (killed)", "SIGSEGV": " (crash)", "SIGABRT": ""}.get(name, "")
+    return f"{name}{why}: "

@@ -1,0 +1,98 @@
+"""The evaluation's flags as data: `EvalArgs` (what `space.eval.evaluate` reads) and its command line.
+
+Two groups, as the help shows them: `OriginalFlags` keep the original SPACE eval flags with their
+meanings (booleans as `true/false`), `ToolkitFlags` are ours. `HfArgumentParser` turns the
+dataclasses into the parser, so a boolean takes `true/false` (also `yes/no`, `1/0`) and a bare
+`--overwrite` means true. `EvalArgs(...)` can also be built directly, with every default.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict, dataclass, field
+
+from transformers import HfArgumentParser
+
+from space.decoding import DECODERS
+from space.eval.datasets import dataset_names
+from space.eval.prompts import MODEL_TYPES
+from space.eval.skip_search import SHIPPED_SKIP_FILE
+
+
+def _flag(default, help: str | None = None, **kwargs):
+    return field(default=default, metadata=dict(kwargs, **({"help": help} if help else {})))
+
+
+@dataclass
+class OriginalFlags:
+    _argument_group_name = "original SPACE flags"
+
+    llm_dir: str | None = _flag(None, "model dir, hub name or .gguf (default: the embedded model)")
+    mask_id: int | None = _flag(None, "default: the model config")
+    dataset: str = _flag("human_eval", f"one of {', '.join(dataset_names())}")
+    mask_num: int | None = _flag(None, "k (default: the model config)")
+    do_sample: bool = _flag(False)
+    use_cache: bool = _flag(True, "KV cache for every method (original default: false)")
+    model_type: str = _flag("llama", "selects the original prompt string", choices=MODEL_TYPES)
+    mask_diff: bool | None = _flag(None, "default: the model config")
+    save_data: bool = _flag(True, "per-step statistics, histogram, repetition filter, CSVs")
+
+
+@dataclass
+class ToolkitFlags:
+    _argument_group_name = "toolkit flags"
+
+    methods: str = _flag("space,ar,hf,prompt_lookup",
+                         f"comma list of {sorted(DECODERS)}; `space@K` / `sdsat@K` run with k = K (k sweeps)")
+    num_samples: int | None = _flag(None, "first N prompts (default: all)")
+    max_new_tokens: int | None = _flag(None, "default: the original's per dataset")
+    output_dir: str | None = _flag(None, "default: outputs/eval/<dataset>")
+    overwrite: bool = _flag(False, "replace a run with a different configuration")
+    data_path: str | None = _flag(None, "local file or hub name for non-vendored datasets")
+    prompt_style: str = _flag("auto", "auto: chat_template for the embedded model, original (--model_type) otherwise",
+                              choices=["auto", "original", "chat_template"])
+    warmup: int = _flag(1, "untimed warm-up rounds of every method")
+    seed: int = _flag(0)
+    temperature: float = _flag(1.0)
+    top_p: float = _flag(1.0)
+    top_k: int = _flag(0)
+    sampling_mode: str = _flag("exact", choices=["exact", "original"])
+    skip_layers: str = _flag(str(SHIPPED_SKIP_FILE),
+                             "self_spec: skip_layers.json (scripts/search_skip_layers.py writes one)")
+    skip_layers_key: str | None = _flag(None, "self_spec: entry of --skip_layers (default: the model's name, "
+                                              "or the file's only entry)")
+    max_draft: int | None = _flag(None, "self_spec: drafts per round at most (default 8)")
+    draft_threshold: float | None = _flag(None, "self_spec: initial confidence threshold γ "
+                                                "(default 0.8 greedy, 0.5 sampling)")
+    sat_num: int | None = _flag(None, "sdsat: adaptive tokens per draft step k (default: the model config)")
+    sat_id: int | None = _flag(None, "sdsat: adaptive token id (default: the model config; 32011 for the released "
+                                     "CodeLlama SDSAT models)")
+    dtype: str = _flag("float32")
+    device: str = _flag("cpu", "cpu, cuda or auto")
+    adapter: str | None = _flag(None, "peft adapter directory on top of --llm_dir")
+    pass_at_k: bool = _flag(True, "execute generated code (HumanEval datasets)")
+    exec_timeout: float = _flag(10.0, "seconds per executed program")
+    progress: bool = _flag(True)
+    time_limit: float | None = _flag(None, "seconds: start no new prompt after this, summarize the finished ones "
+                                           "(resume later)")
+
+
+@dataclass
+class EvalArgs(ToolkitFlags, OriginalFlags):
+    """Every flag of the evaluation, as `space.eval.evaluate` reads them."""
+
+
+def build_parser(description: str | None = None) -> HfArgumentParser:
+    # the plain formatter: the help texts already say what a None default means
+    return HfArgumentParser([OriginalFlags, ToolkitFlags], description=description,
+                            formatter_class=argparse.HelpFormatter)
+
+
+def parse_eval_args(argv: list[str] | None = None, description: str | None = None) -> EvalArgs:
+    """`argv` (default: the command line) -> `EvalArgs`; a bad flag or value exits with argparse's message."""
+    parser = build_parser(description)
+    *groups, unknown = parser.parse_args_into_dataclasses(
+        args=argv, return_remaining_strings=True, look_for_args_file=False)
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    return EvalArgs(**{name: value for group in groups for name, value in asdict(group).items()})

@@ -1,0 +1,260 @@
+"""The evaluation end to end: `evaluate(args) -> summary`, what `scripts/eval_infer.py` runs.
+
+Every method answers every prompt in the same process and model (`space.eval.harness` keeps the
+timing fair and the run resumable). Steps: parse the method labels (`space@K` / `sdsat@K` run with
+k = K), load the prompts and the model, check each method can run before any timing (masks,
+adaptive tokens, the self_spec skip set), build each method's options, run, add quality (pass@1 by
+execution, ROUGE-L), summarize, explain greedy answers that differ from AR, write the outputs.
+
+Outputs in `args.output_dir` (default `outputs/eval/<dataset>`):
+
+* `samples.jsonl`: one line per answer (prompt, turn, method, text, ids, seconds, tokens per step,
+  and `passed` / `rouge_l` where quality is measured);
+* `summary.json`, `summary.md` (the table) and `summary.png` (figure);
+* with `save_data`, the original per-step and per-sample CSVs (`token_dict.csv`, `res_dict.csv`).
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+from statistics import mean
+
+import space
+from space.eval import harness, report
+from space.eval.code import check_completion
+from space.eval.datasets import default_max_new_tokens, load_eval_dataset
+from space.eval.divergence import explain, near_tie_threshold
+from space.eval.flags import EvalArgs
+from space.eval.metrics import split_label, summarize
+from space.eval.rouge import rouge_l
+from space.io import write_json
+from space.models import BASE_MODEL_ALIASES
+from space.skip_layers import check_skippable, load_skip_file, select_entry
+from space.tokens import resolve_mask_spec, resolve_sat_spec
+
+# --- per-method options ------------------------------------------------------------------------
+# What each decoder reads beyond the options every method shares: EvalArgs fields passed when set
+# (None leaves the decoder's default). Once each decoder owns an Options dataclass, these tables are
+# derived from those classes.
+COMMON_OPTIONS = ("max_new_tokens", "use_cache", "do_sample", "temperature", "top_k", "top_p", "seed")
+METHOD_OPTIONS = {"space": ("mask_num", "mask_id", "mask_diff", "sampling_mode"),
+                  "self_spec": ("max_draft", "draft_threshold"),
+                  "sdsat": ("sat_num", "sat_id", "sampling_mode")}
+VARIANT_OPTION = {"space": "mask_num", "sdsat": "sat_num"}  # `space@K` / `sdsat@K`: k sweeps
+
+
+def evaluate(args: EvalArgs) -> dict:
+    """Run the evaluation `args` describes; returns the summary (also written to summary.json)."""
+    methods = parse_methods(args.methods)
+    prompts = load_eval_dataset(args.dataset, args.data_path, args.num_samples)
+    max_new_tokens = args.max_new_tokens or default_max_new_tokens(args.dataset)
+
+    model, tokenizer = space.load_model(args.llm_dir, adapter=args.adapter, dtype=args.dtype, device=args.device)
+    note = " ".join(filter(None, [prepare_masks(model, tokenizer, args, methods),
+                                  prepare_sats(model, tokenizer, args, methods)])) or None
+    skip_layers = prepare_skip_layers(model, args, methods)
+    style = args.prompt_style if args.prompt_style != "auto" else ("chat_template" if is_embedded(args.llm_dir) else "original")
+    options = method_options(args, methods, max_new_tokens, skip_layers)
+    config = dict(llm_dir=args.llm_dir, adapter=args.adapter, dataset=args.dataset, data_path=args.data_path,
+                  methods=methods, options=options, prompt_style=style, model_type=args.model_type, dtype=args.dtype,
+                  device=str(model.device), num_samples=args.num_samples)
+    store = harness.ResultStore(output_dir(args), config, overwrite=args.overwrite)
+    if note:
+        print(note, file=sys.stderr)
+
+    if args.warmup:
+        harness.warm_up(model, tokenizer, prompts[0], methods, options, style, args.model_type, args.warmup, model.device)
+    stored = harness.run_prompts(model, tokenizer, prompts, methods, options, store, style, args.model_type,
+                                 progress=args.progress, time_limit=args.time_limit)
+    complete = harness.complete_ids(stored, prompts, methods)
+    requested = len(prompts)
+    prompts = [p for p in prompts if p.id in complete]  # a stopped run reports only fully answered prompts
+    if not prompts:
+        raise space.SpaceError(f"no prompt was answered by every method within --time_limit {args.time_limit}s; "
+                               "raise it (answers so far are kept and the same command resumes)")
+    records = [r for r in stored if r["id"] in complete]
+    add_quality(records, prompts, args)
+    store.rewrite(stored)  # unfinished prompts keep their answers for the resume
+
+    spec = space.read_mask_spec(model.config)
+    summary = summarize(records, count_tokens=lambda text: len(tokenizer.encode(text)) + 1,
+                        mask_num=options.get("space", {}).get("mask_num") or (spec.mask_num if spec else None))
+    finish_summary(summary, records, args, methods, len(prompts), note, style)
+    if len(prompts) < requested:
+        summary["partial"] = (f"stopped by --time_limit: {len(prompts)} of {requested} prompts answered by every "
+                              "method; the same command resumes")
+        print(summary["partial"], file=sys.stderr)
+    summary["versions"] = report.versions()
+    if not args.do_sample and "ar" in methods:
+        summary["divergences"] = explain_divergences(model, tokenizer, records, prompts, style, args.model_type)
+    write_outputs(store.dir, summary, records, args.save_data)
+    return summary
+
+
+def output_dir(args: EvalArgs) -> Path:
+    return Path(args.output_dir or f"outputs/eval/{args.dataset}")
+
+
+def parse_methods(methods: str) -> list[str]:
+    """`--methods` -> method labels: decoder names, or `space@K` / `sdsat@K`."""
+    labels = [m.strip() for m in methods.split(",") if m.strip()]
+    unknown = [m for m in labels if not _valid_label(m)]
+    if unknown or not labels:
+        raise space.SpaceError(f"unknown method(s) {unknown} in --methods; available: {sorted(space.DECODERS)}")
+    return labels
+
+
+def _valid_label(label: str) -> bool:
+    name, k = split_label(label)
+    return name in space.DECODERS and (k is None or name in VARIANT_OPTION)
+
+
+def prepare_masks(model, tokenizer, args: EvalArgs, methods: list[str]) -> str | None:
+    """Check SPACE can run before any timing; give the embedded base model untrained masks if needed."""
+    if not any(harness.decoder_name(m) == "space" for m in methods):
+        return None
+    note = None
+    if space.read_mask_spec(model.config) is None and is_embedded(args.llm_dir) and args.mask_id is None:
+        space.add_mask_tokens(model, tokenizer, mask_num=args.mask_num or 3)
+        note = ("note: the embedded SmolLM2-135M-Instruct has no trained mask tokens here; untrained ones were added, "
+                "so SPACE output equals AR but few drafts are accepted")
+    resolve_mask_spec(model.config, args.mask_id, args.mask_num, args.mask_diff)  # one clear error if unusable
+    return note
+
+
+def prepare_sats(model, tokenizer, args: EvalArgs, methods: list[str]) -> str | None:
+    """Check SDSAT can run before any timing; give the embedded model an untrained adaptive token if needed."""
+    if not any(harness.decoder_name(m) == "sdsat" for m in methods):
+        return None
+    note = None
+    if space.read_sat_spec(model.config) is None and is_embedded(args.llm_dir) and args.sat_id is None:
+        space.add_sat_tokens(model, tokenizer, sat_num=args.sat_num or 5)
+        note = ("note: the embedded model has no trained SDSAT adaptive token here; an untrained one was added, "
+                "so SDSAT output equals AR but few drafts are accepted")
+    resolve_sat_spec(model.config, args.sat_id, args.sat_num)  # one clear error if unusable
+    return note
+
+
+def prepare_skip_layers(model, args: EvalArgs, methods: list[str]) -> dict | None:
+    """self_spec's skip set, chosen from --skip_layers and checked against the model before any timing."""
+    if not any(harness.decoder_name(m) == "self_spec" for m in methods):
+        return None
+    check_skippable(model)
+    entries = load_skip_file(args.skip_layers)
+    _, skip = select_entry(entries, model, args.skip_layers_key, source=f"--skip_layers {args.skip_layers}")
+    return skip.to_dict()
+
+
+def method_options(args: EvalArgs, methods: list[str], max_new_tokens: int,
+                   skip_layers: dict | None = None) -> dict[str, dict]:
+    """Per method label, the keyword options `space.decode` gets (see METHOD_OPTIONS)."""
+    common = {name: getattr(args, name) for name in COMMON_OPTIONS} | {"max_new_tokens": max_new_tokens}
+    options = {}
+    for method in methods:
+        name, k = split_label(method)
+        options[method] = dict(common)
+        for option in METHOD_OPTIONS.get(name, ()):
+            value = getattr(args, option)
+            if value is not None:
+                options[method][option] = value
+        if name == "self_spec":
+            options[method]["skip_layers"] = skip_layers
+        if k is not None:  # space@K, sdsat@K
+            options[method][VARIANT_OPTION[name]] = k
+    return options
+
+
+def is_embedded(llm_dir: str | None) -> bool:
+    return llm_dir is None or llm_dir.lower() in BASE_MODEL_ALIASES
+
+
+def add_quality(records: list[dict], prompts, args: EvalArgs) -> None:
+    """pass@1 for code datasets (executed in a sandbox), ROUGE-L for summaries."""
+    by_id = {p.id: p for p in prompts}
+    for record in records:
+        prompt = by_id[record["id"]]
+        if prompt.problem is not None and args.pass_at_k and record["turn"] == 0:
+            if "passed" not in record:
+                result = check_completion(prompt.problem, record["text"], prompt.language, timeout=args.exec_timeout)
+                record["passed"] = None if result.status == "skipped" else result.passed
+                record["exec_status"] = result.status
+        if prompt.reference is not None:
+            record["rouge_l"] = round(rouge_l(record["text"], prompt.reference), 4)
+
+
+def finish_summary(summary: dict, records: list[dict], args: EvalArgs, methods: list[str], num_prompts: int,
+                   note: str | None, style: str) -> None:
+    summary.update(dataset=args.dataset, num_samples=num_prompts, prompt_style=style,
+                   settings=dict(do_sample=args.do_sample, use_cache=args.use_cache, dtype=args.dtype,
+                                 model=args.llm_dir or "embedded SmolLM2-135M-Instruct", adapter=args.adapter),
+                   note=note)
+    for name in methods:
+        rows = [r for r in records if r["method"] == name]
+        executed = [r["passed"] for r in rows if r.get("passed") is not None]
+        summary["methods"][name]["pass@1"] = round(mean(executed), 4) if executed else None
+        scores = [r["rouge_l"] for r in rows if "rouge_l" in r]
+        summary["methods"][name]["rouge_l"] = round(mean(scores), 4) if scores else None
+        if args.do_sample:
+            summary["methods"][name]["identity_rate"] = None  # sampled outputs are not expected to match
+    skipped = {r["exec_status"] for r in records if r.get("exec_status") == "skipped"}
+    if skipped:
+        summary["quality_note"] = "code execution skipped: toolchain not found"
+
+
+def explain_divergences(model, tokenizer, records: list[dict], prompts, style: str, model_type: str) -> list[dict]:
+    """For every greedy answer that differs from AR's: the first differing step and AR's logit gap there."""
+    reference = {(r["id"], r["turn"]): r["ids"] for r in records if r["method"] == "ar"}
+    by_id = {p.id: p for p in prompts}
+    found = []
+    for record in records:
+        ar_ids = reference.get((record["id"], record["turn"]))
+        if record["method"] == "ar" or ar_ids is None or record["ids"] == ar_ids:
+            continue
+        entry = dict(id=record["id"], turn=record["turn"], method=record["method"])
+        if record["turn"] == 0:  # later turns build on each method's own earlier answers
+            prompt_ids = harness.first_turn_ids(tokenizer, by_id[record["id"]], style, model_type, model.device)
+            entry.update(explain(model, prompt_ids, record["ids"], ar_ids))
+        found.append(entry)
+    if found:
+        ties = sum(bool(e.get("near_tie")) for e in found)
+        print(f"{len(found)} answer(s) differ from AR; {ties} of them at a near-tie "
+              f"(|logit gap| < {near_tie_threshold(model.dtype):g}): "
+              "see summary.json 'divergences'", file=sys.stderr)
+    return found
+
+
+def divergence_table(summary: dict) -> str:
+    rows = summary.get("divergences") or []
+    if not rows:
+        return ""
+    return (f"\n{len(rows)} answer(s) differ from AR; at the first differing step, AR's logit gap between its token "
+            "and the method's (near-tie: below the dtype's threshold):\n\n"
+            + report.markdown_table(rows, ["id", "method", "position", "ar_token", "method_token", "logit_gap",
+                                           "near_tie_threshold", "near_tie"])
+            + "\n")
+
+
+def write_outputs(directory: Path, summary: dict, records: list[dict], save_data: bool) -> None:
+    if not save_data:
+        summary["original"] = {name: {k: v for k, v in values.items() if k in ("time_percentage", "speedup_sum", "speedup_avg")}
+                               for name, values in summary["original"].items()}
+    write_json(directory / "summary.json", summary)
+    partial = f"\n{summary['partial']}\n" if summary.get("partial") else ""
+    (directory / "summary.md").write_text(f"# {summary['dataset']}: {summary['num_samples']} prompts\n{partial}\n"
+                                          + report.summary_table(summary) + "\n" + divergence_table(summary))
+    report.draw_figure(summary, directory / "summary.png")
+    if save_data:
+        with (directory / "token_dict.csv").open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["idx", "turn", "method", "step", "tokens"])
+            for r in records:
+                for step, emitted in enumerate(r["tokens_per_step"]):
+                    writer.writerow([r["id"], r["turn"], r["method"], step, emitted])
+        with (directory / "res_dict.csv").open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["idx", "turn", "method", "infer_time", "new_tokens", "steps", "passed", "content"])
+            for r in records:
+                writer.writerow([r["id"], r["turn"], r["method"], r["seconds"], len(r["ids"]), r["steps"],
+                                 r.get("passed"), r["text"]])

@@ -1,0 +1,164 @@
+"""The skip-layer search on a model, end to end: `search_skip_layers(args) -> summary`, what
+`scripts/search_skip_layers.py` runs.
+
+Each trial decodes every calibration prompt greedily with `self_spec` (`max_new_tokens`, no early
+stop, γ carried from prompt to prompt) and scores tokens/s; `space.eval.skip_search` proposes the
+next skip set and keeps the resumable trial log. Before the search: a warm-up, then the AR baseline
+(the speedup reference and the cost of one trial, so a budget too small for one trial is refused
+up front). After it, the best set is written into `args.output` (the original `skip_layers.json`
+format; other entries are kept).
+
+The optimum depends on the hardware and software stack (spec §8.3): search on the machine you will
+decode on, with the dtype and device you will use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from transformers import HfArgumentParser
+
+import space
+from space.decoding.threshold import ThresholdState
+from space.eval.harness import synchronize
+from space.eval.skip_search import CALIBRATION_PROMPTS, SHIPPED_SKIP_FILE, search
+from space.skip_layers import SkipLayers, check_skippable, load_skip_file, model_key, save_skip_file
+
+
+def _flag(default, help: str | None = None):
+    return field(default=default, metadata={"help": help} if help else {})
+
+
+@dataclass
+class SearchArgs:
+    """The search's settings (the flags of `scripts/search_skip_layers.py`)."""
+
+    llm_dir: str | None = _flag(None, "HF dir, hub name or .gguf file (default: embedded SmolLM2-135M)")
+    adapter: str | None = _flag(None, "peft adapter directory applied on top of --llm_dir")
+    dtype: str = _flag("float32")
+    device: str = _flag("cpu", "cpu, cuda or auto")
+    prompts: str = _flag(str(CALIBRATION_PROMPTS), "JSON list of calibration prompt strings")
+    chat: bool = _flag(False, "wrap each prompt in the tokenizer's chat template")
+    max_new_tokens: int = _flag(32, "tokens per prompt per trial (reference: 32)")
+    time_budget: float = _flag(3600.0, "seconds for the whole search")
+    n_trials: int | None = _flag(None, "new trials at most (default: until the budget ends)")
+    output: str = _flag(str(SHIPPED_SKIP_FILE), "skip_layers.json to write the best set into")
+    key: str | None = _flag(None, "entry name in --output (default: the model's name)")
+    log: str | None = _flag(None, "JSONL trial log (default: outputs/self_spec/search_<key>.jsonl)")
+    max_draft: int = _flag(8, "K_max of the decoder during the search")
+    draft_threshold: float = _flag(0.8, "initial γ during the search")
+    seed: int = _flag(1, "seed of the optimiser")
+    progress: bool = _flag(True)
+
+
+def parse_search_args(argv: list[str] | None = None, description: str | None = None) -> SearchArgs:
+    """`argv` (default: the command line) -> `SearchArgs`; booleans take `true/false`."""
+    parser = HfArgumentParser(SearchArgs, description=description, formatter_class=argparse.HelpFormatter)
+    args, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True,
+                                                       look_for_args_file=False)
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    return args
+
+
+def search_skip_layers(args: SearchArgs) -> dict:
+    """Search the best skip set for `args.llm_dir` and write it into `args.output`; returns the summary."""
+    start = time.perf_counter()
+    if args.time_budget <= 0:
+        raise space.SpaceError(f"--time_budget must be > 0 seconds (got {args.time_budget})")
+    if args.max_new_tokens < 2:
+        raise space.SpaceError("--max_new_tokens must be >= 2: with one token no draft is ever made")
+    model, tokenizer = space.load_model(args.llm_dir, adapter=args.adapter, dtype=args.dtype, device=args.device)
+    check_skippable(model)
+    prompts = load_prompts(args.prompts, tokenizer, args.chat, model.device)
+    key = args.key or model_key(model)
+    output = Path(args.output)
+    log = Path(args.log) if args.log else Path("outputs") / "self_spec" / f"search_{key}.jsonl"
+    num_layers = model.config.num_hidden_layers
+    common = dict(max_new_tokens=args.max_new_tokens, eos_token_id=[])  # always the same token count
+
+    def options(state=None) -> dict:
+        return dict(common, max_draft=args.max_draft, draft_threshold=args.draft_threshold, threshold_state=state)
+
+    # warm-up (first-call costs), then the AR baseline: the speedup reference and the cost of one trial
+    warm = SkipLayers((), (), num_layers).to_dict()
+    space.decode(model, prompts[0], "ar", **dict(common, max_new_tokens=4))
+    space.decode(model, prompts[0], "self_spec", **dict(options(), max_new_tokens=4, skip_layers=warm))
+    baseline = timed_pass(model, prompts, "ar", common)
+    print(f"AR baseline: {baseline['tokens_per_second']:.2f} tokens/s on {len(prompts)} prompts", file=sys.stderr)
+
+    def objective(skip: SkipLayers) -> dict:
+        return timed_pass(model, prompts, "self_spec", dict(options(ThresholdState()), skip_layers=skip))
+
+    spent = time.perf_counter() - start
+    remaining = args.time_budget - spent
+    if remaining < baseline["pass_seconds"]:
+        raise space.SpaceError(
+            f"--time_budget {args.time_budget:g}s is too small to evaluate one skip set: loading and the AR baseline "
+            f"took {spent:.1f}s and one evaluation takes about {baseline['pass_seconds']:.1f}s; "
+            f"raise it to at least {spent + 2 * baseline['pass_seconds'] + 1:.0f}s")
+    result = search(num_layers, objective, remaining, n_trials=args.n_trials, log=log,
+                    probes=probes_for(model, output, key), seed=args.seed,
+                    first_trial_seconds=baseline["pass_seconds"], progress=args.progress)
+
+    entries = load_skip_file(output) if output.is_file() else {}
+    entries[key] = result.best
+    save_skip_file(output, entries)
+    return dict(key=key, num_layers=num_layers, best=result.best.to_dict(),
+                tokens_per_second=round(result.best_value, 2),
+                ar_tokens_per_second=round(baseline["tokens_per_second"], 2),
+                speedup=round(result.best_value / baseline["tokens_per_second"], 3),
+                skipped_fraction=round(result.best.fraction(num_layers), 3),
+                trials=len(result.trials), new_trials=result.new_trials, output=str(output), log=str(log))
+
+
+def load_prompts(path: str, tokenizer, chat: bool, device) -> list:
+    """The calibration prompts as `[1, n]` id tensors (in the chat template with `chat`)."""
+    try:
+        texts = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise space.SpaceError(f"cannot read calibration prompts {path!r}: {error}") from error
+    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) and t for t in texts):
+        raise space.SpaceError(f"--prompts {path!r} must be a non-empty JSON list of non-empty strings")
+    if chat and tokenizer.chat_template:
+        texts = [tokenizer.apply_chat_template([{"role": "user", "content": t}], tokenize=False,
+                                               add_generation_prompt=True) for t in texts]
+    return [tokenizer(t, return_tensors="pt").input_ids.to(device) for t in texts]
+
+
+def timed_pass(model, prompts, method: str, options: dict) -> dict:
+    """Decode every prompt once; tokens/s over the whole pass (one token count for every method)."""
+    device = model.get_input_embeddings().weight.device
+    tokens = drafted = accepted = 0
+    synchronize(device)
+    start = time.perf_counter()
+    for ids in prompts:
+        result = space.decode(model, ids, method, **options)
+        tokens += len(result.tokens)
+        drafted += sum(getattr(result.stats, "drafted_per_step", []))
+        accepted += sum(result.stats.accepted_per_step)
+    synchronize(device)
+    seconds = time.perf_counter() - start
+    record = {"tokens_per_second": round(tokens / seconds, 4)}
+    if drafted:
+        record["acceptance"] = round(accepted / drafted, 4)
+    return record | {"pass_seconds": round(seconds, 4)}
+
+
+def probes_for(model, output: Path, key: str) -> list[SkipLayers]:
+    """Warm starts: this model's entry in `output` if any, and attention skipped in the upper half."""
+    num_layers = model.config.num_hidden_layers
+    probes = []
+    if output.is_file():
+        entry = load_skip_file(output).get(key)
+        if entry is not None and entry.num_layers in (None, num_layers) and \
+                all(i < num_layers for i in entry.attention + entry.mlp):
+            probes.append(entry)
+    probes.append(SkipLayers(tuple(range(num_layers // 2, num_layers - 1)), (), num_layers))
+    return probes
+
