@@ -307,3 +307,25 @@ def test_run_eval_launcher_passes_environment_settings(tiny_dir, tmp_path):
     assert "| space |" in completed.stdout and "--num_samples 1" in completed.stderr
     summary = json.loads((tmp_path / "launch" / "summary.json").read_text())
     assert summary["num_samples"] == 1 and set(summary["methods"]) == {"space", "ar"}
+
+
+def test_method_options_follow_each_decoders_options_class():
+    """Each method gets exactly the set flags named like its options: nothing another method takes."""
+    from space.decoding import option_names
+    from space.eval.flags import EvalArgs
+    from space.eval.pipeline import method_options
+
+    args = EvalArgs(mask_num=4, sat_num=2, max_draft=3, sampling_mode="original", do_sample=True, seed=7)
+    labels = ["ar", "hf", "prompt_lookup", "space", "space@2", "self_spec", "sdsat"]
+    options = method_options(args, labels, max_new_tokens=9, skip_layers="SKIP")
+    for label in labels:
+        name = label.split("@")[0]
+        assert set(options[label]) <= set(option_names(name)), label
+        assert options[label]["max_new_tokens"] == 9 and options[label]["seed"] == 7
+        space.decoding.parse_options(name, options[label] if name != "self_spec" else
+                                     dict(options[label], skip_layers={"attention": [], "mlp": []}))
+    assert options["space"]["mask_num"] == 4 and options["space@2"]["mask_num"] == 2
+    assert options["space"]["sampling_mode"] == "original" and options["sdsat"]["sampling_mode"] == "original"
+    assert options["sdsat"]["sat_num"] == 2 and options["self_spec"]["max_draft"] == 3
+    assert options["self_spec"]["skip_layers"] == "SKIP"
+    assert "mask_num" not in options["ar"] and "sampling_mode" not in options["self_spec"]

@@ -22,6 +22,7 @@ from pathlib import Path
 from statistics import mean
 
 import space
+from space.decoding import option_names
 from space.eval import harness, report
 from space.eval.code import check_completion
 from space.eval.datasets import default_max_new_tokens, load_eval_dataset
@@ -34,14 +35,8 @@ from space.models import BASE_MODEL_ALIASES
 from space.skip_layers import check_skippable, load_skip_file, select_entry
 from space.tokens import resolve_mask_spec, resolve_sat_spec
 
-# --- per-method options ------------------------------------------------------------------------
-# What each decoder reads beyond the options every method shares: EvalArgs fields passed when set
-# (None leaves the decoder's default). Once each decoder owns an Options dataclass, these tables are
-# derived from those classes.
-COMMON_OPTIONS = ("max_new_tokens", "use_cache", "do_sample", "temperature", "top_k", "top_p", "seed")
-METHOD_OPTIONS = {"space": ("mask_num", "mask_id", "mask_diff", "sampling_mode"),
-                  "self_spec": ("max_draft", "draft_threshold"),
-                  "sdsat": ("sat_num", "sat_id", "sampling_mode")}
+# The flag a `space@K` / `sdsat@K` label sets; every other option comes from the flag of the same name
+# (`method_options`, driven by each decoder's Options class).
 VARIANT_OPTION = {"space": "mask_num", "sdsat": "sat_num"}  # `space@K` / `sdsat@K`: k sweeps
 
 
@@ -149,20 +144,20 @@ def prepare_skip_layers(model, args: EvalArgs, methods: list[str]) -> dict | Non
 
 def method_options(args: EvalArgs, methods: list[str], max_new_tokens: int,
                    skip_layers: dict | None = None) -> dict[str, dict]:
-    """Per method label, the keyword options `space.decode` gets (see METHOD_OPTIONS)."""
-    common = {name: getattr(args, name) for name in COMMON_OPTIONS} | {"max_new_tokens": max_new_tokens}
+    """Per method label, the keyword options `space.decode` gets: every flag named like one of the method's
+    options (`space.decoding.option_names`; unset ones keep the method's default), the `@K` of a k sweep,
+    and self_spec's skip set (its flag is a file, resolved before any timing)."""
     options = {}
     for method in methods:
         name, k = split_label(method)
-        options[method] = dict(common)
-        for option in METHOD_OPTIONS.get(name, ()):
-            value = getattr(args, option)
-            if value is not None:
-                options[method][option] = value
-        if name == "self_spec":
-            options[method]["skip_layers"] = skip_layers
+        taken = option_names(name)
+        chosen = {option: getattr(args, option) for option in taken if getattr(args, option, None) is not None}
+        chosen["max_new_tokens"] = max_new_tokens
+        if "skip_layers" in taken:
+            chosen["skip_layers"] = skip_layers
         if k is not None:  # space@K, sdsat@K
-            options[method][VARIANT_OPTION[name]] = k
+            chosen[VARIANT_OPTION[name]] = k
+        options[method] = chosen
     return options
 
 
