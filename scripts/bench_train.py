@@ -1,6 +1,6 @@
 """Training throughput of SAR-SFT (truncating and multi-block modes) against plain SFT on the same data.
 
-Runs `scripts/train_sft.py` in-process for a few optimizer steps per mode on the same records
+Runs `space.training.train` (the recipe of `scripts/train_sft.py`) in-process for a few optimizer steps per mode on the same records
 (batch 1, same seed) and reports seconds per sample, real tokens per second, mask predictions per
 sample, and the cost of each mode relative to plain SFT. Writes JSON and prints a markdown table.
 
@@ -19,13 +19,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import space  # noqa: E402
-from space.cli import run  # noqa: E402
-import train_sft  # noqa: E402
-from space.eval import report  # noqa: E402
+import space
+from space.cli import run
+from space.eval import report
+from space.training import train
 
 MODES = {
     "plain SFT": ["--mask_num", "0"],
@@ -65,7 +62,7 @@ def main(argv=None) -> dict:
                       "--logging_steps", "1000", "--cutoff_len", str(args.cutoff_len), "--use_cpu", "true",
                       "--report_to", "none", "--seed", "42", "--dataloader_drop_last", "false"]
             timer = StepTimer()
-            trainer = train_sft.main(common + flags, callbacks=[timer])
+            trainer = train(common + flags, callbacks=[timer])
             samples = trainer.train_dataset  # the same first records in every mode, one per step
             per_sample = statistics.mean(timer.durations[1:])  # step 0 is the warm-up
             real_tokens = statistics.mean(sum(1 for j in s["mask_offsets"] if j == 0) for s in samples)

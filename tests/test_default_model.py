@@ -1,8 +1,6 @@
 """The default-model recipe end to end on a tiny model, and the shipped SmolLM2 SPACE model itself."""
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,10 +10,7 @@ from space.decoding.common import eos_ids
 from space.eval.datasets import load_eval_dataset
 from space.models import has_shipped_model
 from space.testing import tiny_llama, tiny_text_tokenizer
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-
-import make_default_model  # noqa: E402
+from space.training.default_model import DECODE_MASK_NUM_CUDA, make_default_model, parse_default_model_args
 
 
 def test_recipe_runs_end_to_end_on_a_tiny_model(tmp_path):
@@ -28,7 +23,7 @@ def test_recipe_runs_end_to_end_on_a_tiny_model(tmp_path):
     argv = ["--model", str(tmp_path / "base"), "--limit", "6", "--max_new_tokens", "12", "--batch_size", "3",
             "--max_steps", "3", "--work_dir", str(tmp_path / "work"), "--export_dir", str(tmp_path / "export"),
             "--decode_mask_num", "2", "--train_args", "--save_steps 2 --logging_steps 1"]
-    exported = make_default_model.main(argv)
+    exported = make_default_model(parse_default_model_args(argv))
     assert {p.name for p in exported.iterdir()} >= {"adapter_config.json", "adapter_model.safetensors", "space.json"}
     log = json.loads((tmp_path / "work" / "recipe_log.json").read_text())
     assert set(log) == {"distill", "train", "export"}
@@ -43,14 +38,14 @@ def test_recipe_runs_end_to_end_on_a_tiny_model(tmp_path):
     # rerunning resumes: nothing is generated again, an older file gains the unfinished marks, and
     # training continues from its checkpoint
     data.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "unfinished"}) + "\n" for r in records))
-    make_default_model.main(argv)
+    make_default_model(parse_default_model_args(argv))
     assert [json.loads(line) for line in data.read_text().splitlines()] == records
 
     model, _ = space.load_model(tmp_path / "base", adapter=exported)
     spec = space.read_mask_spec(model.config)
     assert spec.mask_diff and spec.mask_num == 2  # decodes with the recorded k; trained with the config's 6
     saved = json.loads((exported / "space.json").read_text())
-    assert space.models.decode_mask_num(saved, "cuda") == make_default_model.DECODE_MASK_NUM_CUDA
+    assert space.models.decode_mask_num(saved, "cuda") == DECODE_MASK_NUM_CUDA
     prompt = torch.tensor([[1, 40, 50, 60]])
     reference = space.decode(model, prompt, "ar", max_new_tokens=12).tokens.tolist()
     for k in (None, 6):

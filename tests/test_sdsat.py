@@ -17,6 +17,7 @@ from space.decoding.sdsat import build_tree
 from space.training.samples import IGNORE, MaskingConfig, build_sample
 from space.testing import DraftOracle, chi_square_p_value, exact_joint, tiny_llama, tiny_text_tokenizer
 from space.tokens import SAT_TOKEN, SatSpec, add_sat_tokens, read_sat_spec
+from space.training import train
 from tests.conftest import capture_caches, random_prompt
 from tests.test_samples import ScriptedRandom, model_logits
 
@@ -24,7 +25,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import eval_infer  # noqa: E402
-import train_sft  # noqa: E402
 from tests.test_train import make_base, make_dataset  # noqa: E402
 
 # 60 combinations: seed x k x cache x kv heads x EOS placement x prompt length
@@ -432,7 +432,7 @@ def train_args(workdir, output, *extra):
 
 
 def test_full_sdsat_training_learns_and_decodes_like_ar(workdir, tmp_path):
-    trainer = train_sft.main(train_args(workdir, tmp_path / "out", "--max_steps", "24"))
+    trainer = train(train_args(workdir, tmp_path / "out", "--max_steps", "24"))
     history = [entry for entry in trainer.state.log_history if "loss" in entry]
     assert history[-1]["loss"] < history[0]["loss"]
     assert history[-1]["mask_loss_1"] < history[0]["mask_loss_1"] and "mask_acc_3" in history[-1]
@@ -446,8 +446,8 @@ def test_full_sdsat_training_learns_and_decodes_like_ar(workdir, tmp_path):
 
 
 def test_lora_sdsat_trains_adapters_and_the_sat_row(workdir, tmp_path):
-    trainer = train_sft.main(train_args(workdir, tmp_path / "lora", "--max_steps", "8", "--finetuning_type", "lora",
-                                        "--lora_rank", "4"))
+    trainer = train(train_args(workdir, tmp_path / "lora", "--max_steps", "8", "--finetuning_type", "lora",
+                               "--lora_rank", "4"))
     trainable = [name for name, parameter in trainer.model.named_parameters() if parameter.requires_grad]
     assert any("trainable_tokens" in name for name in trainable)
     assert all("lora_" in name or "trainable_tokens" in name for name in trainable)
@@ -471,7 +471,7 @@ def test_lora_sdsat_trains_adapters_and_the_sat_row(workdir, tmp_path):
 ])
 def test_training_bad_input_gets_one_clear_line(workdir, tmp_path, extra, message):
     with pytest.raises(space.SpaceError, match=message) as error:
-        train_sft.main(train_args(workdir, tmp_path / "bad", "--max_steps", "1", *extra))
+        train(train_args(workdir, tmp_path / "bad", "--max_steps", "1", *extra))
     assert "\n" not in str(error.value)
 
 

@@ -16,8 +16,10 @@ import space
 from space.training.collate import SarCollator
 from space.training.loss import MaskMetrics, sar_loss
 from space.testing import tiny_llama, tiny_text_tokenizer
+from space.training import parse_train_args
+from space.training.recipe import build_dataset, masking_config
 from space.training.trainer import MaskMetricsLogger, MetricsAccumulator, additive_mask, means_from_sums
-from tests.test_train import make_dataset, train_sft, with_added_mask
+from tests.test_train import make_dataset, with_added_mask
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -107,9 +109,8 @@ def launch(base: Path, data: Path, output: Path, *extra) -> tuple[dict, list[str
 def global_mask_metrics(output: Path, argv: list[str]) -> dict[str, float]:
     """The mask metrics of the saved model over every sample of the run's dataset, on one process."""
     model, tokenizer = space.load_model(output)
-    _, data_args, _, _ = train_sft.parse_args(argv)
-    samples = train_sft.build_dataset(tokenizer, data_args, train_sft.masking_config(data_args, space.read_mask_spec(
-        model.config)), seed=0)
+    _, data_args, _, _ = parse_train_args(argv)
+    samples = build_dataset(tokenizer, data_args, masking_config(data_args, space.read_mask_spec(model.config)), seed=0)
     accumulator = MetricsAccumulator(3)
     collate = SarCollator(pad_token_id=tokenizer.pad_token_id)
     with torch.no_grad():

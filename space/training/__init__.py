@@ -1,1 +1,19 @@
-"""The training wing: SAR-SFT data, samples, loss and trainer, self-distillation, and the recipe `train()`."""
+"""The training wing: SAR-SFT and what is built around it.
+
+* `recipe`: `train(args) -> Trainer`, the whole SAR-SFT run (SPACE masks or SDSAT adaptive tokens);
+* `arguments`: what a run is given (`parse_train_args`, config files, `parse_flags` for the other entry points);
+* `data`, `templates`: SFT records (alpaca / sharegpt) and chat templates;
+* `samples`, `collate`: mask blocks (truncating and multi-block modes), SDSAT spans, batches with 4D masks;
+* `loss`, `trainer`: the SAR loss with per-offset metrics, and `SarTrainer` (HF Trainer + `compute_loss`);
+* `distill`: self-distillation prompts and the base model's greedy answers (`make_distill_data`);
+* `export`: what leaves a run: a LoRA adapter merged into its base (`merge_adapter`), or exported as the
+  compact shipped model (`export_adapter`);
+* `default_model`: the shipped default model's recipe, distill -> train -> export (`make_default_model`).
+
+`from space.training import train` imports no DeepSpeed, peft or transformers Trainer; they load with a run.
+"""
+
+from space.training.arguments import TrainArguments, parse_train_args
+from space.training.recipe import train
+
+__all__ = ["TrainArguments", "parse_train_args", "train"]

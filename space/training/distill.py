@@ -12,6 +12,8 @@ with a HumanEval prompt, is dropped (`is_contaminated`).
 
 `generate_answers` runs batched greedy generation (left padding, explicit attention mask) and
 appends each batch to a JSONL file, so an interrupted run resumes where it stopped.
+`make_distill_data(DistillArguments)` is the whole step (`scripts/make_distill_data.py`): prompts,
+the base model, answers.
 """
 
 from __future__ import annotations
@@ -21,14 +23,20 @@ import inspect
 import json
 import random
 import re
+import sys
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
+import space
 from space.decoding.common import eos_ids
+from space.errors import SpaceError
 from space.eval.datasets import ORIGINAL_HUMANEVAL_INSTRUCTION, load_eval_dataset
 from space.io import JsonlLog
+from space.training.arguments import parse_flags
 
 STDLIB_MODULES = (
     "textwrap string shlex fnmatch glob posixpath genericpath shutil heapq bisect statistics random fractions "
@@ -41,6 +49,48 @@ STDLIB_MODULES = (
     "timeit trace tracemalloc"
 ).split()
 MAX_DOC_CHARS = 700
+PROJECT_INSTRUCTIONS = Path(__file__).resolve().parents[2] / "configs" / "distill" / "instructions.json"
+
+
+@dataclass
+class DistillArguments:
+    """The flags of `scripts/make_distill_data.py`."""
+
+    model: str = field(default="smollm2", metadata={"help": "base model (default: the embedded SmolLM2-135M-Instruct base)"})
+    output: str = field(default="runs/default_model/distill.jsonl")
+    instructions: str = field(default=str(PROJECT_INSTRUCTIONS),
+                              metadata={"help": "comma list of JSON files with project-written instructions"})
+    limit: int | None = field(default=None, metadata={"help": "use only the first N prompts (after shuffling)"})
+    batch_size: int = 16
+    max_new_tokens: int = 256
+    seed: int = 0
+    progress: bool = True
+
+
+def parse_distill_args(argv: list[str] | None = None) -> DistillArguments:
+    (args,) = parse_flags((DistillArguments,), argv, "make_distill_data.py",
+                          description="Build the self-distillation SFT data: project-built prompts answered by the base model (greedy).")
+    return args
+
+
+def make_distill_data(args: DistillArguments) -> list[dict]:
+    """The prompts, answered by `args.model` into `args.output` (JSONL, resumed); returns every record."""
+    files = [Path(p) for p in args.instructions.split(",") if p]
+    for path in files:
+        if not path.is_file():
+            raise SpaceError(f"instructions file not found: {path}")
+    prompts, dropped = build_prompts(files, seed=args.seed, limit=args.limit)
+    print(f"[distill] {len(prompts)} prompts ({dropped} dropped as overlapping HumanEval)", file=sys.stderr)
+    model, tokenizer = space.load_model(args.model)
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    records = generate_answers(model, tokenizer, prompts, output, batch_size=args.batch_size,
+                               max_new_tokens=args.max_new_tokens, progress=args.progress)
+    tokens = sum(len(r["output_ids"]) for r in records)
+    print(f"[distill] {len(records)} answers, {tokens} tokens, {time.perf_counter() - start:.0f} s -> {output}",
+          file=sys.stderr)
+    return records
 
 
 def stdlib_functions() -> list[tuple[str, str, str, str]]:

@@ -1,0 +1,168 @@
+"""What a SAR-SFT run is given: its argument dataclasses and the one parser for flags, config files and dicts.
+
+`parse_train_args(argv)` reads the flags of `scripts/train_sft.py`; a `.yaml`/`.json` first argument is
+a config file whose keys are flag names, and flags after it win (`configs/sft/`, `configs/default_model/`).
+`parse_flags` is the same HfArgumentParser call for the wing's other entry points (distill, export,
+default model), so every script reports an unknown flag in one line instead of argparse's usage dump.
+
+Transformers' training arguments import peft and accelerate, so they are imported only when parsing:
+`import space.training` stays light.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
+
+from space.errors import SpaceError
+
+if TYPE_CHECKING:
+    from transformers import Seq2SeqTrainingArguments
+
+CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
+AUTO_IDS = ("mask_id", "sat_id")  # `auto`: the model's recorded id, else the first free one (argparse takes ints only)
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str | None = field(default=None, metadata={"help": "HF dir, hub name or .gguf (default: the embedded SmolLM2-135M base)"})
+    attn_implementation: str = field(default="sdpa", metadata={
+        "help": "sdpa or eager; flash_attention_2 and others only in the truncating mode (the other modes need a 4D mask)"})
+
+
+@dataclass
+class DataArguments:
+    dataset: str = field(default="lima", metadata={"help": "comma list of registry names or .json/.jsonl files"})
+    dataset_dir: str = field(default="data", metadata={"help": "folder holding local dataset files"})
+    template: str = field(default="default", metadata={"help": "default, vicuna or chat_template"})
+    cutoff_len: int = field(default=1024, metadata={"help": "max tokens per sample (mask blocks included)"})
+    max_samples: int | None = field(default=None, metadata={"help": "use only the first N records"})
+    overwrite_cache: bool = field(default=False, metadata={"help": "accepted for compatibility; samples are always rebuilt"})
+    mask_num: int = field(default=5, metadata={"help": "k: future tokens predicted in parallel (0 = plain SFT)"})
+    mask_id: int | None = field(default=None, metadata={
+        "help": "mask token id, or auto (default: the model's, else first free id)"})
+    mask_prob: float = field(default=0.5, metadata={"help": "probability that a sample gets mask blocks"})
+    mask_random: bool = field(default=False, metadata={"help": "efficient mode: block size uniform in 1..k"})
+    mask_efficient_train: bool = field(default=False, metadata={"help": "multi-block mode instead of the faithful truncating mode"})
+    mask_blocks: int = field(default=4, metadata={"help": "efficient mode: mask blocks per sample"})
+    mask_diff: bool = field(default=False, metadata={"help": "distinct ids mask_id + j per slot"})
+    mask_loss_weight: float = field(default=1.0, metadata={"help": "loss weight of the mask (or SAT) predictions"})
+    sdsat: bool = field(default=False, metadata={"help": "SDSAT sample mode: adaptive-token spans instead of SPACE masks"})
+    sat_num: int = field(default=5, metadata={"help": "sdsat: longest span K_train (span sizes uniform in 1..K); the decoding k"})
+    sat_id: int | None = field(default=None, metadata={
+        "help": "sdsat: adaptive token id, or auto (default: the model's, else a new token)"})
+    sat_every: int = field(default=64, metadata={"help": "sdsat: one span per this many real tokens"})
+
+
+@dataclass
+class FinetuningArguments:
+    stage: str = field(default="sft", metadata={"help": "only 'sft' is implemented"})
+    finetuning_type: str = field(default="full", metadata={"help": "full or lora"})
+    lora_rank: int = field(default=8)
+    lora_alpha: float = field(default=16.0)
+    lora_dropout: float = field(default=0.0)
+    lora_target: str = field(default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj")
+    plot_loss: bool = field(default=False, metadata={"help": "save training_loss.png in output_dir"})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "start afresh even if output_dir holds checkpoints (else refuse, or resume)"}
+    )
+
+
+class TrainArguments(NamedTuple):
+    """Everything a run is given; unpacks as `model, data, finetuning, training`."""
+
+    model: ModelArguments
+    data: DataArguments
+    finetuning: FinetuningArguments
+    training: Seq2SeqTrainingArguments
+
+
+def parse_train_args(argv: Sequence[str]) -> TrainArguments:
+    """Flags, or a `.yaml`/`.json` config file first and flags after it (the flags win).
+
+    A launcher's `--local_rank=N` (DeepSpeed puts it before the script's own arguments) may precede the file.
+    """
+    argv = list(argv)
+    launcher = argv[:1] if argv and argv[0].startswith("--local_rank=") else []
+    flags = argv[len(launcher):]
+    if flags and flags[0].endswith(CONFIG_SUFFIXES):
+        return train_args_from(read_config(Path(flags[0])), launcher + flags[1:], source=flags[0])
+    return train_args_from({}, launcher + flags)
+
+
+def train_args_from(values: Mapping, flags: Sequence[str] = (), source: str = "train_sft.py") -> TrainArguments:
+    """Config values (flag names as keys) as the parser's defaults, then `flags` on top of them.
+
+    HfArgumentParser's own `parse_yaml_file`/`parse_dict` take no flags after the file; as defaults, the
+    file's values also get the same conversion as flags (YAML reads `5e-5` as a string, `1` as an int).
+    """
+    from transformers import Seq2SeqTrainingArguments
+
+    types = (ModelArguments, DataArguments, FinetuningArguments, Seq2SeqTrainingArguments)
+    known = {f.name for dataclass_type in types for f in dataclasses.fields(dataclass_type) if f.init}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise SpaceError(f"unknown key(s) in {source}: {unknown}; keys are train_sft.py flag names (see --help)")
+    defaults = {key: _auto_id(key, value) for key, value in values.items()}
+    flags, auto = _without_auto_ids(list(flags))
+    return TrainArguments(*parse_flags(types, flags, "train_sft.py", defaults={**defaults, **auto}))
+
+
+def parse_flags(types: tuple, argv: Sequence[str] | None, program: str, description: str | None = None,
+                defaults: Mapping | None = None) -> tuple:
+    """HfArgumentParser over `types` (argv None: sys.argv); an unknown flag is one SpaceError line."""
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(types, description=description)
+    if defaults:
+        # argparse converts string defaults exactly like flag values; scalars from a config file go the same way
+        parser.set_defaults(**{key: str(value) if isinstance(value, (bool, int, float)) else value
+                               for key, value in defaults.items()})
+    try:
+        return tuple(parser.parse_args_into_dataclasses(args=None if argv is None else list(argv), look_for_args_file=False))
+    except ValueError as error:
+        message = " ".join(str(error).split())
+        if "arguments are not used by the HfArgumentParser" in message:
+            unknown = message.rsplit(":", 1)[-1].strip()
+            raise SpaceError(f"unknown flag(s) for {program}: {unknown}; see --help") from error
+        raise SpaceError(f"{program}: {message}") from error
+
+
+def read_config(path: Path) -> dict:
+    """A config file's mapping of flag names to values."""
+    if not path.is_file():
+        raise SpaceError(f"config file not found: {path}")
+    if path.suffix == ".json":
+        values = json.loads(path.read_text())
+    else:
+        import yaml
+
+        values = yaml.safe_load(path.read_text())
+    if not isinstance(values, dict):
+        raise SpaceError(f"{path}: expected a mapping of flag names to values")
+    return values
+
+
+def _auto_id(key: str, value):
+    return None if key in AUTO_IDS and value == "auto" else value
+
+
+def _without_auto_ids(flags: list[str]) -> tuple[list[str], dict]:
+    """`--mask_id auto` / `--sat_id=auto` taken out of the flags and returned as `None` defaults."""
+    kept, auto = [], {}
+    i = 0
+    while i < len(flags):
+        name, _, inline = flags[i].partition("=")
+        key = name.removeprefix("--").replace("-", "_")
+        value = inline if inline else flags[i + 1] if i + 1 < len(flags) else None
+        if flags[i].startswith("--") and key in AUTO_IDS and value == "auto":
+            auto[key] = None
+            i += 1 if inline else 2
+            continue
+        kept.append(flags[i])
+        i += 1
+    return kept, auto

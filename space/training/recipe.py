@@ -1,0 +1,289 @@
+"""The SAR-SFT recipe: `train(args) -> Trainer`, from arguments to a saved model that decodes with no flags (SPACE §1).
+
+    from space.training import train
+    trainer = train(["configs/sft/llama2_7b.yaml", "--model_name_or_path", "/models/Llama-2-7b-hf"])
+
+Owns what a run does: the argument checks (stage, fine-tuning type, attention kernel against the
+sample mode, LoRA under ZeRO-3), the mask (or SDSAT adaptive) tokens, the masking config, LoRA, the
+static sample set, `SarTrainer`, resuming, and what is saved beside the model (tokenizer, `space.json`
+for an adapter, the loss plot). What a run is given lives in `space.training.arguments`.
+
+`--sdsat true` trains SDSAT's semantic adaptive tokens instead (spec §3.2, reconstructed): spans of
+`1..--sat_num` copies of one adaptive token after random real tokens, one per `--sat_every` real tokens;
+real tokens keep the plain AR loss and never see a span. SPACE's `--mask_*` flags are then ignored
+except `--mask_loss_weight` (the weight of the SAT predictions).
+
+DeepSpeed and peft are imported only by the runs that use them.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tqdm.auto import tqdm
+
+import space
+from space.errors import SpaceError
+from space.models import space_json_fields, write_space_json
+from space.tokens import SatSpec, add_sat_tokens, read_mask_spec, read_sat_spec, record_mask_spec, record_sat_spec
+from space.training.arguments import (
+    DataArguments,
+    FinetuningArguments,
+    ModelArguments,
+    TrainArguments,
+    parse_train_args,
+    train_args_from,
+)
+from space.training.collate import SarCollator
+from space.training.data import load_conversations
+from space.training.samples import MaskingConfig, build_sample
+from space.training.templates import get_template
+
+if TYPE_CHECKING:
+    from transformers import Trainer
+
+MASK_4D_ATTENTION = ("sdpa", "eager")  # the attention implementations that take a 4D additive float mask
+
+
+def train(args: TrainArguments | Sequence[str] | Mapping | str | os.PathLike, callbacks: list | None = None) -> Trainer:
+    """Run SAR-SFT and save the result in `output_dir`; returns the trainer (its model, state and dataset).
+
+    `args`: parsed `TrainArguments`, `train_sft.py` flags (a config file may come first), a dict of
+    flag names to values, or the path of a `.yaml`/`.json` config file.
+    """
+    from transformers import set_seed
+
+    from space.training.trainer import SarTrainer  # transformers' Trainer imports peft and accelerate
+
+    model_args, data_args, finetune_args, training_args = as_train_args(args)
+    check_arguments(data_args, finetune_args, model_args)
+    training_args.remove_unused_columns = False  # mask_offsets / position and segment ids reach compute_loss
+    set_seed(training_args.seed)
+    start_zero3_comm(training_args, finetune_args)
+
+    # no path: the embedded base itself ("smollm2"), never the shipped SPACE model built on it
+    model, tokenizer = space.load_model(model_args.model_name_or_path or "smollm2", attn_implementation=model_args.attn_implementation,
+                                        fast_cpu_linear=False)
+    tokenizer.padding_side = "right"
+    spec = ensure_sat_tokens(model, tokenizer, data_args) if data_args.sdsat else ensure_mask_tokens(model, tokenizer, data_args)
+    masking = masking_config(data_args, spec)
+    masking.validate()
+    train_dataset = build_dataset(tokenizer, data_args, masking, training_args.seed)
+
+    model.config.use_cache = False
+    if finetune_args.finetuning_type == "lora":
+        model = wrap_lora(model, finetune_args, spec)
+    else:
+        model = model.float()  # fp32 master weights; bf16 comes from the Trainer / DeepSpeed
+    if training_args.gradient_checkpointing:
+        model.enable_input_require_grads()
+    model.train()
+
+    trainer = SarTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        data_collator=SarCollator(pad_token_id=tokenizer.pad_token_id),
+        callbacks=callbacks,
+        mask_num=masking.mask_num,
+        mask_loss_weight=data_args.mask_loss_weight,
+    )
+    resume = resolve_resume(training_args, finetune_args.overwrite_output_dir)
+    result = trainer.train(resume_from_checkpoint=resume)
+    trainer.save_model(training_args.output_dir)
+    trainer.save_state()
+    trainer.log_metrics("train", result.metrics)
+    trainer.save_metrics("train", result.metrics)
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(training_args.output_dir)
+        if finetune_args.finetuning_type == "lora":
+            if not trainer.is_deepspeed_enabled or trainer.accelerator.deepspeed_config["zero_optimization"]["stage"] < 3:
+                # peft saves the whole resized embedding by default; the mask rows are already in the
+                # adapter (trainable tokens) and the rest is rebuilt at load time, so keep it small.
+                unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+                unwrapped.save_pretrained(training_args.output_dir, save_embedding_layers=False)
+            write_adapter_fields(training_args.output_dir, model_args.model_name_or_path, spec)
+        if finetune_args.plot_loss:
+            plot_loss(trainer.state.log_history, Path(training_args.output_dir) / "training_loss.png")
+    return trainer
+
+
+def as_train_args(args) -> TrainArguments:
+    if isinstance(args, TrainArguments):
+        return args
+    if isinstance(args, (str, os.PathLike)):
+        return parse_train_args([os.fspath(args)])
+    if isinstance(args, Mapping):
+        return train_args_from(args, source="the train() arguments")
+    return parse_train_args(args)
+
+
+def check_arguments(data_args: DataArguments, finetune_args: FinetuningArguments,
+                    model_args: ModelArguments | None = None) -> None:
+    if finetune_args.stage != "sft":
+        raise SpaceError(f"--stage {finetune_args.stage} is not supported; SAR-SFT is --stage sft")
+    if finetune_args.finetuning_type not in ("full", "lora"):
+        raise SpaceError(f"--finetuning_type must be full or lora (got {finetune_args.finetuning_type})")
+    get_template(data_args.template)
+    if model_args is not None:
+        check_attention(model_args.attn_implementation, data_args)
+
+
+def check_attention(attn_implementation: str, data_args: DataArguments) -> None:
+    """Multi-block and SDSAT samples carry private blocks, so the trainer feeds a 4D float mask; flash
+    and flex kernels take none and would fail deep in CUDA. The truncating mode is plain causal."""
+    multi_block = data_args.mask_efficient_train and data_args.mask_num > 0
+    mode = "--sdsat" if data_args.sdsat else "--mask_efficient_train" if multi_block else None
+    if mode and attn_implementation not in MASK_4D_ATTENTION:
+        raise SpaceError(
+            f"--attn_implementation {attn_implementation} cannot take the 4D attention mask of {mode} samples; "
+            f"use --attn_implementation sdpa (or eager), or the truncating mode, which keeps {attn_implementation}"
+        )
+
+
+def start_zero3_comm(training_args, finetune_args: FinetuningArguments) -> None:
+    """ZeRO-3 partitions the weights while they load (transformers wraps from_pretrained in zero.Init),
+    and zero.Init takes the world size from deepspeed.comm: accelerate starts it on GPUs, not under
+    --use_cpu, where each rank would think it is alone. Mask rows are then written through
+    `space.tokens.gathered`."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    if not is_deepspeed_zero3_enabled():
+        return
+    _ = training_args.device  # accelerate's process group first, as the Trainer would make it
+    if finetune_args.finetuning_type == "lora" and training_args.device.type != "cuda":
+        # peft gathers the trainable mask rows on CUDA only (TrainableTokensLayer._collect_token_weights)
+        raise SpaceError("LoRA under ZeRO-3 needs CUDA GPUs (peft's trainable tokens); on CPU use "
+                         "--deepspeed configs/deepspeed/zero2.json")
+    import deepspeed
+
+    deepspeed.init_distributed()
+
+
+def masking_config(data_args: DataArguments, spec) -> MaskingConfig:
+    """How samples get their placeholders: SDSAT spans of `spec.sat_id`, or SPACE masks of `spec.mask_id`."""
+    if data_args.sdsat:
+        return MaskingConfig(mask_num=spec.sat_num, mask_id=spec.sat_id, sdsat=True, sat_every=data_args.sat_every,
+                             cutoff_len=data_args.cutoff_len)
+    return MaskingConfig(
+        mask_num=data_args.mask_num, mask_id=spec.mask_id if spec else 0, mask_prob=data_args.mask_prob,
+        mask_diff=data_args.mask_diff, mask_random=data_args.mask_random, efficient=data_args.mask_efficient_train,
+        mask_blocks=data_args.mask_blocks, cutoff_len=data_args.cutoff_len,
+    )
+
+
+def ensure_mask_tokens(model, tokenizer, data_args: DataArguments):
+    """The model's mask spec, adding mask tokens first when the base has none."""
+    if data_args.mask_num == 0:
+        return read_mask_spec(model.config)
+    recorded = read_mask_spec(model.config)
+    if recorded is not None and (data_args.mask_id is None or data_args.mask_id == recorded.mask_id):
+        spec = space.MaskSpec(recorded.mask_id, data_args.mask_num, data_args.mask_diff)
+        spec.validate(model.config.vocab_size)
+        record_mask_spec(model.config, spec)
+        return spec
+    return space.add_mask_tokens(model, tokenizer, mask_num=data_args.mask_num, mask_id=data_args.mask_id,
+                                 mask_diff=data_args.mask_diff)
+
+
+def ensure_sat_tokens(model, tokenizer, data_args: DataArguments):
+    """SDSAT: the model's adaptive token (k set to --sat_num), adding one first when the base has none."""
+    recorded = read_sat_spec(model.config)
+    if recorded is not None and data_args.sat_id in (None, recorded.sat_id):
+        spec = SatSpec(recorded.sat_id, data_args.sat_num)
+        spec.validate(model.config.vocab_size)
+        record_sat_spec(model.config, spec)
+        return spec
+    return add_sat_tokens(model, tokenizer, sat_num=data_args.sat_num, sat_id=data_args.sat_id)
+
+
+def build_dataset(tokenizer, data_args: DataArguments, masking: MaskingConfig, seed: int) -> list[dict]:
+    """Every conversation encoded with the template and given its placeholders once (static masks)."""
+    conversations = load_conversations(data_args.dataset, data_args.dataset_dir)
+    if data_args.max_samples:
+        conversations = conversations[: data_args.max_samples]
+    template = get_template(data_args.template)
+    rng = random.Random(seed)  # static masks: drawn once, in dataset order
+    samples = []
+    for conversation in tqdm(conversations, desc="building SAR-SFT samples", disable=None):
+        pairs = template.encode(tokenizer, conversation.turns, conversation.system, conversation.unfinished)
+        samples.append(build_sample(pairs, masking, rng))
+    with_masks = sum(any(sample["mask_offsets"]) for sample in samples)
+    predictions = sum(sum(1 for j in sample["mask_offsets"] if 0 < j <= masking.mask_num) for sample in samples)
+    kind = "adaptive-token spans" if masking.sdsat else "mask blocks"
+    print(f"[train_sft] {len(samples)} samples, {with_masks} with {kind}, {predictions} placeholder predictions",
+          file=sys.stderr)
+    return samples
+
+
+def wrap_lora(model, finetune_args: FinetuningArguments, spec):
+    from peft import LoraConfig, get_peft_model
+
+    if spec is None:
+        raise SpaceError("LoRA SAR-SFT needs mask tokens; set --mask_num > 0 (they are added when the base lacks them)")
+    # The placeholder rows (SPACE masks or the SDSAT token) of the input embedding train; the rest stays frozen.
+    config = LoraConfig(
+        task_type="CAUSAL_LM",
+        r=finetune_args.lora_rank,
+        lora_alpha=finetune_args.lora_alpha,
+        lora_dropout=finetune_args.lora_dropout,
+        target_modules=[name.strip() for name in finetune_args.lora_target.split(",") if name.strip()],
+        trainable_token_indices=spec.ids,
+    )
+    model = get_peft_model(model.float(), config)
+    model.print_trainable_parameters()
+    return model
+
+
+def write_adapter_fields(output_dir: str, base: str | None, spec) -> None:
+    """Beside the adapter: the base it belongs to and the SPACE (or SDSAT) fields (an adapter has no model config)."""
+    write_space_json(output_dir, space_json_fields(base, spec))
+
+
+def resolve_resume(training_args, overwrite: bool) -> str | bool | None:
+    """`--resume_from_checkpoint last` (or true) resumes from the newest checkpoint in output_dir."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    value = training_args.resume_from_checkpoint
+    if value is None:
+        has_checkpoints = Path(training_args.output_dir).is_dir() and get_last_checkpoint(training_args.output_dir)
+        if has_checkpoints and not overwrite:
+            raise SpaceError(
+                f"{training_args.output_dir} already holds checkpoints: pass --resume_from_checkpoint last to "
+                "continue, or --overwrite_output_dir to start afresh"
+            )
+        return None
+    if str(value).lower() in ("last", "true"):
+        last = get_last_checkpoint(training_args.output_dir) if Path(training_args.output_dir).is_dir() else None
+        if last is None:
+            raise SpaceError(f"--resume_from_checkpoint {value}: no checkpoint-* folder in {training_args.output_dir}")
+        return last
+    if not Path(value).is_dir():
+        raise SpaceError(f"--resume_from_checkpoint: {value} is not a checkpoint folder")
+    return value
+
+
+def plot_loss(history: list[dict], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("[train_sft] matplotlib is not installed; skipping --plot_loss", file=sys.stderr)
+        return
+    points = [(entry["step"], entry["loss"]) for entry in history if "loss" in entry]
+    if not points:
+        return
+    figure, axis = plt.subplots(figsize=(6, 4))
+    axis.plot(*zip(*points))
+    axis.set_xlabel("step")
+    axis.set_ylabel("training loss")
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
