@@ -1,4 +1,4 @@
-"""SAR-SFT: fine-tune a causal LM with mask tokens so one forward predicts the next k tokens (SPACE §1).
+"""SAR-SFT: fine-tune a causal LM with mask tokens so one forward predicts the next k tokens (docs/spec/SPACE.md §1).
 
 Accepts the original script's flags (`--stage sft --model_name_or_path --do_train --dataset
 --template --finetuning_type {full,lora} --cutoff_len --mask_num --mask_prob --mask_random
@@ -16,7 +16,7 @@ The output directory is ready for `space.decode` with no flags: model (or LoRA a
 `space.json`), tokenizer, and `mask_id` / `mask_num` / `mask_diff` in the config. `--mask_id auto`
 keeps the model's recorded mask id, or takes the first free id.
 
-`--sdsat true` trains SDSAT's semantic adaptive tokens instead (spec §3.2, reconstructed): spans of
+`--sdsat true` trains SDSAT's semantic adaptive tokens instead (docs/spec/SDSAT.md §3.2, reconstructed): spans of
 `1..--sat_num` copies of one adaptive token (`--sat_id`, default a new token) after random real tokens,
 one per `--sat_every` real tokens; real tokens keep the plain AR loss and never see a span. The output
 records `sat_id` / `sat_num` for `space.decode(..., "sdsat")`; SPACE's `--mask_*` flags are ignored

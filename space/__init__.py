@@ -1,11 +1,18 @@
 """space: lossless single-model speculative decoding (SPACE and friends) for LLaMA-family models.
 
     import space
-    model, tokenizer = space.load_model()                      # SmolLM2-135M-Instruct from its GGUF
-    space.add_mask_tokens(model, tokenizer, mask_num=3)        # untrained masks: lossless, just slow
+    model, tokenizer = space.load_model()      # the shipped SPACE model: SmolLM2-135M-Instruct + trained masks
     ids = tokenizer("def fib(n):", return_tensors="pt").input_ids
     result = space.decode(model, ids, method="space", max_new_tokens=64)
     print(tokenizer.decode(result.tokens), result.stats.mean_tokens_per_step)
+
+A base model without mask tokens (e.g. `space.load_model("smollm2")`) gets them from
+`space.add_mask_tokens(...)` before training (`space.training.train`); decoding with untrained masks
+is still lossless, but few drafts are accepted.
+
+Layout: this folder is the spine (errors, io, models, tokens, cache, layout, window, fast_linear,
+skip_layers, testing); `space.decoding` holds the decoders, `space.training` SAR-SFT training and
+`space.eval` the evaluation harness.
 """
 
 from space.decoding import DECODERS, DecodeOptions, DecodeResult, DecodeStats, decode

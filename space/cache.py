@@ -1,6 +1,7 @@
 """A preallocated KV cache that can drop and compact entries in place, and the name it is passed under.
 
-This is the one module that knows the transformers Cache API. transformers 5.24 renamed the forward
+This is the one module that implements the transformers Cache API (`space.decoding.hf` only reads a
+cache's length). transformers 5.24 renamed the forward
 argument `past_key_values` to `cache` (the old name is accepted through a shim until 5.40); a cache
 passed under a name the model does not take would be silently ignored, so `cache_kwargs` reads the
 name off the module's own signature and `passed_cache` reads either name back. Speculative decoders feed a chunk of

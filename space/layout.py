@@ -1,4 +1,4 @@
-"""The per-step input layout of SPACE auto-correct decoding (spec §3.2), as pure functions.
+"""The per-step input layout of SPACE auto-correct decoding (docs/spec/SPACE.md §3.2), as pure functions.
 
 One step extends the `n` committed tokens with `k` candidates and `k+1` private groups of `k` masks:
 

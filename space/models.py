@@ -220,11 +220,6 @@ def _is_adapter_dir(path: Path) -> bool:
     return (path / "adapter_config.json").is_file() and not (path / "config.json").is_file()
 
 
-def adapter_fields(adapter_dir: Path) -> dict:
-    """SPACE (and SDSAT) fields saved beside an adapter (`space.json`, written by the training recipe)."""
-    return _config_fields(_read_fields_file(adapter_dir))
-
-
 def _read_fields_file(adapter_dir: Path) -> dict:
     path = Path(adapter_dir) / ADAPTER_FIELDS_FILE
     if not path.is_file():

@@ -1,4 +1,4 @@
-"""Layer skipping for self-speculative decoding (spec §3, §9): the skip-set file and the draft forward.
+"""Layer skipping for self-speculative decoding (docs/spec/SELF_SPECULATIVE.md §3, §9): skip-set file, draft forward.
 
 * `SkipLayers`: which attention and MLP sub-blocks the draft bypasses (0-based layer indices).
 * `load_skip_file` / `save_skip_file` / `select_entry`: `skip_layers.json` in the original format,
@@ -8,7 +8,10 @@
   `self_attn`, `post_attention_layernorm`, `mlp`), bypassing the chosen sub-blocks. No patched
   modeling file and no state on the model, so the same weights serve draft and verification.
 
-This module and `space.cache` are the only ones that know HF internals beyond `Model`.
+HF internals stay in a few modules, one concern each: `space.cache` (the Cache API), this module (the
+decoder-layer loop), `space.window` (sliding-window config fields), `space.decoding.common.Model` (the
+backbone call with a 4D mask), `space.decoding.hf` (a forward hook around `generate`),
+`space.training.trainer` (Trainer hooks) and `space.models` (GGUF and peft loading).
 It does not decode; `space.decoding.self_spec` does.
 """
 

@@ -28,7 +28,7 @@ SDSAT's semantic adaptive tokens (SATs) use the same machinery under their own c
 (`sat_id`, `sat_num`), so one model can carry both: `SatSpec`, `add_sat_tokens`, `resolve_sat_spec`.
 SDSAT repeats one id k times (the released CodeLlama models use the existing id 32011).
 
-The original SPACE code never resized the vocabulary (spec §1.6); mean initialisation is our
+The original SPACE code never resized the vocabulary (docs/spec/SPACE.md §1.6); mean initialisation is our
 deterministic choice for rows whose original initialisation is unknown.
 """
 

@@ -1,4 +1,4 @@
-"""The SPACE step layout against the spec's worked example (§3.7) and its own invariants."""
+"""The SPACE step layout against the worked example of docs/spec/SPACE.md §3.7 and its own invariants."""
 
 import torch
 

@@ -1,4 +1,4 @@
-"""SAR-SFT sample construction (spec §1.4, §1.5), the collator's attention pattern, and the loss."""
+"""SAR-SFT sample construction (docs/spec/SPACE.md §1.4, §1.5), the collator's attention pattern, and the loss."""
 
 import pytest
 import torch

@@ -1,16 +1,23 @@
 """Scripts run in-process through their `main(argv)` on tiny models."""
 
 import json
-import sys
+import runpy
 from pathlib import Path
 
 import pytest
 
+from space.eval.compare import compare, parse_compare_args
 from space.testing import tiny_llama, tiny_tokenizer
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+GENERATE = Path(__file__).resolve().parents[1] / "scripts" / "generate.py"
 
-import generate  # noqa: E402
+
+class generate:
+    """`scripts/generate.py`'s `main(argv)`, loaded from the file (the script is a thin wrapper of the library)."""
+
+    @staticmethod
+    def main(argv):
+        return runpy.run_path(str(GENERATE), run_name="generate")["main"](argv)
 
 
 @pytest.fixture
@@ -37,3 +44,12 @@ def test_generate_rejects_unknown_method_and_bad_boolean(tiny_dir):
         generate.main(["--llm_dir", str(tiny_dir), "--methods", "space,foo"])
     with pytest.raises(SystemExit):
         generate.main(["--llm_dir", str(tiny_dir), "--use_cache", "maybe"])
+
+
+def test_generate_script_is_the_library_comparison(tiny_dir, capsys):
+    argv = ["--llm_dir", str(tiny_dir), "--prompt", "tok5 tok6", "--chat", "false", "--methods", "space,ar",
+            "--max_new_tokens", "6"]
+    from_library = compare(parse_compare_args(argv))
+    from_script = generate.main(argv)
+    assert {m: r["tokens"] for m, r in from_library.items()} == {m: r["tokens"] for m, r in from_script.items()}
+    assert "=== space: 6 tokens" in capsys.readouterr().out

@@ -3,8 +3,6 @@ adaptive tokens, SDSAT sample construction, in-process training and the CLI wiri
 
 import itertools
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,15 +15,12 @@ from space.decoding.sdsat import build_tree
 from space.training.samples import IGNORE, MaskingConfig, build_sample
 from space.testing import DraftOracle, chi_square_p_value, exact_joint, tiny_llama, tiny_text_tokenizer
 from space.tokens import SAT_TOKEN, SatSpec, add_sat_tokens, read_sat_spec
+from space.eval import evaluate
+from space.eval.flags import parse_eval_args
 from space.training import train
 from tests.conftest import capture_caches, random_prompt
 from tests.test_samples import ScriptedRandom, model_logits
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-
-import eval_infer  # noqa: E402
-from tests.test_train import make_base, make_dataset  # noqa: E402
+from tests.test_train import make_base, make_dataset
 
 # 60 combinations: seed x k x cache x kv heads x EOS placement x prompt length
 CASES = [
@@ -177,7 +172,7 @@ SPEC_TREES = {5: ([4, 8, 8, 5, 3], 17), 7: ([4, 8, 8, 6, 5, 3, 2], 21), 9: ([4, 
 def test_tree_buffers(depth):
     tree = build_tree(depth)
     per_depth = [int((tree.depth == d).sum()) for d in range(1, depth + 1)]
-    if depth in SPEC_TREES:  # spec §5.2's table
+    if depth in SPEC_TREES:  # the table of docs/spec/SDSAT.md §5.2
         assert (per_depth, tree.paths.shape[0]) == SPEC_TREES[depth]
     assert tree.depth[0] == 0 and tree.paths.shape[1] == depth + 1
     # parent of each node: the deepest other node it attends to; attention = root + ancestors + itself
@@ -257,7 +252,7 @@ def sampled_counts(model, mode, processing) -> dict[tuple, int]:
 def test_exact_mode_reproduces_the_model_distribution_and_original_does_not(processing):
     """Chi-square of the first 2, 3 and 4 tokens against the enumerated distribution. The SAT is untrained
     here (a random row): exactness must not depend on draft quality. The first two tokens are where the
-    tree's sample-and-match favours drafted tokens (spec §5.4), so the original rule fails there."""
+    tree's sample-and-match favours drafted tokens (docs/spec/SDSAT.md §5.4), so the original rule fails there."""
     model = tiny_llama(seed=5, vocab_size=VOCAB, hidden_size=32, sat_num=2)
     truth = exact_joint(model, PROMPT, LENGTH, **{key: value for key, value in processing.items() if key != "use_cache"})
     exact = sampled_counts(model, "exact", processing)
@@ -489,11 +484,16 @@ def test_eval_cli_runs_sdsat_variants_and_names_a_missing_token(eval_dir, tmp_pa
     cli = ["--llm_dir", str(eval_dir), "--dataset", "human_eval", "--num_samples", "1", "--max_new_tokens", "10",
            "--output_dir", str(tmp_path / "run"), "--progress", "false", "--warmup", "0", "--pass_at_k", "false"]
     with pytest.raises(space.SpaceError, match="has no SDSAT adaptive token recorded"):
-        eval_infer.main(cli + ["--methods", "sdsat,ar"])
+        evaluate_cli(cli + ["--methods", "sdsat,ar"])
     with pytest.raises(space.SpaceError, match=r"unknown method\(s\) \['sdsat@x'\]"):
-        eval_infer.main(cli + ["--methods", "sdsat@x,ar"])
-    summary = eval_infer.main(cli + ["--methods", "sdsat,sdsat@2,ar", "--sat_id", "320", "--sat_num", "4"])
+        evaluate_cli(cli + ["--methods", "sdsat@x,ar"])
+    summary = evaluate_cli(cli + ["--methods", "sdsat,sdsat@2,ar", "--sat_id", "320", "--sat_num", "4"])
     for method in ("sdsat", "sdsat@2"):
         assert summary["methods"][method]["identity_rate"] == 1.0
     config = json.loads((tmp_path / "run" / "run_config.json").read_text())
     assert config["options"]["sdsat"]["sat_num"] == 4 and config["options"]["sdsat@2"]["sat_num"] == 2
+
+
+def evaluate_cli(argv: list[str]) -> dict:
+    """What `scripts/eval_infer.py` does with these flags."""
+    return evaluate(parse_eval_args(argv))

@@ -11,9 +11,10 @@ device, output buffer, KV cache, generator, stats), `Run.unseen` (the input the 
 one `Model.hidden` forward, `space.decoding.verify.accept` (the acceptance rule the options select),
 `Run.commit` (append, cut at EOS / the budget, record the stats), then the cache update and the draft.
 
-The model is used through three HF calls only, so any LLaMA-family `*ForCausalLM` works unchanged:
-`model.get_decoder()` (the backbone, fed a 4D float mask and explicit position ids),
-`model.get_output_embeddings()` (lm_head, applied only to the rows a method reads), `model.config`.
+The model is used through public HF attributes only, so any LLaMA-family `*ForCausalLM` works unchanged:
+`get_decoder()` (the backbone, fed a 4D float mask and explicit position ids), `get_output_embeddings()`
+(lm_head, applied only to the rows a method reads), `get_input_embeddings()` (device and dtype),
+`config` (with `_attn_implementation`), `generation_config` (EOS) and `hf_device_map` (the one-device check).
 """
 
 from __future__ import annotations

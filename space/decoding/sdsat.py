@@ -1,4 +1,4 @@
-"""SDSAT two-step decoding (Liu & Zhu 2024, arXiv 2403.18647; spec §4-§5): draft with adaptive tokens, then verify.
+"""SDSAT decoding (Liu & Zhu 2024, arXiv 2403.18647; docs/spec/SDSAT.md §4-§5): draft with adaptive tokens, then verify.
 
 A model fine-tuned with semantic adaptive tokens (SATs, `space.tokens.SatSpec`) predicts future tokens at
 SAT positions. Each round costs two forwards of the same model:
@@ -21,11 +21,11 @@ Sampling (`sampling_mode`):
 * "exact" (default): drafts are sampled from the SAT rows' distributions `q_j` (the target's
   temperature, top-k and top-p) and verified by speculative sampling. A SAT row does not depend on the
   drafts before it, which speculative sampling allows; the output is distributed as sampling from the
-  model (spec §5.4 [ours], chain form).
-* "original": the reference's token tree (spec §5.2-§5.3): a fixed template per depth, the nodes of a
+  model (docs/spec/SDSAT.md §5.4 [ours], chain form).
+* "original": the reference's token tree (docs/spec/SDSAT.md §5.2-§5.3): a fixed template per depth, the nodes of a
   depth taken from that depth's candidates (drawn without replacement), all paths scored in one
   tree-masked forward, and *sample-and-match* acceptance: an independent target draw per path and
-  position, the longest matching path wins. Biased toward drafted tokens (§5.4); kept for comparison.
+  position, the longest matching path wins. Biased toward drafted tokens (docs/spec/SDSAT.md §5.4); kept for comparison.
   Fixed here: one temperature/top-k/top-p everywhere (the reference drops top-k when verifying), no
   failure when fewer tokens survive filtering than candidates are needed, padded path slots never match
   (the reference's -1 padding can match the last node), and EOS cuts the output.
@@ -206,7 +206,7 @@ def _candidates(probs: torch.Tensor, count: int, generator) -> torch.Tensor:
 
 def _verify_tree(target: Model, tree: Tree, candidates: list[torch.Tensor], out: Output, n: int,
                  cache: CompactCache | None, process, generator) -> tuple[list[int], int, torch.Tensor]:
-    """Score the tree rooted at t = x_n in one forward; sample-and-match along every path (spec §5.3)."""
+    """Score the tree rooted at t = x_n in one forward; sample-and-match along every path (docs/spec/SDSAT.md §5.3)."""
     device = target.device
     depth, paths = tree.depth.to(device), tree.paths.to(device)
     tokens = torch.stack([candidates[d][i] for d, i in zip(tree.depth.tolist(), tree.index.tolist())])  # [T]

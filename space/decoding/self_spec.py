@@ -1,4 +1,4 @@
-"""Self-speculative decoding (Draft & Verify; Zhang et al., ACL 2024, arXiv 2309.08168; spec §4-§7).
+"""Self-speculative decoding (Draft & Verify; Zhang et al., arXiv 2309.08168; docs/spec/SELF_SPECULATIVE.md §4-§7).
 
 One model plays both roles. Each round:
 

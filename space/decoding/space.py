@@ -1,4 +1,4 @@
-"""SPACE auto-correct decoding (Yi et al. 2024; spec §3): verify k candidates and draft k more per forward.
+"""SPACE auto-correct decoding (Yi et al. 2024; docs/spec/SPACE.md §3): verify k candidates, draft k more per forward.
 
 Each step feeds the last committed token, the k candidates of the previous step and k+1 private
 groups of k masks (layout in `space.layout`). In one forward:

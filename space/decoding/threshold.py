@@ -1,4 +1,4 @@
-"""Adaptive draft-exiting (Draft & Verify, spec §6): the confidence threshold γ and its update rule.
+"""Adaptive draft exiting (docs/spec/SELF_SPECULATIVE.md §6): the confidence threshold γ and its update rule.
 
 Drafting stops after the first draft token whose top-1 probability is below γ. After each round,
 with `a` of `n` drafts accepted, γ moves toward a target acceptance rate α:
@@ -82,7 +82,7 @@ def clamp(gamma: float) -> float:
 
 def update_threshold(state: ThresholdState, accepted: int, drafted: int, max_draft: int,
                      params: AutoParameters, adaptive: bool = True) -> None:
-    """Record one round (`accepted` of `drafted` drafts) and, if `adaptive`, move γ (spec §6)."""
+    """Record a round (`accepted` of `drafted`) and, if `adaptive`, move γ (docs/spec/SELF_SPECULATIVE.md §6)."""
     if drafted < 1:
         return  # a round without drafts (prefill, last token of the budget) says nothing about γ
     state.rounds += 1

@@ -6,7 +6,7 @@
   `x_i ~ q_i` is kept with probability `min(1, p_i(x_i) / q_i(x_i))`; at the first rejection the
   replacement is drawn from `norm(max(0, p_i - q_i))`; after all k, the bonus from `p_k`. The output
   is distributed exactly as sampling from `p`.
-* `original_accept`: SPACE's published rule (spec §3.4): keep `x_i` when `u <= p_i(x_i) / q_i(x_i)`,
+* `original_accept`: SPACE's published rule (docs/spec/SPACE.md §3.4): keep `x_i` when `u <= p_i(x_i) / q_i(x_i)`,
   but draw the replacement from `p_a` itself, not from the residual. Biased; kept for comparison.
 
 Shapes: `p` is `[k+1, V]` (target distributions at the k draft positions and one past them), `q`

@@ -2,7 +2,7 @@
 
 | name | source | turns | quality |
 |---|---|---|---|
-| `human_eval` | vendored HumanEval-X Python, the original instruction prompt (spec §4.2) | 1 | pass@1 |
+| `human_eval` | vendored HumanEval-X Python, the original instruction prompt (docs/spec/SPACE.md §4.2) | 1 | pass@1 |
 | `humaneval-x-{python,cpp,java,js,go}` | vendored HumanEval-X, the same instruction per language | 1 | pass@1 |
 | `mt-bench` | FastChat `question.jsonl` (`--data_path`) or a hub name | 2 | per-category speed |
 | `cip` | chatbot instruction prompts, first 100 `prompt`s (`--data_path` or hub) | 1 | - |
@@ -30,7 +30,7 @@ FENCES = {"python": "python", "cpp": "cpp", "java": "java", "js": "javascript", 
 ORIGINAL_HUMANEVAL_INSTRUCTION = (
     "Complete the following python code. Give the answer in a code block starts with '```python' and end with '``'"
 )
-# The original's generation budget per dataset (spec §4.2); xsum is ours.
+# The original's generation budget per dataset (docs/spec/SPACE.md §4.2); xsum is ours.
 DEFAULT_MAX_NEW_TOKENS = {"human_eval": 1024, "humaneval-x": 1024, "mt-bench": 1024, "cip": 512, "xsum": 128}
 HUB_NAMES = {"mt-bench": "HuggingFaceH4/mt_bench_prompts", "cip": "alespalla/chatbot_instruction_prompts",
              "xsum": "EdinburghNLP/xsum"}

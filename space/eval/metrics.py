@@ -7,7 +7,7 @@ every method. Two families:
 * clean, per method: tokens/s (total tokens / total seconds), speedup against each baseline
   (ratio of tokens/s), mean tokens per step (tokens / target forwards), target forwards, and
   `identity_rate` (share of answers whose ids equal the AR answer's);
-* the original's (spec §4.4), for one method against one baseline: `time_percentage`,
+* the original's (docs/spec/SPACE.md §4.4), for one method against one baseline: `time_percentage`,
   `speedup_sum`, `speedup_avg`, avg tokens per step and the 1..k+1 histogram, with tokens counted
   the original way (`len(tokenizer.encode(text)) + 1`), and the same again on the answers that pass
   the repetition filter (word repetition ratio of the baseline's answer <= 3.5).

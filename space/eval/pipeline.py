@@ -108,28 +108,37 @@ def _valid_label(label: str) -> bool:
 
 def prepare_masks(model, tokenizer, args: EvalArgs, methods: list[str]) -> str | None:
     """Check SPACE can run before any timing; give the embedded base model untrained masks if needed."""
-    if not any(harness.decoder_name(m) == "space" for m in methods):
-        return None
-    note = None
-    if space.read_mask_spec(model.config) is None and is_embedded(args.llm_dir) and args.mask_id is None:
-        space.add_mask_tokens(model, tokenizer, mask_num=args.mask_num or 3)
-        note = ("note: the embedded SmolLM2-135M-Instruct has no trained mask tokens here; untrained ones were added, "
-                "so SPACE output equals AR but few drafts are accepted")
-    resolve_mask_spec(model.config, args.mask_id, args.mask_num, args.mask_diff)  # one clear error if unusable
-    return note
+    return _prepare_draft_tokens(
+        model, "space", methods, recorded=space.read_mask_spec(model.config), requested=args.mask_id,
+        add=lambda: space.add_mask_tokens(model, tokenizer, mask_num=args.mask_num or 3),
+        check=lambda: resolve_mask_spec(model.config, args.mask_id, args.mask_num, args.mask_diff),
+        embedded=is_embedded(args.llm_dir),
+        note="the embedded SmolLM2-135M-Instruct has no trained mask tokens here; untrained ones were added, "
+             "so SPACE output equals AR but few drafts are accepted")
 
 
 def prepare_sats(model, tokenizer, args: EvalArgs, methods: list[str]) -> str | None:
     """Check SDSAT can run before any timing; give the embedded model an untrained adaptive token if needed."""
-    if not any(harness.decoder_name(m) == "sdsat" for m in methods):
+    return _prepare_draft_tokens(
+        model, "sdsat", methods, recorded=space.read_sat_spec(model.config), requested=args.sat_id,
+        add=lambda: space.add_sat_tokens(model, tokenizer, sat_num=args.sat_num or 5),
+        check=lambda: resolve_sat_spec(model.config, args.sat_id, args.sat_num),
+        embedded=is_embedded(args.llm_dir),
+        note="the embedded model has no trained SDSAT adaptive token here; an untrained one was added, "
+             "so SDSAT output equals AR but few drafts are accepted")
+
+
+def _prepare_draft_tokens(model, method: str, methods: list[str], recorded, requested, add, check, embedded: bool,
+                          note: str) -> str | None:
+    """The tokens `method` drafts with: untrained ones for the embedded base when it has none and no id was
+    given (lossless, just slow; the returned note says so), then one clear error if they are unusable."""
+    if not any(harness.decoder_name(m) == method for m in methods):
         return None
-    note = None
-    if space.read_sat_spec(model.config) is None and is_embedded(args.llm_dir) and args.sat_id is None:
-        space.add_sat_tokens(model, tokenizer, sat_num=args.sat_num or 5)
-        note = ("note: the embedded model has no trained SDSAT adaptive token here; an untrained one was added, "
-                "so SDSAT output equals AR but few drafts are accepted")
-    resolve_sat_spec(model.config, args.sat_id, args.sat_num)  # one clear error if unusable
-    return note
+    added = recorded is None and embedded and requested is None
+    if added:
+        add()
+    check()
+    return f"note: {note}" if added else None
 
 
 def prepare_skip_layers(model, args: EvalArgs, methods: list[str]) -> dict | None:

@@ -1,6 +1,6 @@
 """Model input text for a conversation, per prompt style.
 
-* `original` (spec §4.2): the original eval strings per `--model_type`: `llama` is the Vicuna system
+* `original` (docs/spec/SPACE.md §4.2): the original eval strings per `--model_type`: `llama` is the Vicuna system
   sentence, `"\\nHuman:" + text + "\\nAssistant:"` (no space after `Human:`, no trailing space: it
   differs from the training template, faithfully); `llama-2-chat` uses `[INST]...[/INST]` with a
   `<<SYS>>` block and ` </s><s>` between turns; `qwen` ChatML; `chatglm` `[Round i]\\n\\n问：...\\n\\n答：`.

@@ -8,7 +8,7 @@ next skip set and keeps the resumable trial log. Before the search: a warm-up, t
 up front). After it, the best set is written into `args.output` (the original `skip_layers.json`
 format; other entries are kept).
 
-The optimum depends on the hardware and software stack (spec §8.3): search on the machine you will
+The optimum depends on the hardware and software stack (docs/spec/SELF_SPECULATIVE.md §8.3): search on the machine you will
 decode on, with the dtype and device you will use.
 """
 

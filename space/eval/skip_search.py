@@ -1,4 +1,4 @@
-"""Search the skip set of self-speculative decoding by Bayesian optimisation (spec §8).
+"""Search the skip set of self-speculative decoding by Bayesian optimisation (docs/spec/SELF_SPECULATIVE.md §8).
 
 The search space is the 2L bits "skip attention of layer i" / "skip MLP of layer i"; the objective
 (maximised) is a black box, normally the measured tokens/s of greedy `self_spec` on calibration

@@ -1,4 +1,4 @@
-"""The SAR-SFT loss (spec §1.7), pure: weighted token cross-entropy plus per-offset mask metrics.
+"""The SAR-SFT loss (docs/spec/SPACE.md §1.7), pure: weighted token cross-entropy plus per-offset mask metrics.
 
 `loss = sum(w * ce) / count(labelled tokens)`, over shifted logits and labels, where `w` is
 `mask_loss_weight` at logits whose *input* token is a mask (`mask_offsets > 0`; this covers every id

@@ -1,4 +1,5 @@
-"""The SAR-SFT recipe: `train(args) -> Trainer`, from arguments to a saved model that decodes with no flags (SPACE §1).
+"""The SAR-SFT recipe (docs/spec/SPACE.md §1): `train(args) -> Trainer`, from arguments to a saved model
+that decodes with no flags.
 
     from space.training import train
     trainer = train(["configs/sft/llama2_7b.yaml", "--model_name_or_path", "/models/Llama-2-7b-hf"])
@@ -8,7 +9,7 @@ sample mode, LoRA under ZeRO-3), the mask (or SDSAT adaptive) tokens, the maskin
 static sample set, `SarTrainer`, resuming, and what is saved beside the model (tokenizer, `space.json`
 for an adapter, the loss plot). What a run is given lives in `space.training.arguments`.
 
-`--sdsat true` trains SDSAT's semantic adaptive tokens instead (spec §3.2, reconstructed): spans of
+`--sdsat true` trains SDSAT's semantic adaptive tokens instead (docs/spec/SDSAT.md §3.2, reconstructed): spans of
 `1..--sat_num` copies of one adaptive token after random real tokens, one per `--sat_every` real tokens;
 real tokens keep the plain AR loss and never see a span. SPACE's `--mask_*` flags are then ignored
 except `--mask_loss_weight` (the weight of the SAT predictions).

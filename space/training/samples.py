@@ -1,4 +1,4 @@
-"""Semi-autoregressive SFT samples (SAR-SFT, spec §1.4-§1.5): encoded turns -> model inputs with mask blocks.
+"""SAR-SFT samples (docs/spec/SPACE.md §1.4-§1.5): encoded turns -> model inputs with mask blocks.
 
 Labels are aligned with the inputs (HF convention: the logit at index i is scored against
 `labels[i+1]`). A block of masks placed after the context `x_<p` holds `M_1 .. M_{k+1}` at positions
@@ -8,16 +8,16 @@ target; it only carries the label slot of `M_k`.
 
 Three modes:
 
-* **truncating** (faithful default, §1.4): turns are processed in order; the first turn with
+* **truncating** (faithful default, docs/spec/SPACE.md §1.4): turns are processed in order; the first turn with
   `U(0,1) <= mask_prob` and a response of at least k+1 tokens is cut at `s ~ randint(0, len-k-1)`,
   gets one block of k+1 masks (labels `y_0 .. y_{s+k}`), and every later turn is dropped.
-* **efficient** (multi-block, §1.5 with its bugs fixed): the whole conversation keeps its AR
+* **efficient** (multi-block, docs/spec/SPACE.md §1.5 with its bugs fixed): the whole conversation keeps its AR
   labels and `mask_blocks` private blocks are appended, each attending only to its own prefix at
   the right positions. The fixes: eligibility and cut points come from every turn's responses (not
   the last turn's length), all k targets must be response tokens (no -100 across turn
   boundaries), blocks are reserved inside `cutoff_len` (never cut away), `mask_random` appends
   `kk+1` masks for `kk` targets, and candidates are found in O(L).
-* **sdsat** (SDSAT, spec §3.2, reconstructed: the paper's recipe is unpublished): the whole
+* **sdsat** (SDSAT, docs/spec/SDSAT.md §3.2, reconstructed: the paper's recipe is unpublished): the whole
   conversation keeps its AR labels, and one span of `kk ~ U{1..k}` adaptive tokens per `sat_every`
   (64) real tokens is placed at random eligible points, in the room `cutoff_len` leaves (at least one
   span per sample, for which the tail is clipped if needed). A span after real token `x_m` holds
@@ -84,7 +84,7 @@ class MaskingConfig:
 
 
 def truncate_turns(pairs: list[EncodedTurn], cutoff_len: int) -> list[EncodedTurn]:
-    """Clip each turn's source and target in proportion to their lengths (LLaMA-Factory 0.2, spec §1.3)."""
+    """Clip each turn's source and target in proportion (LLaMA-Factory 0.2, docs/spec/SPACE.md §1.3)."""
     clipped = []
     for source, target in pairs:
         total = len(source) + len(target)

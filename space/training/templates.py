@@ -1,6 +1,7 @@
 """Prompt templates for SFT: conversation turns -> `(source_ids, target_ids)` pairs, one per turn.
 
-* `default`: the SPACE recipe's template (spec §1.3): turn 0 is `[BOS] system "\\n" "Human: {q}\\nAssistant: "`,
+* `default`: the SPACE recipe's template (docs/spec/SPACE.md §1.3): turn 0 is
+  `[BOS] system "\\n" "Human: {q}\\nAssistant: "`,
   later turns `"\\n" [BOS] "Human: {q}\\nAssistant: "`; the target is the response followed by EOS.
 * `vicuna`: the same structure with `"USER: {q} ASSISTANT: "` and no separator (LLaMA-Factory 0.2).
 * `chat_template`: the tokenizer's own chat template, cut into per-turn pieces.

@@ -1,0 +1,93 @@
+"""One prompt, several methods, side by side: text, speed, tokens per step and identity with AR.
+
+The quick comparison behind `scripts/generate.py` (the evaluation harness does the same over datasets,
+interleaved and resumable). Timing lives here, never in a decoder.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+from transformers import HfArgumentParser
+
+import space
+from space.decoding import option_names
+from space.io import write_json
+
+
+@dataclass
+class GenerateArguments:
+    llm_dir: str | None = field(default=None, metadata={"help": "HF dir, hub name or .gguf file (default: embedded SmolLM2-135M)"})
+    adapter: str | None = field(default=None, metadata={"help": "peft adapter directory applied on top of --llm_dir"})
+    prompt: str = "Write a Python function that checks whether a number is prime."
+    chat: bool = field(default=True, metadata={"help": "wrap the prompt in the tokenizer's chat template"})
+    methods: str = "space,ar,hf"
+    mask_num: int | None = field(default=None, metadata={"help": "k (default: the model config, else 3)"})
+    max_new_tokens: int = 128
+    use_cache: bool = True
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    sampling_mode: Literal["exact", "original"] = field(default="exact", metadata={"help": "space and sdsat"})
+    seed: int = 0
+    dtype: str = "float32"
+    device: str = "cpu"
+    output: str | None = field(default=None, metadata={"help": "write the results as JSON here"})
+
+
+def parse_compare_args(argv=None, description: str | None = None) -> GenerateArguments:
+    """`--flag value` (booleans as true/false); an unknown flag exits with argparse's usage line."""
+    parser = HfArgumentParser(GenerateArguments, description=description)
+    return GenerateArguments(**vars(parser.parse_args(argv)))
+
+
+def decode_options(args: GenerateArguments, method: str) -> dict:
+    """The options `method` takes, from the flags (`--mask_num` only when given)."""
+    options = {name: value for name, value in asdict(args).items() if name in option_names(method)}
+    if args.mask_num is None:
+        options.pop("mask_num", None)
+    return options
+
+
+def compare(args: GenerateArguments) -> dict:
+    """Answer `args.prompt` with each method (after an untimed warm-up); per method its text, tokens, time,
+    steps and, in greedy mode, whether it equals AR token for token."""
+    methods = [m for m in args.methods.split(",") if m]
+    for method in methods:
+        if method not in space.DECODERS:
+            raise space.SpaceError(f"unknown method {method!r} in --methods; available: {sorted(space.DECODERS)}")
+    model, tokenizer = space.load_model(args.llm_dir, adapter=args.adapter, dtype=args.dtype, device=args.device)
+    if "space" in methods and space.read_mask_spec(model.config) is None and args.llm_dir in (None, "smollm2"):
+        space.add_mask_tokens(model, tokenizer, mask_num=args.mask_num or 3)
+        print("note: the embedded model has no trained mask tokens; untrained ones were added "
+              "(output is identical to AR, but few drafts are accepted)", file=sys.stderr)
+    text = args.prompt
+    if args.chat and tokenizer.chat_template:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
+    input_ids = tokenizer(text, return_tensors="pt").input_ids
+
+    results = {}
+    for method in methods:
+        options = decode_options(args, method)
+        space.decode(model, input_ids, method, **dict(options, max_new_tokens=4))  # warm-up
+        start = time.perf_counter()
+        result = space.decode(model, input_ids, method, **options)
+        seconds = time.perf_counter() - start
+        results[method] = dict(
+            text=tokenizer.decode(result.tokens, skip_special_tokens=True),
+            tokens=result.tokens.tolist(),
+            seconds=round(seconds, 3),
+            tokens_per_second=round(len(result.tokens) / seconds, 2),
+            steps=result.stats.steps,
+            mean_tokens_per_step=round(result.stats.mean_tokens_per_step, 3),
+        )
+    if "ar" in results and not args.do_sample:
+        for name, result in results.items():
+            result["identical_to_ar"] = result["tokens"] == results["ar"]["tokens"]
+    if args.output:
+        write_json(args.output, results)
+    return results
