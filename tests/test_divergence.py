@@ -1,13 +1,13 @@
 """The near-tie analysis of answers that differ from AR (`space.eval.divergence`)."""
 
-import runpy
-from pathlib import Path
+import json
 
 import torch
 
 import space
 from space.decoding.common import Model
 from space.eval.divergence import NEAR_TIE, explain, first_difference, near_tie_threshold
+from space.eval.logit_noise import measure_logit_noise, parse_logit_noise_args
 from space.testing import tiny_llama, tiny_text_tokenizer
 
 
@@ -75,12 +75,12 @@ def test_a_bf16_sized_gap_is_a_near_tie_in_bf16_only():
     assert not explain(model, prompt, reference[:1] + [far], reference)["near_tie"]
 
 
-def test_logit_noise_script_measures_fp32_noise_below_the_near_tie_threshold(tmp_path):
+def test_logit_noise_measures_fp32_noise_below_the_near_tie_threshold(tmp_path):
     tokenizer = tiny_text_tokenizer()
     tiny_llama(seed=5, vocab_size=len(tokenizer)).save_pretrained(tmp_path / "model")
     tokenizer.save_pretrained(tmp_path / "model")
-    main = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "measure_logit_noise.py"))["main"]
-    record = main(["--model", str(tmp_path / "model"), "--dtypes", "float32", "--num_samples", "1",
-                   "--output", str(tmp_path / "noise.json")])
+    record = measure_logit_noise(parse_logit_noise_args(["--model", str(tmp_path / "model"), "--dtypes", "float32",
+                                                         "--num_samples", "1", "--output", str(tmp_path / "noise.json")]))
+    assert json.loads((tmp_path / "noise.json").read_text()) == record
     noise = record["noise"]["float32"]
     assert noise["positions"] > 10 and 0 <= noise["p99"] <= noise["max"] < NEAR_TIE

@@ -6,8 +6,9 @@ command line, `flags.EvalArgs` its settings). The pieces: `datasets` (prompts to
 vendored HumanEval-X), `prompts` (model input text per prompt style), `harness` (interleaved, timed,
 resumable runs), `metrics` (speed and the original SPACE metrics), `code` (code execution and pass@k),
 `rouge` (ROUGE-L), `divergence` (why a greedy answer left AR's), `report` (tables, figure, versions),
-`skip_search` (the skip-set optimiser) and `skip_pipeline` (the search on a model:
-`search_skip_layers(args)`).
+`skip_search` (the skip-set optimiser), `skip_pipeline` (the search on a model:
+`search_skip_layers(args)`), `compare` (one prompt, several methods: `scripts/generate.py`), and the
+measurements behind `scripts/bench_step.py` (`step_cost`) and `scripts/measure_logit_noise.py` (`logit_noise`).
 
 Importing this package stays light: `evaluate` imports the pipeline when called.
 """

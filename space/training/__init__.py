@@ -8,7 +8,8 @@
 * `distill`: self-distillation prompts and the base model's greedy answers (`make_distill_data`);
 * `export`: what leaves a run: a LoRA adapter merged into its base (`merge_adapter`), or exported as the
   compact shipped model (`export_adapter`);
-* `default_model`: the shipped default model's recipe, distill -> train -> export (`make_default_model`).
+* `default_model`: the shipped default model's recipe, distill -> train -> export (`make_default_model`);
+* `throughput`: training throughput of each sample mode (`scripts/bench_train.py`).
 
 `from space.training import train` imports no DeepSpeed, peft or transformers Trainer; they load with a run.
 """
