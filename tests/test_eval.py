@@ -329,3 +329,23 @@ def test_method_options_follow_each_decoders_options_class():
     assert options["sdsat"]["sat_num"] == 2 and options["self_spec"]["max_draft"] == 3
     assert options["self_spec"]["skip_layers"] == "SKIP"
     assert "mask_num" not in options["ar"] and "sampling_mode" not in options["self_spec"]
+
+
+def test_every_decoder_option_is_an_eval_flag_or_deliberately_not():
+    """A new decoder option either gets a flag of the same name (then `method_options` passes it on) or is
+    listed here with the reason it has none, so no option is silently unreachable from the command line."""
+    from dataclasses import fields
+
+    from space.decoding import DECODERS, option_names
+    from space.eval.flags import EvalArgs
+
+    not_flags = {
+        "eos_token_id": "the model's generation config decides, as in the original",
+        "threshold_state": "carried across prompts by the harness (session_options)",
+        "auto_parameters": "the reference's fixed γ-update constants",
+        "adaptive_threshold": "always on in the paper's evaluation",
+        "prompt_lookup_num_tokens": "HF's default for the baseline",
+    }
+    flags = {f.name for f in fields(EvalArgs)}
+    options = {name for method in DECODERS for name in option_names(method)}
+    assert options - flags == set(not_flags)
