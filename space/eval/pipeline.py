@@ -24,7 +24,7 @@ from statistics import mean
 import space
 from space.decoding import option_names
 from space.eval import harness, report
-from space.eval.code import check_completion
+from space.eval.code import check_completion, check_isolation
 from space.eval.datasets import default_max_new_tokens, load_eval_dataset
 from space.eval.divergence import explain, near_tie_threshold
 from space.eval.flags import EvalArgs
@@ -46,6 +46,7 @@ def evaluate(args: EvalArgs) -> dict:
     prompts = load_eval_dataset(args.dataset, args.data_path, args.num_samples)
     max_new_tokens = args.max_new_tokens or default_max_new_tokens(args.dataset)
 
+    check_execution(args, prompts)  # before hours of decoding: one clear error if programs cannot be isolated
     model, tokenizer = space.load_model(args.llm_dir, adapter=args.adapter, dtype=args.dtype, device=args.device)
     note = " ".join(filter(None, [prepare_masks(model, tokenizer, args, methods),
                                   prepare_sats(model, tokenizer, args, methods)])) or None
@@ -174,6 +175,18 @@ def is_embedded(llm_dir: str | None) -> bool:
     return llm_dir is None or llm_dir.lower() in BASE_MODEL_ALIASES
 
 
+def check_execution(args: EvalArgs, prompts) -> None:
+    """pass@k runs generated code: isolated (one clear error now if that cannot be set up here), or with the
+    user's rights only after --unsafe_execution true, which warns."""
+    if not args.pass_at_k or not any(p.problem is not None for p in prompts):
+        return
+    if args.unsafe_execution:
+        print("warning: --unsafe_execution true: generated programs run WITHOUT isolation, with your rights "
+              "(they can delete or send your files, reach the network and leave processes behind)", file=sys.stderr)
+    else:
+        check_isolation()
+
+
 def add_quality(records: list[dict], prompts, args: EvalArgs) -> None:
     """pass@1 for code datasets (executed in a sandbox), ROUGE-L for summaries."""
     by_id = {p.id: p for p in prompts}
@@ -181,7 +194,8 @@ def add_quality(records: list[dict], prompts, args: EvalArgs) -> None:
         prompt = by_id[record["id"]]
         if prompt.problem is not None and args.pass_at_k and record["turn"] == 0:
             if "passed" not in record:
-                result = check_completion(prompt.problem, record["text"], prompt.language, timeout=args.exec_timeout)
+                result = check_completion(prompt.problem, record["text"], prompt.language, timeout=args.exec_timeout,
+                                          isolate=not args.unsafe_execution)
                 record["passed"] = None if result.status == "skipped" else result.passed
                 record["exec_status"] = result.status
         if prompt.reference is not None:

@@ -1,11 +1,12 @@
-"""Run one test program under limits and say how it went; `check_completion` goes from a model's raw
+"""Run one test program in the sandbox and say how it went; `check_completion` goes from a model's raw
 answer to an `ExecutionResult` (extract, build, run).
 
-The sandbox is a throwaway working directory, a minimal environment, stdin on /dev/null, rlimits
-(address space, CPU time, file size, no core dumps) and a wall-clock timeout that kills the whole
-process group. It stops infinite loops, memory hogs and output floods. It is not a security
-boundary (the program can still read the file system and reach the network): run untrusted model
-output inside a container or VM you can throw away.
+The sandbox: every step runs isolated (`space.eval.code.isolation`: no network, the file system
+read-only outside a throwaway run directory, a pid namespace that ends every process the program
+started, an unprivileged user, a process cap), with a minimal environment, stdin on /dev/null,
+rlimits (address space, CPU time, file size, no core dumps) and a wall-clock timeout. Whatever the
+program does, the caller gets an `ExecutionResult`, never an exception; only a machine where the
+isolation cannot be set up at all is a `SpaceError` (before anything runs).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from space.eval.code.extract import extract_code
 from space.eval.code.programs import build_program
+from space.eval.code.isolation import give_to_sandbox_user, isolated_argv, process_limit, sandbox_python
 from space.eval.code.toolchains import TOOLS, Step, environment, prepare, toolchain_available
 from space.eval.datasets import check_language
 
@@ -42,46 +44,65 @@ class ExecutionResult:
         return self.status == "passed"
 
 
-def run_program(program: str, language: str, timeout: float = 10.0, memory_mb: int = 2048) -> ExecutionResult:
+def run_program(program: str, language: str, timeout: float = 10.0, memory_mb: int = 2048,
+                isolate: bool = True) -> ExecutionResult:
     """Compile (if needed) and run `program` in a fresh temporary directory; "passed" iff it exits 0
     (and, for JS, printed no "Assertion failed": node's console.assert does not throw).
 
     `timeout` is the wall-clock limit of the run itself (CPU time is capped just above it);
     compiling has its own `toolchains.COMPILE_TIMEOUT`. `memory_mb` caps the address space of python and native
-    binaries, the heap (-Xmx) of the JVM and the old space of node. Safe to call from a thread
-    pool: between fork and exec the child only sets rlimits.
+    binaries, the heap (-Xmx) of the JVM and the old space of node. `isolate=False` runs the program
+    with the caller's rights (limits only): for machines where bubblewrap cannot run, at your own risk.
+    Safe to call from a thread pool: between fork and exec the child only sets rlimits.
     """
     check_language(language)
     if not toolchain_available(language):
         return _skipped(language)
+    python = sandbox_python() if isolate else None  # also: one clear error if isolation is impossible here
     with tempfile.TemporaryDirectory(prefix="space-exec-", ignore_cleanup_errors=True) as root:
-        workdir = Path(root) / "work"
+        root = Path(root)
+        workdir = root / "work"
         workdir.mkdir()
-        steps = prepare(language, workdir, program, timeout, memory_mb)
-        env = environment(language, Path(root))
+        steps = prepare(language, workdir, program, timeout, memory_mb, python)
+        env = environment(language, root)
+        if isolate:
+            _share_with_sandbox(root, steps)
         for index, step in enumerate(steps):
-            result = _run_step(step, workdir, env, Path(root) / f"step{index}")
+            if isolate:
+                step.argv = isolated_argv(step.argv, root, workdir, step.writable)
+            result = _run_step(step, workdir, env, root / f"step{index}", isolate)
             if result is not None:
                 return result
         return ExecutionResult("passed")
 
 
-def check_completion(problem: dict, completion_text: str, language: str, timeout: float = 10.0) -> ExecutionResult:
+def check_completion(problem: dict, completion_text: str, language: str, timeout: float = 10.0,
+                     isolate: bool = True) -> ExecutionResult:
     """Run the tests of `problem` on a model's raw answer: extract_code, build_program, run_program."""
     if not toolchain_available(language):  # skip before building: no need to parse what cannot run
         return _skipped(language)
     code = extract_code(completion_text, language)
-    return run_program(build_program(problem, code, language), language, timeout=timeout)
+    return run_program(build_program(problem, code, language), language, timeout=timeout, isolate=isolate)
+
+
+def _share_with_sandbox(root: Path, steps: list[Step]) -> None:
+    """The run directory, and the shared directories a step writes, belong to the sandbox user."""
+    give_to_sandbox_user(root)
+    for path in {path for step in steps for path in step.writable}:
+        path.mkdir(parents=True, exist_ok=True)
+        if path.stat().st_uid != os.geteuid() or not os.access(path, os.W_OK):
+            continue  # someone else's directory: leave it as it is
+        give_to_sandbox_user(path)
 
 
 def _skipped(language: str) -> ExecutionResult:
     return ExecutionResult("skipped", f"{language} toolchain not found on PATH: needs {', '.join(TOOLS[language])}")
 
 
-def _run_step(step: Step, workdir: Path, env: dict[str, str], log: Path) -> ExecutionResult | None:
+def _run_step(step: Step, workdir: Path, env: dict[str, str], log: Path, isolate: bool) -> ExecutionResult | None:
     """Run one step; None if it succeeded, else the result that ends the run."""
     try:
-        returncode, stderr, stdout = _execute(step, workdir, env, log)
+        returncode, stderr, stdout = _execute(step, workdir, env, log, isolate)
     except OSError as error:  # the toolchain vanished or cannot start: not the candidate's fault
         return ExecutionResult("error", f"cannot run {step.argv[0]}: {error}")
     what = "compile " if step.compile else ""
@@ -96,7 +117,7 @@ def _run_step(step: Step, workdir: Path, env: dict[str, str], log: Path) -> Exec
     return None
 
 
-def _execute(step: Step, workdir: Path, env: dict[str, str], log: Path) -> tuple[int | None, str, str]:
+def _execute(step: Step, workdir: Path, env: dict[str, str], log: Path, isolate: bool) -> tuple[int | None, str, str]:
     """(returncode or None on timeout, stderr, stdout). Output goes to files, so the file-size limit
     caps it and a chatty program cannot fill the parent's memory or block on a full pipe."""
     out_path, err_path = log.with_suffix(".out"), log.with_suffix(".err")
@@ -104,7 +125,7 @@ def _execute(step: Step, workdir: Path, env: dict[str, str], log: Path) -> tuple
         process = subprocess.Popen(
             step.argv, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
             start_new_session=True,  # its own process group, so a timeout kills its children too
-            preexec_fn=_limits(step),
+            preexec_fn=_limits(step, process_limit() if isolate else None),
         )
         exited = _wait_without_reaping(process.pid, step.timeout)
         # Kill the group while the unreaped leader still holds its id, so the id cannot have been
@@ -136,12 +157,14 @@ def _running(pid: int) -> bool:
         return False
 
 
-def _limits(step: Step):
-    """preexec_fn setting the step's rlimits in the child. No RLIMIT_NPROC: it counts every process
-    of the user on the machine, so a cap that stops a fork bomb breaks parallel evaluation."""
+def _limits(step: Step, processes: int | None):
+    """preexec_fn setting the step's rlimits in the child. RLIMIT_NPROC only when isolated: it counts
+    every process of the real user, and only the sandbox runs as a user of its own (see `isolation`)."""
     cpu = math.ceil(step.timeout) + 1
 
     def apply() -> None:
+        if processes is not None:
+            _setlimit(resource.RLIMIT_NPROC, processes)
         _setlimit(resource.RLIMIT_CPU, cpu, cpu + 1)  # SIGXCPU at the soft limit, SIGKILL a second later
         _setlimit(resource.RLIMIT_FSIZE, step.file_mb * 2**20)
         _setlimit(resource.RLIMIT_CORE, 0)  # an assert's abort must not dump cores into the workdir

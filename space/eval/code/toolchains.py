@@ -49,6 +49,7 @@ class Step:
     file_mb: int
     compile: bool = False
     fail_marker: str | None = None  # stderr text that fails a run even with exit code 0
+    writable: tuple[Path, ...] = ()  # besides the run's own directory, what an isolated step may write
 
 
 def toolchain_available(language: str) -> bool:
@@ -59,19 +60,23 @@ def toolchain_available(language: str) -> bool:
     return all(shutil.which(tool) for tool in TOOLS[language])
 
 
-def prepare(language: str, workdir: Path, program: str, timeout: float, memory_mb: int) -> list[Step]:
-    """Write `program` (and the language's shims) into `workdir`; the steps that compile and run it."""
+def prepare(language: str, workdir: Path, program: str, timeout: float, memory_mb: int,
+            python: str | None = None) -> list[Step]:
+    """Write `program` (and the language's shims) into `workdir`; the steps that compile and run it
+    (`python`: the interpreter of Python programs, default this one)."""
     shims = SHIMS_DIR / language
     if shims.is_dir():
         shutil.copytree(shims, workdir, dirs_exist_ok=True)
+    if language == "python":
+        return _plan_python(workdir, program, timeout, memory_mb, python or sys.executable)
     return _PLANS[language](workdir, program, timeout, memory_mb)
 
 
-def _plan_python(workdir: Path, program: str, timeout: float, memory_mb: int) -> list[Step]:
+def _plan_python(workdir: Path, program: str, timeout: float, memory_mb: int, python: str) -> list[Step]:
     (workdir / "solution.py").write_text(program, encoding="utf-8")
     # -I: no PYTHON* variables, no user site, no script dir shadowing; the test sees only the stdlib
-    # and this interpreter's site-packages.
-    return [Step([sys.executable, "-I", "solution.py"], timeout, memory_mb, RUN_FILE_MB)]
+    # and the interpreter's site-packages.
+    return [Step([python, "-I", "solution.py"], timeout, memory_mb, RUN_FILE_MB)]
 
 
 def _plan_cpp(workdir: Path, program: str, timeout: float, memory_mb: int) -> list[Step]:
@@ -108,12 +113,19 @@ def _plan_go(workdir: Path, program: str, timeout: float, memory_mb: int) -> lis
     # address ranges, so only the test binary gets an address-space cap.
     build = ["go", "test", "-c", "-vet=off", "-o", "humaneval.test", "."]
     return [
-        Step(build, COMPILE_TIMEOUT, None, COMPILE_FILE_MB, compile=True),
+        # only the go tool writes the shared build cache: the test binary never sees it
+        Step(build, COMPILE_TIMEOUT, None, COMPILE_FILE_MB, compile=True, writable=(go_cache_dir(),)),
         Step(["./humaneval.test"], timeout, memory_mb, RUN_FILE_MB),
     ]
 
 
-_PLANS = {"python": _plan_python, "cpp": _plan_cpp, "java": _plan_java, "js": _plan_js, "go": _plan_go}
+def go_cache_dir() -> Path:
+    """Go's build cache for every run (our own, never the user's `GOCACHE`): it outlives one run, because
+    rebuilding the testing package every time costs seconds."""
+    return Path(tempfile.gettempdir()) / "space-eval-gocache"
+
+
+_PLANS = {"cpp": _plan_cpp, "java": _plan_java, "js": _plan_js, "go": _plan_go}
 
 
 def environment(language: str, root: Path) -> dict[str, str]:
@@ -121,8 +133,7 @@ def environment(language: str, root: Path) -> dict[str, str]:
     env = {"PATH": os.environ.get("PATH", os.defpath), "HOME": str(root), "TMPDIR": str(root), "LANG": "C.UTF-8"}
     if language == "go":
         env.update(
-            # The build cache outlives one run: rebuilding the testing package every time costs seconds.
-            GOCACHE=os.environ.get("GOCACHE") or str(Path(tempfile.gettempdir()) / "space-eval-gocache"),
+            GOCACHE=str(go_cache_dir()),
             GOPATH=str(root / "gopath"),
             GOFLAGS="-mod=mod",
             GOPROXY="off",

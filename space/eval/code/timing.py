@@ -1,0 +1,44 @@
+"""What the sandbox costs: seconds per problem of canonical solutions, isolated and not, per language.
+
+Interleaves the two modes problem by problem (drift hits both alike) after one untimed warm-up run per
+language and mode (Go's build cache, the JIT's and the page cache's first-use costs). Behind
+`scripts/bench_execution.py`; it writes nothing itself.
+"""
+
+from __future__ import annotations
+
+import time
+from statistics import mean
+
+from space.eval.code.programs import build_program
+from space.eval.code.sandbox import run_program
+from space.eval.code.toolchains import toolchain_available
+from space.eval.datasets import HUMANEVAL_LANGUAGES, load_problems
+
+
+def time_execution(languages: list[str] = list(HUMANEVAL_LANGUAGES), problems: int = 20,
+                   timeout: float = 20.0) -> dict:
+    """Per language: mean seconds per problem isolated and unisolated, their ratio, and how many passed."""
+    results = {}
+    for language in languages:
+        if not toolchain_available(language):
+            results[language] = {"skipped": "toolchain not found"}
+            continue
+        chosen = load_problems(language)[:problems]
+        programs = [build_program(p, p["canonical_solution"], language) for p in chosen]
+        seconds = {True: [], False: []}
+        passed = {True: 0, False: 0}
+        for isolate in (True, False):  # warm-up
+            run_program(programs[0], language, timeout=timeout, isolate=isolate)
+        for index, program in enumerate(programs):
+            order = (True, False) if index % 2 == 0 else (False, True)
+            for isolate in order:
+                start = time.perf_counter()
+                result = run_program(program, language, timeout=timeout, isolate=isolate)
+                seconds[isolate].append(time.perf_counter() - start)
+                passed[isolate] += result.passed
+        isolated, plain = mean(seconds[True]), mean(seconds[False])
+        results[language] = dict(problems=len(programs), seconds_isolated=round(isolated, 3),
+                                 seconds_unisolated=round(plain, 3), ratio=round(isolated / plain, 3),
+                                 passed_isolated=passed[True], passed_unisolated=passed[False])
+    return results
