@@ -62,6 +62,8 @@ KNOWN_FAILURES = {
     "CPP/22": "needs the Boost headers (boost/any.hpp)",
     "CPP/137": "needs the Boost headers (boost/any.hpp)",
     "CPP/162": "needs the OpenSSL headers and libcrypto",
+    # passes or fails from run to run, sandboxed or not (measured: 14 of 20 and 13 of 20 runs passed)
+    "Go/95": "canonical solution stops after the second key, so its answer depends on Go's random map order",
 }
 # Where a known failure may come from the machine (a missing library), the detail must say so.
 MACHINE_DEPENDENT = {"CPP/22": "boost", "CPP/137": "boost", "CPP/162": "openssl"}

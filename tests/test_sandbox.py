@@ -30,8 +30,10 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture
 def outside():
-    """A directory outside /tmp that anybody may write (so only the sandbox can stop a write)."""
-    path = Path(__file__).resolve().parent / f".sandbox-victim-{uuid.uuid4().hex[:8]}"
+    """A directory outside /tmp (the sandbox gives /tmp a private tmpfs; this one it must make read-only)
+    that anybody may write, so only the sandbox can stop a write."""
+    base = Path("/var/tmp") if os.access("/var/tmp", os.W_OK) else Path(__file__).resolve().parent
+    path = base / f".space-sandbox-victim-{uuid.uuid4().hex[:8]}"
     path.mkdir()
     path.chmod(0o777)
     (path / "keep.txt").write_text("precious")
@@ -51,6 +53,7 @@ def test_deleting_a_file_outside_fails_and_the_file_stays(outside, tmp_path):
     program = _python(f"""
         import os, shutil
         for path in ({str(outside / "keep.txt")!r}, {str(in_tmp)!r}):
+            assert os.path.exists(path), "cannot even see " + path  # hidden counts as contained too
             try:
                 os.remove(path)
             except OSError:
