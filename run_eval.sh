@@ -27,7 +27,9 @@ SAVE_DATA="${SAVE_DATA:-true}"
 WARMUP="${WARMUP:-1}"
 SEED="${SEED:-0}"
 OUTPUT_DIR="${OUTPUT_DIR:-outputs/eval/${DATASET}}"
-OVERWRITE="${OVERWRITE:-true}"      # a new configuration replaces the previous run in OUTPUT_DIR
+# true: a run with other settings in OUTPUT_DIR has its files replaced (run_config.json, samples.jsonl, summary.*,
+# the CSVs; nothing else there is touched, and a directory that holds no run is refused); false: refused
+OVERWRITE="${OVERWRITE:-true}"
 if [ -z "${DEVICE:-}" ]; then
     DEVICE=cpu
     if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then DEVICE=cuda; fi

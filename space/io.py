@@ -2,10 +2,12 @@
 
 Every resumable file of the project (the evaluation's `samples.jsonl`, the distillation answers, the
 skip-layer search's trial log) is a `JsonlLog`: one JSON object per line, appended a record (or a batch)
-at a time and flushed, so an interruption can only tear the last line. The one rule for a torn line:
-reading stops at the first line that does not parse, and `resume()` rewrites the file without it
-before anything is appended after it. Whole-file outputs (`summary.json`, `space.json`, reports) go
-through `write_atomic`, so a reader never sees half a file.
+at a time and flushed, so an interruption can only tear the last line. The one rule for a damaged line
+(torn by an interruption, or spoilt in the middle by an editor or a disk): reading skips every line that
+does not parse as a JSON object and keeps all the others, so one bad line costs only its own record
+(the caller redoes what that record belonged to), and `resume()` rewrites the file without the damaged
+lines before anything is appended after them. Whole-file outputs (`summary.json`, `space.json`,
+reports) go through `write_atomic`, so a reader never sees half a file.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import zlib
 from pathlib import Path
 from typing import Iterable
 
@@ -37,27 +40,37 @@ def write_json(path: str | Path, data, indent: int | None = 2, sort_keys: bool =
 
 
 class JsonlLog:
-    """An append-only JSONL file that a rerun resumes (see the module docstring for the torn-line rule)."""
+    """An append-only JSONL file that a rerun resumes (see the module docstring for the damaged-line rule)."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self.damaged = 0  # lines the last read skipped
 
     def read(self) -> list[dict]:
-        """The records up to the first line that does not parse (a line torn by an interruption)."""
+        """Every record of the file; a line that does not parse as a JSON object is skipped (and counted
+        in `damaged`), so the valid records after it are kept."""
+        self.damaged = 0
         if not self.path.is_file():
             return []
         records = []
-        for line in self.path.read_text().splitlines():
+        # bytes, split on newlines only: a damaged line may hold invalid UTF-8 or a stray carriage return
+        for line in self.path.read_bytes().split(b"\n"):
+            if not line.strip():
+                continue
             try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
+                record = json.loads(line.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                record = None
+            if isinstance(record, dict):
+                records.append(record)
+            else:
+                self.damaged += 1
         return records
 
     def resume(self) -> list[dict]:
-        """`read()`, and drop a torn tail from the file so that appends continue a clean log."""
+        """`read()`, and rewrite the file without its damaged lines so that appends continue a clean log."""
         records = self.read()
-        if self.path.is_file() and self.path.read_text() != _lines(records):
+        if self.path.is_file() and self.path.read_bytes() != _lines(records).encode("utf-8"):
             self.rewrite(records)
         return records
 
@@ -81,8 +94,13 @@ def _lines(records: Iterable[dict]) -> str:
 def read_records(path: Path) -> list[dict]:
     """Records of a `.json` list or a `.jsonl` file, either optionally gzipped; errors name file and line."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as handle:
-        text = handle.read()
+    try:
+        with opener(path, "rt", encoding="utf-8") as handle:
+            text = handle.read()
+    except UnicodeDecodeError as error:
+        raise SpaceError(f"{path}: not UTF-8 text (byte {error.start}); save the file as UTF-8") from error
+    except (gzip.BadGzipFile, EOFError, zlib.error) as error:
+        raise SpaceError(f"{path}: not a complete gzip file ({error}); decompress it or fetch it again") from error
     if path.name.removesuffix(".gz").endswith(".jsonl"):
         records = []
         for line_number, line in enumerate(text.splitlines(), start=1):

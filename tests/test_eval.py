@@ -216,11 +216,37 @@ def test_cli_finishes_an_interrupted_run(tiny_dir, tmp_path):
     assert sorted({r["id"] for r in records}) == ["Python/0", "Python/1"] and len(records) == 8
 
 
-def test_cli_refuses_a_different_configuration_unless_overwrite(tiny_dir, tmp_path):
+def test_cli_refuses_other_settings_unless_overwrite_which_replaces_only_the_runs_files(tiny_dir, tmp_path):
     run_eval(cli(tiny_dir, tmp_path / "run", "--methods", "space,ar"))
-    with pytest.raises(space.SpaceError, match="different configuration"):
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+    with pytest.raises(space.SpaceError, match=r"other settings \(--max_new_tokens 12 -> 8\)"):
         run_eval(cli(tiny_dir, tmp_path / "run", "--methods", "space,ar", "--max_new_tokens", "8"))
-    run_eval(cli(tiny_dir, tmp_path / "run", "--methods", "space,ar", "--max_new_tokens", "8", "--overwrite"))
+    summary = run_eval(cli(tiny_dir, tmp_path / "run", "--methods", "space,ar", "--max_new_tokens", "8", "--overwrite"))
+    assert summary["methods"]["ar"]["answers"] == 2 and (tmp_path / "run" / "notes.txt").read_text() == "mine"
+    # a directory that holds no run is refused before the model is loaded, --overwrite or not
+    (tmp_path / "clone" / ".git").mkdir(parents=True)
+    with pytest.raises(space.SpaceError, match="holds no evaluation run"):
+        run_eval(cli(tmp_path / "no-model", tmp_path / "clone", "--overwrite"))
+    assert [p.name for p in (tmp_path / "clone").iterdir()] == [".git"]
+
+
+def test_cli_redoes_exactly_the_damaged_prompts_and_counts_each_answer_once(tiny_dir, tmp_path):
+    """Issue 17 item 8: a damaged line in the middle used to drop every answer after it, and a prompt partly
+    written before a torn last line was counted twice."""
+    run_eval(cli(tiny_dir, tmp_path / "run", "--methods", "space,ar", "--num_samples", "4", "--pass_at_k", "false"))
+    path = tmp_path / "run" / "samples.jsonl"
+    lines = path.read_text().splitlines()
+    before = [json.loads(line) for line in lines]
+    lines[2] = lines[2][:30]  # Python/1: damaged in the middle
+    lines[-1] = lines[-1][:-40]  # Python/3: its second answer torn
+    path.write_text("\n".join(lines))
+    summary = run_eval(cli(tiny_dir, tmp_path / "run", "--methods", "space,ar", "--num_samples", "4",
+                           "--pass_at_k", "false"))
+    after = [json.loads(line) for line in path.read_text().splitlines()]
+    keys = [(r["id"], r["turn"], r["method"]) for r in after]
+    assert len(keys) == len(set(keys)) == 8 and summary["methods"]["ar"]["answers"] == 4
+    kept = [r for r in before if r["id"] in ("Python/0", "Python/2")]
+    assert [r for r in after if r["id"] in ("Python/0", "Python/2")] == kept  # the intact prompts were not redone
 
 
 def test_flag_parsing_takes_original_true_false_strings(tiny_dir):
@@ -259,6 +285,75 @@ def test_script_parses_evaluates_and_prints_the_table(tiny_dir, tmp_path, capsys
     again = evaluate(EvalArgs(llm_dir=str(tiny_dir), num_samples=2, max_new_tokens=12, methods="space,ar",
                               output_dir=str(tmp_path / "run"), pass_at_k=False, progress=False))
     assert again["methods"]["space"]["total_tokens"] == summary["methods"]["space"]["total_tokens"]
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--methods", "ar,space,ar"], "--methods names ar more than once; name each method once"),  # item 6
+    (["--methods", "space@2,ar,space@2"], "--methods names space@2 more than once"),
+    (["--num_samples", "0"], r"--num_samples must be at least 1 \(got 0\)"),  # item 4
+    (["--num_samples", "-3"], r"--num_samples must be at least 1 \(got -3\)"),
+    (["--max_new_tokens", "0"], r"--max_new_tokens must be at least 1 \(got 0\)"),
+    (["--max_new_tokens", "-5"], r"--max_new_tokens must be at least 1 \(got -5\)"),
+    (["--exec_timeout", "0"], r"--exec_timeout must be more than 0 seconds \(got 0\)"),  # item 12
+    (["--exec_timeout", "-1"], "--exec_timeout must be more than 0 seconds"),
+    (["--warmup", "-1"], r"--warmup must be 0 \(no warm-up\) or more rounds \(got -1\)"),
+    (["--time_limit", "-1"], "--time_limit must be 0 or more seconds"),
+])
+def test_cli_out_of_range_values_are_one_error_before_the_model_is_loaded(tmp_path, flags, message):
+    """Issue 17 items 4, 6, 12: 0 and negative counts meant "all", a repeated method merged its answers,
+    --exec_timeout 0 failed every program, --warmup -1 was accepted. The model path does not exist: the
+    check comes first."""
+    with pytest.raises(space.SpaceError, match=message):
+        run_eval(cli(tmp_path / "no-model", tmp_path / "run", *flags))
+    assert not (tmp_path / "run").exists()
+
+
+def test_humaneval_data_without_tests_fails_when_loading_not_after_generating(tmp_path):
+    """Issue 17 item 9: records without `test` passed the loader and failed with KeyError after every answer."""
+    data = tmp_path / "mine.jsonl"
+    data.write_text("".join(json.dumps({"task_id": f"t/{i}", "prompt": "def f():\n"}) + "\n" for i in range(3)))
+    with pytest.raises(space.SpaceError, match=r"record 0 of .*mine.jsonl has no 'test' field, which pass@1 runs "
+                                               r"\(python\); add it, or pass --pass_at_k false"):
+        run_eval(cli(tmp_path / "no-model", tmp_path / "run", "--data_path", str(data)))
+    assert len(load_eval_dataset("human_eval", str(data), execute=False)) == 3  # speed only: no tests needed
+    go = tmp_path / "go.jsonl"
+    go.write_text(json.dumps({"prompt": "func F() {", "test": "func TestF(t *testing.T) {}"}) + "\n")
+    with pytest.raises(space.SpaceError, match="has no 'test_setup' field, which pass@1 runs \\(go\\)"):
+        load_eval_dataset("humaneval-x-go", str(go))
+
+
+def test_data_file_that_is_not_utf8_and_output_dir_that_is_a_file(tmp_path):
+    """Issue 17 item 11: both ended in a traceback."""
+    (tmp_path / "cip.jsonl").write_bytes('{"prompt": "\u00e9t\u00e9"}\n'.encode("latin-1"))
+    with pytest.raises(space.SpaceError, match="cip.jsonl: not UTF-8 text .* save the file as UTF-8"):
+        load_eval_dataset("cip", str(tmp_path / "cip.jsonl"))
+    (tmp_path / "out.txt").write_text("")
+    with pytest.raises(space.SpaceError, match="--output_dir .*out.txt is a file, not a directory"):
+        run_eval(cli(tmp_path / "no-model", tmp_path / "out.txt"))
+
+
+def test_run_config_holds_every_setting_the_answers_depend_on(tiny_dir, tmp_path):
+    """Every flag is in run_config.json (directly or in a method's options), or listed with why it does not
+    change a stored answer; a rerun differing in a recorded one is refused, not mixed."""
+    from dataclasses import fields
+
+    not_recorded = {
+        "output_dir": "where the run is", "overwrite": "what to do with another run",
+        "save_data": "which summaries are written (rewritten every run)", "warmup": "untimed",
+        "progress": "display", "time_limit": "when to stop starting prompts (resumable)",
+        "skip_layers": "resolved into options.self_spec.skip_layers", "skip_layers_key": "the same",
+        "mask_num": "in options / the model config",
+        "mask_id": "in options.space", "mask_diff": "in options.space", "sat_num": "in options.sdsat",
+        "sat_id": "in options.sdsat", "max_draft": "in options.self_spec", "draft_threshold": "in options.self_spec",
+    }
+    run_eval(cli(tiny_dir, tmp_path / "run", "--methods", "space,ar", "--pass_at_k", "false"))
+    config = json.loads((tmp_path / "run" / "run_config.json").read_text())
+    recorded = set(config) | set(config["quality"]) | {o for options in config["options"].values() for o in options}
+    flags = {f.name for f in fields(EvalArgs)}
+    assert flags - recorded - set(not_recorded) == set()
+    assert not set(not_recorded) & set(config)
+    with pytest.raises(space.SpaceError, match=r"--seed 0 -> 3"):
+        run_eval(cli(tiny_dir, tmp_path / "run", "--methods", "space,ar", "--pass_at_k", "false", "--seed", "3"))
 
 
 def test_cli_bad_input(tiny_dir, tmp_path):
@@ -301,12 +396,20 @@ def test_run_eval_launcher_passes_environment_settings(tiny_dir, tmp_path):
     root = Path(__file__).resolve().parents[1]
     env = dict(os.environ, SPACE_PYTHON=sys.executable, LLM_DIR=str(tiny_dir), NUM_SAMPLES="1", MAX_NEW_TOKENS="6",
                METHODS="space,ar", OUTPUT_DIR=str(tmp_path / "launch"), WARMUP="0", DEVICE="cpu")
+    # OUTPUT_DIR holds a run with other settings and a file of the user's: the default --overwrite replaces
+    # that run's files and nothing else
+    (tmp_path / "launch").mkdir()
+    (tmp_path / "launch" / "run_config.json").write_text('{"methods": ["hf"]}')
+    (tmp_path / "launch" / "samples.jsonl").write_text('{"id": "Python/0", "turn": 0, "method": "hf"}\n')
+    (tmp_path / "launch" / "notes.txt").write_text("mine")
     completed = subprocess.run(["bash", str(root / "run_eval.sh"), "--progress", "false"], env=env, cwd=root,
                                capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr[-2000:]
     assert "| space |" in completed.stdout and "--num_samples 1" in completed.stderr
     summary = json.loads((tmp_path / "launch" / "summary.json").read_text())
     assert summary["num_samples"] == 1 and set(summary["methods"]) == {"space", "ar"}
+    assert (tmp_path / "launch" / "notes.txt").read_text() == "mine"
+    assert {json.loads(line)["method"] for line in (tmp_path / "launch" / "samples.jsonl").open()} == {"space", "ar"}
 
 
 def test_method_options_follow_each_decoders_options_class():

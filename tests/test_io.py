@@ -1,4 +1,4 @@
-"""`space.io`: one torn-line rule for every resumable log, atomic whole-file writes, record reading."""
+"""`space.io`: one damaged-line rule for every resumable log, atomic whole-file writes, record reading."""
 
 import gzip
 import json
@@ -28,10 +28,21 @@ def test_torn_last_line_is_dropped_and_appends_continue_cleanly(tmp_path):
     assert [r["id"] for r in log.read()] == [1, 2, 3]
 
 
-def test_reading_stops_at_the_first_line_that_does_not_parse(tmp_path):
+def test_a_damaged_line_in_the_middle_costs_only_its_own_record(tmp_path):
+    """Issue 17 item 8: reading used to stop at the first bad line, dropping every valid record after it."""
     path = tmp_path / "log.jsonl"
-    path.write_text('{"id": 1}\n{"id": \n{"id": 3}\n')
-    assert JsonlLog(path).read() == [{"id": 1}]
+    valid = [{"id": i} for i in range(80)]
+    lines = [json.dumps(r) for r in valid]
+    lines[4] = lines[4][:5]  # torn in the middle (an editor, a disk, a copy)
+    path.write_bytes(("\n".join(lines[:10]) + "\n[1, 2]\n\xff\xfe garbage\n\n" + "\n".join(lines[10:]) + "\n")
+                     .encode("latin-1"))
+    log = JsonlLog(path)
+    expected = valid[:4] + valid[5:]
+    assert log.read() == expected and log.damaged == 3  # the torn line, a non-object, bytes that are not UTF-8
+    assert log.resume() == expected and log.damaged == 3
+    assert JsonlLog(path).read() == expected and path.read_text() == "".join(json.dumps(r) + "\n" for r in expected)
+    log.append({"id": 4})
+    assert JsonlLog(path).read()[-1] == {"id": 4}
 
 
 def test_resume_leaves_an_intact_file_untouched(tmp_path):
@@ -61,3 +72,18 @@ def test_read_records_json_jsonl_and_gzip(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"a": 1}\nnope\n')
     with pytest.raises(SpaceError, match="line 2"):
         read_records(tmp_path / "bad.jsonl")
+
+
+def test_read_records_names_a_file_that_is_not_utf8_or_not_gzip(tmp_path):
+    (tmp_path / "latin.jsonl").write_bytes('{"prompt": "café"}\n'.encode("latin-1"))
+    with pytest.raises(SpaceError, match=r"latin.jsonl: not UTF-8 text \(byte 15\); save the file as UTF-8"):
+        read_records(tmp_path / "latin.jsonl")
+    (tmp_path / "fake.jsonl.gz").write_text('{"a": 1}\n')
+    with pytest.raises(SpaceError, match="fake.jsonl.gz: not a complete gzip file"):
+        read_records(tmp_path / "fake.jsonl.gz")
+    with gzip.open(tmp_path / "cut.jsonl.gz", "wt") as handle:
+        handle.write('{"a": 1}\n' * 1000)
+    data = (tmp_path / "cut.jsonl.gz").read_bytes()
+    (tmp_path / "cut.jsonl.gz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(SpaceError, match="cut.jsonl.gz: not a complete gzip file"):
+        read_records(tmp_path / "cut.jsonl.gz")

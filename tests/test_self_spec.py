@@ -448,6 +448,30 @@ def test_search_resumes_from_its_log(tmp_path):
         TrialLog(log, 6).load()
 
 
+def test_search_log_resumes_only_under_its_settings(tmp_path):
+    """Issue 17: a rerun with other settings used to add its trials to a log measured otherwise."""
+    log = tmp_path / "trials.jsonl"
+    settings = {"max_new_tokens": 32, "dtype": "float32"}
+    search(4, fake_objective([]), time_budget=60, n_trials=2, log=log, progress=False, settings=settings)
+    assert json.loads((tmp_path / "trials.settings.json").read_text()) == settings
+    calls = []
+    again = search(4, fake_objective(calls), time_budget=60, n_trials=1, log=log, progress=False, settings=settings)
+    assert len(again.trials) == 3 and len(calls) == 1
+    with pytest.raises(space.SpaceError, match=r"measured with other settings \(--max_new_tokens 32 -> 8\); rerun "
+                                               r"with those, or pass another --log"):
+        search(4, fake_objective([]), time_budget=60, n_trials=1, log=log, progress=False,
+               settings=dict(settings, max_new_tokens=8))
+    assert len(log.read_text().splitlines()) == 3
+    (tmp_path / "trials.settings.json").unlink()  # a log without its settings: cannot be trusted
+    with pytest.raises(space.SpaceError, match="has no readable settings file"):
+        TrialLog(log, 4, settings).load()
+    with log.open("a") as handle:  # a damaged line and a record that is no trial cost only themselves
+        handle.write('{"attention": [1], "ml\n{"note": "x"}\n')
+    assert len(TrialLog(log, 4).load()) == 3 and len(log.read_text().splitlines()) == 3
+    with pytest.raises(space.SpaceError, match="--n_trials must be at least 1"):
+        search(4, fake_objective([]), time_budget=60, n_trials=0, progress=False)
+
+
 @pytest.mark.parametrize("budget,estimate", [(0.0, 0.0), (5.0, 30.0)])
 def test_search_budget_too_small_for_one_point(budget, estimate):
     with pytest.raises(space.SpaceError, match="too small to evaluate one skip set"):
@@ -477,6 +501,19 @@ def test_search_script_writes_a_valid_file_and_keeps_other_entries(tiny_dir, tmp
     assert select_entry(entries, model)[1] == entries["tiny-model"]
     assert summary["new_trials"] == 3 and summary["tokens_per_second"] > 0
     assert len((tmp_path / "log.jsonl").read_text().splitlines()) == 3
+    settings = json.loads((tmp_path / "log.settings.json").read_text())
+    assert (settings["max_new_tokens"], settings["dtype"], settings["chat"]) == (8, "float32", False)
+    # the same --log with another setting: refused before the baseline, naming the flag
+    for flags, message in [(["--max_new_tokens", "6"], "--max_new_tokens 8 -> 6"),
+                           (["--max_draft", "2"], "--max_draft 8 -> 2"), (["--chat", "true"], "--chat false -> true")]:
+        with pytest.raises(space.SpaceError, match=message):
+            run_search(common + ["--time_budget", "120", "--n_trials", "1"] + flags)
+    assert len((tmp_path / "log.jsonl").read_text().splitlines()) == 3
+    with pytest.raises(space.SpaceError, match="--n_trials must be at least 1"):
+        run_search(common + ["--n_trials", "0"])
+    (tmp_path / "latin.json").write_bytes('["caf\u00e9"]'.encode("latin-1"))
+    with pytest.raises(space.SpaceError, match="cannot read calibration prompts --prompts"):
+        run_search(common[:2] + ["--prompts", str(tmp_path / "latin.json")] + common[4:])
     with pytest.raises(space.SpaceError, match="too small to evaluate one skip set"):
         run_search(common + ["--time_budget", "0.001"])
     with pytest.raises(space.SpaceError, match="--time_budget must be > 0"):

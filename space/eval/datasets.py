@@ -35,6 +35,10 @@ DEFAULT_MAX_NEW_TOKENS = {"human_eval": 1024, "humaneval-x": 1024, "mt-bench": 1
 HUB_NAMES = {"mt-bench": "HuggingFaceH4/mt_bench_prompts", "cip": "alespalla/chatbot_instruction_prompts",
              "xsum": "EdinburghNLP/xsum"}
 XSUM_INSTRUCTION = "Summarize the following article in one sentence.\n\n"
+# The fields `space.eval.code` reads to run a HumanEval-X program, per language: checked at loading, so a
+# --data_path without them fails before any answer is generated, not after every one.
+EXECUTION_FIELDS = {"python": ("test",), "cpp": ("test", "declaration"), "java": ("test",), "js": ("test",),
+                    "go": ("test", "test_setup")}
 
 
 @dataclass
@@ -55,11 +59,16 @@ def default_max_new_tokens(name: str) -> int:
     return DEFAULT_MAX_NEW_TOKENS["humaneval-x" if name.startswith("humaneval-x") else name]
 
 
-def load_eval_dataset(name: str, data_path: str | None = None, num_samples: int | None = None) -> list[EvalPrompt]:
+def load_eval_dataset(name: str, data_path: str | None = None, num_samples: int | None = None,
+                      execute: bool = True) -> list[EvalPrompt]:
+    """The first `num_samples` prompts (default: all) of dataset `name`; with `execute` (pass@1 runs the
+    programs), HumanEval records must carry the fields their tests need."""
+    if num_samples is not None and num_samples < 1:
+        raise SpaceError(f"--num_samples must be at least 1 (got {num_samples}); leave it out for every prompt")
     if name == "human_eval":
-        prompts = _humaneval("python", data_path, faithful=True)
+        prompts = _humaneval("python", data_path, faithful=True, execute=execute)
     elif name.startswith("humaneval-x-") and name.split("-", 2)[2] in HUMANEVAL_LANGUAGES:
-        prompts = _humaneval(name.split("-", 2)[2], data_path, faithful=False)
+        prompts = _humaneval(name.split("-", 2)[2], data_path, faithful=False, execute=execute)
     elif name == "mt-bench":
         prompts = _mt_bench(_records(name, data_path))
     elif name == "cip":
@@ -71,7 +80,7 @@ def load_eval_dataset(name: str, data_path: str | None = None, num_samples: int 
         raise SpaceError(f"unknown dataset {name!r}; available: {', '.join(dataset_names())}")
     if not prompts:
         raise SpaceError(f"dataset {name!r} has no prompts")
-    return prompts[:num_samples] if num_samples else prompts
+    return prompts[:num_samples] if num_samples is not None else prompts
 
 
 def check_language(language: str) -> None:
@@ -95,12 +104,16 @@ def humaneval_instruction(language: str, faithful: bool) -> str:
             f"starts with '```{FENCES[language]}' and end with '```'")
 
 
-def _humaneval(language: str, data_path: str | None, faithful: bool) -> list[EvalPrompt]:
+def _humaneval(language: str, data_path: str | None, faithful: bool, execute: bool = True) -> list[EvalPrompt]:
     records = _records("human_eval", data_path) if data_path else load_problems(language)
     instruction = humaneval_instruction(language, faithful)
     prompts = []
     for index, record in enumerate(records):
         prompt = _field(record, "prompt", "human_eval", index)
+        missing = [key for key in EXECUTION_FIELDS[language] if execute and key not in record]
+        if missing:
+            raise SpaceError(f"human_eval: record {index} of {data_path} has no {missing[0]!r} field, which pass@1 "
+                             f"runs ({language}); add it, or pass --pass_at_k false to measure speed only")
         prompts.append(EvalPrompt(id=str(record.get("task_id", index)), turns=[instruction + "\n" + prompt],
                                   problem=record, language=language))
     return prompts
@@ -131,7 +144,11 @@ def _records(dataset: str, data_path: str | None) -> list[dict]:
     if path.exists() or path.suffix in (".json", ".jsonl", ".gz"):
         if not path.is_file():
             raise SpaceError(f"data file not found: {data_path}")
-        return read_records(path)
+        records = read_records(path)
+        for index, record in enumerate(records):
+            if not isinstance(record, dict):
+                raise SpaceError(f"{data_path}: record {index} is a {type(record).__name__}, not a JSON object")
+        return records
     try:
         import datasets
 

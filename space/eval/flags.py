@@ -4,6 +4,7 @@ Two groups, as the help shows them: `OriginalFlags` keep the original SPACE eval
 meanings (booleans as `true/false`), `ToolkitFlags` are ours. `HfArgumentParser` turns the
 dataclasses into the parser, so a boolean takes `true/false` (also `yes/no`, `1/0`) and a bare
 `--overwrite` means true. `EvalArgs(...)` can also be built directly, with every default.
+`check_eval_args` turns a count or time out of range into one clear error before anything runs.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from transformers import HfArgumentParser
 
 from space.decoding import DECODERS
+from space.errors import SpaceError
 from space.eval.datasets import dataset_names
 from space.eval.prompts import MODEL_TYPES
 from space.eval.skip_search import SHIPPED_SKIP_FILE
@@ -47,7 +49,8 @@ class ToolkitFlags:
     num_samples: int | None = _flag(None, "first N prompts (default: all)")
     max_new_tokens: int | None = _flag(None, "default: the original's per dataset")
     output_dir: str | None = _flag(None, "default: outputs/eval/<dataset>")
-    overwrite: bool = _flag(False, "replace a run with a different configuration")
+    overwrite: bool = _flag(False, "replace the files of a run with other settings in --output_dir "
+                                   "(nothing else there)")
     data_path: str | None = _flag(None, "local file or hub name for non-vendored datasets")
     prompt_style: str = _flag("auto", "auto: chat_template for the embedded model, original (--model_type) otherwise",
                               choices=["auto", "original", "chat_template"])
@@ -97,3 +100,18 @@ def parse_eval_args(argv: list[str] | None = None, description: str | None = Non
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     return EvalArgs(**{name: value for group in groups for name, value in asdict(group).items()})
+
+
+def check_eval_args(args: EvalArgs) -> None:
+    """One clear error for a count or time out of range (0 or a negative count never means "all")."""
+    at_least_one = {"num_samples": args.num_samples, "max_new_tokens": args.max_new_tokens}
+    for name, value in at_least_one.items():
+        if value is not None and value < 1:
+            raise SpaceError(f"--{name} must be at least 1 (got {value}); leave it out for the default")
+    if args.warmup < 0:
+        raise SpaceError(f"--warmup must be 0 (no warm-up) or more rounds (got {args.warmup})")
+    if not args.exec_timeout > 0:
+        raise SpaceError(f"--exec_timeout must be more than 0 seconds (got {args.exec_timeout:g}); "
+                         "to run no program pass --pass_at_k false")
+    if args.time_limit is not None and not args.time_limit >= 0:
+        raise SpaceError(f"--time_limit must be 0 or more seconds (got {args.time_limit:g})")

@@ -6,8 +6,11 @@ k = K), load the prompts and the model, check each method can run before any tim
 adaptive tokens, the self_spec skip set), build each method's options, run, add quality (pass@1 by
 execution, ROUGE-L), summarize, explain greedy answers that differ from AR, write the outputs.
 
-Outputs in `args.output_dir` (default `outputs/eval/<dataset>`):
+Outputs in `args.output_dir` (default `outputs/eval/<dataset>`), the only files a run writes, replaces or
+deletes there (`harness.RUN_FILES`; the directory and anything else in it are left alone):
 
+* `run_config.json`: the settings the answers depend on (a rerun with other ones is refused, or with
+  `--overwrite` replaces these files); `eval.lock` is held while a run lasts;
 * `samples.jsonl`: one line per answer (prompt, turn, method, text, ids, seconds, tokens per step,
   and `passed` / `rouge_l` where quality is measured);
 * `summary.json`, `summary.md` (the table) and `summary.png` (figure);
@@ -27,7 +30,7 @@ from space.eval import harness, report
 from space.eval.code import check_completion, check_isolation
 from space.eval.datasets import default_max_new_tokens, load_eval_dataset
 from space.eval.divergence import explain, near_tie_threshold
-from space.eval.flags import EvalArgs
+from space.eval.flags import EvalArgs, check_eval_args
 from space.eval.metrics import split_label, summarize
 from space.eval.rouge import rouge_l
 from space.io import write_json
@@ -42,9 +45,11 @@ VARIANT_OPTION = {"space": "mask_num", "sdsat": "sat_num"}  # `space@K` / `sdsat
 
 def evaluate(args: EvalArgs) -> dict:
     """Run the evaluation `args` describes; returns the summary (also written to summary.json)."""
+    check_eval_args(args)
     methods = parse_methods(args.methods)
-    prompts = load_eval_dataset(args.dataset, args.data_path, args.num_samples)
-    max_new_tokens = args.max_new_tokens or default_max_new_tokens(args.dataset)
+    prompts = load_eval_dataset(args.dataset, args.data_path, args.num_samples, execute=args.pass_at_k)
+    max_new_tokens = args.max_new_tokens if args.max_new_tokens is not None else default_max_new_tokens(args.dataset)
+    harness.check_output_dir(output_dir(args))  # a file, a foreign directory or a run in use: before the model
 
     check_execution(args, prompts)  # before hours of decoding: one clear error if programs cannot be isolated
     model, tokenizer = space.load_model(args.llm_dir, adapter=args.adapter, dtype=args.dtype, device=args.device)
@@ -53,40 +58,48 @@ def evaluate(args: EvalArgs) -> dict:
     skip_layers = prepare_skip_layers(model, args, methods)
     style = args.prompt_style if args.prompt_style != "auto" else ("chat_template" if is_embedded(args.llm_dir) else "original")
     options = method_options(args, methods, max_new_tokens, skip_layers)
-    config = dict(llm_dir=args.llm_dir, adapter=args.adapter, dataset=args.dataset, data_path=args.data_path,
-                  methods=methods, options=options, prompt_style=style, model_type=args.model_type, dtype=args.dtype,
-                  device=str(model.device), num_samples=args.num_samples)
-    store = harness.ResultStore(output_dir(args), config, overwrite=args.overwrite)
-    if note:
-        print(note, file=sys.stderr)
+    with harness.ResultStore(output_dir(args), run_config(args, methods, options, style, model),
+                             overwrite=args.overwrite) as store:  # the run's lock is held until the outputs are written
+        if note:
+            print(note, file=sys.stderr)
+        if args.warmup:
+            harness.warm_up(model, tokenizer, prompts[0], methods, options, style, args.model_type, args.warmup,
+                            model.device)
+        stored = harness.run_prompts(model, tokenizer, prompts, methods, options, store, style, args.model_type,
+                                     progress=args.progress, time_limit=args.time_limit)
+        complete = harness.complete_ids(stored, prompts, methods)
+        requested = len(prompts)
+        prompts = [p for p in prompts if p.id in complete]  # a stopped run reports only fully answered prompts
+        if not prompts:
+            raise space.SpaceError(f"no prompt was answered by every method within --time_limit {args.time_limit}s; "
+                                   "raise it (answers so far are kept and the same command resumes)")
+        records = [r for r in stored if r["id"] in complete]
+        add_quality(records, prompts, args)
+        store.rewrite(stored)  # unfinished prompts keep their answers for the resume
 
-    if args.warmup:
-        harness.warm_up(model, tokenizer, prompts[0], methods, options, style, args.model_type, args.warmup, model.device)
-    stored = harness.run_prompts(model, tokenizer, prompts, methods, options, store, style, args.model_type,
-                                 progress=args.progress, time_limit=args.time_limit)
-    complete = harness.complete_ids(stored, prompts, methods)
-    requested = len(prompts)
-    prompts = [p for p in prompts if p.id in complete]  # a stopped run reports only fully answered prompts
-    if not prompts:
-        raise space.SpaceError(f"no prompt was answered by every method within --time_limit {args.time_limit}s; "
-                               "raise it (answers so far are kept and the same command resumes)")
-    records = [r for r in stored if r["id"] in complete]
-    add_quality(records, prompts, args)
-    store.rewrite(stored)  # unfinished prompts keep their answers for the resume
-
-    spec = space.read_mask_spec(model.config)
-    summary = summarize(records, count_tokens=lambda text: len(tokenizer.encode(text)) + 1,
-                        mask_num=options.get("space", {}).get("mask_num") or (spec.mask_num if spec else None))
-    finish_summary(summary, records, args, methods, len(prompts), note, style)
-    if len(prompts) < requested:
-        summary["partial"] = (f"stopped by --time_limit: {len(prompts)} of {requested} prompts answered by every "
-                              "method; the same command resumes")
-        print(summary["partial"], file=sys.stderr)
-    summary["versions"] = report.versions()
-    if not args.do_sample and "ar" in methods:
-        summary["divergences"] = explain_divergences(model, tokenizer, records, prompts, style, args.model_type)
-    write_outputs(store.dir, summary, records, args.save_data)
+        spec = space.read_mask_spec(model.config)
+        summary = summarize(records, count_tokens=lambda text: len(tokenizer.encode(text)) + 1,
+                            mask_num=options.get("space", {}).get("mask_num") or (spec.mask_num if spec else None))
+        finish_summary(summary, records, args, methods, len(prompts), note, style)
+        if len(prompts) < requested:
+            summary["partial"] = (f"stopped by --time_limit: {len(prompts)} of {requested} prompts answered by "
+                                  "every method; the same command resumes")
+            print(summary["partial"], file=sys.stderr)
+        summary["versions"] = report.versions()
+        if not args.do_sample and "ar" in methods:
+            summary["divergences"] = explain_divergences(model, tokenizer, records, prompts, style, args.model_type)
+        write_outputs(store.dir, summary, records, args.save_data)
     return summary
+
+
+def run_config(args: EvalArgs, methods: list[str], options: dict[str, dict], style: str, model) -> dict:
+    """The settings a run's answers depend on (run_config.json): a rerun with other ones is refused, not mixed.
+    `num_samples` only extends a run; `quality` (how pass@1 runs) only re-measures the kept answers."""
+    return dict(llm_dir=args.llm_dir, adapter=args.adapter, dataset=args.dataset, data_path=args.data_path,
+                methods=methods, options=options, prompt_style=style, model_type=args.model_type, dtype=args.dtype,
+                device=str(model.device), num_samples=args.num_samples,
+                quality=dict(pass_at_k=args.pass_at_k, exec_timeout=args.exec_timeout,
+                             unsafe_execution=args.unsafe_execution))
 
 
 def output_dir(args: EvalArgs) -> Path:
@@ -99,6 +112,9 @@ def parse_methods(methods: str) -> list[str]:
     unknown = [m for m in labels if not _valid_label(m)]
     if unknown or not labels:
         raise space.SpaceError(f"unknown method(s) {unknown} in --methods; available: {sorted(space.DECODERS)}")
+    repeated = sorted({m for m in labels if labels.count(m) > 1})
+    if repeated:  # a second copy would answer with the first one's answers as history, and merge in the summary
+        raise space.SpaceError(f"--methods names {', '.join(repeated)} more than once; name each method once")
     return labels
 
 

@@ -8,6 +8,11 @@ next skip set and keeps the resumable trial log. Before the search: a warm-up, t
 up front). After it, the best set is written into `args.output` (the original `skip_layers.json`
 format; other entries are kept).
 
+The trial log resumes only under the settings its tokens/s were measured with (`search_settings`: the
+model, dtype, device, calibration prompts, tokens per prompt, draft settings, the machine and torch);
+they are checked right after the model is loaded, before the baseline, and a rerun with other ones is
+refused naming the flag.
+
 The optimum depends on the hardware and software stack (docs/spec/SELF_SPECULATIVE.md §8.3): search on the machine you will
 decode on, with the dtype and device you will use.
 """
@@ -15,18 +20,21 @@ decode on, with the dtype and device you will use.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import platform
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from transformers import HfArgumentParser
 
 import space
 from space.decoding.threshold import ThresholdState
 from space.eval.harness import synchronize
-from space.eval.skip_search import CALIBRATION_PROMPTS, SHIPPED_SKIP_FILE, search
+from space.eval.skip_search import CALIBRATION_PROMPTS, SHIPPED_SKIP_FILE, TrialLog, search
 from space.skip_layers import SkipLayers, check_skippable, load_skip_file, model_key, save_skip_file
 
 
@@ -73,6 +81,9 @@ def search_skip_layers(args: SearchArgs) -> dict:
         raise space.SpaceError(f"--time_budget must be > 0 seconds (got {args.time_budget})")
     if args.max_new_tokens < 2:
         raise space.SpaceError("--max_new_tokens must be >= 2: with one token no draft is ever made")
+    if args.n_trials is not None and args.n_trials < 1:
+        raise space.SpaceError(f"--n_trials must be at least 1 (got {args.n_trials}); leave it out to search "
+                               "until the budget ends")
     model, tokenizer = space.load_model(args.llm_dir, adapter=args.adapter, dtype=args.dtype, device=args.device)
     check_skippable(model)
     prompts = load_prompts(args.prompts, tokenizer, args.chat, model.device)
@@ -80,6 +91,8 @@ def search_skip_layers(args: SearchArgs) -> dict:
     output = Path(args.output)
     log = Path(args.log) if args.log else Path("outputs") / "self_spec" / f"search_{key}.jsonl"
     num_layers = model.config.num_hidden_layers
+    settings = search_settings(args, model, prompts)
+    TrialLog(log, num_layers, settings).load()  # a log measured otherwise: refused before the baseline runs
     common = dict(max_new_tokens=args.max_new_tokens, eos_token_id=[])  # always the same token count
 
     def options(state=None) -> dict:
@@ -104,7 +117,7 @@ def search_skip_layers(args: SearchArgs) -> dict:
             f"raise it to at least {spent + 2 * baseline['pass_seconds'] + 1:.0f}s")
     result = search(num_layers, objective, remaining, n_trials=args.n_trials, log=log,
                     probes=probes_for(model, output, key), seed=args.seed,
-                    first_trial_seconds=baseline["pass_seconds"], progress=args.progress)
+                    first_trial_seconds=baseline["pass_seconds"], progress=args.progress, settings=settings)
 
     entries = load_skip_file(output) if output.is_file() else {}
     entries[key] = result.best
@@ -117,12 +130,36 @@ def search_skip_layers(args: SearchArgs) -> dict:
                 trials=len(result.trials), new_trials=result.new_trials, output=str(output), log=str(log))
 
 
+def search_settings(args: SearchArgs, model, prompts: list) -> dict:
+    """What the measured tokens/s depend on, by flag name (the trial log's settings file). Not in it: the
+    budget, --n_trials and --seed (they choose which points are measured, not how), --output and --key."""
+    device = model.get_input_embeddings().weight.device
+    digest = hashlib.sha256(b"".join(ids.cpu().numpy().tobytes() + b"|" for ids in prompts)).hexdigest()[:16]
+    return dict(llm_dir=args.llm_dir, adapter=args.adapter, dtype=args.dtype, device=str(device),
+                prompts=f"{len(prompts)} prompts, sha256 {digest}", chat=args.chat,
+                max_new_tokens=args.max_new_tokens, max_draft=args.max_draft, draft_threshold=args.draft_threshold,
+                hardware=hardware_name(device), torch=torch.__version__)
+
+
+def hardware_name(device) -> str:
+    """The accelerator's name, or the CPU model: tokens/s measured on one do not rank points on another."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def load_prompts(path: str, tokenizer, chat: bool, device) -> list:
     """The calibration prompts as `[1, n]` id tensors (in the chat template with `chat`)."""
     try:
-        texts = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise space.SpaceError(f"cannot read calibration prompts {path!r}: {error}") from error
+        texts = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise space.SpaceError(f"cannot read calibration prompts --prompts {path!r}: {error}") from error
     if not isinstance(texts, list) or not texts or not all(isinstance(t, str) and t for t in texts):
         raise space.SpaceError(f"--prompts {path!r} must be a non-empty JSON list of non-empty strings")
     if chat and tokenizer.chat_template:
