@@ -16,7 +16,7 @@ skip_layers, testing); `space.decoding` holds the decoders, `space.training` SAR
 """
 
 from space.decoding import DECODERS, DecodeOptions, DecodeResult, DecodeStats, decode
-from space.errors import SpaceError
+from space.errors import SpaceError, SpaceWarning
 from space.models import default_model_path, load_model
 from space.tokens import MaskSpec, SatSpec, add_mask_tokens, add_sat_tokens, read_mask_spec, read_sat_spec
 
@@ -28,6 +28,7 @@ __all__ = [
     "MaskSpec",
     "SatSpec",
     "SpaceError",
+    "SpaceWarning",
     "add_mask_tokens",
     "add_sat_tokens",
     "decode",

@@ -12,6 +12,11 @@ restores the trained mask rows), and the SPACE (or SDSAT) fields saved beside th
 copied onto the model config: `mask_num` stays the trained width, and the default decoding k for the
 device (`decode_mask_num`, or `decode_mask_num_cuda` on a GPU) becomes `config.decode_mask_num`, so a
 merged and saved model keeps both.
+
+Everything that can be checked on disk is checked before the base is loaded, each with one line naming
+the file: an adapter without its weights, a malformed `adapter_config.json` or `space.json`, and a
+damaged or truncated `.safetensors` file (`check_weight_files`; a kill during a save leaves one). An
+adapter loaded onto another base than the one its `space.json` names is a `SpaceWarning` naming both.
 """
 
 from __future__ import annotations
@@ -19,12 +24,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import warnings
 from pathlib import Path
 
 import torch
 
 from space.fast_linear import use_fast_linear
-from space.errors import SpaceError
+from space.errors import SpaceError, SpaceWarning
 from space.io import write_json
 from space.tokens import (
     CONFIG_FIELDS,
@@ -41,6 +47,11 @@ DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 ADAPTER_FIELDS_FILE = "space.json"  # beside a LoRA adapter: its base and SPACE fields
 SHIPPED_MODEL_DIR = Path(__file__).resolve().parent / "default_model"  # the project's trained SPACE adapter
 BASE_MODEL_ALIASES = ("smollm2", "smollm2-135m-instruct")  # the embedded base without the shipped adapter
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")  # what peft saves, newest format first
+DEVICES = "'auto', 'cpu', 'cuda' or 'cuda:N'"  # the decoders run on the CPU or on one CUDA device
+# space.json fields and the type each must have (a hand-edited file must fail here, not deep in peft)
+_FIELD_TYPES = {"mask_id": int, "mask_num": int, "sat_id": int, "sat_num": int, "decode_mask_num": int,
+                "decode_mask_num_cuda": int, "mask_diff": bool, "base_model": str}
 DTYPES = {
     "float32": torch.float32,
     "fp32": torch.float32,
@@ -81,10 +92,20 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
 def resolve_device(device: str | torch.device) -> torch.device:
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SpaceError("device 'cuda' was requested but CUDA is not available; use --device cpu")
-    return device
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):  # "gpu", "tpu", a number: torch lists every backend it knows
+        resolved = None
+    if resolved is None or resolved.type not in ("cpu", "cuda"):
+        raise SpaceError(f"device {str(device)!r} is not supported; use {DEVICES}")
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SpaceError("device 'cuda' was requested but CUDA is not available; use --device cpu")
+        count = torch.cuda.device_count()
+        if resolved.index is not None and resolved.index >= count:
+            raise SpaceError(f"device {str(device)!r} does not exist: this machine has {count} CUDA device(s), "
+                             f"cuda:0 to cuda:{count - 1}")
+    return resolved
 
 
 def load_model(
@@ -103,6 +124,7 @@ def load_model(
     into the weights, which gives the same logits and a faster forward. `fast_cpu_linear` (default:
     on for CPU) computes multi-row linear layers with the faster CPU formulation (`space.fast_linear`).
     """
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch_dtype = resolve_dtype(dtype)
@@ -110,20 +132,25 @@ def load_model(
     if adapter is None and name_or_path is None and has_shipped_model():
         adapter = SHIPPED_MODEL_DIR
     if adapter is None and name_or_path is not None and _is_adapter_dir(Path(name_or_path)):
+        check_adapter_dir(Path(name_or_path))
         adapter, name_or_path = Path(name_or_path), adapter_base(Path(name_or_path))
+    elif adapter is not None:
+        check_adapter_dir(Path(adapter))
+        _warn_if_other_base(Path(adapter), name_or_path)
     if str(name_or_path).lower() in BASE_MODEL_ALIASES:  # also an adapter's recorded base ("smollm2")
         name_or_path = None
     source, load_kwargs = _locate(name_or_path)
+    if "gguf_file" not in load_kwargs and Path(source).is_dir():
+        check_weight_files(Path(source), "model")
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **load_kwargs)
         model = AutoModelForCausalLM.from_pretrained(
             source, dtype=torch_dtype, attn_implementation=attn_implementation, **load_kwargs
         )
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, SafetensorError) as error:
         if isinstance(error, SpaceError):
             raise
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise SpaceError(f"could not load model {str(name_or_path or source)!r}: {first_line}") from error
+        raise SpaceError(f"could not load model {str(name_or_path or source)!r}: {_first_line(error)}") from error
     # A GGUF model's config says it was quantized; the weights are plain floats after loading, and a
     # saved copy must not ask for GGUF conversion again.
     quantizer = getattr(model, "hf_quantizer", None)
@@ -138,6 +165,93 @@ def load_model(
     if fast_cpu_linear if fast_cpu_linear is not None else torch_device.type == "cpu":
         use_fast_linear(model)
     return model, tokenizer
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def check_weight_files(directory: Path, what: str = "model") -> None:
+    """One line naming the first damaged or truncated `.safetensors` file in `directory` (`what`: model,
+    adapter, checkpoint). Reads each header only: cheap even for a sharded multi-GB model."""
+    from safetensors import SafetensorError, safe_open
+
+    for path in sorted(Path(directory).glob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="pt"):
+                pass
+        except (SafetensorError, OSError) as error:
+            raise SpaceError(
+                f"{what} weights file {path} is damaged or truncated ({_first_line(error)}); it was not fully "
+                "written (a save that was killed?): re-save, re-download or remove it"
+            ) from error
+
+
+def check_adapter_dir(adapter_dir: Path) -> dict:
+    """Everything about an adapter directory that can fail, before any model is loaded; returns its
+    `space.json` ({} when there is none)."""
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise SpaceError(f"{adapter_dir} is not a peft adapter directory (no adapter_config.json)")
+    _read_adapter_config(adapter_dir)
+    if not any((adapter_dir / name).is_file() for name in ADAPTER_WEIGHTS):
+        raise SpaceError(
+            f"adapter {adapter_dir} has adapter_config.json but no weights ({' or '.join(ADAPTER_WEIGHTS)}); "
+            "its save did not finish or the file was not copied: re-export the adapter"
+        )
+    check_weight_files(adapter_dir, "adapter")
+    return _read_fields_file(adapter_dir)
+
+
+def _read_adapter_config(adapter_dir: Path) -> dict:
+    return _read_json_object(adapter_dir / "adapter_config.json", "re-export the adapter")
+
+
+def _read_json_object(path: Path, fix: str) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise SpaceError(f"{path} is not valid JSON ({error.msg}, line {error.lineno}); {fix}") from error
+    except UnicodeDecodeError as error:
+        raise SpaceError(f"{path} is not UTF-8 text (byte {error.start}); {fix}") from error
+    if not isinstance(data, dict):
+        raise SpaceError(f"{path} must hold a JSON object, not a {type(data).__name__}; {fix}")
+    return data
+
+
+def _is_embedded(name) -> bool:
+    return name is None or str(name).lower() in BASE_MODEL_ALIASES
+
+
+def _base_label(name) -> str:
+    return "the embedded SmolLM2 base" if _is_embedded(name) else repr(str(name))
+
+
+def _same_base(recorded, given) -> bool:
+    """Whether `given` names the base `space.json` records: the same name or path, the same directory, or
+    (a path recorded on another machine) a directory of the same name."""
+    if _is_embedded(recorded) or _is_embedded(given):
+        return _is_embedded(recorded) and _is_embedded(given)
+    recorded_path, given_path = Path(recorded), Path(given)
+    if recorded_path == given_path:
+        return True
+    if recorded_path.exists() and given_path.exists():
+        return recorded_path.resolve() == given_path.resolve()
+    return recorded_path.name == given_path.name
+
+
+def _warn_if_other_base(adapter_dir: Path, given) -> None:
+    """A `SpaceWarning` when `given` is not the base the adapter's `space.json` records (LoRA weights
+    on another base load without an error when the shapes agree, and give another model)."""
+    saved = _read_fields_file(adapter_dir)
+    if "base_model" not in saved or _same_base(saved["base_model"], given):
+        return
+    warnings.warn(
+        f"adapter {adapter_dir} was trained on {_base_label(saved['base_model'])} (its {ADAPTER_FIELDS_FILE}) but is "
+        f"loaded onto {_base_label(given)}; pass that base, or the adapter directory alone to load it onto its base "
+        "(ignore this if it is a copy of that base)",
+        SpaceWarning, stacklevel=3,
+    )
 
 
 def _locate(name_or_path) -> tuple[str, dict]:
@@ -164,11 +278,10 @@ def _apply_adapter(model, tokenizer, adapter_dir: Path, merge: bool, device_type
     """Base + adapter. The mask tokens the adapter was trained with are recreated first: from the
     tokenizer saved beside it, else from the SPACE fields in `space.json` (same ids, same mean rows)."""
     from peft import PeftModel
+    from safetensors import SafetensorError
     from transformers import AutoTokenizer
 
-    if not (adapter_dir / "adapter_config.json").is_file():
-        raise SpaceError(f"{adapter_dir} is not a peft adapter directory (no adapter_config.json)")
-    saved = _read_fields_file(adapter_dir)
+    saved = check_adapter_dir(adapter_dir)
     fields = _config_fields(saved)
     if (adapter_dir / "tokenizer_config.json").is_file():
         tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
@@ -187,7 +300,13 @@ def _apply_adapter(model, tokenizer, adapter_dir: Path, merge: bool, device_type
             f"adapter {adapter_dir} trains token ids up to {max(needed)} but the base has vocab {vocab} and the "
             "adapter carries no tokenizer or space.json to add them; use the base it was trained on"
         )
-    model = PeftModel.from_pretrained(model, adapter_dir)
+    try:
+        model = PeftModel.from_pretrained(model, adapter_dir)
+    except (RuntimeError, ValueError, OSError, KeyError, SafetensorError) as error:  # e.g. a size mismatch
+        raise SpaceError(
+            f"adapter {adapter_dir} does not fit this base ({_first_line(error)}); load it onto the base it was "
+            f"trained on ({ADAPTER_FIELDS_FILE} or adapter_config.json names it)"
+        ) from error
     model = model.merge_and_unload() if merge else model
     for name, value in fields.items():
         setattr(model.config, name, value)
@@ -210,7 +329,7 @@ def decode_mask_num(saved: dict, device_type: str = "cpu", adapter_dir: Path | N
 
 def _adapter_token_ids(adapter_dir: Path) -> list[int]:
     """Token ids whose embedding rows the adapter trains (peft `trainable_token_indices`)."""
-    indices = json.loads((adapter_dir / "adapter_config.json").read_text()).get("trainable_token_indices") or []
+    indices = _read_adapter_config(adapter_dir).get("trainable_token_indices") or []
     if isinstance(indices, dict):
         indices = [i for values in indices.values() for i in values]
     return list(indices)
@@ -224,10 +343,14 @@ def _read_fields_file(adapter_dir: Path) -> dict:
     path = Path(adapter_dir) / ADAPTER_FIELDS_FILE
     if not path.is_file():
         return {}
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise SpaceError(f"{path} is not valid JSON ({error.msg}); re-export the adapter") from error
+    fields = _read_json_object(path, "re-export the adapter")
+    for name, kind in _FIELD_TYPES.items():
+        value = fields.get(name)
+        wrong = not isinstance(value, kind) or (kind is int and isinstance(value, bool))
+        if value is not None and wrong:
+            what = {int: "an integer", bool: "true or false", str: "a string"}[kind]
+            raise SpaceError(f"{path}: {name} must be {what} or null (got {value!r}); re-export the adapter")
+    return fields
 
 
 def read_space_json(adapter_dir: str | Path) -> dict:
@@ -258,7 +381,7 @@ def adapter_base(adapter_dir: Path) -> str | None:
     ours = _read_fields_file(adapter_dir)
     if ours:
         return ours.get("base_model")
-    return json.loads((adapter_dir / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    return _read_adapter_config(adapter_dir).get("base_model_name_or_path")
 
 
 def unwrap(model):

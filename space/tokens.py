@@ -11,7 +11,7 @@ tokens. This module owns:
   lies beyond the vocabulary, e.g. 32002 for a 32,000-token LLaMA vocabulary), resizes the input
   embeddings and an untied lm_head, and initialises the new rows with the mean of the old ones;
 * `resolve_mask_spec`: merges explicit options with what the config records, with one clear error
-  when a model has no mask tokens;
+  when a model has no mask tokens or an explicit k exceeds the width its masks were trained with;
 * `text_use`: the one rule (masks and SATs) for which existing ids may become placeholders.
 
 An explicit id may also be a token the tokenizer already has but does not use for text (an added
@@ -112,8 +112,23 @@ def record_mask_spec(config, spec: MaskSpec) -> None:
 def resolve_mask_spec(
     config, mask_id: int | None = None, mask_num: int | None = None, mask_diff: bool | None = None
 ) -> MaskSpec:
-    """Explicit options win; missing ones come from the config; no mask id anywhere is an error."""
+    """Explicit options win; missing ones come from the config; no mask id anywhere is an error.
+
+    An explicit `mask_num` may not exceed the width the config's masks were trained with (its `mask_num`)
+    when they are the masks decoded with: group slots past that width hold predictions the model never
+    learned (with `mask_diff`, ids that are not masks at all). Untrained masks get a wider width from
+    `add_mask_tokens` first.
+    """
     recorded = read_mask_spec(config)
+    trained = getattr(config, "mask_num", None)
+    if (mask_num is not None and trained is not None and recorded is not None
+            and mask_id in (None, recorded.mask_id) and int(mask_num) > int(trained)):
+        raise SpaceError(
+            f"mask_num {mask_num} is above the width this model's masks were trained with (config mask_num "
+            f"{trained}); pass mask_num <= {trained}, or for untrained masks record a wider width first: "
+            f"space.add_mask_tokens(model, tokenizer, mask_num={mask_num}, mask_id={recorded.mask_id}"
+            f"{', mask_diff=True' if recorded.mask_diff else ''})"
+        )
     if mask_id is None:
         if recorded is None:
             raise SpaceError(
@@ -315,8 +330,20 @@ def record_sat_spec(config, spec: SatSpec) -> None:
 
 
 def resolve_sat_spec(config, sat_id: int | None = None, sat_num: int | None = None) -> SatSpec:
-    """Explicit options win; missing ones come from the config; no adaptive token anywhere is an error."""
+    """Explicit options win; missing ones come from the config; no adaptive token anywhere is an error.
+
+    As for masks, an explicit `sat_num` may not exceed the recorded one (the number of adaptive tokens
+    the model was trained to read after a real token) when the recorded token is the one decoded with.
+    """
     recorded = read_sat_spec(config)
+    trained = getattr(config, "sat_num", None)
+    if (sat_num is not None and trained is not None and recorded is not None
+            and sat_id in (None, recorded.sat_id) and int(sat_num) > int(trained)):
+        raise SpaceError(
+            f"sat_num {sat_num} is above the number of adaptive tokens this model was trained with (config "
+            f"sat_num {trained}); pass sat_num <= {trained}, or for an untrained token record more first: "
+            f"space.add_sat_tokens(model, tokenizer, sat_num={sat_num}, sat_id={recorded.sat_id})"
+        )
     if sat_id is None and recorded is None:
         raise SpaceError(
             "this model has no SDSAT adaptive token recorded in its config: add one with "

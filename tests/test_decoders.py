@@ -9,6 +9,7 @@ import torch
 import space
 from space.decoding import DECODERS, Decoder, option_names, parse_options, session_options
 from space.decoding.common import DecodeOptions, DecodeStats
+from space.decoding.hf import PromptLookupOptions
 from space.decoding.sdsat import SdsatOptions, SdsatStats
 from space.decoding.self_spec import SelfSpecOptions, SelfSpecStats
 from space.decoding.space import SpaceOptions
@@ -81,6 +82,41 @@ def test_each_options_class_validates_its_own_fields_only():
     ]:
         with pytest.raises(space.SpaceError, match=message):
             options_class(**bad).validate()
+
+
+@pytest.mark.parametrize("options_class,bad,message", [
+    (DecodeOptions, dict(max_new_tokens=2.5), r"max_new_tokens must be an integer \(got 2.5\)"),
+    (DecodeOptions, dict(max_new_tokens="4"), r"max_new_tokens must be an integer \(got '4'\)"),
+    (DecodeOptions, dict(max_new_tokens=None), r"max_new_tokens must be an integer \(got None\)"),
+    (DecodeOptions, dict(max_new_tokens=True), r"max_new_tokens must be an integer \(got True\)"),
+    (DecodeOptions, dict(top_k=2.5), r"top_k must be an integer \(got 2.5\)"),
+    (DecodeOptions, dict(eos_token_id="x"), r"eos_token_id must be an integer or a list of integers or None"),
+    (DecodeOptions, dict(eos_token_id=[2, "3"]), r"eos_token_id must be an integer or a list of integers"),
+    (DecodeOptions, dict(do_sample="false"), r"do_sample must be True or False \(got 'false'\)"),
+    (DecodeOptions, dict(use_cache=0), r"use_cache must be True or False \(got 0\)"),
+    (DecodeOptions, dict(temperature="0.7"), r"temperature must be a number \(got '0.7'\)"),
+    (DecodeOptions, dict(seed=1.5), r"seed must be an integer or None \(got 1.5\)"),
+    (SpaceOptions, dict(mask_num=2.0), r"mask_num must be an integer or None \(got 2.0\)"),
+    (SpaceOptions, dict(mask_diff="yes"), r"mask_diff must be True or False or None"),
+    (SdsatOptions, dict(sat_id="95"), r"sat_id must be an integer or None"),
+    (SelfSpecOptions, dict(max_draft=None), r"max_draft must be an integer \(got None\)"),
+    (SelfSpecOptions, dict(draft_threshold="0.5"), r"draft_threshold must be a number or None"),
+    (SelfSpecOptions, dict(adaptive_threshold="false"), r"adaptive_threshold must be True or False"),
+    (PromptLookupOptions, dict(prompt_lookup_num_tokens=0), r"prompt_lookup_num_tokens must be >= 1"),
+])
+def test_an_option_of_the_wrong_type_is_one_clear_error(options_class, bad, message):
+    """A string must never pass for a flag (`do_sample="false"` sampled) nor a float for a count (a torch trace)."""
+    with pytest.raises(space.SpaceError, match=message) as error:
+        options_class(**bad).validate()
+    assert "\n" not in str(error.value)
+
+
+def test_options_of_the_right_types_pass():
+    import numpy as np
+
+    DecodeOptions(max_new_tokens=np.int64(4), eos_token_id=(2, 3), temperature=1, top_p=np.float32(0.5)).validate()
+    SpaceOptions(mask_num=None, mask_diff=None).validate()
+    SelfSpecOptions(draft_threshold=1).validate()
 
 
 # --- state carried from prompt to prompt, and the record of each answer -------------------------

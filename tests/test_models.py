@@ -145,3 +145,114 @@ def test_trained_width_and_decoding_k_are_kept_apart(saved_tiny, tmp_path, monke
     assert space.read_mask_spec(reloaded.config) == space.MaskSpec(95, 3, False)  # the spec it decodes with
     record_mask_spec(reloaded.config, space.MaskSpec(95, 4, False))  # a new width: its decoding default goes
     assert space.read_mask_spec(reloaded.config).mask_num == 4 and not hasattr(reloaded.config, "decode_mask_num")
+
+
+# --- damaged or incomplete files, devices, the base an adapter names (issue 17) -------------------
+
+
+def save_adapter(directory, seed=3, **model_options):
+    peft_model = get_peft_model(tiny_llama(seed=seed, **model_options),
+                                LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"]))
+    peft_model.save_pretrained(directory)
+    return directory
+
+
+def truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def one_line_error(match, call):
+    with pytest.raises(space.SpaceError, match=match) as error:
+        call()
+    assert "\n" not in str(error.value)
+
+
+def test_a_truncated_weights_file_is_named(saved_tiny, tmp_path):
+    """A kill during a save leaves a truncated .safetensors: one line naming the file, for a model (a
+    training checkpoint is one), an adapter, and a model directory given as an adapter's base."""
+    import shutil
+
+    _, path = saved_tiny
+    checkpoint = tmp_path / "checkpoint-2"
+    shutil.copytree(path, checkpoint)
+    truncate(checkpoint / "model.safetensors")
+    one_line_error(rf"model weights file {checkpoint / 'model.safetensors'} is damaged or truncated \(.*\); it was not "
+                   "fully written", lambda: space.load_model(checkpoint))
+    adapter = save_adapter(tmp_path / "adapter")
+    truncate(adapter / "adapter_model.safetensors")
+    one_line_error(rf"adapter weights file {adapter / 'adapter_model.safetensors'} is damaged or truncated",
+                   lambda: space.load_model(path, adapter=adapter))
+    (checkpoint / "model.safetensors").write_bytes(b"")
+    one_line_error("model weights file .* is damaged or truncated", lambda: space.load_model(checkpoint))
+
+
+def test_an_adapter_without_its_weights_says_what_is_missing(saved_tiny, tmp_path):
+    """Without adapter_model.safetensors peft took the directory for a hub name ("Repo id must be a string")."""
+    _, path = saved_tiny
+    adapter = save_adapter(tmp_path / "adapter")
+    (adapter / "adapter_model.safetensors").unlink()
+    message = (rf"adapter {adapter} has adapter_config.json but no weights \(adapter_model.safetensors or "
+               r"adapter_model.bin\); its save did not finish")
+    one_line_error(message, lambda: space.load_model(path, adapter=adapter))
+    one_line_error(message, lambda: space.load_model(adapter))  # checked before any base is loaded
+
+
+@pytest.mark.parametrize("name,content,message", [
+    ("space.json", b"{bad", r"space.json is not valid JSON \(Expecting property name"),
+    ("space.json", b"[1, 2]", r"space.json must hold a JSON object, not a list"),
+    ("space.json", b"\xff\xfe{}", r"space.json is not UTF-8 text"),
+    ("space.json", b'{"mask_id": "x"}', r"space.json: mask_id must be an integer or null \(got 'x'\)"),
+    ("space.json", b'{"mask_diff": "false"}', r"space.json: mask_diff must be true or false or null"),
+    ("adapter_config.json", b"{bad", r"adapter_config.json is not valid JSON"),
+])
+def test_a_malformed_adapter_file_is_one_line(saved_tiny, tmp_path, name, content, message):
+    _, path = saved_tiny
+    adapter = save_adapter(tmp_path / "adapter")
+    (adapter / name).write_bytes(content)
+    one_line_error(message + ".*; re-export the adapter", lambda: space.load_model(path, adapter=adapter))
+
+
+@pytest.mark.parametrize("device", ["gpu", "mps", "tpu", "cuda0"])
+def test_an_unsupported_device_names_the_valid_ones(device):
+    one_line_error(rf"device '{device}' is not supported; use 'auto', 'cpu', 'cuda' or 'cuda:N'",
+                   lambda: space.models.resolve_device(device))
+
+
+def test_a_cuda_index_past_the_devices_is_named(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    one_line_error(r"device 'cuda:2' does not exist: this machine has 2 CUDA device\(s\), cuda:0 to cuda:1",
+                   lambda: space.models.resolve_device("cuda:2"))
+    assert space.models.resolve_device("cuda:1") == torch.device("cuda:1")
+
+
+def test_an_adapter_on_another_base_than_its_space_json_names_warns(saved_tiny, tmp_path):
+    import json
+    import warnings
+
+    _, path = saved_tiny
+    other = tmp_path / "other"
+    tiny_llama(seed=4).save_pretrained(other)
+    tiny_tokenizer().save_pretrained(other)
+    adapter = save_adapter(tmp_path / "adapter")
+    (adapter / "space.json").write_text(json.dumps({"base_model": str(path)}))
+    with pytest.warns(space.SpaceWarning, match=rf"adapter {adapter} was trained on '{path}' \(its space.json\) but "
+                                                rf"is loaded onto '{other}'; pass that base"):
+        space.load_model(other, adapter=adapter)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", space.SpaceWarning)
+        space.load_model(str(path) + "/", adapter=adapter)  # the same directory, spelled otherwise
+        space.load_model(adapter)  # the base it names
+        (adapter / "space.json").write_text(json.dumps({"base_model": "/elsewhere/base"}))
+        space.load_model(path, adapter=adapter)  # recorded on another machine: a directory of the same name
+    (adapter / "space.json").write_text(json.dumps({"base_model": None}))
+    with pytest.warns(space.SpaceWarning, match=r"was trained on the embedded SmolLM2 base .* loaded onto '"):
+        space.load_model(path, adapter=adapter)
+
+
+def test_an_adapter_that_does_not_fit_the_base_is_one_line(saved_tiny, tmp_path):
+    _, path = saved_tiny
+    adapter = save_adapter(tmp_path / "adapter", hidden_size=32)
+    one_line_error(rf"adapter {adapter} does not fit this base \(.*\); load it onto the base it was trained on",
+                   lambda: space.load_model(path, adapter=adapter))

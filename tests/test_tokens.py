@@ -195,3 +195,22 @@ def test_gathered_is_a_no_op_without_zero3():
     with gathered([weight]):
         weight.data[1] = 5.0
     assert weight[1].tolist() == [5.0, 5.0]
+
+
+@pytest.mark.parametrize("mask_diff", [False, True])
+def test_decoding_k_is_bounded_by_the_trained_width_and_the_named_fix_widens_it(mask_diff):
+    """k above the config's mask_num (the trained width) is refused (issue 17: mask_num=200 grew to 21.7 GB);
+    the message's own fix, for untrained masks, records a wider width on the same ids and then decodes."""
+    import re
+
+    model, tokenizer = fresh()
+    spec = space.add_mask_tokens(model, tokenizer, mask_num=3, mask_diff=mask_diff)
+    prompt = torch.tensor([[5, 6, 7]])
+    with pytest.raises(space.SpaceError, match=r"mask_num 6 is above the width this model's masks were trained with "
+                                               r"\(config mask_num 3\); pass mask_num <= 3") as error:
+        space.decode(model, prompt, "space", max_new_tokens=8, mask_num=6)
+    fix = re.search(r"space\.add_mask_tokens\(model, tokenizer, (.*)\)$", str(error.value)).group(1)
+    wider = space.add_mask_tokens(model, tokenizer, **eval(f"dict({fix})"))
+    assert wider == MaskSpec(spec.mask_id, 6, mask_diff)
+    assert space.decode(model, prompt, "space", max_new_tokens=8, mask_num=6).tokens.tolist() == \
+        space.decode(model, prompt, "ar", max_new_tokens=8).tokens.tolist()

@@ -16,7 +16,7 @@ import torch
 
 from space.decoding import ar, hf, sdsat, self_spec
 from space.decoding import space as space_decoding
-from space.decoding.common import DecodeOptions, DecodeResult, DecodeStats, check_prompt
+from space.decoding.common import DecodeOptions, DecodeResult, DecodeStats, check_prompt, fit_context
 from space.errors import SpaceError
 
 
@@ -80,7 +80,7 @@ def parse_options(method: str, options: dict) -> DecodeOptions:
 def decode(model, input_ids: torch.Tensor, method: str = "space", **options) -> DecodeResult:
     parsed = parse_options(method, options)
     check_prompt(model, input_ids)
-    return DECODERS[method].generate(model, input_ids, parsed)
+    return DECODERS[method].generate(model, input_ids, fit_context(model, input_ids, parsed))
 
 
 def _options_doc() -> str:
@@ -99,7 +99,9 @@ decode.__doc__ = f"""Generate from a `[1, n]` prompt with `method` (one of `DECO
     takes the model config's value):
 {_options_doc()}
 
-    An unknown method, or an option the method does not take, is a `SpaceError` naming the method's options.
+    An unknown method, an option the method does not take, or one of the wrong type is a `SpaceError`
+    naming the fix. `max_new_tokens` beyond the room the model's context leaves after the prompt is cut
+    to that room, with a `SpaceWarning`.
     """
 
 

@@ -5,6 +5,10 @@ A decoder is a function `generate(model, input_ids, options) -> DecodeResult` wh
 dataclass, a subclass of `DecodeOptions` (the fields every method reads). It neither tokenizes, prints
 nor times; the evaluation harness does that, with one definition for every method.
 
+`DecodeOptions.validate` first checks every option's type against its annotation (`check_option_types`:
+a string never passes for a flag, a float never for a count), then the ranges. `fit_context` cuts
+`max_new_tokens` to the room the model's context leaves after the prompt, with a `SpaceWarning`.
+
 Every loop is written with the same named steps (Medusa's generate_candidates -> tree_decoding ->
 evaluate_posterior -> update_inference_inputs): `Run.start` (the preamble: target model, input on its
 device, output buffer, KV cache, generator, stats), `Run.unseen` (the input the cache has not seen),
@@ -20,13 +24,15 @@ The model is used through public HF attributes only, so any LLaMA-family `*ForCa
 from __future__ import annotations
 
 import functools
+import numbers
+import warnings
 import weakref
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 
 import torch
 
 from space.cache import CompactCache, cache_kwargs
-from space.errors import SpaceError
+from space.errors import SpaceError, SpaceWarning
 from space.models import unwrap
 from space.window import AttentionMasks
 
@@ -54,6 +60,7 @@ class DecodeOptions:
         return {}
 
     def validate(self) -> None:
+        check_option_types(self)
         if self.max_new_tokens < 1:
             raise SpaceError(f"max_new_tokens must be >= 1 (got {self.max_new_tokens})")
         if self.do_sample:
@@ -63,6 +70,38 @@ class DecodeOptions:
                 raise SpaceError(f"top_p must be in (0, 1] (got {self.top_p})")
             if self.top_k < 0:
                 raise SpaceError(f"top_k must be >= 0 (got {self.top_k}); 0 disables it")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_ids(value) -> bool:
+    return _is_int(value) or (isinstance(value, (list, tuple)) and all(_is_int(v) for v in value))
+
+
+# An option's annotation -> (test, what it must be). A string or a float must never pass for an int or a
+# flag: `do_sample="false"` would sample (a non-empty string is true), `max_new_tokens=2.5` fails deep in torch.
+_OPTION_TYPES = {
+    "int": (_is_int, "an integer"),
+    "float": (lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool), "a number"),
+    "bool": (lambda v: isinstance(v, bool), "True or False"),
+    "str": (lambda v: isinstance(v, str), "a string"),
+    "int | list[int]": (_is_ids, "an integer or a list of integers"),
+}
+
+
+def check_option_types(options) -> None:
+    """One line for an option of the wrong type, read off the dataclass annotations (`int | None` also
+    takes None); fields annotated otherwise (`object`, `tuple`) are checked by their own method."""
+    for option in fields(options):
+        annotation = option.type.__name__ if isinstance(option.type, type) else str(option.type)
+        optional = annotation.endswith(" | None")
+        test, what = _OPTION_TYPES.get(annotation.removesuffix(" | None"), (None, None))
+        value = getattr(options, option.name)
+        if test is None or (optional and value is None) or test(value):
+            continue
+        raise SpaceError(f"{option.name} must be {what}{' or None' if optional else ''} (got {value!r})")
 
 
 @dataclass
@@ -118,6 +157,24 @@ def check_prompt(model, input_ids: torch.Tensor) -> None:
     vocab = model.config.vocab_size
     if int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab:
         raise SpaceError(f"input_ids contain ids outside the vocabulary [0, {vocab})")
+
+
+def fit_context(model, input_ids: torch.Tensor, options: DecodeOptions) -> DecodeOptions:
+    """`options` with `max_new_tokens` cut to the room the model's context leaves after the prompt.
+
+    Positions past `max_position_embeddings` are ones the model was never trained on; every method
+    stops at the same length, so AR identity holds. The cut is said once per call (`SpaceWarning`).
+    """
+    context = getattr(unwrap(model).config, "max_position_embeddings", None)
+    room = None if context is None else int(context) - input_ids.shape[1]
+    if room is None or options.max_new_tokens <= room:
+        return options
+    warnings.warn(
+        f"max_new_tokens {options.max_new_tokens} cut to {room}: the prompt has {input_ids.shape[1]} tokens and "
+        f"the model's context (max_position_embeddings) is {context}; pass max_new_tokens <= {room} to silence this",
+        SpaceWarning, stacklevel=3,
+    )
+    return replace(options, max_new_tokens=room)
 
 
 def check_one_device(model) -> None:

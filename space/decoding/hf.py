@@ -25,6 +25,11 @@ class PromptLookupOptions(DecodeOptions):
 
     prompt_lookup_num_tokens: int = 10  # n-gram drafts copied from the context per step
 
+    def validate(self) -> None:
+        super().validate()
+        if self.prompt_lookup_num_tokens < 1:
+            raise SpaceError(f"prompt_lookup_num_tokens must be >= 1 (got {self.prompt_lookup_num_tokens})")
+
 
 def _generation_config(model, options: DecodeOptions, **extra) -> GenerationConfig:
     """An explicit config: HF fills every field left None from the checkpoint's generation config."""

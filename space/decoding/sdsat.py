@@ -73,6 +73,8 @@ class SdsatOptions(DecodeOptions):
         check_sampling_mode(self.sampling_mode)
         if self.sat_num is not None and self.sat_num < 1:
             raise SpaceError(f"sat_num must be >= 1 (got {self.sat_num})")
+        if self.sat_num is not None and self.do_sample and self.sampling_mode == "original":
+            build_tree(self.sat_num)  # an unsupported tree depth is named before the model is looked at
 
 
 @dataclass
@@ -144,7 +146,9 @@ def generate(model, input_ids: torch.Tensor, options: SdsatOptions) -> DecodeRes
     if use_tree:
         build_tree(k)  # an unsupported depth fails before any forward
     device = target.device
-    run = Run.start(target, input_ids, options, SdsatStats(), cache_slack=build_tree(k).size if use_tree else k + 1)
+    # a round never drafts more than the budget, so neither does the cache's room for SATs and drafts
+    slack = build_tree(k).size if use_tree else min(k, options.max_new_tokens) + 1
+    run = Run.start(target, input_ids, options, SdsatStats(), cache_slack=slack)
     out, cache, generator, stats = run.out, run.cache, run.generator, run.stats
     process = partial(probabilities, temperature=options.temperature, top_k=options.top_k, top_p=options.top_p)
 

@@ -94,7 +94,9 @@ def generate(model, input_ids: torch.Tensor, options: SelfSpecOptions) -> Decode
     initial = options.draft_threshold if options.draft_threshold is not None else DEFAULT_THRESHOLD[options.do_sample]
     state.start_call(initial)
 
-    run = Run.start(target, input_ids, options, SelfSpecStats(), cache_slack=options.max_draft + 1)
+    # a round drafts at most the budget left, so the cache needs no room for more (max_draft may be huge)
+    run = Run.start(target, input_ids, options, SelfSpecStats(),
+                    cache_slack=min(options.max_draft, options.max_new_tokens) + 1)
     out, cache, stats = run.out, run.cache, run.stats
 
     while not out.finished:

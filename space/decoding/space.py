@@ -15,6 +15,10 @@ sampling stays exact; the original rule gives them probability 65504 and always 
 With the KV cache only the `1 + k(k+2)` new rows are fed; after verification the cache keeps the
 committed tokens and moves the accepted candidates' entries next to them (`CompactCache.compact`).
 lm_head runs only on the k+1 verification rows and then on the k rows of the chosen group.
+
+k is bounded twice before anything is built: an explicit k by the width the model's masks were trained
+with (`space.tokens.resolve_mask_spec`), and every k by the size of one step's attention mask, whose
+`1 + k(k+2)` rows grow as k² (`MAX_STEP_ENTRIES`).
 """
 
 from __future__ import annotations
@@ -31,6 +35,10 @@ from space.layout import ChunkLayout, step_layout
 from space.tokens import resolve_mask_spec
 
 FP16_MAX = 65504.0  # the original's draft probability for the first step's dummy candidates
+# One step's attention mask is `rows x keys` with rows = 1 + k(k+2): quartic in k. 2^26 entries (256 MiB
+# as an fp32 mask, before the attention itself) allows k up to 89 for a short prompt, far past any
+# trained width, and refuses before a runaway k (200: 1.6e9 entries) exhausts the machine's memory.
+MAX_STEP_ENTRIES = 2**26
 
 
 @dataclass
@@ -47,6 +55,29 @@ class SpaceOptions(DecodeOptions):
         check_sampling_mode(self.sampling_mode)
         if self.mask_num is not None and self.mask_num < 1:
             raise SpaceError(f"mask_num must be >= 1 (got {self.mask_num})")
+
+
+def step_entries(k: int, length: int) -> int:
+    """Attention-mask entries of a step at k: `1 + k(k+2)` rows, each seeing up to the `length` committed
+    tokens and the chunk itself."""
+    rows = 1 + k * (k + 2)
+    return rows * (length + rows)
+
+
+def check_step_size(k: int, length: int) -> None:
+    """Refuse a k whose steps would not fit in memory (`MAX_STEP_ENTRIES`), naming the largest k that fits."""
+    if step_entries(k, length) <= MAX_STEP_ENTRIES:
+        return
+    largest = 0
+    while step_entries(largest + 1, length) <= MAX_STEP_ENTRIES:
+        largest += 1
+    rows = 1 + k * (k + 2)
+    fix = f"use mask_num <= {largest}" if largest else "shorten the prompt or max_new_tokens"
+    raise SpaceError(
+        f"mask_num {k} makes SPACE steps of 1 + k(k+2) = {rows} rows; with {length} prompt + new tokens one step's "
+        f"attention mask has {step_entries(k, length):,} entries, above the memory bound "
+        f"space.decoding.space.MAX_STEP_ENTRIES = {MAX_STEP_ENTRIES:,}; {fix}"
+    )
 
 
 @dataclass
@@ -80,6 +111,7 @@ def generate(model, input_ids: torch.Tensor, options: SpaceOptions) -> DecodeRes
     target = Model(model)
     spec = resolve_mask_spec(target.config, options.mask_id, options.mask_num, options.mask_diff)
     k = spec.mask_num
+    check_step_size(k, input_ids.shape[1] + options.max_new_tokens)  # before the layout, which is rows x rows
     device = target.device
     layout = ChunkLayout.build(k, device)
     group_ids = torch.tensor(spec.group_ids(k), device=device)
