@@ -127,8 +127,9 @@ def prepare_masks(model, tokenizer, args: EvalArgs, methods: list[str]) -> str |
     """Check SPACE can run before any timing; give the embedded base model untrained masks if needed."""
     return _prepare_draft_tokens(
         model, "space", methods, recorded=space.read_mask_spec(model.config), requested=args.mask_id,
-        add=lambda: space.add_mask_tokens(model, tokenizer, mask_num=args.mask_num or 3),
-        check=lambda: resolve_mask_spec(model.config, args.mask_id, args.mask_num, args.mask_diff),
+        add=lambda: _add_untrained_masks(model, tokenizer, args.mask_num or 3, _sweep(methods, "space")),
+        check=lambda: [resolve_mask_spec(model.config, args.mask_id, k, args.mask_diff)
+                       for k in [args.mask_num] + _sweep(methods, "space")],
         embedded=is_embedded(args.llm_dir),
         note="the embedded SmolLM2-135M-Instruct has no trained mask tokens here; untrained ones were added, "
              "so SPACE output equals AR but few drafts are accepted")
@@ -138,11 +139,23 @@ def prepare_sats(model, tokenizer, args: EvalArgs, methods: list[str]) -> str | 
     """Check SDSAT can run before any timing; give the embedded model an untrained adaptive token if needed."""
     return _prepare_draft_tokens(
         model, "sdsat", methods, recorded=space.read_sat_spec(model.config), requested=args.sat_id,
-        add=lambda: space.add_sat_tokens(model, tokenizer, sat_num=args.sat_num or 5),
-        check=lambda: resolve_sat_spec(model.config, args.sat_id, args.sat_num),
+        add=lambda: space.add_sat_tokens(model, tokenizer, sat_num=max([args.sat_num or 5] + _sweep(methods, "sdsat"))),
+        check=lambda: [resolve_sat_spec(model.config, args.sat_id, k)
+                       for k in [args.sat_num] + _sweep(methods, "sdsat")],
         embedded=is_embedded(args.llm_dir),
         note="the embedded model has no trained SDSAT adaptive token here; an untrained one was added, "
              "so SDSAT output equals AR but few drafts are accepted")
+
+
+def _add_untrained_masks(model, tokenizer, k: int, sweep: list[int]) -> None:
+    """Masks wide enough for every `space@K`; plain `space` keeps decoding with k (the decoding default)."""
+    space.add_mask_tokens(model, tokenizer, mask_num=max([k] + sweep))
+    model.config.decode_mask_num = k
+
+
+def _sweep(methods: list[str], name: str) -> list[int]:
+    """The k of each `name@K` label: untrained tokens are added wide enough for all, each k is checked up front."""
+    return [k for label in methods for method, k in [split_label(label)] if method == name and k is not None]
 
 
 def _prepare_draft_tokens(model, method: str, methods: list[str], recorded, requested, add, check, embedded: bool,
