@@ -4,6 +4,8 @@
 
 Writes alpaca-format JSONL records (`instruction`, `input`, `output`, plus `id` and the generated
 `output_ids`) for `scripts/train_sft.py --template chat_template`. Resumable: rerun to continue.
+`--model` and `--max_new_tokens` are recorded beside the answers (`<output stem>.settings.json`); a rerun
+with other ones is refused, naming the flag, so one file never mixes two models or two length limits.
 The step itself is `space.training.distill.make_distill_data`.
 """
 

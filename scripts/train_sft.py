@@ -22,6 +22,9 @@ one per `--sat_every` real tokens; real tokens keep the plain AR loss and never 
 records `sat_id` / `sat_num` for `space.decode(..., "sdsat")`; SPACE's `--mask_*` flags are ignored
 except `--mask_loss_weight` (the weight of the SAT predictions).
 
+An interrupted run keeps its `checkpoint-N` folders; Ctrl-C prints the command that continues from the newest
+complete one (the same flags with `--resume_from_checkpoint last`).
+
 The run itself is `space.training.train` (space/training/recipe.py).
 """
 
@@ -31,6 +34,7 @@ import sys
 
 from space.cli import run
 from space.training import parse_train_args, train
+from space.training.recipe import resume_hint
 
 
 def main(argv=None):
@@ -41,4 +45,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    run(main)
+    run(main, lambda: resume_hint(sys.argv[1:], sys.argv[0]))

@@ -6,6 +6,8 @@ import json
 import os
 import random
 import runpy
+import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -114,6 +116,167 @@ def test_resume_from_checkpoint(workdir, tmp_path):
     assert resumed.state.global_step == 6
     steps = [entry["step"] for entry in resumed.state.log_history if "loss" in entry]
     assert steps == [4]  # the history of the first run came back with the checkpoint; step 6 has no log line
+
+
+def checkpoint_steps(output):
+    return sorted(int(path.name.split("-")[1]) for path in output.glob("checkpoint-*"))
+
+
+def test_overwrite_output_dir_starts_clean_so_resume_takes_this_runs_checkpoint(workdir, tmp_path):
+    output = tmp_path / "out"
+    train(args(workdir, output, "--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2"))
+    (output / "notes.txt").write_text("mine")
+    # a new run with other settings over it: the old checkpoint-4 must not survive to be resumed later
+    train(args(workdir, output, "--max_steps", "2", "--save_strategy", "steps", "--save_steps", "1",
+               "--overwrite_output_dir", "--mask_num", "2"))
+    assert checkpoint_steps(output) == [1, 2]
+    assert (output / "notes.txt").read_text() == "mine"  # only the run's own files go
+    resumed = train(args(workdir, output, "--max_steps", "3", "--save_strategy", "steps", "--save_steps", "1",
+                         "--mask_num", "2", "--resume_from_checkpoint", "last"))
+    assert resumed.state.global_step == 3 and checkpoint_steps(output) == [1, 2, 3]
+    assert space.read_mask_spec(space.load_model(output)[0].config).mask_num == 2
+
+
+def test_a_finished_model_is_replaced_only_with_the_flag(workdir, tmp_path):
+    output = tmp_path / "out"
+    train(args(workdir, output, "--max_steps", "2"))  # --save_strategy no: a model and no checkpoint
+    before = (output / "model.safetensors").read_bytes()
+    with pytest.raises(space.SpaceError, match=r"already holds a trained model \(.*model.safetensors.*\): pass "
+                                               "--overwrite_output_dir to replace it, or choose another --output_dir"):
+        train(args(workdir, output, "--max_steps", "3", "--learning_rate", "1e-2"))
+    assert (output / "model.safetensors").read_bytes() == before
+    train(args(workdir, output, "--max_steps", "3", "--learning_rate", "1e-2", "--overwrite_output_dir"))
+    assert (output / "model.safetensors").read_bytes() != before
+
+
+@pytest.fixture(scope="module")
+def checkpointed(workdir):
+    """A run of 4 steps with checkpoint-2 and checkpoint-4 (copied by each test that damages it)."""
+    output = workdir["root"] / "checkpointed"
+    train(args(workdir, output, "--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2"))
+    return output
+
+
+def truncate(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize("damage", ["trainer_state.json", "model.safetensors", "optimizer.pt"])
+def test_resume_last_skips_a_checkpoint_half_written_by_a_kill(workdir, checkpointed, tmp_path, capfd, damage):
+    output = tmp_path / "out"
+    shutil.copytree(checkpointed, output)
+    newest = output / "checkpoint-4" / damage
+    newest.unlink() if damage == "trainer_state.json" else truncate(newest)
+    resumed = train(args(workdir, output, "--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2",
+                         "--resume_from_checkpoint", "last"))
+    assert resumed.state.global_step == 4  # steps 3 and 4 trained again from checkpoint-2
+    assert [entry["step"] for entry in resumed.state.log_history if "loss" in entry] == [4]
+    assert f"skipping {output / 'checkpoint-4'}" in capfd.readouterr().err
+    from space.training.checkpoints import checkpoint_problem
+
+    assert checkpoint_problem(output / "checkpoint-4") is None  # saved again, whole
+
+
+def test_incomplete_checkpoints_named_when_nothing_can_be_resumed(workdir, checkpointed, tmp_path):
+    output = tmp_path / "out"
+    shutil.copytree(checkpointed, output)
+    (output / "checkpoint-4" / "trainer_state.json").unlink()
+    with pytest.raises(space.SpaceError, match=r"--resume_from_checkpoint .*checkpoint-4 is incomplete \(no "
+                                               r"trainer_state.json: interrupted while saving\); pass "
+                                               "--resume_from_checkpoint last"):
+        train(args(workdir, output, "--max_steps", "4", "--resume_from_checkpoint", str(output / "checkpoint-4")))
+    truncate(output / "checkpoint-2" / "model.safetensors")
+    with pytest.raises(space.SpaceError, match=r"holds no complete checkpoint \(incomplete: checkpoint-4 \(no "
+                                               r"trainer_state.json\), checkpoint-2 \(model.safetensors is truncated\);"
+                                               ".*pass --overwrite_output_dir"):
+        train(args(workdir, output, "--max_steps", "4", "--resume_from_checkpoint", "last"))
+    with pytest.raises(space.SpaceError, match="holds only incomplete checkpoints .* pass --overwrite_output_dir"):
+        train(args(workdir, output, "--max_steps", "4"))
+
+
+@pytest.fixture
+def no_model_loading(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the check")
+
+    monkeypatch.setattr(recipe.space, "load_model", refuse)
+
+
+@pytest.mark.parametrize("setup,extra,message", [
+    (None, ["--resume_from_checkpoint", "last"], "--resume_from_checkpoint last: no checkpoint-\\* folder in"),
+    (None, ["--resume_from_checkpoint", "nowhere"], "--resume_from_checkpoint: nowhere is not a checkpoint folder"),
+    ("checkpoint", [], "already holds checkpoints .*: pass --resume_from_checkpoint last to continue"),
+    ("model", [], "already holds a trained model"),
+    ("file", [], "--output_dir .*bad is a file; name a directory"),
+    (None, ["--dataset", "nope.json"], "dataset file not found: nope.json"),
+    (None, ["--max_samples", "0"], "--max_samples must be a positive number"),
+    (None, ["--cutoff_len", "4"], "cutoff_len 4 is too short"),
+    (None, ["--finetuning_type", "lora", "--lora_rank", "0"], r"--lora_rank must be a positive integer \(got 0\)"),
+    (None, ["--finetuning_type", "lora", "--lora_dropout", "1.5"], r"--lora_dropout must be in \[0, 1\)"),
+    (None, ["--attn_implementation", "flash_attention_2"],
+     "--attn_implementation flash_attention_2 is not available here: it needs a CUDA GPU and the flash-attn package"),
+])
+def test_every_check_that_can_fail_runs_before_the_model_loads(workdir, tmp_path, no_model_loading, setup, extra,
+                                                                message):
+    import transformers.utils.import_utils as import_utils
+
+    if "flash_attention_2" in extra and import_utils.is_flash_attn_2_available(kernels_fallback_ok=True):
+        pytest.skip("flash attention 2 is usable on this machine")
+    output = tmp_path / "bad"
+    if setup == "file":
+        output.write_text("not a directory")
+    elif setup == "checkpoint":
+        (output / "checkpoint-2").mkdir(parents=True)
+        (output / "checkpoint-2" / "trainer_state.json").write_text('{"global_step": 2}')
+    elif setup == "model":
+        output.mkdir()
+        (output / "config.json").write_text("{}")
+    with pytest.raises(space.SpaceError, match=message) as error:
+        train(args(workdir, output, "--max_steps", "1", *extra))
+    assert "\n" not in str(error.value)
+
+
+def test_unknown_lora_target_names_the_models_linear_modules(workdir, tmp_path):
+    with pytest.raises(space.SpaceError, match="--lora_target: no linear module named qproj in this model; its linear "
+                                               "modules are down_proj,gate_proj,k_proj,o_proj,q_proj,up_proj,v_proj "
+                                               r"\(or pass --lora_target all-linear\)"):
+        train(args(workdir, tmp_path / "lora", "--max_steps", "1", "--finetuning_type", "lora",
+                   "--lora_target", "q_proj,qproj"))
+    trainer = train(args(workdir, tmp_path / "lora", "--max_steps", "1", "--finetuning_type", "lora",
+                         "--lora_rank", "2", "--lora_target", "all-linear"))
+    assert any("mlp.down_proj.lora_A" in name for name, _ in trainer.model.named_parameters())
+
+
+def test_ctrl_c_names_the_command_that_resumes(workdir, tmp_path, monkeypatch):
+    from space.training.trainer import SarTrainer
+
+    output = tmp_path / "out"
+    flags = args(workdir, output, "--max_steps", "6", "--save_strategy", "steps", "--save_steps", "2")
+    compute_loss = SarTrainer.compute_loss
+
+    def interrupted_at_step_3(self, *args, **kwargs):
+        if self.state.global_step == 3:
+            raise KeyboardInterrupt
+        return compute_loss(self, *args, **kwargs)
+
+    monkeypatch.setattr(SarTrainer, "compute_loss", interrupted_at_step_3)
+    monkeypatch.setattr(sys, "argv", ["scripts/train_sft.py", *flags])
+    with pytest.raises(SystemExit) as stop:
+        runpy.run_path(str(ROOT / "scripts" / "train_sft.py"), run_name="__main__")
+    message = str(stop.value.code)
+    assert message.startswith("interrupted: ") and f"{output / 'checkpoint-2'} is kept: resume with python " in message
+    command = shlex.split(message.split("resume with ", 1)[1])
+    assert command[0] == "python" and command[1].endswith("scripts/train_sft.py") and command[-2:] == ["--resume_from_checkpoint", "last"]
+    monkeypatch.setattr(SarTrainer, "compute_loss", compute_loss)
+    with pytest.raises(space.SpaceError, match="already holds checkpoints"):  # the same command is refused
+        train(flags)
+    assert train(command[2:]).state.global_step == 6  # the named one resumes
+
+    hint = recipe.resume_hint
+    assert hint(args(workdir, tmp_path / "fresh")) == \
+        f"no checkpoint was saved in {tmp_path / 'fresh'} yet: rerun the same command to start again"
+    assert hint([*flags, "--resume_from_checkpoint", "x"]).endswith(
+        "--save_steps 2 --resume_from_checkpoint last")  # an explicit checkpoint becomes the newest one
 
 
 @pytest.mark.parametrize("extra,message", [

@@ -5,6 +5,7 @@
 * `data`, `templates`: SFT records (alpaca / sharegpt) and chat templates;
 * `samples`, `collate`: mask blocks (truncating and multi-block modes), SDSAT spans, batches with 4D masks;
 * `loss`, `trainer`: the SAR loss with per-offset metrics, and `SarTrainer` (HF Trainer + `compute_loss`);
+* `checkpoints`: what a run does with its output dir (resume the newest complete checkpoint, refuse, start clean);
 * `distill`: self-distillation prompts and the base model's greedy answers (`make_distill_data`);
 * `export`: what leaves a run: a LoRA adapter merged into its base (`merge_adapter`), or exported as the
   compact shipped model (`export_adapter`);

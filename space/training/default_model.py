@@ -1,13 +1,15 @@
 """The shipped default model's recipe: self-distillation data, LoRA SAR-SFT, export. One call, resumable.
 
 Steps (each skipped or resumed when its output exists):
-1. `make_distill_data`: the base model's greedy answers to the project's prompts;
+1. `make_distill_data`: the base model's greedy answers to the project's prompts (resumed answer by answer);
 2. `train` with `configs/default_model/sft.yaml`: LoRA SAR-SFT in multi-block mode, resumed from the
-   newest checkpoint if one exists;
+   newest complete checkpoint if one exists (one half-written by a kill is skipped), skipped once finished;
 3. `export_adapter`: float16 adapter + SPACE fields into `space/default_model/`.
 
 Each step is given the flags of its script, and `recipe_log.json` in the work dir records them with the
-step's wall time, so `python scripts/<step>.py <command>` repeats a step exactly.
+step's wall time, so `python scripts/<step>.py <command>` repeats a step exactly. The log also records the
+settings that shape the result (`SETTINGS`) when the work dir is first used; a rerun with other ones is
+refused, naming the flag, so a work dir never mixes two runs. Every flag is checked before the first step.
 """
 
 from __future__ import annotations
@@ -18,15 +20,20 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from space.errors import SpaceError
+from space.io import write_json
 from space.models import SHIPPED_MODEL_DIR
-from space.training.arguments import parse_flags
-from space.training.distill import make_distill_data, parse_distill_args
+from space.training.arguments import parse_flags, parse_train_args
+from space.training.checkpoints import last_complete_checkpoint
+from space.training.distill import check_distill_args, make_distill_data, parse_distill_args
 from space.training.export import export_adapter, parse_export_args
-from space.training.recipe import train
+from space.training.recipe import check_arguments, train
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "default_model" / "sft.yaml"
 DECODE_MASK_NUM = 3  # chosen by the k sweeps on the shipped model (docs/benchmarks.md): this CPU
 DECODE_MASK_NUM_CUDA = 6  # and an H100, where a wider step costs about what a narrow one does
+# the flags that shape the data and the trained adapter (batch size and the export's k do not)
+SETTINGS = ("model", "limit", "max_new_tokens", "config", "max_steps", "train_args")
 
 
 @dataclass
@@ -56,34 +63,50 @@ def parse_default_model_args(argv: list[str] | None = None) -> DefaultModelArgum
 
 def make_default_model(args: DefaultModelArguments) -> Path:
     """Run (or resume) the three steps in `args.work_dir`; returns the export folder."""
-    from transformers.trainer_utils import get_last_checkpoint
-
+    for name in ("limit", "max_new_tokens", "batch_size", "max_steps"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise SpaceError(f"--{name} must be a positive integer (got {value})"
+                             + ("; leave it out for the default" if name in ("limit", "max_steps") else ""))
     work = Path(args.work_dir)
+    data, output = work / "distill.jsonl", work / "sft"
+    distill = ["--output", str(data), "--max_new_tokens", str(args.max_new_tokens), "--batch_size", str(args.batch_size)]
+    distill += (["--model", args.model] if args.model else []) + (["--limit", str(args.limit)] if args.limit else [])
+    training = [args.config, "--dataset", str(data), "--output_dir", str(output)]
+    training += ["--model_name_or_path", args.model] if args.model else []
+    training += ["--max_steps", str(args.max_steps)] if args.max_steps else []
+    training += args.train_args.split()
+    if work.exists() and not work.is_dir():
+        raise SpaceError(f"--work_dir {work} is a file; name a directory")
+    check_distill_args(parse_distill_args(distill))  # the steps' own checks, before hours of work
+    model_args, data_args, finetune_args, _ = parse_train_args(training)
+    check_arguments(data_args, finetune_args, model_args)
+
     work.mkdir(parents=True, exist_ok=True)
     log_path = work / "recipe_log.json"
     log = json.loads(log_path.read_text()) if log_path.is_file() else {}
+    settings = recipe_settings(args)
+    check_recipe_settings(log.get("settings"), settings, log_path)
+    log["settings"] = settings
+    write_json(log_path, log)
 
     def step(name, function, command):
         print(f"[recipe] {name}: {' '.join(command)}", file=sys.stderr)
         start = time.perf_counter()
         result = function(command)
         log[name] = dict(command=command, seconds=round(time.perf_counter() - start, 1) + log.get(name, {}).get("seconds", 0))
-        log_path.write_text(json.dumps(log, indent=2))
+        write_json(log_path, log)
         return result
 
-    data = work / "distill.jsonl"
-    distill = ["--output", str(data), "--max_new_tokens", str(args.max_new_tokens), "--batch_size", str(args.batch_size)]
-    distill += (["--model", args.model] if args.model else []) + (["--limit", str(args.limit)] if args.limit else [])
     step("distill", lambda flags: make_distill_data(parse_distill_args(flags)), distill)
 
-    output = work / "sft"
-    training = [args.config, "--dataset", str(data), "--output_dir", str(output)]
-    training += ["--model_name_or_path", args.model] if args.model else []
-    training += ["--max_steps", str(args.max_steps)] if args.max_steps else []
-    if output.is_dir() and get_last_checkpoint(str(output)):
-        training += ["--resume_from_checkpoint", "last"]
-    training += args.train_args.split()
-    step("train", train, training)
+    if "train" in log and (output / "adapter_config.json").is_file():
+        print(f"[recipe] train: finished in an earlier run ({output}), skipped", file=sys.stderr)
+    else:
+        last, _ = last_complete_checkpoint(output)
+        # the sft folder is the recipe's own: without a complete checkpoint, what is there is a start cut short
+        training += ["--resume_from_checkpoint", "last"] if last else ["--overwrite_output_dir", "true"]
+        step("train", train, training)
 
     export = ["--adapter_dir", str(output), "--output", args.export_dir, "--mask_num", str(args.decode_mask_num),
               "--cuda_mask_num", str(args.decode_mask_num_cuda)]
@@ -92,3 +115,22 @@ def make_default_model(args: DefaultModelArguments) -> Path:
     total = sum(entry["seconds"] for key, entry in log.items() if key in ("distill", "train"))
     print(f"[recipe] data + training took {total / 60:.1f} min; model exported to {exported.path}", file=sys.stderr)
     return exported.path
+
+
+def recipe_settings(args: DefaultModelArguments) -> dict:
+    """`SETTINGS` of this run, local paths resolved (so `./base` and `base` agree)."""
+    settings = {name: getattr(args, name) for name in SETTINGS}
+    for name in ("model", "config"):
+        if settings[name] and Path(settings[name]).exists():
+            settings[name] = str(Path(settings[name]).resolve())
+    return settings
+
+
+def check_recipe_settings(recorded: dict | None, settings: dict, log_path: Path) -> None:
+    """A work dir first used with other settings is refused, naming the first flag that differs."""
+    if recorded is None:  # a new work dir, or one from before the settings were recorded
+        return
+    for name in SETTINGS:
+        if recorded.get(name) != settings[name]:
+            raise SpaceError(f"--{name} {settings[name]}: {log_path.parent} was made with --{name} {recorded.get(name)} "
+                             f"({log_path.name}); pass the same flags to resume it, or another --work_dir to start afresh")

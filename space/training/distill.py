@@ -13,7 +13,9 @@ with a HumanEval prompt, is dropped (`is_contaminated`).
 `generate_answers` runs batched greedy generation (left padding, explicit attention mask) and
 appends each batch to a JSONL file, so an interrupted run resumes where it stopped.
 `make_distill_data(DistillArguments)` is the whole step (`scripts/make_distill_data.py`): prompts,
-the base model, answers.
+the base model, answers. The settings that shape an answer (`--model`, `--max_new_tokens`) are recorded
+beside the answers (`<output stem>.settings.json`), and a rerun with other ones is refused: one file never
+mixes answers of two models or two length limits. Every flag is checked before the model loads.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import space
 from space.decoding.common import eos_ids
 from space.errors import SpaceError
 from space.eval.datasets import ORIGINAL_HUMANEVAL_INSTRUCTION, load_eval_dataset
-from space.io import JsonlLog
+from space.io import JsonlLog, write_json
 from space.training.arguments import parse_flags
 
 STDLIB_MODULES = (
@@ -75,15 +77,16 @@ def parse_distill_args(argv: list[str] | None = None) -> DistillArguments:
 
 def make_distill_data(args: DistillArguments) -> list[dict]:
     """The prompts, answered by `args.model` into `args.output` (JSONL, resumed); returns every record."""
+    check_distill_args(args)
     files = [Path(p) for p in args.instructions.split(",") if p]
-    for path in files:
-        if not path.is_file():
-            raise SpaceError(f"instructions file not found: {path}")
     prompts, dropped = build_prompts(files, seed=args.seed, limit=args.limit)
     print(f"[distill] {len(prompts)} prompts ({dropped} dropped as overlapping HumanEval)", file=sys.stderr)
-    model, tokenizer = space.load_model(args.model)
     output = Path(args.output)
+    settings = distill_settings(args)
+    check_settings(output, settings)
+    model, tokenizer = space.load_model(args.model)
     output.parent.mkdir(parents=True, exist_ok=True)
+    write_json(settings_path(output), settings)  # before the first answer, so no answer is ever without its settings
     start = time.perf_counter()
     records = generate_answers(model, tokenizer, prompts, output, batch_size=args.batch_size,
                                max_new_tokens=args.max_new_tokens, progress=args.progress)
@@ -91,6 +94,57 @@ def make_distill_data(args: DistillArguments) -> list[dict]:
     print(f"[distill] {len(records)} answers, {tokens} tokens, {time.perf_counter() - start:.0f} s -> {output}",
           file=sys.stderr)
     return records
+
+
+def check_distill_args(args: DistillArguments) -> None:
+    """Every flag of the step, before the model loads."""
+    for name in ("batch_size", "max_new_tokens"):
+        if getattr(args, name) < 1:
+            raise SpaceError(f"--{name} must be a positive integer (got {getattr(args, name)})")
+    if args.limit is not None and args.limit < 1:
+        raise SpaceError(f"--limit must be a positive number of prompts (got {args.limit}); leave it out to use them all")
+    output = Path(args.output)
+    if output.is_dir():
+        raise SpaceError(f"--output {output} is a directory; name a .jsonl file (e.g. {output / 'distill.jsonl'})")
+    blocking = next((parent for parent in output.parents if parent.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise SpaceError(f"--output {output}: {blocking} is a file, not a directory")
+    files = [Path(p) for p in args.instructions.split(",") if p]
+    for path in files:
+        if not path.is_file():
+            raise SpaceError(f"--instructions: file not found: {path}")
+        project_prompts(path)  # parses, or names the file and what is wrong with it
+
+
+def distill_settings(args: DistillArguments) -> dict:
+    """What shapes an answer: the model (a local path resolved, so `./m` and `m` agree) and the length limit."""
+    model = str(Path(args.model).resolve()) if Path(args.model).exists() else args.model
+    return dict(model=model, max_new_tokens=args.max_new_tokens)
+
+
+def settings_path(output: Path) -> Path:
+    return output.with_name(output.stem + ".settings.json")
+
+
+def check_settings(output: Path, settings: dict) -> None:
+    """Refuse to add answers to a file made with other settings, naming the flag that differs."""
+    if not output.is_file() or output.stat().st_size == 0:
+        return
+    path = settings_path(output)
+    if not path.is_file():  # not written by this step (no answer is appended before its settings) or by an older one
+        if not any("id" in record and "output_ids" in record for record in JsonlLog(output).read()):
+            raise SpaceError(f"--output {output} exists and holds no distillation answers; name a new file")
+        print(f"[distill] {output} has no {path.name}; its answers are taken as made with {settings}", file=sys.stderr)
+        return
+    try:
+        recorded = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise SpaceError(f"{path} is damaged ({error}); delete it and {output} to start afresh") from error
+    for name, value in settings.items():
+        if recorded.get(name) != value:
+            raise SpaceError(f"--{name} {value}: {output} holds answers made with --{name} {recorded.get(name)} "
+                             f"({path.name}); pass --{name} {recorded.get(name)} to continue it, or another --output "
+                             "to start a new file")
 
 
 def stdlib_functions() -> list[tuple[str, str, str, str]]:
@@ -140,7 +194,13 @@ def coding_prompts(seed: int = 0) -> list[dict]:
 
 def project_prompts(path: Path) -> list[dict]:
     """The instructions written for this project (one JSON list of strings)."""
-    texts = json.loads(path.read_text())
+    try:
+        texts = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise SpaceError(f"--instructions {path}: not valid UTF-8 JSON ({error}); it must be a JSON list of strings") \
+            from error
+    if not isinstance(texts, list) or not all(isinstance(text, str) and text.strip() for text in texts):
+        raise SpaceError(f"--instructions {path}: expected a JSON list of non-empty strings")
     return [dict(id=f"{path.stem}/{i}", prompt=text, entry_point=None) for i, text in enumerate(texts)]
 
 
@@ -167,7 +227,7 @@ def build_prompts(project_files: list[Path], seed: int = 0, limit: int | None = 
         candidates += project_prompts(path)
     clean = [p for p in candidates if not is_contaminated(p, entry_points, runs)]
     random.Random(seed).shuffle(clean)
-    return (clean[:limit] if limit else clean), len(candidates) - len(clean)
+    return (clean if limit is None else clean[:limit]), len(candidates) - len(clean)
 
 
 def _entry_point(declaration: str) -> str:

@@ -5,9 +5,15 @@ that decodes with no flags.
     trainer = train(["configs/sft/llama2_7b.yaml", "--model_name_or_path", "/models/Llama-2-7b-hf"])
 
 Owns what a run does: the argument checks (stage, fine-tuning type, attention kernel against the
-sample mode, LoRA under ZeRO-3), the mask (or SDSAT adaptive) tokens, the masking config, LoRA, the
-static sample set, `SarTrainer`, resuming, and what is saved beside the model (tokenizer, `space.json`
-for an adapter, the loss plot). What a run is given lives in `space.training.arguments`.
+sample mode and what is installed, LoRA settings, LoRA under ZeRO-3), the mask (or SDSAT adaptive) tokens,
+the masking config, LoRA, the static sample set, `SarTrainer`, resuming, and what is saved beside the model
+(tokenizer, `space.json` for an adapter, the loss plot). What a run is given lives in
+`space.training.arguments`; what it may do with its output dir (resume, refuse, start clean) in
+`space.training.checkpoints`.
+
+Every check that can fail runs before the model is loaded (flags, output dir and checkpoints, the dataset
+files), except those that need the model itself (mask ids, `--lora_target`), which run right after it loads
+and before the samples are built. Nothing in the output dir changes until training starts.
 
 `--sdsat true` trains SDSAT's semantic adaptive tokens instead (docs/spec/SDSAT.md §3.2, reconstructed): spans of
 `1..--sat_num` copies of one adaptive token after random real tokens, one per `--sat_every` real tokens;
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import os
 import random
+import shlex
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -40,6 +47,7 @@ from space.training.arguments import (
     parse_train_args,
     train_args_from,
 )
+from space.training.checkpoints import last_complete_checkpoint, plan_output_dir
 from space.training.collate import SarCollator
 from space.training.data import load_conversations
 from space.training.samples import MaskingConfig, build_sample
@@ -62,19 +70,25 @@ def train(args: TrainArguments | Sequence[str] | Mapping | str | os.PathLike, ca
     from space.training.trainer import SarTrainer  # transformers' Trainer imports peft and accelerate
 
     model_args, data_args, finetune_args, training_args = as_train_args(args)
+    # every check that can fail before the model loads: a refused run costs seconds and changes nothing
     check_arguments(data_args, finetune_args, model_args)
     training_args.remove_unused_columns = False  # mask_offsets / position and segment ids reach compute_loss
+    plan = plan_output_dir(training_args.output_dir, training_args.resume_from_checkpoint,
+                           finetune_args.overwrite_output_dir)
+    conversations = read_conversations(data_args)
     set_seed(training_args.seed)
     start_zero3_comm(training_args, finetune_args)
 
     # no path: the embedded base itself ("smollm2"), never the shipped SPACE model built on it
     model, tokenizer = space.load_model(model_args.model_name_or_path or "smollm2", attn_implementation=model_args.attn_implementation,
                                         fast_cpu_linear=False)
+    if finetune_args.finetuning_type == "lora":
+        lora_targets(model, finetune_args.lora_target)  # needs the model's module names; before the samples are built
     tokenizer.padding_side = "right"
     spec = ensure_sat_tokens(model, tokenizer, data_args) if data_args.sdsat else ensure_mask_tokens(model, tokenizer, data_args)
     masking = masking_config(data_args, spec)
     masking.validate()
-    train_dataset = build_dataset(tokenizer, data_args, masking, training_args.seed)
+    train_dataset = build_dataset(tokenizer, data_args, masking, training_args.seed, conversations)
 
     model.config.use_cache = False
     if finetune_args.finetuning_type == "lora":
@@ -94,8 +108,11 @@ def train(args: TrainArguments | Sequence[str] | Mapping | str | os.PathLike, ca
         mask_num=masking.mask_num,
         mask_loss_weight=data_args.mask_loss_weight,
     )
-    resume = resolve_resume(training_args, finetune_args.overwrite_output_dir)
-    result = trainer.train(resume_from_checkpoint=resume)
+    # --overwrite_output_dir: the earlier run's checkpoints and files go only now, once every check has passed
+    with training_args.main_process_first(local=training_args.save_on_each_node, desc="clearing the output dir"):
+        if training_args.should_save:
+            plan.clear()
+    result = trainer.train(resume_from_checkpoint=plan.resume)
     trainer.save_model(training_args.output_dir)
     trainer.save_state()
     trainer.log_metrics("train", result.metrics)
@@ -131,8 +148,44 @@ def check_arguments(data_args: DataArguments, finetune_args: FinetuningArguments
     if finetune_args.finetuning_type not in ("full", "lora"):
         raise SpaceError(f"--finetuning_type must be full or lora (got {finetune_args.finetuning_type})")
     get_template(data_args.template)
+    if finetune_args.finetuning_type == "lora":
+        check_lora(finetune_args)
+    # the sample settings alone (the placeholder id is known only once the model is loaded)
+    masking_config(data_args, SatSpec(0, data_args.sat_num) if data_args.sdsat else None).validate()
     if model_args is not None:
         check_attention(model_args.attn_implementation, data_args)
+        check_attention_installed(model_args.attn_implementation)
+
+
+def check_lora(finetune_args: FinetuningArguments) -> None:
+    if finetune_args.lora_rank < 1:
+        raise SpaceError(f"--lora_rank must be a positive integer (got {finetune_args.lora_rank}); the recipes use 8 to 32")
+    if not 0.0 <= finetune_args.lora_dropout < 1.0:
+        raise SpaceError(f"--lora_dropout must be in [0, 1) (got {finetune_args.lora_dropout})")
+    if not lora_target_names(finetune_args.lora_target):
+        raise SpaceError("--lora_target is empty; name the linear modules to adapt (comma list), or all-linear")
+
+
+def lora_target_names(lora_target: str) -> list[str]:
+    return [name.strip() for name in lora_target.split(",") if name.strip()]
+
+
+def lora_targets(model, lora_target: str) -> list[str] | str:
+    """`--lora_target` checked against the model's linear modules (peft's rule: a name or a dotted suffix).
+
+    `all-linear` is peft's own shorthand and passes through."""
+    from torch import nn
+
+    names = lora_target_names(lora_target)
+    if names == ["all-linear"]:
+        return "all-linear"
+    linear = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    unknown = [target for target in names if not any(name == target or name.endswith("." + target) for name in linear)]
+    if unknown:
+        leaves = sorted({name.rsplit(".", 1)[-1] for name in linear} - {"lm_head"})
+        raise SpaceError(f"--lora_target: no linear module named {', '.join(unknown)} in this model; its linear modules "
+                         f"are {','.join(leaves)} (or pass --lora_target all-linear)")
+    return names
 
 
 def check_attention(attn_implementation: str, data_args: DataArguments) -> None:
@@ -144,6 +197,22 @@ def check_attention(attn_implementation: str, data_args: DataArguments) -> None:
         raise SpaceError(
             f"--attn_implementation {attn_implementation} cannot take the 4D attention mask of {mode} samples; "
             f"use --attn_implementation sdpa (or eager), or the truncating mode, which keeps {attn_implementation}"
+        )
+
+
+def check_attention_installed(attn_implementation: str) -> None:
+    """Flash attention needs its package and a GPU; transformers would fail inside `from_pretrained` with a traceback
+    (or fall back to a hub kernel, which needs the `kernels` package)."""
+    from transformers.utils import import_utils
+
+    version = attn_implementation.removeprefix("flash_attention_")
+    available = getattr(import_utils, f"is_flash_attn_{version}_available", None)
+    if attn_implementation.startswith("flash_attention_") and available is not None \
+            and not available(kernels_fallback_ok=True):
+        raise SpaceError(
+            f"--attn_implementation {attn_implementation} is not available here: it needs a CUDA GPU and the "
+            f"{'flash-attn' if version == '2' else f'flash-attn-{version}'} package (or the kernels package); "
+            "use --attn_implementation sdpa"
         )
 
 
@@ -203,11 +272,20 @@ def ensure_sat_tokens(model, tokenizer, data_args: DataArguments):
     return add_sat_tokens(model, tokenizer, sat_num=data_args.sat_num, sat_id=data_args.sat_id)
 
 
-def build_dataset(tokenizer, data_args: DataArguments, masking: MaskingConfig, seed: int) -> list[dict]:
-    """Every conversation encoded with the template and given its placeholders once (static masks)."""
+def read_conversations(data_args: DataArguments) -> list:
+    """The run's records (`--dataset`, cut to `--max_samples`); read before the model loads, so a bad file fails early."""
+    if data_args.max_samples is not None and data_args.max_samples < 1:
+        raise SpaceError(f"--max_samples must be a positive number of records (got {data_args.max_samples}); "
+                         "leave it out to use every record")
     conversations = load_conversations(data_args.dataset, data_args.dataset_dir)
-    if data_args.max_samples:
-        conversations = conversations[: data_args.max_samples]
+    return conversations[: data_args.max_samples] if data_args.max_samples else conversations
+
+
+def build_dataset(tokenizer, data_args: DataArguments, masking: MaskingConfig, seed: int,
+                  conversations: list | None = None) -> list[dict]:
+    """Every conversation encoded with the template and given its placeholders once (static masks)."""
+    if conversations is None:
+        conversations = read_conversations(data_args)
     template = get_template(data_args.template)
     rng = random.Random(seed)  # static masks: drawn once, in dataset order
     samples = []
@@ -233,7 +311,7 @@ def wrap_lora(model, finetune_args: FinetuningArguments, spec):
         r=finetune_args.lora_rank,
         lora_alpha=finetune_args.lora_alpha,
         lora_dropout=finetune_args.lora_dropout,
-        target_modules=[name.strip() for name in finetune_args.lora_target.split(",") if name.strip()],
+        target_modules=lora_targets(model, finetune_args.lora_target),
         trainable_token_indices=spec.ids,
     )
     model = get_peft_model(model.float(), config)
@@ -246,27 +324,26 @@ def write_adapter_fields(output_dir: str, base: str | None, spec) -> None:
     write_space_json(output_dir, space_json_fields(base, spec))
 
 
-def resolve_resume(training_args, overwrite: bool) -> str | bool | None:
-    """`--resume_from_checkpoint last` (or true) resumes from the newest checkpoint in output_dir."""
-    from transformers.trainer_utils import get_last_checkpoint
+def resume_hint(argv: Sequence[str], program: str = "scripts/train_sft.py") -> str:
+    """After Ctrl-C: the command that continues the run, its flags with `--resume_from_checkpoint last`.
 
-    value = training_args.resume_from_checkpoint
-    if value is None:
-        has_checkpoints = Path(training_args.output_dir).is_dir() and get_last_checkpoint(training_args.output_dir)
-        if has_checkpoints and not overwrite:
-            raise SpaceError(
-                f"{training_args.output_dir} already holds checkpoints: pass --resume_from_checkpoint last to "
-                "continue, or --overwrite_output_dir to start afresh"
-            )
-        return None
-    if str(value).lower() in ("last", "true"):
-        last = get_last_checkpoint(training_args.output_dir) if Path(training_args.output_dir).is_dir() else None
-        if last is None:
-            raise SpaceError(f"--resume_from_checkpoint {value}: no checkpoint-* folder in {training_args.output_dir}")
-        return last
-    if not Path(value).is_dir():
-        raise SpaceError(f"--resume_from_checkpoint: {value} is not a checkpoint folder")
-    return value
+    A bare rerun would be refused (the dir holds checkpoints) or, with `--overwrite_output_dir`, start over."""
+    argv = list(argv)
+    output_dir = parse_train_args(argv).training.output_dir
+    last, _ = last_complete_checkpoint(output_dir)
+    if last is None:
+        return f"no checkpoint was saved in {output_dir} yet: rerun the same command to start again"
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under a launcher: its command line is not ours to rebuild
+        return f"{last} is kept: resume with your launch command plus --resume_from_checkpoint last"
+    kept, skip = [], False
+    for flag in argv:
+        if skip:
+            skip = False
+        elif flag == "--resume_from_checkpoint":
+            skip = True  # an explicit checkpoint gives way to the newest one
+        elif not flag.startswith(("--resume_from_checkpoint=", "--local_rank=")):
+            kept.append(flag)
+    return f"{last} is kept: resume with {shlex.join(['python', program, *kept, '--resume_from_checkpoint', 'last'])}"
 
 
 def plot_loss(history: list[dict], path: Path) -> None:
