@@ -15,7 +15,8 @@ from space.decoding.self_spec import SelfSpecOptions, SelfSpecStats
 from space.decoding.space import SpaceOptions
 from space.decoding.threshold import ThresholdState
 from space.eval.datasets import EvalPrompt
-from space.eval.harness import ResultStore, run_prompts
+from space.eval.harness import run_prompts
+from space.eval.results import ResultStore
 from space.testing import tiny_llama, tiny_tokenizer
 
 PROMPT = torch.tensor([[5, 6, 7]])

@@ -8,7 +8,7 @@ import pytest
 
 from space.errors import SpaceError
 from space.eval.datasets import EvalPrompt
-from space.eval.harness import CONFIG_FILE, LOCK_FILE, RUN_FILES, ResultStore, check_output_dir, settings_changes
+from space.eval.results import CONFIG_FILE, LOCK_FILE, RUN_FILES, ResultStore, check_output_dir, settings_changes
 
 CONFIG = {"methods": ["space", "ar"], "options": {"space": {"max_new_tokens": 12}, "ar": {"max_new_tokens": 12}},
           "dataset": "human_eval", "num_samples": 2, "quality": {"exec_timeout": 10.0}}

@@ -7,7 +7,7 @@ adaptive tokens, the self_spec skip set), build each method's options, run, add 
 execution, ROUGE-L), summarize, explain greedy answers that differ from AR, write the outputs.
 
 Outputs in `args.output_dir` (default `outputs/eval/<dataset>`), the only files a run writes, replaces or
-deletes there (`harness.RUN_FILES`; the directory and anything else in it are left alone):
+deletes there (`results.RUN_FILES`; the directory and anything else in it are left alone):
 
 * `run_config.json`: the settings the answers depend on (a rerun with other ones is refused, or with
   `--overwrite` replaces these files); `eval.lock` is held while a run lasts;
@@ -26,7 +26,7 @@ from statistics import mean
 
 import space
 from space.decoding import option_names
-from space.eval import harness, report
+from space.eval import harness, report, results
 from space.eval.code import check_completion, check_isolation
 from space.eval.datasets import default_max_new_tokens, load_eval_dataset
 from space.eval.divergence import explain, near_tie_threshold
@@ -49,7 +49,7 @@ def evaluate(args: EvalArgs) -> dict:
     methods = parse_methods(args.methods)
     prompts = load_eval_dataset(args.dataset, args.data_path, args.num_samples, execute=args.pass_at_k)
     max_new_tokens = args.max_new_tokens if args.max_new_tokens is not None else default_max_new_tokens(args.dataset)
-    harness.check_output_dir(output_dir(args))  # a file, a foreign directory or a run in use: before the model
+    results.check_output_dir(output_dir(args))  # a file, a foreign directory or a run in use: before the model
 
     check_execution(args, prompts)  # before hours of decoding: one clear error if programs cannot be isolated
     model, tokenizer = space.load_model(args.llm_dir, adapter=args.adapter, dtype=args.dtype, device=args.device)
@@ -58,7 +58,7 @@ def evaluate(args: EvalArgs) -> dict:
     skip_layers = prepare_skip_layers(model, args, methods)
     style = args.prompt_style if args.prompt_style != "auto" else ("chat_template" if is_embedded(args.llm_dir) else "original")
     options = method_options(args, methods, max_new_tokens, skip_layers)
-    with harness.ResultStore(output_dir(args), run_config(args, methods, options, style, model),
+    with results.ResultStore(output_dir(args), run_config(args, methods, options, style, model),
                              overwrite=args.overwrite) as store:  # the run's lock is held until the outputs are written
         if note:
             print(note, file=sys.stderr)
@@ -67,7 +67,7 @@ def evaluate(args: EvalArgs) -> dict:
                             model.device)
         stored = harness.run_prompts(model, tokenizer, prompts, methods, options, store, style, args.model_type,
                                      progress=args.progress, time_limit=args.time_limit)
-        complete = harness.complete_ids(stored, prompts, methods)
+        complete = results.complete_ids(stored, prompts, methods)
         requested = len(prompts)
         prompts = [p for p in prompts if p.id in complete]  # a stopped run reports only fully answered prompts
         if not prompts:
