@@ -120,15 +120,11 @@ def resolve_mask_spec(
     `add_mask_tokens` first.
     """
     recorded = read_mask_spec(config)
-    trained = getattr(config, "mask_num", None)
-    if (mask_num is not None and trained is not None and recorded is not None
-            and mask_id in (None, recorded.mask_id) and int(mask_num) > int(trained)):
-        raise SpaceError(
-            f"mask_num {mask_num} is above the width this model's masks were trained with (config mask_num "
-            f"{trained}); pass mask_num <= {trained}, or for untrained masks record a wider width first: "
-            f"space.add_mask_tokens(model, tokenizer, mask_num={mask_num}, mask_id={recorded.mask_id}"
-            f"{', mask_diff=True' if recorded.mask_diff else ''})"
-        )
+    if recorded is not None:
+        _check_trained_width("mask_num", mask_num, getattr(config, "mask_num", None), mask_id, recorded.mask_id,
+                             "the width this model's masks were trained with", "untrained masks", "a wider width",
+                             f"space.add_mask_tokens(model, tokenizer, mask_num={mask_num}, mask_id={recorded.mask_id}"
+                             f"{', mask_diff=True' if recorded.mask_diff else ''})")
     if mask_id is None:
         if recorded is None:
             raise SpaceError(
@@ -336,14 +332,10 @@ def resolve_sat_spec(config, sat_id: int | None = None, sat_num: int | None = No
     the model was trained to read after a real token) when the recorded token is the one decoded with.
     """
     recorded = read_sat_spec(config)
-    trained = getattr(config, "sat_num", None)
-    if (sat_num is not None and trained is not None and recorded is not None
-            and sat_id in (None, recorded.sat_id) and int(sat_num) > int(trained)):
-        raise SpaceError(
-            f"sat_num {sat_num} is above the number of adaptive tokens this model was trained with (config "
-            f"sat_num {trained}); pass sat_num <= {trained}, or for an untrained token record more first: "
-            f"space.add_sat_tokens(model, tokenizer, sat_num={sat_num}, sat_id={recorded.sat_id})"
-        )
+    if recorded is not None:
+        _check_trained_width("sat_num", sat_num, getattr(config, "sat_num", None), sat_id, recorded.sat_id,
+                             "the number of adaptive tokens this model was trained with", "an untrained token",
+                             "more", f"space.add_sat_tokens(model, tokenizer, sat_num={sat_num}, sat_id={recorded.sat_id})")
     if sat_id is None and recorded is None:
         raise SpaceError(
             "this model has no SDSAT adaptive token recorded in its config: add one with "
@@ -392,3 +384,13 @@ def add_sat_tokens(model, tokenizer, sat_num: int = DEFAULT_SAT_NUM, sat_id: int
     spec.validate(vocab_rows(model))
     record_sat_spec(model.config, spec)
     return spec
+
+
+def _check_trained_width(name: str, requested, trained, requested_id, recorded_id, what: str, untrained: str,
+                         more: str, fix: str) -> None:
+    """Refuse a k above what the model's own recorded tokens were trained for (another id is not bound)."""
+    if requested is None or trained is None or requested_id not in (None, recorded_id):
+        return
+    if int(requested) > int(trained):
+        raise SpaceError(f"{name} {requested} is above {what} (config {name} {trained}); pass {name} <= {trained}, "
+                         f"or for {untrained} record {more} first: {fix}")

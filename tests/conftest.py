@@ -36,3 +36,14 @@ def capture_caches(monkeypatch) -> list:
 
     monkeypatch.setattr(common, "CompactCache", Recording)
     return caches
+
+
+@pytest.fixture
+def no_model_loading(monkeypatch):
+    """`space.load_model` fails the test: for checks that must run before any model is loaded."""
+    import space
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the check")
+
+    monkeypatch.setattr(space, "load_model", refuse)

@@ -7,7 +7,6 @@ import pytest
 
 import space
 from space.testing import tiny_llama, tiny_text_tokenizer
-from space.training import distill
 from space.training.distill import make_distill_data, parse_distill_args
 
 
@@ -24,14 +23,6 @@ def run(base, output, *extra):
     return make_distill_data(parse_distill_args(["--model", str(base), "--output", str(output), "--limit", "4",
                                                  "--max_new_tokens", "6", "--batch_size", "2", "--progress", "false",
                                                  *extra]))
-
-
-@pytest.fixture
-def no_model_loading(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("the model was loaded before the check")
-
-    monkeypatch.setattr(distill.space, "load_model", refuse)
 
 
 @pytest.mark.parametrize("extra,message", [

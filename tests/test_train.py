@@ -194,14 +194,6 @@ def test_incomplete_checkpoints_named_when_nothing_can_be_resumed(workdir, check
         train(args(workdir, output, "--max_steps", "4"))
 
 
-@pytest.fixture
-def no_model_loading(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("the model was loaded before the check")
-
-    monkeypatch.setattr(recipe.space, "load_model", refuse)
-
-
 @pytest.mark.parametrize("setup,extra,message", [
     (None, ["--resume_from_checkpoint", "last"], "--resume_from_checkpoint last: no checkpoint-\\* folder in"),
     (None, ["--resume_from_checkpoint", "nowhere"], "--resume_from_checkpoint: nowhere is not a checkpoint folder"),
