@@ -25,6 +25,7 @@ import torch
 
 from space.cache import cache_kwargs
 from space.errors import SpaceError
+from space.io import write_atomic
 from space.models import unwrap
 from space.window import layer_mask
 
@@ -119,15 +120,11 @@ def load_skip_file(path: str | Path) -> dict[str, SkipLayers]:
 
 def save_skip_file(path: str | Path, entries: dict[str, SkipLayers]) -> None:
     """Write (atomically) in the original layout: one line per list, keys in the given order."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(path.suffix + ".tmp")
     lines = []
     for key, skip in entries.items():
         fields = ", ".join(f"{json.dumps(name)}: {json.dumps(value)}" for name, value in skip.to_dict().items())
         lines.append(f"    {json.dumps(key)}: {{{fields}}}")
-    temporary.write_text("{\n" + ",\n".join(lines) + "\n}\n")
-    temporary.replace(path)
+    write_atomic(path, "{\n" + ",\n".join(lines) + "\n}\n")
 
 
 def model_key(model) -> str:

@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 
 import space
 from space.errors import SpaceError
+from space.io import write_atomic
 from space.models import ADAPTER_FIELDS_FILE, adapter_base, read_space_json, write_space_json
 from space.training.arguments import parse_flags
 
@@ -100,7 +101,7 @@ def export_adapter(args: ExportArguments) -> ExportedAdapter:
     if isinstance(config.get("target_modules"), list):
         # peft writes a set in its own order; sort it so a re-export of the same run diffs clean
         config["target_modules"] = sorted(config["target_modules"])
-    (output / "adapter_config.json").write_text(json.dumps(config, indent=2))
+    write_atomic(output / "adapter_config.json", json.dumps(config, indent=2))
     fields = read_space_json(source)
     fields["base_model"] = args.base_model
     for flag, key in (("mask_num", "decode_mask_num"), ("cuda_mask_num", "decode_mask_num_cuda")):
