@@ -1,0 +1,29 @@
+"""pass@1 / ROUGE-L of one model's greedy answers, generated in batches (no speed is measured).
+
+Same datasets, prompts, sandboxed execution and run directory rules as `scripts/eval_infer.py`, but
+the prompts are answered `--batch_size` at a time (`space.eval.quality`), several times faster on a
+CPU. Interrupted runs keep finished batches; the same command resumes.
+
+    python scripts/eval_quality.py --dataset humaneval-x-cpp --max_new_tokens 256 --output_dir runs/quality/cpp
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from transformers import HfArgumentParser
+
+from space.cli import run
+from space.eval.quality import QualityArgs, evaluate_quality, quality_table
+
+
+def main(argv=None) -> dict:
+    parser = HfArgumentParser(QualityArgs, description=__doc__.split("\n\n")[0], formatter_class=argparse.HelpFormatter)
+    (args,) = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
+    summary = evaluate_quality(args)
+    print(quality_table(summary))
+    return summary
+
+
+if __name__ == "__main__":
+    run(main)

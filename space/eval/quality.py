@@ -1,0 +1,179 @@
+"""A quality-only run: one model's greedy answers generated in batches, then pass@1 / ROUGE-L.
+
+`space.eval.evaluate` decodes one prompt at a time because it times every method. A question such as
+"what is this model's pass@1 in five languages" needs no timing, and on a CPU one answer at a time
+is several times slower than a batch: `evaluate_quality(args)` answers the prompts in left-padded
+batches of `batch_size` with `transformers`' `generate` (greedy), shortest prompts together, and scores
+them the way `evaluate` does (the same prompts, chat rendering, sandboxed execution and summary).
+
+The answers are the model's greedy answers up to rounding: a padded batch computes each row in
+products of another shape than a one-prompt AR step does, so where the top two logits nearly tie an
+answer can differ from `space.decode(..., "ar")` (and so from every lossless method, whose greedy
+output is AR's). `docs/benchmarks.md` reports how often that happened. Lossless methods need no
+separate quality run: their pass@1 is the model's.
+
+The run directory is an ordinary results store (`space.eval.results`): resumable batch by batch, a
+rerun with other settings refused, one method label `greedy_batched` in `samples.jsonl`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+import space
+from space.decoding.common import eos_ids
+from space.errors import SpaceError
+from space.eval import report, results
+from space.eval.datasets import default_max_new_tokens, load_eval_dataset
+from space.eval.harness import encode
+from space.eval.pipeline import add_quality, check_execution, is_embedded
+from space.eval.prompts import render
+from space.io import write_json
+
+METHOD = "greedy_batched"
+
+
+def _flag(default, help: str | None = None, **kwargs):
+    return field(default=default, metadata=dict(kwargs, **({"help": help} if help else {})))
+
+
+@dataclass
+class QualityArgs:
+    """The flags of `scripts/eval_quality.py`: the evaluation's names and meanings, fewer of them."""
+
+    dataset: str = _flag("human_eval", "a dataset of scripts/eval_infer.py (single-turn prompts)")
+    llm_dir: str | None = _flag(None, "model dir, hub name or .gguf (default: the embedded model)")
+    adapter: str | None = _flag(None, "peft adapter directory on top of --llm_dir")
+    num_samples: int | None = _flag(None, "first N prompts (default: all)")
+    max_new_tokens: int | None = _flag(None, "default: the original's per dataset")
+    batch_size: int = _flag(16, "prompts per generate call")
+    output_dir: str | None = _flag(None, "default: outputs/quality/<dataset>")
+    overwrite: bool = _flag(False, "replace the files of a run with other settings in --output_dir")
+    data_path: str | None = _flag(None, "local file or hub name for non-vendored datasets")
+    prompt_style: str = _flag("auto", "auto: chat_template for the embedded model, original (--model_type) otherwise",
+                              choices=["auto", "original", "chat_template"])
+    model_type: str = _flag("llama", "selects the original prompt string")
+    dtype: str = _flag("float32")
+    device: str = _flag("cpu", "cpu, cuda or auto")
+    pass_at_k: bool = _flag(True, "execute generated code (HumanEval datasets)")
+    exec_timeout: float = _flag(10.0, "seconds per executed program")
+    unsafe_execution: bool = _flag(False, "run generated code WITHOUT the bubblewrap sandbox (your rights; warns)")
+    progress: bool = _flag(True)
+
+    @property
+    def methods(self) -> str:
+        return METHOD
+
+
+def evaluate_quality(args: QualityArgs) -> dict:
+    """Answer every prompt of `args.dataset` in batches, score the answers; returns the summary."""
+    if args.batch_size < 1:
+        raise SpaceError(f"--batch_size must be at least 1 (got {args.batch_size})")
+    prompts = load_eval_dataset(args.dataset, args.data_path, args.num_samples, execute=args.pass_at_k)
+    if any(len(p.turns) > 1 for p in prompts):
+        raise SpaceError(f"{args.dataset} has multi-turn prompts; a batched quality run answers single-turn "
+                         "prompts only (use scripts/eval_infer.py --methods ar)")
+    max_new_tokens = args.max_new_tokens or default_max_new_tokens(args.dataset)
+    directory = args.output_dir or f"outputs/quality/{args.dataset}"
+    results.check_output_dir(directory)
+    check_execution(args, prompts)
+    model, tokenizer = space.load_model(args.llm_dir, adapter=args.adapter, dtype=args.dtype, device=args.device)
+    style = args.prompt_style if args.prompt_style != "auto" else ("chat_template" if is_embedded(args.llm_dir) else "original")
+    config = dict(llm_dir=args.llm_dir, adapter=args.adapter, dataset=args.dataset, data_path=args.data_path,
+                  methods=[METHOD], options={METHOD: dict(max_new_tokens=max_new_tokens, batch_size=args.batch_size)},
+                  prompt_style=style, model_type=args.model_type, dtype=args.dtype, device=str(model.device),
+                  num_samples=args.num_samples,
+                  quality=dict(pass_at_k=args.pass_at_k, exec_timeout=args.exec_timeout,
+                               unsafe_execution=args.unsafe_execution))
+    with results.ResultStore(directory, config, overwrite=args.overwrite) as store:
+        done = store.done_ids(prompts, [METHOD])
+        answer_in_batches(model, tokenizer, [p for p in prompts if p.id not in done], store, style, args.model_type,
+                          max_new_tokens, args.batch_size, args.progress)
+        records = store.records()
+        add_quality(records, prompts, args)
+        store.rewrite(records)
+        summary = dict(methods={METHOD: quality_fields(records)},
+                       categories={category: quality_fields([r for r in records if r.get("category") == category])
+                                   for category in sorted({r["category"] for r in records if r.get("category")})})
+        summary.update(dataset=args.dataset, num_samples=len(prompts), prompt_style=style,
+                       settings=dict(do_sample=False, batch_size=args.batch_size, max_new_tokens=max_new_tokens,
+                                     dtype=args.dtype, model=args.llm_dir or "embedded SmolLM2-135M-Instruct",
+                                     adapter=args.adapter),
+                       note="batched greedy answers: a quality run, no speed is measured",
+                       versions=report.versions())
+        write_json(store.dir / "summary.json", summary)
+        (store.dir / "summary.md").write_text(quality_table(summary))
+    return summary
+
+
+def quality_fields(records: list[dict]) -> dict:
+    """What a quality run measures: answers, their length and quality (no speed: a batch shares its time)."""
+    executed = [r["passed"] for r in records if r.get("passed") is not None]
+    scores = [r["rouge_l"] for r in records if "rouge_l" in r]
+    tokens = sum(len(r["ids"]) for r in records)
+    return {"answers": len(records), "total_tokens": tokens,
+            "mean_answer_tokens": round(tokens / len(records), 1) if records else None,
+            "executed": len(executed), "solved": sum(bool(p) for p in executed),
+            "pass@1": round(sum(executed) / len(executed), 4) if executed else None,
+            "rouge_l": round(sum(scores) / len(scores), 4) if scores else None}
+
+
+def quality_table(summary: dict) -> str:
+    """summary.md: one markdown row for the run and one per category."""
+    rows = [("all", summary["methods"][METHOD]), *summary["categories"].items()]
+    lines = [f"# {summary['dataset']}: {summary['num_samples']} prompts, batched greedy answers\n",
+             "| prompts | answers | solved | pass@1 | ROUGE-L | mean answer tokens |", "|---|---|---|---|---|---|"]
+    for name, fields in rows:
+        cells = [fields["answers"], f"{fields['solved']}/{fields['executed']}" if fields["executed"] else "-",
+                 "-" if fields["pass@1"] is None else fields["pass@1"],
+                 "-" if fields["rouge_l"] is None else fields["rouge_l"], fields["mean_answer_tokens"]]
+        lines.append(f"| {name} | " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+@torch.inference_mode()
+def answer_in_batches(model, tokenizer, prompts, store, style: str, model_type: str, max_new_tokens: int,
+                      batch_size: int, progress: bool = True) -> None:
+    """Greedy answers to `prompts` (first turns), `batch_size` at a time, each batch stored as it finishes."""
+    device = model.get_input_embeddings().weight.device
+    encoded = [(p, encode(tokenizer, render([(p.turns[0], None)], style, model_type, tokenizer), style, device)[0])
+               for p in prompts]
+    encoded.sort(key=lambda item: len(item[1]))  # similar lengths together: less padding
+    stop = eos_ids(model, None)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop[0]
+    bar = tqdm(total=len(encoded), desc="answering", disable=not progress, unit="prompt")
+    for start in range(0, len(encoded), batch_size):
+        batch = encoded[start:start + batch_size]
+        input_ids, attention_mask = left_pad([ids for _, ids in batch], pad)
+        output = model.generate(input_ids=input_ids, attention_mask=attention_mask, do_sample=False,
+                                max_new_tokens=max_new_tokens, eos_token_id=stop, pad_token_id=pad,
+                                temperature=None, top_p=None, top_k=None)
+        for (prompt, ids), row in zip(batch, output[:, input_ids.shape[1]:].tolist()):
+            tokens = cut_at_stop(row, stop, max_new_tokens)
+            store.add_prompt(prompt.id, [dict(id=prompt.id, turn=0, method=METHOD, category=prompt.category,
+                                              text=tokenizer.decode(tokens, skip_special_tokens=True), ids=tokens,
+                                              prompt_tokens=len(ids))])
+        bar.update(len(batch))
+    bar.close()
+
+
+def left_pad(rows: list[torch.Tensor], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`[batch, longest]` ids padded on the left, and the attention mask that hides the padding."""
+    longest = max(len(row) for row in rows)
+    ids = torch.full((len(rows), longest), pad, dtype=rows[0].dtype, device=rows[0].device)
+    mask = torch.zeros((len(rows), longest), dtype=torch.long, device=rows[0].device)
+    for index, row in enumerate(rows):
+        ids[index, longest - len(row):] = row
+        mask[index, longest - len(row):] = 1
+    return ids, mask
+
+
+def cut_at_stop(tokens: list[int], stop: list[int], max_new_tokens: int) -> list[int]:
+    """The answer as a one-prompt decode returns it: up to and including the first stop token."""
+    for index, token in enumerate(tokens[:max_new_tokens]):
+        if token in stop:
+            return tokens[:index + 1]
+    return tokens[:max_new_tokens]
