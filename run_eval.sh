@@ -35,8 +35,7 @@ if [ -z "${DEVICE:-}" ]; then
     if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then DEVICE=cuda; fi
 fi
 if [ -z "${DTYPE:-}" ]; then
-    DTYPE=float32
-    if [ "$DEVICE" = cuda ]; then DTYPE=bfloat16; fi
+    DTYPE=auto  # the fastest dtype measured to keep greedy identity on the device (space.models.AUTO_DTYPES)
 fi
 # SPACE_PYTHON: an interpreter that already has the project installed; otherwise set up .venv
 PYTHON="${SPACE_PYTHON:-$(bash scripts/setup_env.sh)}"

@@ -1,61 +1,92 @@
-"""Faster decoding-size linear layers on CPU.
+"""Faster decoding-size linear layers on CPU: oneDNN products on prepacked weights.
 
 Decoding multiplies one row (AR) or a handful of rows (1 + k(k+2) for SPACE) by every weight
-matrix, so a step is bound by reading the weights. On the x86 CPU we measured (AMD EPYC, MKL),
-the product's formulation matters more than its size (docs/benchmarks.md):
+matrix, so a step is bound by reading the weights. How fast a CPU product reads them depends on the
+weight's memory layout more than on the number of rows: PyTorch's `F.linear` on a plain row-major
+weight runs SmolLM2-135M's 211 products of one row at about 48 ms, 2.7x the time its weights take to
+stream at the measured bandwidth, and grows to 75 ms for 16 rows (docs/benchmarks.md, issue 18).
 
-* one row: `x @ W_t` with a `[in, out]` copy of the weight streams it ~1.5x faster than
-  `F.linear(x, W)` (SmolLM2's lm_head: 6.5 ms instead of 11.3 ms);
-* 2 to ~36 rows: `(W @ x.T).T` is up to 3.5x faster than `F.linear` (lm_head, 3 rows: 9.4 ms
-  instead of 37.7 ms; 4 rows cost about what one row does).
+`RowsLinear` computes the product with oneDNN on a copy of the weight reordered once into oneDNN's
+blocked layout (`torch.ops.mkldnn._reorder_linear_weight`, the packing `torch.compile`'s CPU backend
+uses for frozen linear layers): about 29 ms for one row and 30 ms for 16 in fp32, and it also serves
+bf16 (where oneDNN uses the CPU's bf16 instructions). The packing is chosen for `PACKED_ROWS` rows,
+which measured fastest for one row and for SPACE's 16 alike.
 
-`use_fast_linear(model)` switches every `nn.Linear` to `RowsLinear`, which only changes how the
-product is computed: same parameters and state dict, same math, different rounding order. Only fp32
-inputs take these paths: they were measured in fp32, and in bf16 the one-row `x @ W_t` ran about 10x
-slower than `F.linear` on this CPU (0.26 vs 2.9 ms for a 1536x576 weight), so half precision keeps
-`F.linear`. It keeps
-a transposed copy of each weight (the model's weight memory doubles), so it is for inference:
-training, gradients and non-CPU devices take the plain `F.linear` path. `space.load_model`
-applies it on CPU, to the shared model object, so every method (AR, HF generate, SPACE ...) runs
-on the same kernels and comparisons stay fair.
+Where the packed op is missing (a PyTorch build without oneDNN) or for fp16, it falls back to the
+earlier formulations (fp32: `x @ W_t` for one row, `(W @ x.T).T` for several; otherwise `F.linear`).
+`use_fast_linear(model)` switches every `nn.Linear` to `RowsLinear`: same parameters and state
+dict, same math, another rounding order. It keeps a second copy of each weight (the model's weight
+memory doubles), so it is for inference: training, gradients and non-CPU devices take `F.linear`.
+`space.load_model` applies it on CPU to the shared model object, so every method (AR, HF generate,
+SPACE ...) runs on the same kernels and comparisons stay fair.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+PACKED_ROWS = 16  # the row count the blocked layout is chosen for (measured: fastest for 1 and for 16 rows)
+PACKED_DTYPES = (torch.float32, torch.bfloat16)
+
+
+@functools.lru_cache(maxsize=None)
+def packed_products_available() -> bool:
+    """Whether this PyTorch has oneDNN's prepacked linear (private ops: checked once, by use)."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        weight = torch.ones(4, 8)
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight, PACKED_ROWS)
+        out = torch.ops.mkldnn._linear_pointwise(torch.ones(2, 8), packed, None, "none", [], "")
+        return bool(torch.equal(out, torch.full((2, 4), 8.0)))
+    except (AttributeError, RuntimeError):
+        return False
+
 
 class RowsLinear(nn.Linear):
-    """`nn.Linear` with decode-friendly CPU products; keeps a `[in, out]` copy of `weight`."""
+    """`nn.Linear` with decode-friendly CPU products; keeps a second, reordered copy of `weight`."""
 
-    def transposed_weight(self) -> torch.Tensor:
-        """The `[in, out]` copy, retaken whenever the weight was replaced or changed in place."""
-        key = (self.weight.data_ptr(), self.weight._version, tuple(self.weight.shape))
-        if getattr(self, "_weight_t_key", None) != key:
-            self._weight_t = self.weight.detach().t().contiguous()
-            self._weight_t_key = key
-        return self._weight_t
+    def _copy(self, make) -> torch.Tensor:
+        """The weight copy `make(weight)`, retaken whenever the weight was replaced or changed in place."""
+        key = (make, self.weight.data_ptr(), self.weight._version, tuple(self.weight.shape), self.weight.dtype)
+        if getattr(self, "_copy_key", None) != key:
+            self._weight_copy = make(self.weight.detach())
+            self._copy_key = key
+        return self._weight_copy
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad) or x.device.type != "cpu"
-                or x.dtype != torch.float32):  # measured on fp32 only; in bf16 `x @ W_t` is ~10x slower than F.linear
+        if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad) or x.device.type != "cpu":
             return F.linear(x, self.weight, self.bias)
         rows = x.reshape(-1, x.shape[-1])
-        if rows.shape[0] == 1:
-            out = rows @ self.transposed_weight()  # [1, out]
+        if x.dtype in PACKED_DTYPES and x.dtype == self.weight.dtype and packed_products_available():
+            out = torch.ops.mkldnn._linear_pointwise(rows, self._copy(_packed), self.bias, "none", [], "")
+        elif x.dtype != torch.float32:
+            return F.linear(x, self.weight, self.bias)
+        elif rows.shape[0] == 1:
+            out = rows @ self._copy(_transposed)  # [1, out]
+            out = out if self.bias is None else out + self.bias
         else:
             out = torch.mm(self.weight, rows.t()).t()  # [rows, out], a transposed view
-        if self.bias is not None:
-            out = out + self.bias
+            out = out if self.bias is None else out + self.bias
         return out.reshape(*x.shape[:-1], self.out_features)
+
+
+def _packed(weight: torch.Tensor) -> torch.Tensor:
+    return torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), PACKED_ROWS)
+
+
+def _transposed(weight: torch.Tensor) -> torch.Tensor:
+    return weight.t().contiguous()
 
 
 def use_fast_linear(model: nn.Module) -> int:
     """Switch every plain `nn.Linear` in `model` to `RowsLinear` in place; returns how many.
 
-    The transposed copies are taken on first use and retaken if a weight changes (e.g. a resize).
+    The weight copies are taken on first use and retaken if a weight changes (e.g. a resize).
     """
     switched = 0
     for module in model.modules():

@@ -60,6 +60,11 @@ DTYPES = {
     "float16": torch.float16,
     "fp16": torch.float16,
 }
+# `dtype="auto"`: per device, the fastest dtype measured to keep greedy identity with AR (at least 98% of
+# HumanEval answers identical, every divergence a near-tie; docs/benchmarks.md, "Dtypes"). On this project's
+# CPU bf16 is faster but leaves AR on about a third of answers, so fp32. On CUDA only fp32 has been measured
+# for identity, so fp32 until a bf16 run shows it keeps identity there.
+AUTO_DTYPES = {"cpu": torch.float32, "cuda": torch.float32}
 
 
 def default_model_path() -> Path:
@@ -81,12 +86,20 @@ def has_shipped_model() -> bool:
     return (SHIPPED_MODEL_DIR / "adapter_config.json").is_file()
 
 
-def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+def resolve_dtype(dtype: str | torch.dtype, device: str | torch.device = "cpu") -> torch.dtype:
+    """A dtype name (or `auto`: the measured choice for `device`, `AUTO_DTYPES`) -> `torch.dtype`."""
     if isinstance(dtype, torch.dtype):
         return dtype
+    if dtype == "auto":
+        return AUTO_DTYPES.get(torch.device(device).type, torch.float32)
     if dtype not in DTYPES:
-        raise SpaceError(f"unknown dtype {dtype!r}; use one of {sorted(set(DTYPES))}")
+        raise SpaceError(f"unknown dtype {dtype!r}; use one of {sorted(set(DTYPES))} or 'auto'")
     return DTYPES[dtype]
+
+
+def dtype_name(model) -> str:
+    """The model's floating dtype as a flag value (`float32`, `bfloat16`, ...)."""
+    return str(model.get_input_embeddings().weight.dtype).removeprefix("torch.")
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -112,7 +125,7 @@ def load_model(
     name_or_path: str | os.PathLike | None = None,
     *,
     adapter: str | os.PathLike | None = None,
-    dtype: str | torch.dtype = "float32",
+    dtype: str | torch.dtype = "auto",
     device: str | torch.device = "cpu",
     attn_implementation: str = "sdpa",
     merge_adapter: bool = True,
@@ -121,14 +134,15 @@ def load_model(
     """Load `(model, tokenizer)` from a HF directory, a hub name or a `.gguf` file (default: SmolLM2).
 
     `adapter` is a peft adapter directory applied on top; with `merge_adapter` (default) it is folded
-    into the weights, which gives the same logits and a faster forward. `fast_cpu_linear` (default:
+    into the weights, which gives the same logits and a faster forward. `dtype="auto"` (default) takes the
+    fastest dtype measured to keep greedy identity on the device (`AUTO_DTYPES`). `fast_cpu_linear` (default:
     on for CPU) computes multi-row linear layers with the faster CPU formulation (`space.fast_linear`).
     """
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    torch_dtype = resolve_dtype(dtype)
     torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
     if adapter is None and name_or_path is None and has_shipped_model():
         adapter = SHIPPED_MODEL_DIR
     if adapter is None and name_or_path is not None and _is_adapter_dir(Path(name_or_path)):

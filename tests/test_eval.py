@@ -267,7 +267,7 @@ def test_flag_defaults_are_the_original_parsers():
     assert Path(args.skip_layers) == ROOT / "configs" / "self_spec" / "skip_layers.json"
     assert (args.skip_layers_key, args.max_draft, args.draft_threshold, args.sat_num, args.sat_id, args.dtype,
             args.device, args.adapter, args.pass_at_k, args.exec_timeout, args.progress, args.time_limit) == \
-        (None, None, None, None, None, "float32", "cpu", None, True, 10.0, True, None)
+        (None, None, None, None, None, "auto", "cpu", None, True, 10.0, True, None)
     assert parse_eval_args(["--overwrite"]).overwrite and parse_eval_args(["--time_limit", "2.5"]).time_limit == 2.5
     with pytest.raises(SystemExit):
         parse_eval_args(["--model_type", "gpt"])
@@ -354,6 +354,16 @@ def test_run_config_holds_every_setting_the_answers_depend_on(tiny_dir, tmp_path
     assert not set(not_recorded) & set(config)
     with pytest.raises(space.SpaceError, match=r"--seed 0 -> 3"):
         run_eval(cli(tiny_dir, tmp_path / "run", "--methods", "space,ar", "--pass_at_k", "false", "--seed", "3"))
+
+
+def test_auto_dtype_is_recorded_as_the_dtype_it_chose(tiny_dir, tmp_path):
+    """`--dtype auto` (the default) runs fp32 on this CPU and records `float32`, so a resume with the explicit
+    name continues the run and one with `bfloat16` is refused."""
+    run_eval(cli(tiny_dir, tmp_path / "run", "--methods", "ar", "--pass_at_k", "false"))
+    assert json.loads((tmp_path / "run" / "run_config.json").read_text())["dtype"] == "float32"
+    run_eval(cli(tiny_dir, tmp_path / "run", "--methods", "ar", "--pass_at_k", "false", "--dtype", "float32"))
+    with pytest.raises(space.SpaceError, match=r"float32 -> bfloat16"):
+        run_eval(cli(tiny_dir, tmp_path / "run", "--methods", "ar", "--pass_at_k", "false", "--dtype", "bfloat16"))
 
 
 def test_cli_bad_input(tiny_dir, tmp_path):

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import space
-from space.fast_linear import RowsLinear, use_fast_linear
+from space.fast_linear import RowsLinear, packed_products_available, use_fast_linear
 from space.testing import tiny_llama
 
 
@@ -54,12 +54,41 @@ def test_decoders_stay_identical_on_fast_linear_layers(seed):
         assert result.tokens.tolist() == reference.tolist()
 
 
-def test_half_precision_inputs_keep_the_plain_product():
-    """The fast formulations were measured in fp32 only; bf16/fp16 rows must get exactly `F.linear`."""
-    for dtype in (torch.bfloat16, torch.float16):
-        layer = torch.nn.Linear(24, 40).to(dtype)
-        layer.__class__ = RowsLinear
-        for rows in (1, 5):
-            x = torch.randn(rows, 24).to(dtype)
-            with torch.inference_mode():
-                assert torch.equal(layer(x), nn.functional.linear(x, layer.weight, layer.bias))
+def test_fp16_inputs_keep_the_plain_product():
+    """oneDNN's packed product serves fp32 and bf16; fp16 rows must get exactly `F.linear`."""
+    layer = torch.nn.Linear(24, 40).to(torch.float16)
+    layer.__class__ = RowsLinear
+    for rows in (1, 5):
+        x = torch.randn(rows, 24).to(torch.float16)
+        with torch.inference_mode():
+            assert torch.equal(layer(x), nn.functional.linear(x, layer.weight, layer.bias))
+
+
+def test_this_torch_build_has_the_packed_product():
+    """PyTorch's x86 and aarch64 CPU wheels ship oneDNN: the fast path is the one the suite exercises."""
+    assert packed_products_available()
+
+
+@pytest.mark.parametrize("rows", [1, 16])
+def test_bf16_rows_take_the_packed_product(rows):
+    torch.manual_seed(rows)
+    layer = torch.nn.Linear(64, 96).to(torch.bfloat16)
+    layer.__class__ = RowsLinear
+    x = torch.randn(rows, 64).to(torch.bfloat16)
+    with torch.inference_mode():
+        out = layer(x)
+        expected = nn.functional.linear(x.float(), layer.weight.float(), layer.bias.float())
+    assert out.dtype == torch.bfloat16 and out.shape == (rows, 96)
+    torch.testing.assert_close(out.float(), expected, rtol=2e-2, atol=5e-2)
+    assert layer._weight_copy.dtype == torch.bfloat16  # the packed copy, not a float one
+
+
+def test_without_onednn_the_earlier_formulations_serve(monkeypatch):
+    monkeypatch.setattr("space.fast_linear.packed_products_available", lambda: False)
+    layer = nn.Linear(24, 40)
+    layer.__class__ = RowsLinear
+    for rows in (1, 5):
+        x = torch.randn(rows, 24)
+        with torch.inference_mode():
+            torch.testing.assert_close(layer(x), nn.functional.linear(x, layer.weight, layer.bias))
+    assert layer._weight_copy.shape == (24, 40)  # the transposed copy of the one-row path

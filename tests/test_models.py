@@ -38,6 +38,16 @@ def test_load_in_bfloat16(saved_tiny):
     assert model.get_input_embeddings().weight.dtype == torch.bfloat16
 
 
+def test_auto_dtype_is_the_measured_choice_per_device(saved_tiny):
+    from space.models import AUTO_DTYPES, resolve_dtype
+
+    assert resolve_dtype("auto", "cpu") == AUTO_DTYPES["cpu"] == torch.float32  # bf16 breaks identity on this CPU
+    assert resolve_dtype("auto", "cuda:1") == AUTO_DTYPES["cuda"]
+    assert resolve_dtype("bf16", "cpu") == torch.bfloat16
+    model, _ = space.load_model(saved_tiny[1])  # the default is auto
+    assert model.get_input_embeddings().weight.dtype == AUTO_DTYPES["cpu"]
+
+
 @pytest.mark.parametrize("merge", [True, False])
 def test_adapter_on_top_of_base_gives_the_peft_logits(saved_tiny, tmp_path, merge):
     base, path = saved_tiny

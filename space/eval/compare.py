@@ -34,7 +34,7 @@ class GenerateArguments:
     top_p: float = 1.0
     sampling_mode: Literal["exact", "original"] = field(default="exact", metadata={"help": "space and sdsat"})
     seed: int = 0
-    dtype: str = "float32"
+    dtype: str = "auto"
     device: str = "cpu"
     output: str | None = field(default=None, metadata={"help": "write the results as JSON here"})
 

@@ -18,7 +18,7 @@ rerun with other settings refused, one method label `greedy_batched` in `samples
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from tqdm.auto import tqdm
@@ -32,6 +32,7 @@ from space.eval.harness import encode
 from space.eval.pipeline import add_quality, check_execution, is_embedded
 from space.eval.prompts import render
 from space.io import write_json
+from space.models import dtype_name
 
 METHOD = "greedy_batched"
 
@@ -56,7 +57,7 @@ class QualityArgs:
     prompt_style: str = _flag("auto", "auto: chat_template for the embedded model, original (--model_type) otherwise",
                               choices=["auto", "original", "chat_template"])
     model_type: str = _flag("llama", "selects the original prompt string")
-    dtype: str = _flag("float32")
+    dtype: str = _flag("auto", "float32, bfloat16, float16 or auto")
     device: str = _flag("cpu", "cpu, cuda or auto")
     pass_at_k: bool = _flag(True, "execute generated code (HumanEval datasets)")
     exec_timeout: float = _flag(10.0, "seconds per executed program")
@@ -81,6 +82,7 @@ def evaluate_quality(args: QualityArgs) -> dict:
     results.check_output_dir(directory)
     check_execution(args, prompts)
     model, tokenizer = space.load_model(args.llm_dir, adapter=args.adapter, dtype=args.dtype, device=args.device)
+    args = replace(args, dtype=dtype_name(model))  # `auto` recorded as what it chose
     style = args.prompt_style if args.prompt_style != "auto" else ("chat_template" if is_embedded(args.llm_dir) else "original")
     config = dict(llm_dir=args.llm_dir, adapter=args.adapter, dataset=args.dataset, data_path=args.data_path,
                   methods=[METHOD], options={METHOD: dict(max_new_tokens=max_new_tokens, batch_size=args.batch_size)},
