@@ -14,7 +14,7 @@ sampling stays exact; the original rule gives them probability 65504 and always 
 
 With the KV cache only the `1 + k(k+2)` new rows are fed; after verification the cache keeps the
 committed tokens and moves the accepted candidates' entries next to them (`CompactCache.compact`).
-lm_head runs only on the k+1 verification rows and then on the k rows of the chosen group.
+lm_head runs once per step, on the chunk's rows only (never on the prefix rows of an uncached step).
 
 k is bounded twice before anything is built: an explicit k by the width the model's masks were trained
 with (`space.tokens.resolve_mask_spec`), and every k by the size of one step's attention mask, whose
@@ -144,8 +144,12 @@ def generate(model, input_ids: torch.Tensor, options: SpaceOptions) -> DecodeRes
         # 2. one forward
         hidden = target.hidden(ids, positions, mask, cache)  # [fed, H]
 
-        # 3. verify the candidates; the row after the last accepted one gives the bonus token
-        verify_logits = target.logits(hidden[base + layout.verify_rows])  # [k+1, V]
+        # 3. lm_head once on the whole chunk: the verification rows and every group's masks ((k+1)^2 rows).
+        #    The group to draft from is known only after verification, but a second call would read the
+        #    head's weight again, which costs more than the extra rows (docs/benchmarks.md, issue 18).
+        chunk_logits = target.logits(hidden[base:])  # [1 + k(k+2), V]
+        # verify the candidates; the row after the last accepted one gives the bonus token
+        verify_logits = chunk_logits[layout.verify_rows]  # [k+1, V]
         accepted, bonus = accept(verify_logits, drafts.tokens, options, run.generator, q=drafts.q,
                                  draft_probs=drafts.token_probs, sampling_mode=options.sampling_mode)
 
@@ -159,5 +163,5 @@ def generate(model, input_ids: torch.Tensor, options: SpaceOptions) -> DecodeRes
             cache.compact(n, (n - 1) + layout.candidate_rows[:accepted])
 
         # 6. draft the next k from group `accepted`, which saw exactly the committed tokens
-        draft_logits = target.logits(hidden[base + layout.group_rows(accepted)])  # [k, V]
+        draft_logits = chunk_logits[layout.group_rows(accepted)]  # [k, V]
         drafts = _Drafts.draw(draft_logits, options, run.generator)
