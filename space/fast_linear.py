@@ -63,7 +63,7 @@ class RowsLinear(nn.Linear):
             return F.linear(x, self.weight, self.bias)
         rows = x.reshape(-1, x.shape[-1])
         if x.dtype in PACKED_DTYPES and x.dtype == self.weight.dtype and packed_products_available():
-            out = torch.ops.mkldnn._linear_pointwise(rows, self._copy(_packed), self.bias, "none", [], "")
+            out = torch.ops.mkldnn._linear_pointwise(rows, self._copy(packed_weight), self.bias, "none", [], "")
         elif x.dtype != torch.float32:
             return F.linear(x, self.weight, self.bias)
         elif rows.shape[0] == 1:
@@ -75,7 +75,8 @@ class RowsLinear(nn.Linear):
         return out.reshape(*x.shape[:-1], self.out_features)
 
 
-def _packed(weight: torch.Tensor) -> torch.Tensor:
+def packed_weight(weight: torch.Tensor) -> torch.Tensor:
+    """`weight` `[out, in]` reordered into oneDNN's blocked layout for `_linear_pointwise`."""
     return torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), PACKED_ROWS)
 
 

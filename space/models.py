@@ -130,6 +130,7 @@ def load_model(
     attn_implementation: str = "sdpa",
     merge_adapter: bool = True,
     fast_cpu_linear: bool | None = None,
+    lean_layers: bool | None = None,
 ):
     """Load `(model, tokenizer)` from a HF directory, a hub name or a `.gguf` file (default: SmolLM2).
 
@@ -137,9 +138,13 @@ def load_model(
     into the weights, which gives the same logits and a faster forward. `dtype="auto"` (default) takes the
     fastest dtype measured to keep greedy identity on the device (`AUTO_DTYPES`). `fast_cpu_linear` (default:
     on for CPU) computes multi-row linear layers with the faster CPU formulation (`space.fast_linear`).
+    `lean_layers` (default: as `fast_cpu_linear`) switches LLaMA decoder layers to a leaner inference forward
+    (`space.lean_layers`: fused q/k/v and gate/up products, fewer small ops); other models are unchanged.
     """
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from space.lean_layers import use_lean_layers  # imports transformers' modeling code: seconds, so not with `space`
 
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
@@ -176,8 +181,11 @@ def load_model(
     if adapter is not None:
         model, tokenizer = _apply_adapter(model, tokenizer, Path(adapter), merge_adapter, torch_device.type)
     model.to(torch_device).eval()
-    if fast_cpu_linear if fast_cpu_linear is not None else torch_device.type == "cpu":
+    fast_cpu_linear = fast_cpu_linear if fast_cpu_linear is not None else torch_device.type == "cpu"
+    if fast_cpu_linear:
         use_fast_linear(model)
+    if lean_layers if lean_layers is not None else fast_cpu_linear:
+        use_lean_layers(model)
     return model, tokenizer
 
 
