@@ -147,6 +147,9 @@ def test_bench_roofline_script_end_to_end(tmp_path, monkeypatch, capsys):
     for row in written["rows"]:
         assert row["ar_vs_limit"] == pytest.approx(row["ar_ms_per_step"] / row["limit_ms"])
         assert row["space_vs_ar"] == pytest.approx(row["space_ms_per_step"] / row["ar_ms_per_step"])
+        plain = written["dtypes"][row["dtype"]]["plain_against_default_ar"]  # both loads timed in the same run
+        assert row["plain_ar_ms_per_step"] == plain["plain"] > 0 and row["plain_vs_ar"] == pytest.approx(
+            plain["plain"] / plain["default"])
     assert set(written["cost_curves"]) == {"cpu/float32", "cpu/bfloat16"}
     assert load_cost_curve(output, "cpu", "bfloat16").rows == [1, 2, 3, 6]
     assert written["dtypes"]["float32"]["profile"]

@@ -12,6 +12,8 @@ Batch-1 decoding reads every weight once per forward, so an AR step cannot beat
 * `bytes_per_token`: what one AR token reads (weights the forward touches + the KV cache), from the
   model's parameters and config;
 * `step_times`: ms per step of AR and SPACE through `space.decode`, and their ratio to the limit;
+* `plain_and_default_ar`: the default load's AR step against a plain HF load of the same weights (no
+  packed products, no lean layers) in the same AR loop, alternating;
 * `cost_curve`: ms of one cached forward feeding N rows (a verify step) for N = 1..64;
 * `profile_step`: the ops an AR step spends its time in (`torch.profiler`), to show what is not
   reading weights.
@@ -49,10 +51,10 @@ from space.models import resolve_device, resolve_dtype
 
 SCRIPT = "python scripts/bench_roofline.py"
 DEFAULT_MODEL = "shipped SPACE model (SmolLM2-135M-Instruct + space/default_model adapter)"
-COLUMNS = ["dtype", "bandwidth_gb_s", "mb_per_token", "limit_ms", "ar_ms_per_step", "ar_vs_limit",
-           "space_ms_per_step", "space_vs_limit", "space_vs_ar"]
-HEADERS = ["dtype", "bandwidth GB/s", "MB/token", "limit ms", "AR ms/step", "AR / limit", "SPACE ms/step",
-           "SPACE / limit", "SPACE / AR"]
+COLUMNS = ["dtype", "bandwidth_gb_s", "mb_per_token", "limit_ms", "plain_ar_ms_per_step", "ar_ms_per_step",
+           "ar_vs_limit", "plain_vs_ar", "space_ms_per_step", "space_vs_limit", "space_vs_ar"]
+HEADERS = ["dtype", "bandwidth GB/s", "MB/token", "limit ms", "plain HF AR ms/step", "AR ms/step", "AR / limit",
+           "plain / AR", "SPACE ms/step", "SPACE / limit", "SPACE / AR"]
 
 
 @dataclass
@@ -202,6 +204,25 @@ def cost_curve(model, rows=None, context_tokens: int = 256, repeats: int = 5, se
     return dict(rows=rows, ms=medians, context_tokens=context_tokens)
 
 
+def plain_and_default_ar(model, plain, prompt_ids: torch.Tensor, max_new_tokens: int = 64, repeats: int = 3) -> dict:
+    """AR ms per step of the default load (`model`) and of a plain HF load of the same weights (`plain`: no
+    packed products, no lean layers), decoded by the same AR loop, runs alternating so drift hits both."""
+    device = Model(model).device
+    options = dict(max_new_tokens=max_new_tokens, eos_token_id=[])
+    loads = {"default": model, "plain": plain}
+    for loaded in loads.values():
+        space.decode(loaded, prompt_ids, "ar", **options)
+    per_step = {name: [] for name in loads}
+    for repeat in range(repeats):
+        for name in (("default", "plain") if repeat % 2 == 0 else ("plain", "default")):
+            _synchronize(device)
+            start = time.perf_counter()
+            result = space.decode(loads[name], prompt_ids, "ar", **options)
+            _synchronize(device)
+            per_step[name].append((time.perf_counter() - start) * 1000 / result.stats.steps)
+    return {name: statistics.median(values) for name, values in per_step.items()}
+
+
 def step_times(model, prompt_ids: torch.Tensor, methods=("ar", "space"), max_new_tokens: int = 64,
                repeats: int = 3) -> dict:
     """Per method: median ms per step of `space.decode` over `repeats` runs after a warm-up, its steps
@@ -301,13 +322,17 @@ def measure_roofline(args: RooflineArgs, command: str) -> dict:
         read = bytes_per_token(model, args.context_tokens)
         limit_ms = read["total"] / (bandwidth * 1e9) * 1000
         steps = step_times(model, prompt_ids, ("ar", "space"), args.max_new_tokens, args.repeats)
+        plain, _ = space.load_model(args.model, dtype=dtype, device=device, fast_cpu_linear=False, lean_layers=False)
+        against_plain = plain_and_default_ar(model, plain, prompt_ids, args.max_new_tokens, args.repeats)
+        del plain
         curve = cost_curve(model, rows, args.context_tokens, args.repeats)
         ar, spaced = steps["ar"]["ms_per_step"], steps["space"]["ms_per_step"]
         table.append(dict(dtype=dtype, bandwidth_gb_s=bandwidth, mb_per_token=read["total"] / 1e6, limit_ms=limit_ms,
-                          ar_ms_per_step=ar, ar_vs_limit=ar / limit_ms, space_ms_per_step=spaced,
+                          plain_ar_ms_per_step=against_plain["plain"], ar_ms_per_step=ar, ar_vs_limit=ar / limit_ms,
+                          plain_vs_ar=against_plain["plain"] / against_plain["default"], space_ms_per_step=spaced,
                           space_vs_limit=spaced / limit_ms, space_vs_ar=spaced / ar,
                           space_tokens_per_step=steps["space"]["tokens_per_step"]))
-        details[dtype] = dict(bytes_per_token=read, step_times=steps,
+        details[dtype] = dict(bytes_per_token=read, step_times=steps, plain_against_default_ar=against_plain,
                               profile=profile_step(model, args.context_tokens, steps=max(args.repeats, 4)))
         curves[curve_key(device, dtype)] = curve
         del model, tokenizer
