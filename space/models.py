@@ -97,9 +97,14 @@ def resolve_dtype(dtype: str | torch.dtype, device: str | torch.device = "cpu") 
     return DTYPES[dtype]
 
 
-def dtype_name(model) -> str:
-    """The model's floating dtype as a flag value (`float32`, `bfloat16`, ...)."""
-    return str(model.get_input_embeddings().weight.dtype).removeprefix("torch.")
+def dtype_name(dtype: str | torch.dtype) -> str:
+    """'bf16' or torch.bfloat16 -> 'bfloat16': one spelling per dtype, as flags and reports write it."""
+    return str(resolve_dtype(dtype)).removeprefix("torch.")
+
+
+def model_dtype(model) -> str:
+    """The dtype `model` was loaded in, spelled as `dtype_name` does (what `dtype="auto"` chose)."""
+    return dtype_name(model.get_input_embeddings().weight.dtype)
 
 
 def resolve_device(device: str | torch.device) -> torch.device:

@@ -35,7 +35,7 @@ from space.eval.flags import EvalArgs, check_eval_args
 from space.eval.metrics import split_label, summarize
 from space.eval.rouge import rouge_l
 from space.io import write_json
-from space.models import BASE_MODEL_ALIASES, dtype_name
+from space.models import BASE_MODEL_ALIASES, model_dtype
 from space.skip_layers import check_skippable, load_skip_file, select_entry
 from space.tokens import resolve_mask_spec, resolve_sat_spec
 
@@ -54,7 +54,7 @@ def evaluate(args: EvalArgs) -> dict:
 
     check_execution(args, prompts)  # before hours of decoding: one clear error if programs cannot be isolated
     model, tokenizer = space.load_model(args.llm_dir, adapter=args.adapter, dtype=args.dtype, device=args.device)
-    args = replace(args, dtype=dtype_name(model))  # `auto` recorded as what it chose: a resume compares real dtypes
+    args = replace(args, dtype=model_dtype(model))  # `auto` recorded as what it chose: a resume compares real dtypes
     note = " ".join(filter(None, [prepare_masks(model, tokenizer, args, methods),
                                   prepare_sats(model, tokenizer, args, methods)])) or None
     skip_layers = prepare_skip_layers(model, args, methods)

@@ -32,7 +32,7 @@ from space.eval.harness import encode
 from space.eval.pipeline import add_quality, check_execution, is_embedded
 from space.eval.prompts import render
 from space.io import write_json
-from space.models import dtype_name
+from space.models import model_dtype
 
 METHOD = "greedy_batched"
 
@@ -82,7 +82,7 @@ def evaluate_quality(args: QualityArgs) -> dict:
     results.check_output_dir(directory)
     check_execution(args, prompts)
     model, tokenizer = space.load_model(args.llm_dir, adapter=args.adapter, dtype=args.dtype, device=args.device)
-    args = replace(args, dtype=dtype_name(model))  # `auto` recorded as what it chose
+    args = replace(args, dtype=model_dtype(model))  # `auto` recorded as what it chose
     style = args.prompt_style if args.prompt_style != "auto" else ("chat_template" if is_embedded(args.llm_dir) else "original")
     config = dict(llm_dir=args.llm_dir, adapter=args.adapter, dataset=args.dataset, data_path=args.data_path,
                   methods=[METHOD], options={METHOD: dict(max_new_tokens=max_new_tokens, batch_size=args.batch_size)},

@@ -47,7 +47,7 @@ from space.errors import SpaceError
 from space.eval import report as report_tables
 from space.eval.step_cost import PROMPT  # the prompt of scripts/bench_step.py, so the two reports compare
 from space.io import write_json
-from space.models import resolve_device, resolve_dtype
+from space.models import dtype_name, resolve_device
 
 SCRIPT = "python scripts/bench_roofline.py"
 DEFAULT_MODEL = "shipped SPACE model (SmolLM2-135M-Instruct + space/default_model adapter)"
@@ -92,11 +92,6 @@ def parse_rows(text: str) -> list[int]:
     if not rows or min(rows) < 1:
         raise SpaceError(f"--rows {text!r} is not a row range: use e.g. '1-64' or '1,2,4,8' (every count >= 1)")
     return sorted(rows)
-
-
-def dtype_name(dtype: str | torch.dtype) -> str:
-    """'bf16' or torch.bfloat16 -> 'bfloat16': one spelling for the cost curves' keys."""
-    return str(resolve_dtype(dtype)).removeprefix("torch.")
 
 
 def curve_key(device: str | torch.device, dtype: str | torch.dtype) -> str:
