@@ -7,10 +7,12 @@
 | `mt-bench` | FastChat `question.jsonl` (`--data_path`) or a hub name | 2 | per-category speed |
 | `cip` | chatbot instruction prompts, first 100 `prompt`s (`--data_path` or hub) | 1 | - |
 | `xsum` | `document` / `summary` (`--data_path` or hub) | 1 | ROUGE-L |
+| `general` | vendored, the project's own (`data/general/`): 72 prompts, 12 in each of 6 categories | 1 (chat: 2) | per-category speed |
 
 `--data_path` may be a local `.json`/`.jsonl`(`.gz`) file or a hub dataset name (read with `datasets`).
 This module also owns the vendored HumanEval-X files (`load_problems`) and their language list, which
-the code-execution package `space.eval.code` reuses.
+the code-execution package `space.eval.code` reuses, and the vendored `general` prompts (`id`, `category`,
+`turns` per line; a `--data_path` file in the same format replaces them).
 The faithful `human_eval` instruction keeps the original's two-backtick typo (`end with '``'`).
 """
 
@@ -24,14 +26,16 @@ from space.errors import SpaceError
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 HUMANEVAL_DIR = DATA_DIR / "humaneval-x"
+GENERAL_PATH = DATA_DIR / "general" / "prompts.jsonl"
 HUMANEVAL_LANGUAGES = ("python", "cpp", "java", "js", "go")
 LANGUAGE_NAMES = {"python": "python", "cpp": "C++", "java": "Java", "js": "JavaScript", "go": "Go"}
 FENCES = {"python": "python", "cpp": "cpp", "java": "java", "js": "javascript", "go": "go"}
 ORIGINAL_HUMANEVAL_INSTRUCTION = (
     "Complete the following python code. Give the answer in a code block starts with '```python' and end with '``'"
 )
-# The original's generation budget per dataset (docs/spec/SPACE.md §4.2); xsum is ours.
-DEFAULT_MAX_NEW_TOKENS = {"human_eval": 1024, "humaneval-x": 1024, "mt-bench": 1024, "cip": 512, "xsum": 128}
+# The original's generation budget per dataset (docs/spec/SPACE.md §4.2); xsum and general are ours.
+DEFAULT_MAX_NEW_TOKENS = {"human_eval": 1024, "humaneval-x": 1024, "mt-bench": 1024, "cip": 512, "xsum": 128,
+                          "general": 256}
 HUB_NAMES = {"mt-bench": "HuggingFaceH4/mt_bench_prompts", "cip": "alespalla/chatbot_instruction_prompts",
              "xsum": "EdinburghNLP/xsum"}
 XSUM_INSTRUCTION = "Summarize the following article in one sentence.\n\n"
@@ -52,7 +56,8 @@ class EvalPrompt:
 
 
 def dataset_names() -> list[str]:
-    return ["human_eval", *[f"humaneval-x-{lang}" for lang in HUMANEVAL_LANGUAGES], "mt-bench", "cip", "xsum"]
+    return ["human_eval", *[f"humaneval-x-{lang}" for lang in HUMANEVAL_LANGUAGES], "mt-bench", "cip", "xsum",
+            "general"]
 
 
 def default_max_new_tokens(name: str) -> int:
@@ -70,12 +75,14 @@ def load_eval_dataset(name: str, data_path: str | None = None, num_samples: int 
     elif name.startswith("humaneval-x-") and name.split("-", 2)[2] in HUMANEVAL_LANGUAGES:
         prompts = _humaneval(name.split("-", 2)[2], data_path, faithful=False, execute=execute)
     elif name == "mt-bench":
-        prompts = _mt_bench(_records(name, data_path))
+        prompts = _conversations(_records(name, data_path), name)
     elif name == "cip":
         prompts = [EvalPrompt(id=str(i), turns=[_field(r, "prompt", name, i)]) for i, r in enumerate(_records(name, data_path)[:100])]
     elif name == "xsum":
         prompts = [EvalPrompt(id=str(r.get("id", i)), turns=[XSUM_INSTRUCTION + _field(r, "document", name, i)],
                               reference=_field(r, "summary", name, i)) for i, r in enumerate(_records(name, data_path))]
+    elif name == "general":
+        prompts = _conversations(_records(name, data_path) if data_path else _vendored(GENERAL_PATH), name)
     else:
         raise SpaceError(f"unknown dataset {name!r}; available: {', '.join(dataset_names())}")
     if not prompts:
@@ -119,15 +126,22 @@ def _humaneval(language: str, data_path: str | None, faithful: bool, execute: bo
     return prompts
 
 
-def _mt_bench(records: list[dict]) -> list[EvalPrompt]:
+def _conversations(records: list[dict], dataset: str) -> list[EvalPrompt]:
+    """mt-bench and general records: a `turns` list (or `prompt`), an id and an optional `category`."""
     prompts = []
     for index, record in enumerate(records):
         turns = record.get("turns", record.get("prompt"))
         if not isinstance(turns, list) or not turns:
-            raise SpaceError(f"mt-bench: record {index} has no 'turns' list")
-        prompts.append(EvalPrompt(id=str(record.get("question_id", record.get("prompt_id", index))), turns=list(turns),
-                                  category=record.get("category")))
+            raise SpaceError(f"{dataset}: record {index} has no 'turns' list")
+        prompt_id = record.get("question_id", record.get("prompt_id", record.get("id", index)))
+        prompts.append(EvalPrompt(id=str(prompt_id), turns=list(turns), category=record.get("category")))
     return prompts
+
+
+def _vendored(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise SpaceError(f"vendored data not found at {path}: reinstall the package")
+    return read_records(path)
 
 
 def _field(record: dict, key: str, dataset: str, index: int) -> str:

@@ -13,7 +13,8 @@ deletes there (`results.RUN_FILES`; the directory and anything else in it are le
   `--overwrite` replaces these files); `eval.lock` is held while a run lasts;
 * `samples.jsonl`: one line per answer (prompt, turn, method, text, ids, seconds, tokens per step,
   and `passed` / `rouge_l` where quality is measured);
-* `summary.json`, `summary.md` (the table) and `summary.png` (figure);
+* `summary.json`, `summary.md` (the table, and one per category where prompts have one) and `summary.png`
+  (figure);
 * with `save_data`, the original per-step and per-sample CSVs (`token_dict.csv`, `res_dict.csv`).
 """
 
@@ -291,8 +292,11 @@ def write_outputs(directory: Path, summary: dict, records: list[dict], save_data
                                for name, values in summary["original"].items()}
     write_json(directory / "summary.json", summary)
     partial = f"\n{summary['partial']}\n" if summary.get("partial") else ""
+    categories = report.category_table(summary)
+    categories = f"\n## Per category\n\n{categories}\n" if categories else ""
     (directory / "summary.md").write_text(f"# {summary['dataset']}: {summary['num_samples']} prompts\n{partial}\n"
-                                          + report.summary_table(summary) + "\n" + divergence_table(summary))
+                                          + report.summary_table(summary) + "\n" + categories
+                                          + divergence_table(summary))
     report.draw_figure(summary, directory / "summary.png")
     if save_data:
         with (directory / "token_dict.csv").open("w", newline="") as handle:

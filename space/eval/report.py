@@ -1,5 +1,5 @@
-"""Reports: markdown tables, the evaluation summary table, the figure (tokens/step and speedup), and the
-versions a result was measured with.
+"""Reports: markdown tables, the evaluation summary table (and its per-category one), the figure
+(tokens/step and speedup), and the versions a result was measured with.
 
 `markdown_table` is shared by every script that prints results. The figure needs matplotlib (an
 `eval` extra); without it the PNG is skipped with a note, never the run.
@@ -51,6 +51,21 @@ def summary_table(summary: dict) -> str:
     rows = [dict(method=name, **values) for name, values in methods.items()]
     keep = [i for i, c in enumerate(columns) if c == "method" or any(r.get(c) is not None for r in rows)]
     return markdown_table(rows, [columns[i] for i in keep], [headers[i] for i in keep])
+
+
+def category_table(summary: dict) -> str:
+    """One row per category and method (datasets whose prompts have a category): speed against the
+    baselines present and tokens per step; empty without categories."""
+    categories = summary.get("categories") or {}
+    if not categories:
+        return ""
+    baselines = [b for b in ("ar", "hf", "prompt_lookup") if b in summary["methods"]]
+    columns = ["category", "method", "answers", "tokens_per_second", *[f"speedup_vs_{b}" for b in baselines],
+               "avg_tokens_per_step"]
+    headers = ["category", "method", "answers", "tokens/s", *[f"speedup vs {b}" for b in baselines], "tokens/step"]
+    rows = [dict(category=category, method=method, **methods[method])  # methods in the main table's order
+            for category, methods in categories.items() for method in summary["methods"] if method in methods]
+    return markdown_table(rows, columns, headers)
 
 
 def draw_figure(summary: dict, path: Path) -> Path | None:
