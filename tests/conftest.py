@@ -5,7 +5,7 @@ import torch
 
 from space.cache import CompactCache
 from space.decoding import common
-from space.testing import tiny_llama
+from space.testing import tiny_llama, tiny_text_tokenizer
 
 
 @pytest.fixture(autouse=True)
@@ -47,3 +47,13 @@ def no_model_loading(monkeypatch):
         raise AssertionError("the model was loaded before the check")
 
     monkeypatch.setattr(space, "load_model", refuse)
+
+
+@pytest.fixture(scope="session")
+def eval_model_dir(tmp_path_factory):
+    """A saved tiny LLaMA with k=3 mask tokens and a text tokenizer: what the evaluation CLI tests load."""
+    path = tmp_path_factory.mktemp("eval") / "model"
+    tokenizer = tiny_text_tokenizer()
+    tiny_llama(seed=2, vocab_size=len(tokenizer) + 1, mask_num=3).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

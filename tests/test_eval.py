@@ -136,13 +136,9 @@ def test_chat_template_prompt_style():
 
 # --- the CLI, in-process on a tiny model -------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("eval") / "model"
-    tokenizer = tiny_text_tokenizer()
-    tiny_llama(seed=2, vocab_size=len(tokenizer) + 1, mask_num=3).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+@pytest.fixture
+def tiny_dir(eval_model_dir):
+    return eval_model_dir
 
 
 def cli(tiny_dir, output, *extra):

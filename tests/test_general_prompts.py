@@ -12,7 +12,6 @@ from space.eval import evaluate
 from space.eval.datasets import (GENERAL_PATH, dataset_names, default_max_new_tokens, load_eval_dataset,
                                  load_problems)
 from space.eval.flags import parse_eval_args
-from space.testing import tiny_llama, tiny_text_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 CATEGORIES = ("summary", "passage_qa", "translation", "math", "chat", "code")
@@ -75,13 +74,9 @@ def test_data_files_are_package_data():
         assert any(fnmatch.fnmatch(relative, pattern) for pattern in patterns), relative
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("general") / "model"
-    tokenizer = tiny_text_tokenizer()
-    tiny_llama(seed=2, vocab_size=len(tokenizer) + 1, mask_num=3).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+@pytest.fixture
+def tiny_dir(eval_model_dir):
+    return eval_model_dir
 
 
 def test_run_reports_each_category(tiny_dir, tmp_path):

@@ -59,7 +59,7 @@ def evaluate(args: EvalArgs) -> dict:
     note = " ".join(filter(None, [prepare_masks(model, tokenizer, args, methods),
                                   prepare_sats(model, tokenizer, args, methods)])) or None
     skip_layers = prepare_skip_layers(model, args, methods)
-    style = args.prompt_style if args.prompt_style != "auto" else ("chat_template" if is_embedded(args.llm_dir) else "original")
+    style = prompt_style(args)
     options = method_options(args, methods, max_new_tokens, skip_layers)
     with results.ResultStore(output_dir(args), run_config(args, methods, options, style, model),
                              overwrite=args.overwrite) as store:  # the run's lock is held until the outputs are written
@@ -201,6 +201,13 @@ def method_options(args: EvalArgs, methods: list[str], max_new_tokens: int,
             chosen[VARIANT_OPTION[name]] = k
         options[method] = chosen
     return options
+
+
+def prompt_style(args) -> str:
+    """`--prompt_style`, with `auto` resolved: the chat template for the embedded model, the original string otherwise."""
+    if args.prompt_style != "auto":
+        return args.prompt_style
+    return "chat_template" if is_embedded(args.llm_dir) else "original"
 
 
 def is_embedded(llm_dir: str | None) -> bool:

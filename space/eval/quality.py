@@ -18,7 +18,7 @@ rerun with other settings refused, one method label `greedy_batched` in `samples
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import torch
 from tqdm.auto import tqdm
@@ -28,17 +28,13 @@ from space.decoding.common import eos_ids
 from space.errors import SpaceError
 from space.eval import report, results
 from space.eval.datasets import default_max_new_tokens, load_eval_dataset
-from space.eval.harness import encode
-from space.eval.pipeline import add_quality, check_execution, is_embedded
-from space.eval.prompts import render
+from space.eval.flags import _flag
+from space.eval.harness import first_turn_ids
+from space.eval.pipeline import add_quality, check_execution, prompt_style, run_config
 from space.io import write_json
 from space.models import model_dtype
 
 METHOD = "greedy_batched"
-
-
-def _flag(default, help: str | None = None, **kwargs):
-    return field(default=default, metadata=dict(kwargs, **({"help": help} if help else {})))
 
 
 @dataclass
@@ -64,10 +60,6 @@ class QualityArgs:
     unsafe_execution: bool = _flag(False, "run generated code WITHOUT the bubblewrap sandbox (your rights; warns)")
     progress: bool = _flag(True)
 
-    @property
-    def methods(self) -> str:
-        return METHOD
-
 
 def evaluate_quality(args: QualityArgs) -> dict:
     """Answer every prompt of `args.dataset` in batches, score the answers; returns the summary."""
@@ -83,13 +75,9 @@ def evaluate_quality(args: QualityArgs) -> dict:
     check_execution(args, prompts)
     model, tokenizer = space.load_model(args.llm_dir, adapter=args.adapter, dtype=args.dtype, device=args.device)
     args = replace(args, dtype=model_dtype(model))  # `auto` recorded as what it chose
-    style = args.prompt_style if args.prompt_style != "auto" else ("chat_template" if is_embedded(args.llm_dir) else "original")
-    config = dict(llm_dir=args.llm_dir, adapter=args.adapter, dataset=args.dataset, data_path=args.data_path,
-                  methods=[METHOD], options={METHOD: dict(max_new_tokens=max_new_tokens, batch_size=args.batch_size)},
-                  prompt_style=style, model_type=args.model_type, dtype=args.dtype, device=str(model.device),
-                  num_samples=args.num_samples,
-                  quality=dict(pass_at_k=args.pass_at_k, exec_timeout=args.exec_timeout,
-                               unsafe_execution=args.unsafe_execution))
+    style = prompt_style(args)
+    config = run_config(args, [METHOD], {METHOD: dict(max_new_tokens=max_new_tokens, batch_size=args.batch_size)},
+                        style, model)
     with results.ResultStore(directory, config, overwrite=args.overwrite) as store:
         done = store.done_ids(prompts, [METHOD])
         answer_in_batches(model, tokenizer, [p for p in prompts if p.id not in done], store, style, args.model_type,
@@ -141,8 +129,7 @@ def answer_in_batches(model, tokenizer, prompts, store, style: str, model_type: 
                       batch_size: int, progress: bool = True) -> None:
     """Greedy answers to `prompts` (first turns), `batch_size` at a time, each batch stored as it finishes."""
     device = model.get_input_embeddings().weight.device
-    encoded = [(p, encode(tokenizer, render([(p.turns[0], None)], style, model_type, tokenizer), style, device)[0])
-               for p in prompts]
+    encoded = [(p, first_turn_ids(tokenizer, p, style, model_type, device)[0]) for p in prompts]
     encoded.sort(key=lambda item: len(item[1]))  # similar lengths together: less padding
     stop = eos_ids(model, None)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop[0]

@@ -11,6 +11,8 @@ import platform
 from importlib import metadata
 from pathlib import Path
 
+from space.eval.metrics import BASELINES
+
 MEASURED_PACKAGES = ("torch", "transformers", "peft", "accelerate", "deepspeed", "tokenizers", "numpy")
 
 
@@ -59,7 +61,7 @@ def category_table(summary: dict) -> str:
     categories = summary.get("categories") or {}
     if not categories:
         return ""
-    baselines = [b for b in ("ar", "hf", "prompt_lookup") if b in summary["methods"]]
+    baselines = [b for b in BASELINES if b in summary["methods"]]
     columns = ["category", "method", "answers", "tokens_per_second", *[f"speedup_vs_{b}" for b in baselines],
                "avg_tokens_per_step"]
     headers = ["category", "method", "answers", "tokens/s", *[f"speedup vs {b}" for b in baselines], "tokens/step"]
