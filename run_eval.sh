@@ -23,6 +23,7 @@ MODEL_TYPE="${MODEL_TYPE:-llama}"
 PROMPT_STYLE="${PROMPT_STYLE:-auto}"
 USE_CACHE="${USE_CACHE:-true}"
 DO_SAMPLE="${DO_SAMPLE:-false}"
+TREE="${TREE:-true}"                # SPACE's candidate tree; false: the paper's chain
 SAVE_DATA="${SAVE_DATA:-true}"
 WARMUP="${WARMUP:-1}"
 SEED="${SEED:-0}"
@@ -42,7 +43,7 @@ PYTHON="${SPACE_PYTHON:-$(bash scripts/setup_env.sh)}"
 
 args=(scripts/eval_infer.py --dataset "$DATASET" --methods "$METHODS" --num_samples "$NUM_SAMPLES"
       --max_new_tokens "$MAX_NEW_TOKENS" --model_type "$MODEL_TYPE" --prompt_style "$PROMPT_STYLE"
-      --use_cache "$USE_CACHE" --do_sample "$DO_SAMPLE" --save_data "$SAVE_DATA" --warmup "$WARMUP" --seed "$SEED"
+      --use_cache "$USE_CACHE" --do_sample "$DO_SAMPLE" --tree "$TREE" --save_data "$SAVE_DATA" --warmup "$WARMUP" --seed "$SEED"
       --device "$DEVICE" --dtype "$DTYPE" --output_dir "$OUTPUT_DIR")
 [ -n "$LLM_DIR" ] && args+=(--llm_dir "$LLM_DIR")
 [ -n "$ADAPTER" ] && args+=(--adapter "$ADAPTER")

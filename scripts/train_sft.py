@@ -34,13 +34,14 @@ import sys
 
 from space.cli import run
 from space.training import parse_train_args, train
-from space.training.recipe import resume_hint
+from space.training.recipe import end_process_group, resume_hint
 
 
 def main(argv=None):
     trainer = train(parse_train_args(sys.argv[1:] if argv is None else argv))
     if trainer.is_world_process_zero():
         print(f"[train_sft] saved to {trainer.args.output_dir}", file=sys.stderr)
+    end_process_group()
     return trainer
 
 

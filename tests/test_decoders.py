@@ -14,6 +14,8 @@ from space.decoding.sdsat import SdsatOptions, SdsatStats
 from space.decoding.self_spec import SelfSpecOptions, SelfSpecStats
 from space.decoding.space import SpaceOptions
 from space.decoding.threshold import ThresholdState
+from space.decoding.tree import TreeStats
+from space.decoding.tree_shape import AcceptanceRates
 from space.eval.datasets import EvalPrompt
 from space.eval.harness import run_prompts
 from space.eval.results import ResultStore
@@ -26,7 +28,8 @@ INAPPLICABLE = {"ar": "mask_num", "space": "skip_layers", "hf": "sat_num", "prom
                 "self_spec": "sampling_mode", "sdsat": "max_draft"}
 OWN_OPTIONS = {
     "ar": [], "hf": [], "prompt_lookup": ["prompt_lookup_num_tokens"],
-    "space": ["mask_num", "mask_id", "mask_diff", "sampling_mode"],
+    "space": ["mask_num", "mask_id", "mask_diff", "sampling_mode", "tree", "copy_tokens", "copy_ngram", "branch_width",
+              "cost_curve", "max_tree_rows", "acceptance"],
     "self_spec": ["skip_layers", "max_draft", "draft_threshold", "adaptive_threshold", "auto_parameters",
                   "threshold_state"],
     "sdsat": ["sat_num", "sat_id", "sampling_mode"],
@@ -123,16 +126,21 @@ def test_options_of_the_right_types_pass():
 # --- state carried from prompt to prompt, and the record of each answer -------------------------
 
 
-def test_session_options_are_fresh_per_run_and_only_self_spec_has_any():
+def test_session_options_are_fresh_per_run_and_only_self_spec_and_space_have_any():
     first, second = session_options("self_spec"), session_options("self_spec")
     assert set(first) == {"threshold_state"} and isinstance(first["threshold_state"], ThresholdState)
     assert first["threshold_state"] is not second["threshold_state"]
-    assert all(session_options(method) == {} for method in DECODERS if method != "self_spec")
+    first, second = session_options("space"), session_options("space")
+    assert set(first) == {"acceptance"} and isinstance(first["acceptance"], AcceptanceRates)
+    assert first["acceptance"] is not second["acceptance"]
+    assert all(session_options(method) == {} for method in DECODERS if method not in ("self_spec", "space"))
 
 
 def test_record_fields_take_every_per_step_and_per_round_list():
     assert list(DecodeStats().record_fields()) == ["steps", "tokens_per_step", "accepted_per_step"]
     assert list(SelfSpecStats().record_fields()) == ["steps", "tokens_per_step", "accepted_per_step", "drafted_per_step"]
+    assert list(TreeStats().record_fields()) == ["steps", "tokens_per_step", "accepted_per_step", "rows_per_step",
+                                                 "copy_accepted_per_step", "topk_accepted_per_step"]
     assert list(SdsatStats().record_fields()) == ["steps", "tokens_per_step", "accepted_per_step",
                                                   "tokens_per_round", "drafted_per_round"]
 
@@ -154,7 +162,8 @@ def test_sdsat_records_carry_per_round_stats_and_other_records_keep_their_keys(t
     methods = ["sdsat", "ar", "space"]
     records = answer(tmp_path, model, methods, {method: common for method in methods})
     by_method = {record["method"]: record for record in records if record["id"] == "0"}
-    assert list(by_method["ar"]) == list(by_method["space"]) == RECORD_KEYS
+    assert list(by_method["space"]) == RECORD_KEYS + ["rows_per_step", "copy_accepted_per_step", "topk_accepted_per_step"]
+    assert list(by_method["ar"]) == RECORD_KEYS
     record = by_method["sdsat"]
     assert list(record) == RECORD_KEYS + ["tokens_per_round", "drafted_per_round"]
     assert sum(record["tokens_per_round"]) == len(record["ids"]) == 12

@@ -341,6 +341,8 @@ def test_run_config_holds_every_setting_the_answers_depend_on(tiny_dir, tmp_path
         "mask_num": "in options / the model config",
         "mask_id": "in options.space", "mask_diff": "in options.space", "sat_num": "in options.sdsat",
         "sat_id": "in options.sdsat", "max_draft": "in options.self_spec", "draft_threshold": "in options.self_spec",
+        **{name: "in options.space when set" for name in ("copy_tokens", "copy_ngram", "branch_width", "max_tree_rows",
+                                                          "cost_curve")},
     }
     run_eval(cli(tiny_dir, tmp_path / "run", "--methods", "space,ar", "--pass_at_k", "false"))
     config = json.loads((tmp_path / "run" / "run_config.json").read_text())
@@ -451,6 +453,7 @@ def test_every_decoder_option_is_an_eval_flag_or_deliberately_not():
     not_flags = {
         "eos_token_id": "the model's generation config decides, as in the original",
         "threshold_state": "carried across prompts by the harness (session_options)",
+        "acceptance": "the same (SPACE's measured acceptance rates)",
         "auto_parameters": "the reference's fixed γ-update constants",
         "adaptive_threshold": "always on in the paper's evaluation",
         "prompt_lookup_num_tokens": "HF's default for the baseline",

@@ -35,13 +35,15 @@ def test_space_equals_ar_and_hf(case):
         common["eos_token_id"] = int(reference[len(reference) // 2])  # a token the model does produce
         reference = space.decode(model, prompt, "ar", **common).tokens
         assert reference[-1] == common["eos_token_id"] and len(reference) <= 40
-    result = space.decode(model, prompt, "space", **common)
     hf = space.decode(model, prompt, "hf", **common).tokens
-    assert result.tokens.tolist() == reference.tolist()
     assert hf.tolist() == reference.tolist()
-    assert all(1 <= emitted <= case["k"] + 1 for emitted in result.stats.tokens_per_step)
-    assert sum(result.stats.tokens_per_step) == len(result.tokens)
-    assert result.stats.steps == len(result.stats.tokens_per_step)
+    for tree in (False, True):  # the paper's chain, then the default candidate tree
+        result = space.decode(model, prompt, "space", tree=tree, **common)
+        assert result.tokens.tolist() == reference.tolist()
+        if not tree:
+            assert all(1 <= emitted <= case["k"] + 1 for emitted in result.stats.tokens_per_step)
+        assert sum(result.stats.tokens_per_step) == len(result.tokens)
+        assert result.stats.steps == len(result.stats.tokens_per_step)
 
 
 def test_there_are_at_least_50_identity_cases():
@@ -54,12 +56,13 @@ def test_there_are_at_least_50_identity_cases():
 @pytest.mark.parametrize("k", [1, 2, 3, 5])
 @pytest.mark.parametrize("use_cache", [True, False])
 def test_oracle_drafts_give_k_plus_one_tokens_per_step(k, use_cache):
+    """The paper's chain (tree=False); the tree's oracle and junk cases are in test_tree.py."""
     inner = tiny_llama(seed=10 + k, mask_num=k)
     oracle = DraftOracle(inner, "oracle")
     prompt = random_prompt(6, seed=k)
     reference = space.decode(oracle, prompt, "ar", max_new_tokens=31, eos_token_id=[]).tokens
     oracle.set_reference(torch.cat([prompt[0], reference]))
-    result = space.decode(oracle, prompt, "space", max_new_tokens=31, eos_token_id=[], use_cache=use_cache)
+    result = space.decode(oracle, prompt, "space", max_new_tokens=31, eos_token_id=[], use_cache=use_cache, tree=False)
     assert result.tokens.tolist() == reference.tolist()
     per_step = result.stats.tokens_per_step
     assert per_step[0] == 1  # the first step has only dummy candidates
@@ -80,7 +83,7 @@ def test_junk_drafts_give_one_token_per_step(k, use_cache):
     prompt = random_prompt(6, seed=k)
     reference = space.decode(junk, prompt, "ar", max_new_tokens=25, eos_token_id=[]).tokens
     junk.set_reference(torch.cat([prompt[0], reference]))
-    result = space.decode(junk, prompt, "space", max_new_tokens=25, eos_token_id=[], use_cache=use_cache)
+    result = space.decode(junk, prompt, "space", max_new_tokens=25, eos_token_id=[], use_cache=use_cache, tree=False)
     assert result.tokens.tolist() == reference.tolist()
     assert result.stats.tokens_per_step == [1] * 25
 

@@ -141,9 +141,10 @@ def test_oracle_drafts_are_all_accepted_under_a_window(config, use_cache):
     common = dict(max_new_tokens=25, use_cache=use_cache, eos_token_id=[])
     reference = space.decode(oracle, prompt, "ar", **common).tokens
     oracle.set_reference(torch.cat([prompt[0], reference]))
-    result = space.decode(oracle, prompt, "space", **common)
-    assert result.tokens.tolist() == reference.tolist()
-    assert result.stats.tokens_per_step[1:-1] == [4] * (len(result.stats.tokens_per_step) - 2)  # k + 1 = 4
+    for tree in ({"tree": False}, {"copy_tokens": 0, "branch_width": 0, "cost_curve": {1: 1.0, 64: 1.0}}):
+        result = space.decode(oracle, prompt, "space", **tree, **common)  # the chain, then the tree's chain alone
+        assert result.tokens.tolist() == reference.tolist()
+        assert result.stats.tokens_per_step[1:-1] == [4] * (len(result.stats.tokens_per_step) - 2)  # k + 1 = 4
     result = space.decode(oracle, prompt, "sdsat", **common)
     assert result.tokens.tolist() == reference.tolist()
     assert result.stats.acceptance_rate == 1.0

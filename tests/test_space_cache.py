@@ -73,7 +73,7 @@ def fresh_prefill(model, committed: torch.Tensor) -> CompactCache:
     return fresh
 
 
-def check_every_compaction(model, prompt, result, records, k):
+def check_every_compaction(model, prompt, result, records, k, tree=False):
     """Each recorded compaction left x_0 .. x_{n+a-1} of the final sequence, equal to a fresh prefill of it."""
     stats = result.stats
     full = torch.cat([prompt[0], result.tokens])
@@ -85,7 +85,7 @@ def check_every_compaction(model, prompt, result, records, k):
         accepted = stats.accepted_per_step[step]
         assert record["layers"] == [length] * len(reference.layers), f"step {step}"
         assert (record["prefix"], record["moved"]) == (length - accepted, accepted), f"step {step}"
-        assert 0 <= accepted <= k
+        assert 0 <= accepted <= (len(full) if tree else k)  # a tree's copy branch may pass k
         for layer, (keys, values) in enumerate(zip(record["keys"], record["values"])):
             fresh = reference.layers[layer]
             assert torch.allclose(keys, fresh.key_buffer[:, :, :length], atol=1e-5), f"step {step}, layer {layer} keys"
@@ -120,18 +120,21 @@ def ends_mid_step(k: int) -> int:
     return 2 + 4 * (k + 1) + k // 2
 
 
+@pytest.mark.parametrize("tree", [False, True], ids=["chain", "tree"])
 @pytest.mark.parametrize("case", CASES, ids=case_id)
-def test_cache_after_every_step_is_a_fresh_prefill_of_the_committed_prefix(monkeypatch, case):
+def test_cache_after_every_step_is_a_fresh_prefill_of_the_committed_prefix(monkeypatch, case, tree):
     records = record_compactions(monkeypatch)
     k = case["k"]
     prompt = random_prompt(case["prompt_length"], seed=500 + case["seed"])
+    if tree:  # repeat the prompt so the copy branch finds matches
+        prompt = torch.cat([prompt, prompt, prompt[:, : max(prompt.shape[1] // 2, 1)]], dim=1)
     model = make_drafter(case["drafter"], k, case["mask_diff"], 30 + case["seed"], prompt)
     max_new_tokens = ends_mid_step(k)
-    result = space.decode(model, prompt, "space", max_new_tokens=max_new_tokens, eos_token_id=[],
+    result = space.decode(model, prompt, "space", max_new_tokens=max_new_tokens, eos_token_id=[], tree=tree,
                           **DECODINGS[case["decoding"]])
     assert len(result.tokens) == max_new_tokens
-    check_every_compaction(model, prompt, result, records, k)
-    if case["drafter"] == "oracle" and case["decoding"] == "greedy":
+    check_every_compaction(model, prompt, result, records, k, tree)
+    if case["drafter"] == "oracle" and case["decoding"] == "greedy" and not tree:
         assert [r["moved"] for r in records] == [0] + [k] * (len(records) - 1)  # the first step has only dummies
         assert result.stats.tokens_per_step[-1] == 1 + k // 2 < k + 1  # the budget ended it mid-step
 
@@ -152,7 +155,7 @@ def test_the_cases_move_entries_in_every_decoding(monkeypatch):
         records = record_compactions(monkeypatch)
         prompt = random_prompt(6, seed=1)
         model = make_drafter("mixed", 4, False, 3, prompt)
-        result = space.decode(model, prompt, "space", max_new_tokens=40, eos_token_id=[], **options)
+        result = space.decode(model, prompt, "space", max_new_tokens=40, eos_token_id=[], tree=False, **options)
         check_every_compaction(model, prompt, result, records, 4)
         moved[decoding] = {record["moved"] for record in records}
         monkeypatch.undo()
@@ -165,7 +168,7 @@ def test_short_budgets_compact_only_between_steps(monkeypatch, max_new_tokens):
     records = record_compactions(monkeypatch)
     prompt = random_prompt(5, seed=2)
     model = make_drafter("oracle", 3, True, 4, prompt)
-    result = space.decode(model, prompt, "space", max_new_tokens=max_new_tokens, eos_token_id=[])
+    result = space.decode(model, prompt, "space", max_new_tokens=max_new_tokens, eos_token_id=[], tree=False)
     assert result.stats.tokens_per_step == [1, max_new_tokens - 1][: 1 + (max_new_tokens > 1)]
     check_every_compaction(model, prompt, result, records, 3)
 
@@ -178,7 +181,7 @@ def test_eos_inside_accepted_candidates_ends_without_a_stale_compaction(monkeypa
     reference = space.decode(model, prompt, "ar", max_new_tokens=40, eos_token_id=[]).tokens
     eos = int(reference[8])  # steps emit tokens 0, 1 .. 5, 6 .. 10: token 8 is the third step's c_2
     assert reference.tolist().index(eos) == 8
-    result = space.decode(model, prompt, "space", max_new_tokens=40, eos_token_id=eos)
+    result = space.decode(model, prompt, "space", max_new_tokens=40, eos_token_id=eos, tree=False)
     assert result.tokens.tolist() == reference[:9].tolist()
     assert result.stats.tokens_per_step == [1, 5, 3] and result.stats.accepted_per_step == [0, 4, 3]
     check_every_compaction(model, prompt, result, records, 4)
@@ -187,9 +190,10 @@ def test_eos_inside_accepted_candidates_ends_without_a_stale_compaction(monkeypa
 # --- sampling past compactions -----------------------------------------------------------------
 
 
+@pytest.mark.parametrize("tree", [False, True], ids=["chain", "tree"])
 @pytest.mark.parametrize("mode", ["exact", "original"])
 @pytest.mark.parametrize("k", [2, 4])
-def test_cached_and_uncached_sampling_agree_past_compactions(monkeypatch, mode, k):
+def test_cached_and_uncached_sampling_agree_past_compactions(monkeypatch, mode, k, tree):
     """Same seed, same tokens with and without the cache, over decodings whose compactions move entries.
 
     A 16-token vocabulary and top-3 keep the sampled text close enough to the oracle's reference that
@@ -199,10 +203,11 @@ def test_cached_and_uncached_sampling_agree_past_compactions(monkeypatch, mode, 
     model = make_drafter("oracle", k, k == 4, 40 + k, prompt, vocab_size=16, hidden_size=32)
     moved = []
     for seed in range(8):
-        options = dict(max_new_tokens=24, eos_token_id=[], do_sample=True, seed=seed, sampling_mode=mode, top_k=3)
+        options = dict(max_new_tokens=24, eos_token_id=[], do_sample=True, seed=seed, sampling_mode=mode, top_k=3,
+                       tree=tree)
         records.clear()
         cached = space.decode(model, prompt, "space", use_cache=True, **options)
-        check_every_compaction(model, prompt, cached, records, k)
+        check_every_compaction(model, prompt, cached, records, k, tree)
         moved += [record["moved"] for record in records]
         uncached = space.decode(model, prompt, "space", use_cache=False, **options)
         assert cached.tokens.tolist() == uncached.tokens.tolist(), f"seed {seed}"
@@ -244,7 +249,8 @@ def distribution_model():
 
 
 @pytest.mark.slow
-def test_exact_sampling_past_compactions_reproduces_the_model_distribution(monkeypatch):
+@pytest.mark.parametrize("tree", [False, True], ids=["chain", "tree"])
+def test_exact_sampling_past_compactions_reproduces_the_model_distribution(monkeypatch, tree):
     records = record_compactions(monkeypatch)
     model = distribution_model()
     truth = exact_joint_of(model, PROMPT, LENGTH, TOP_K)
@@ -252,7 +258,7 @@ def test_exact_sampling_past_compactions_reproduces_the_model_distribution(monke
     for seed in range(DRAWS):
         records.clear()
         result = space.decode(model, PROMPT, "space", max_new_tokens=LENGTH, eos_token_id=[], do_sample=True,
-                              seed=seed, top_k=TOP_K, use_cache=True)
+                              seed=seed, top_k=TOP_K, use_cache=True, tree=tree)
         moved += sum(record["moved"] > 0 for record in records)
         key = tuple(result.tokens.tolist())
         counts[key] = counts.get(key, 0) + 1

@@ -44,7 +44,7 @@ def decode_recording_drafts(monkeypatch, model, prompt, use_cache, decoding):
 
     monkeypatch.setattr(space_decoding._Drafts, "draw", classmethod(recording))
     k = model.config.mask_num
-    options = dict(max_new_tokens=MAX_NEW_TOKENS, eos_token_id=[], use_cache=use_cache)
+    options = dict(max_new_tokens=MAX_NEW_TOKENS, eos_token_id=[], use_cache=use_cache, tree=False)  # the chain's groups
     if decoding == "scripted":
         script = itertools.cycle([0, k, 1, max(k - 1, 0), 2 % (k + 1)])
         next(script)  # the first step's dummy candidates (mask ids) are never accepted

@@ -29,6 +29,9 @@ import torch
 
 from space.decoding.common import DecodeOptions, DecodeResult, DecodeStats, Model, Run
 from space.decoding.sampling import probabilities, sample
+from space.decoding.tree import generate_tree
+from space.decoding.row_cost import CostCurve
+from space.decoding.tree_shape import AcceptanceRates
 from space.decoding.verify import accept, check_sampling_mode
 from space.errors import SpaceError
 from space.layout import ChunkLayout, step_layout
@@ -49,12 +52,44 @@ class SpaceOptions(DecodeOptions):
     mask_id: int | None = None
     mask_diff: bool | None = None
     sampling_mode: str = "exact"  # "exact" speculative sampling or the paper's "original" rule
+    # The candidate tree (space.decoding.tree); tree=False is the faithful chain of the paper.
+    tree: bool = True
+    copy_tokens: int = 24  # longest copy from the context per step (0: no copy branch)
+    copy_ngram: int = 6  # longest context suffix matched for a copy
+    branch_width: int = 2  # runners-up per mask slot offered beside the chain (0: none)
+    cost_curve: object = None  # None: the device's default; "measure": measured on the model; or {rows: ms}
+    max_tree_rows: int | None = None  # most rows per step; None: the device's default
+    acceptance: object = None  # an AcceptanceRates carried across calls; None: measured afresh per call
+
+    @classmethod
+    def session_options(cls) -> dict:
+        return {"acceptance": AcceptanceRates()}
 
     def validate(self) -> None:
         super().validate()
         check_sampling_mode(self.sampling_mode)
         if self.mask_num is not None and self.mask_num < 1:
             raise SpaceError(f"mask_num must be >= 1 (got {self.mask_num})")
+        for name in ("copy_tokens", "branch_width"):
+            if getattr(self, name) < 0:
+                raise SpaceError(f"{name} must be >= 0 (got {getattr(self, name)})")
+        if self.copy_ngram < 1:
+            raise SpaceError(f"copy_ngram must be >= 1 (got {self.copy_ngram})")
+        if self.cost_curve is not None and self.cost_curve != "measure" and not isinstance(self.cost_curve, CostCurve):
+            try:
+                self.cost_curve = CostCurve.from_points(self.cost_curve)
+            except (TypeError, ValueError, AttributeError) as error:
+                raise SpaceError('cost_curve must be None, "measure" or a map of rows >= 1 to positive times, e.g. '
+                                 f"{{1: 30.0, 16: 45.0}} ({error})") from None
+        if self.max_tree_rows is not None and self.max_tree_rows < 1:
+            raise SpaceError(f"max_tree_rows must be >= 1 (got {self.max_tree_rows})")
+        if self.acceptance is not None and not isinstance(self.acceptance, AcceptanceRates):
+            raise SpaceError("acceptance must be a space.decoding.tree_shape.AcceptanceRates or None")
+
+    @property
+    def uses_tree(self) -> bool:
+        """The tree, unless the chain was asked for or the paper's sampling rule (defined on a chain) is."""
+        return self.tree and not (self.do_sample and self.sampling_mode == "original")
 
 
 def step_entries(k: int, length: int) -> int:
@@ -113,8 +148,10 @@ def generate(model, input_ids: torch.Tensor, options: SpaceOptions) -> DecodeRes
     k = spec.mask_num
     check_step_size(k, input_ids.shape[1] + options.max_new_tokens)  # before the layout, which is rows x rows
     device = target.device
-    layout = ChunkLayout.build(k, device)
     group_ids = torch.tensor(spec.group_ids(k), device=device)
+    if options.uses_tree:
+        return generate_tree(target, input_ids, options, k, group_ids).result()
+    layout = ChunkLayout.build(k, device)
     chunk_ids = layout.token_template(group_ids)  # [q]; row 0 and candidate rows change every step
 
     run = Run.start(target, input_ids, options, DecodeStats(), cache_slack=layout.size)

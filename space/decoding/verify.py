@@ -14,6 +14,14 @@ is `[k, V]`, `drafts` is `[k]`. Each function returns `(accepted, next_token)`.
 
 `accept` is the dispatch every decoder calls: greedy without sampling, else the rule `sampling_mode`
 names ("exact": speculative sampling, "original": SPACE's published rule).
+
+Trees (`accept_tree`): greedy follows, from the root, the child whose token is the target's argmax, so it
+takes the longest path that AR would write. Sampling is multi-candidate speculative sampling (recursive
+rejection over the siblings, SpecInfer, Miao et al. 2024): a child drawn from `q` is kept with probability
+`min(1, p(x)/q(x))`, else `p <- norm(max(0, p - q))` and the next sibling is tried; a deterministic child
+(a copy, a top-k alternative: a one-hot `q`) is kept with probability `p(x)`, else `p(x) <- 0` and `p` is
+renormalised. When every sibling is refused the token is drawn from what is left of `p`. Each test is
+exact against the current residual, so the output is distributed as sampling from the target.
 """
 
 from __future__ import annotations
@@ -85,3 +93,49 @@ def original_accept(
     keep = (u <= ratio).int()
     accepted = int(keep.cumprod(dim=0).sum())
     return accepted, int(sample(p[accepted], generator))
+
+
+def accept_tree(node_logits: torch.Tensor, tokens: list[int], candidates: list[list[tuple[int, torch.Tensor | None]]],
+                options, generator: torch.Generator | None) -> tuple[list[int], int]:
+    """Walk a candidate tree: `node_logits` `[m, V]` are the target's logits at each node (they predict the
+    node's children), `tokens[c]` is node c's token, `candidates[u]` lists node u's children in the order
+    they are tested, each with the distribution it was drawn from (None: chosen deterministically). A child
+    may be listed twice (two branches proposed the same token). Returns the accepted path (nodes after the
+    root) and the next token."""
+    path, node = [], 0
+    if not options.do_sample:
+        targets = node_logits.argmax(dim=-1).tolist()
+        while True:
+            child = next((c for c, _ in candidates[node] if tokens[c] == targets[node]), None)
+            if child is None:
+                return path, targets[node]
+            path.append(child)
+            node = child
+    while True:
+        p = probabilities(node_logits[node : node + 1], options.temperature, options.top_k, options.top_p)[0]
+        child = _recursive_rejection(p, tokens, candidates[node], generator)
+        if isinstance(child, torch.Tensor):  # every child refused: a token drawn from the residual
+            return path, int(child)
+        path.append(child)
+        node = child
+
+
+def _recursive_rejection(p: torch.Tensor, tokens: list[int], children, generator):
+    """The accepted child's node index, or (every child refused) a 0-d tensor holding the token drawn from the residual."""
+    for child, q in children:
+        x = tokens[child]
+        u = float(torch.rand((), generator=generator, device=p.device))
+        if q is None:
+            if u < float(p[x]):
+                return child
+            residual = p.clone()
+            residual[x] = 0
+        else:
+            if u < float(p[x] / q[x]):
+                return child
+            residual = (p - q).clamp_min(0)
+        total = residual.sum()
+        if not total > 0:  # p == q to rounding: nothing to correct, p itself is the right distribution
+            break
+        p = residual / total
+    return sample(p, generator)

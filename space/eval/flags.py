@@ -67,6 +67,14 @@ class ToolkitFlags:
     max_draft: int | None = _flag(None, "self_spec: drafts per round at most (default 8)")
     draft_threshold: float | None = _flag(None, "self_spec: initial confidence threshold γ "
                                                 "(default 0.8 greedy, 0.5 sampling)")
+    tree: bool = _flag(True, "space: verify a candidate tree (chain, runners-up, copies from the context); "
+                             "false: the paper's chain")
+    copy_tokens: int | None = _flag(None, "space: longest copy from the context per step (default 24; 0: none)")
+    copy_ngram: int | None = _flag(None, "space: longest context suffix matched for a copy (default 6)")
+    branch_width: int | None = _flag(None, "space: runners-up per mask slot offered beside the chain (default 2)")
+    max_tree_rows: int | None = _flag(None, "space: most rows per step (default 48 on CPU, 128 on GPU)")
+    cost_curve: str | None = _flag(None, "space: 'measure' prices rows with forwards timed on this model and "
+                                         "device (default: the device's stored curve)")
     sat_num: int | None = _flag(None, "sdsat: adaptive tokens per draft step k (default: the model config)")
     sat_id: int | None = _flag(None, "sdsat: adaptive token id (default: the model config; 32011 for the released "
                                      "CodeLlama SDSAT models)")

@@ -48,6 +48,22 @@ def method_summary(records: list[dict]) -> dict:
         avg_tokens_per_step=round(tokens / steps, 4) if steps else None,
         target_forwards=steps,
         tokens_per_step_histogram={str(n): histogram[n] for n in sorted(histogram)},
+        **tree_summary(records, steps),
+    )
+
+
+def tree_summary(records: list[dict], steps: int) -> dict:
+    """For a tree decoder (records with `rows_per_step`): the mean rows fed per step (the tree's width with its
+    mask groups) and which branch proposed each accepted draft token; {} for other methods."""
+    if not steps or not all("rows_per_step" in r for r in records):
+        return {}
+    accepted = sum(sum(r["accepted_per_step"]) for r in records)
+    copied = sum(sum(r["copy_accepted_per_step"]) for r in records)
+    runners_up = sum(sum(r["topk_accepted_per_step"]) for r in records)
+    return dict(
+        avg_rows_per_step=round(sum(sum(r["rows_per_step"]) for r in records) / steps, 3),
+        accepted_per_step_by_branch={name: round(count / steps, 4) for name, count in
+                                     [("chain", accepted - copied - runners_up), ("copy", copied), ("topk", runners_up)]},
     )
 
 

@@ -47,12 +47,17 @@ def summary_table(summary: dict) -> str:
     methods = summary["methods"]
     baselines = [b for b in ("ar", "hf", "prompt_lookup") if b in methods]
     columns = ["method", "tokens_per_second", *[f"speedup_vs_{b}" for b in baselines], "avg_tokens_per_step",
-               "target_forwards", "identity_rate", "pass@1", "rouge_l"]
+               "target_forwards", "avg_rows_per_step", "by_branch", "identity_rate", "pass@1", "rouge_l"]
     headers = ["method", "tokens/s", *[f"speedup vs {b}" for b in baselines], "tokens/step", "forwards",
-               "identity", "pass@1", "ROUGE-L"]
-    rows = [dict(method=name, **values) for name, values in methods.items()]
+               "rows/step", "accepted/step: chain, copy, top-k", "identity", "pass@1", "ROUGE-L"]
+    rows = [dict(method=name, **values, by_branch=_by_branch(values)) for name, values in methods.items()]
     keep = [i for i, c in enumerate(columns) if c == "method" or any(r.get(c) is not None for r in rows)]
     return markdown_table(rows, [columns[i] for i in keep], [headers[i] for i in keep])
+
+
+def _by_branch(values: dict) -> str | None:
+    branches = values.get("accepted_per_step_by_branch")
+    return None if branches is None else ", ".join(f"{branches[name]:.2f}" for name in ("chain", "copy", "topk"))
 
 
 def category_table(summary: dict) -> str:

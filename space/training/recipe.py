@@ -235,6 +235,18 @@ def start_zero3_comm(training_args, finetune_args: FinetuningArguments) -> None:
     deepspeed.init_distributed()
 
 
+def end_process_group() -> None:
+    """Leave the ranks' process group at the end of a successful run. Left alive, gloo's worker threads can
+    abort the process at interpreter exit ("terminate called without an active exception", pytorch#190489),
+    turning a finished run into exit status -6. Not on failure: a rank that destroys the group while another
+    is inside a collective hangs both (torchtitan#1342)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def masking_config(data_args: DataArguments, spec) -> MaskingConfig:
     """How samples get their placeholders: SDSAT spans of `spec.sat_id`, or SPACE masks of `spec.mask_id`."""
     if data_args.sdsat:

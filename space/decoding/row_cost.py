@@ -1,0 +1,120 @@
+"""What a forward of N rows costs on this device, relative to one row: the price the tree's shape is chosen by.
+
+The price is not linear in the rows. On 2 Zen 4 cores SmolLM2-135M costs the same from 1 to 8 rows, jumps
+by a quarter at 9-10 and climbs by about 1 ms a row after that; a GPU is flat far past 64 rows. The decoder prices
+rows with the device's default curve (`DEVICE_CURVES`), with a curve measured on the model itself when
+asked (`SpaceOptions.cost_curve="measure"`: `measured_curve`, the median of 5 forwards per size after 256
+cached tokens, once per model, device and dtype; about 4 s on that CPU), or with one the caller gives
+(`{rows: ms}`, e.g. from `scripts/bench_roofline.py`'s cost curves). The defaults are fixed so that a run
+is repeatable: a measured curve moves by 10% from one measurement to the next on a busy machine, and with
+it the trees.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from dataclasses import dataclass
+
+import torch
+
+from space.cache import CompactCache
+
+MEASURED_ROWS = (1, 2, 4, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64, 96, 128)
+CONTEXT = 256  # cached tokens the measuring forwards attend to (a prompt and part of its answer)
+REPEATS = 5
+
+
+@dataclass(frozen=True)
+class CostCurve:
+    """Milliseconds (or any unit) of one forward at `rows[i]` rows; `price(n)` is relative to one row."""
+
+    rows: tuple[int, ...]
+    ms: tuple[float, ...]
+
+    @classmethod
+    def from_points(cls, points) -> "CostCurve":
+        """From `{rows: ms}` or `[(rows, ms), ...]`; made non-decreasing, as a forward never gets cheaper with rows."""
+        items = sorted((int(r), float(m)) for r, m in (points.items() if isinstance(points, dict) else points))
+        if not items or items[0][0] < 1 or any(m <= 0 for _, m in items):
+            raise ValueError("a cost curve needs rows >= 1 and positive times")
+        rows, ms, top = [], [], 0.0
+        for r, m in items:
+            top = max(top, m)
+            rows.append(r)
+            ms.append(top)
+        return cls(tuple(rows), tuple(ms))
+
+    def ms_at(self, n: int) -> float:
+        """Linear between measured sizes, flat before the first and the last slope after the last."""
+        rows, ms = self.rows, self.ms
+        if n <= rows[0] or len(rows) == 1:
+            return ms[0] if n <= rows[0] else ms[-1]
+        for i in range(1, len(rows)):
+            if n <= rows[i]:
+                share = (n - rows[i - 1]) / (rows[i] - rows[i - 1])
+                return ms[i - 1] + share * (ms[i] - ms[i - 1])
+        slope = (ms[-1] - ms[-2]) / (rows[-1] - rows[-2])
+        return ms[-1] + slope * (n - rows[-1])
+
+    def price(self, n: int) -> float:
+        return self.ms_at(n) / self.ms_at(1)
+
+
+# Relative price per rows. cpu: SmolLM2-135M fp32, 2 Zen 4 cores, torch 2.13, the mean of three
+# `measured_curve` runs on an idle machine (2026-12-02, docs/benchmarks.md). cuda: not measured here (no GPU
+# was lent); a small model is launch-bound, so rows are taken as nearly free up to 128: measure on yours.
+DEVICE_CURVES = {
+    "cpu": {1: 1.0, 2: 1.0, 4: 1.01, 6: 1.09, 8: 1.13, 10: 1.24, 12: 1.28, 16: 1.36, 20: 1.42, 24: 1.46,
+            32: 1.78, 40: 2.15, 48: 2.32},
+    "cuda": {1: 1.0, 64: 1.05, 128: 1.15},
+}
+
+
+def device_curve(device: torch.device) -> CostCurve:
+    return CostCurve.from_points(DEVICE_CURVES["cpu" if device.type == "cpu" else "cuda"])
+
+
+_MEASURED: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+def measured_curve(target, max_rows: int) -> CostCurve:
+    """The curve of `target` (a `space.decoding.common.Model`) up to `max_rows`, measured once per model, device
+    and dtype: the median of `REPEATS` forwards per size after `CONTEXT` cached tokens."""
+    key = (target.device, target.dtype, max_rows)
+    per_model = _MEASURED.setdefault(target.model, {})
+    if key not in per_model:
+        per_model[key] = _measure(target, [r for r in MEASURED_ROWS if r < max_rows] + [max_rows])
+    return per_model[key]
+
+
+@torch.inference_mode()
+def _measure(target, sizes: list[int]) -> CostCurve:
+    device = target.device
+    vocab = target.config.vocab_size
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, vocab, (CONTEXT + max(sizes),), generator=generator).to(device)
+    cache = CompactCache.for_model(target.model, CONTEXT + max(sizes))
+    target.hidden(ids[:CONTEXT], torch.arange(CONTEXT, device=device), None, cache)
+    times: dict[int, list[float]] = {rows: [] for rows in sizes}
+    # round-robin over the sizes, so a slow moment of the machine lands on every size alike
+    for repeat in range(REPEATS + 1):  # the first round warms up
+        for rows in sizes:
+            cache.truncate(CONTEXT)
+            positions = torch.arange(CONTEXT, CONTEXT + rows, device=device)
+            allowed = torch.ones(rows, CONTEXT + rows, dtype=torch.bool, device=device).tril(diagonal=CONTEXT)
+            mask = target.mask(allowed, positions, torch.arange(CONTEXT + rows, device=device))
+            _synchronize(device)
+            start = time.perf_counter()
+            hidden = target.hidden(ids[CONTEXT : CONTEXT + rows], positions, mask, cache)
+            target.logits(hidden)
+            _synchronize(device)
+            if repeat:
+                times[rows].append(time.perf_counter() - start)
+    points = {rows: sorted(values)[len(values) // 2] * 1000 for rows, values in times.items()}
+    return CostCurve.from_points(points)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -1,0 +1,254 @@
+"""Which candidates a SPACE step feeds: the tree's shape, chosen each step from measured acceptance and the
+measured price of a row.
+
+Each step starts from every candidate it could feed, merged into one prefix trie under the last committed
+token:
+
+* `chain`: the k tokens SPACE's mask group drafted (slot i predicts i+1 tokens ahead);
+* `topk`: the runners-up of each slot, as alternatives beside the chain token;
+* `copy`: the tokens that followed the latest earlier occurrence of the context's longest suffix match
+  (`space.retrieval`);
+* a `group` of k masks on a node, which drafts the next step's chain when the accepted path ends there.
+
+Every candidate gets the probability that it is accepted: the product, down its path, of each branch kind's
+running acceptance rate given its parent was accepted (`AcceptanceRates`, per chain slot, per copy depth and
+match length, per top-k slot and rank), so a copy after a long match and a chain slot the model drafts well
+are worth more. A step's value is `1 + sum of those probabilities` tokens; its price is the measured
+time of a forward of that many rows over that of one row (`space.decoding.row_cost`). Candidates are
+ordered greedily by value per row, each after its parent, and the step takes the prefix of that order with
+the most tokens per unit price (EAGLE-2's and Sequoia's budgeted trees, with the budget set by the device's
+measured costs instead of by hand). Where the path ends at a node without a group, the
+next step drafts from the remaining slots of the nearest grouped ancestor (`next_chain`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+# The most rows a step may feed (what the price curve is measured up to): a CPU pays for every row past a
+# few, a GPU runs a small model's 128 rows for about the price of one.
+DEVICE_MAX_ROWS = {"cpu": 48, "cuda": 128}
+# Prior acceptance given the parent was accepted, worth PRIOR_WEIGHT observations; measured rates take over.
+PRIORS = {"chain": 0.5, "copy": 0.6, "topk": 0.1}
+PRIOR_WEIGHT = 4.0
+EXPLORE_EVERY = 16  # force the root's group this often, so an unused chain keeps being measured
+MATCH_BUCKETS = 6  # copy rates are kept per match length 1..5 and 6 or more
+
+
+class AcceptanceRates:
+    """Per branch key, how often a candidate was accepted when its parent was: `[accepted, offered]`.
+
+    Keys: `("chain", slot)`, `("copy", min(match, MATCH_BUCKETS), depth)`, `("topk", slot, rank)`. One object may be
+    carried from prompt to prompt (the `acceptance` option), so an evaluation learns its rates once."""
+
+    def __init__(self):
+        self.counts: dict[tuple, list[int]] = {}
+        self.steps_without_root_group = 0
+
+    def rate(self, key: tuple) -> float:
+        accepted, offered = self.counts.get(key, (0, 0))
+        return (accepted + PRIOR_WEIGHT * PRIORS[key[0]]) / (offered + PRIOR_WEIGHT)
+
+    def update(self, key: tuple, accepted: bool) -> None:
+        entry = self.counts.setdefault(key, [0, 0])
+        entry[0] += int(accepted)
+        entry[1] += 1
+
+    def chain_value(self, k: int, first_slot: int = 0) -> float:
+        """Expected accepted tokens of a chain drafted from slots `first_slot..k-1`."""
+        value, reach = 0.0, 1.0
+        for slot in range(first_slot, k):
+            reach *= self.rate(("chain", slot))
+            value += reach
+        return value
+
+
+@dataclass
+class Chain:
+    """The chain drafted for a step: tokens from mask slots `first_slot..`, their runners-up, and (when sampling)
+    the distributions they were drawn from."""
+
+    tokens: list[int] = field(default_factory=list)
+    first_slot: int = 0
+    alternatives: list[list[int]] = field(default_factory=list)  # per token: runners-up, best first
+    q: torch.Tensor | None = None  # [len(tokens), V]
+
+
+@dataclass
+class Node:
+    token: int
+    parent: int
+    reach: float  # estimated probability that the path root..node is accepted
+    kind: str  # the branch that proposed it first: root, chain, copy or topk
+    keys: list[tuple] = field(default_factory=list)  # acceptance keys of every branch that proposed it
+    q: torch.Tensor | None = None  # the chain token's draft distribution, when sampled
+
+
+@dataclass
+class DraftTree:
+    """One step's candidates: `nodes[0]` is the root; `grouped[u]` is True where node u carries a mask group;
+    `candidates[u]` lists u's children in test order with their draft distribution (None: deterministic)."""
+
+    nodes: list[Node]
+    grouped: list[bool]
+    candidates: list[list[tuple[int, torch.Tensor | None]]]
+
+    @property
+    def tokens(self) -> list[int]:
+        return [node.token for node in self.nodes]
+
+    @property
+    def parents(self) -> list[int]:
+        return [node.parent for node in self.nodes]
+
+
+@dataclass
+class ShapeConfig:
+    k: int  # mask group width (0: no groups, copies only)
+    price: Callable[[int], float]  # price of a forward of n rows, relative to one row (`row_cost.CostCurve.price`)
+    max_rows: int
+    copy: bool = True
+    topk: bool = True
+    groups_everywhere: bool = False  # the faithful chain: a group on the root and on every chain node
+
+
+def _trie(root_token: int, chain: Chain, copies: list, rates: AcceptanceRates, config: ShapeConfig) -> list[Node]:
+    """Every candidate node, merged into one trie (parents first)."""
+    nodes = [Node(root_token, -1, 1.0, "root")]
+    children: dict[tuple[int, int], int] = {}
+
+    def add(parent: int, token: int, reach: float, kind: str, key: tuple, q=None) -> int:
+        index = children.get((parent, token))
+        if index is None:
+            index = len(nodes)
+            children[(parent, token)] = index
+            nodes.append(Node(token, parent, reach, kind))
+        node = nodes[index]
+        node.reach = max(node.reach, reach)
+        node.keys.append(key)
+        if q is not None and node.q is None:
+            node.q = q
+        return index
+
+    parent, reach = 0, 1.0
+    chain_nodes = []
+    for i, token in enumerate(chain.tokens):
+        slot = chain.first_slot + i
+        parent_reach = reach
+        reach *= rates.rate(("chain", slot))
+        if config.topk:
+            for rank, alternative in enumerate(chain.alternatives[i] if chain.alternatives else [], start=1):
+                if alternative != token:
+                    key = ("topk", slot, rank)
+                    add(parent, alternative, parent_reach * rates.rate(key), "topk", key)
+        parent = add(parent, token, reach, "chain", ("chain", slot), None if chain.q is None else chain.q[i])
+        chain_nodes.append(parent)
+    if config.copy:
+        # copies[d] continues the context followed by the chain's first d tokens (d = 0: from the root)
+        for depth0, copy in enumerate(copies[: len(chain_nodes) + 1]):
+            parent = 0 if depth0 == 0 else chain_nodes[depth0 - 1]
+            reach = nodes[parent].reach
+            for depth, token in enumerate(copy.tokens, start=1):
+                key = ("copy", min(copy.match, MATCH_BUCKETS), depth)
+                reach *= rates.rate(key)
+                parent = add(parent, token, reach, "copy", key)
+    return nodes
+
+
+def plan_tree(root_token: int, chain: Chain, copies: list, rates: AcceptanceRates, config: ShapeConfig) -> DraftTree:
+    """The step's tree: the candidates (and groups) that maximise expected tokens per unit price. `copies[d]`
+    (`space.retrieval.Copy`) continues the context followed by the chain's first d tokens."""
+    nodes = _trie(root_token, chain, copies, rates, config)
+    if config.groups_everywhere:  # the faithful chain: everything, a group on the root and every chain node
+        chosen = list(range(len(nodes)))
+        grouped = {u for u in chosen if config.k and nodes[u].kind in ("root", "chain")}
+        return _tree(nodes, chosen, grouped)
+
+    children_reach = [0.0] * len(nodes)
+    for node in nodes[1:]:
+        children_reach[node.parent] = max(children_reach[node.parent], node.reach)
+    fresh_chain = rates.chain_value(config.k) if config.k else 0.0
+
+    def group_gain(u: int) -> float:
+        # the group pays off when the path ends at u: the next step gets a fresh chain there
+        return max(nodes[u].reach - children_reach[u], 0.0) * fresh_chain
+
+    # Order the candidates greedily by expected tokens per row (a node only after its parent, a group only
+    # after its node), then keep the prefix of that order with the most expected tokens per unit price: the
+    # price can jump (a row past a kernel's block), so a prefix may pay only once several rows are in.
+    order: list[tuple[str, int]] = []
+    selected, grouped = {0}, set()
+    rows, value = 1, 1.0
+    if config.k and rates.steps_without_root_group >= EXPLORE_EVERY:
+        grouped.add(0)
+        order.append(("group", 0))
+        rows, value = rows + config.k, value + group_gain(0)
+    best_prefix, best_rate = len(order), value / config.price(rows)
+    while True:
+        best, best_density = None, 0.0
+        for u in range(1, len(nodes)):
+            if u not in selected and nodes[u].parent in selected and rows + 1 <= config.max_rows:
+                if nodes[u].reach > best_density:
+                    best, best_density = ("node", u), nodes[u].reach
+        if config.k and rows + config.k <= config.max_rows:
+            for u in selected - grouped:
+                density = group_gain(u) / config.k
+                if density > best_density:
+                    best, best_density = ("group", u), density
+        if best is None:
+            break
+        kind, u = best
+        order.append(best)
+        if kind == "node":
+            selected.add(u)
+            rows, value = rows + 1, value + nodes[u].reach
+        else:
+            grouped.add(u)
+            rows, value = rows + config.k, value + group_gain(u)
+        if value / config.price(rows) > best_rate:
+            best_prefix, best_rate = len(order), value / config.price(rows)
+    chosen, grouped = [0], set()
+    for kind, u in order[:best_prefix]:
+        (chosen.append if kind == "node" else grouped.add)(u)
+    return _tree(nodes, chosen, grouped)
+
+
+def _tree(nodes: list[Node], chosen: list[int], grouped: set[int]) -> DraftTree:
+    """Renumber the chosen nodes (parents first) and list each node's children in test order:
+    sampled chain token first, then deterministic ones in the order they were proposed."""
+    chosen = sorted(chosen)  # trie indices already put parents first
+    renumber = {old: new for new, old in enumerate(chosen)}
+    kept = [Node(n.token, renumber.get(n.parent, -1), n.reach, n.kind, n.keys, n.q) for n in (nodes[u] for u in chosen)]
+    candidates: list[list] = [[] for _ in kept]
+    for index, node in enumerate(kept[1:], start=1):
+        candidates[node.parent].append((index, node.q))
+    for entries in candidates:
+        entries.sort(key=lambda entry: entry[1] is None)  # stable: drawn drafts before deterministic ones
+    return DraftTree(kept, [u in grouped for u in chosen], candidates)
+
+
+def record_outcome(tree: DraftTree, path: list[int], rates: AcceptanceRates) -> None:
+    """Update the rates with every candidate whose parent was accepted."""
+    reached = {0, *path}
+    for index, node in enumerate(tree.nodes[1:], start=1):
+        if node.parent in reached:
+            for key in node.keys:
+                rates.update(key, index in reached)
+    if tree.grouped[0]:
+        rates.steps_without_root_group = 0
+    else:
+        rates.steps_without_root_group += 1
+
+
+def next_chain_source(tree: DraftTree, path: list[int]) -> tuple[int, int] | None:
+    """Where the next chain comes from: `(grouped node, first slot)`, the last accepted node's group from slot 0,
+    else the nearest grouped ancestor's slots past the accepted depth; None when no group is on the path."""
+    steps = 0
+    for node in reversed([0, *path]):
+        if tree.grouped[node]:
+            return node, steps
+        steps += 1
+    return None
