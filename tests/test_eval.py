@@ -13,6 +13,7 @@ from space.eval import evaluate
 from space.eval.datasets import ORIGINAL_HUMANEVAL_INSTRUCTION, load_eval_dataset
 from space.eval.metrics import method_summary, original_metrics, repetition_ratio, summarize
 from space.eval.prompts import render
+from space.eval.report import summary_table
 from space.eval.flags import EvalArgs, parse_eval_args
 from space.eval.rouge import rouge_l
 from space.testing import tiny_llama, tiny_text_tokenizer
@@ -47,6 +48,18 @@ def test_clean_metrics_on_synthetic_records():
     assert sp["identity_rate"] == 0.5  # p2 differs in its last token
     assert sp["tokens_per_step_histogram"] == {"1": 3, "3": 1}
     assert summary["categories"]["code"]["space"]["speedup_vs_ar"] == 4.0
+
+
+def test_tree_records_report_rows_and_the_branch_of_each_accepted_token():
+    tree = dict(record("space", "p1", [1, 2, 3, 4, 5, 6], 1.0, [4, 2]), accepted_per_step=[3, 1], rows_per_step=[10, 6],
+                copy_accepted_per_step=[2, 0], topk_accepted_per_step=[0, 1])
+    summary = summarize([RECORDS[0], tree])
+    space_summary = summary["methods"]["space"]
+    assert space_summary["avg_rows_per_step"] == 8.0
+    assert space_summary["accepted_per_step_by_branch"] == {"chain": 0.5, "copy": 1.0, "topk": 0.5}
+    assert "avg_rows_per_step" not in summary["methods"]["ar"]
+    table = summary_table(summary)
+    assert "rows/step" in table and "0.50, 1.00, 0.50" in table
 
 
 def test_original_metrics_on_synthetic_records():
@@ -158,6 +171,7 @@ def test_cli_writes_well_formed_outputs_and_resumes(tiny_dir, tmp_path):
         for key in ("tokens_per_second", "speedup_vs_ar", "avg_tokens_per_step", "identity_rate", "pass@1"):
             assert key in values, (method, key)
         assert values["identity_rate"] == 1.0  # greedy: every method reproduces AR
+    assert saved["methods"]["space"]["avg_rows_per_step"] >= 1 and "accepted_per_step_by_branch" in saved["methods"]["space"]
     assert summary["original"]["space_vs_ar"]["time_percentage"] > 0
     lines = (tmp_path / "run" / "samples.jsonl").read_text().splitlines()
     assert len(lines) == 8 and all("passed" in json.loads(line) for line in lines)

@@ -52,7 +52,7 @@ def shape_config(target: Model, options, k: int, faithful: bool) -> ShapeConfig:
     elif options.cost_curve == "measure":
         curve = measured_curve(target, max_rows)
     else:
-        curve = options.cost_curve
+        curve = options.cost_curve if isinstance(options.cost_curve, CostCurve) else CostCurve.from_points(options.cost_curve)
     return ShapeConfig(k=k, price=curve.price, max_rows=max_rows, copy=not faithful and options.copy_tokens > 0,
                        topk=not faithful and options.branch_width > 0, groups_everywhere=faithful)
 
@@ -93,7 +93,7 @@ def generate_tree(target: Model, input_ids: torch.Tensor, options, k: int, group
         copies = []
         if config.copy:  # from the root, and after each prefix of the chain
             copies = [index.lookup(options.copy_tokens, tuple(chain.tokens[:depth])) for depth in range(len(chain.tokens) + 1)]
-        tree = plan_tree(int(out.ids[n - 1]), chain, copies, rates, config)
+        tree = plan_tree(int(out.ids[n - 1]), chain, copies, rates, config, sampled=chain.q is not None)
         layout = tree_layout(tree.parents, tree.grouped, k)
         node_rows = layout.node_rows.to(device)
         node_tokens = torch.tensor(tree.tokens, device=device)

@@ -139,11 +139,12 @@ def _trie(root_token: int, chain: Chain, copies: list, rates: AcceptanceRates, c
         slot = chain.first_slot + i
         parent_reach = reach
         reach *= rates.rate(("chain", slot))
-        if config.topk:
-            for rank, alternative in enumerate(chain.alternatives[i] if chain.alternatives else [], start=1):
-                if alternative != token:
-                    key = ("topk", slot, rank)
-                    add(parent, alternative, parent_reach * rates.rate(key), "topk", key)
+        if config.topk and chain.alternatives:
+            # the slot's best `width` tokens other than the chain token (the list holds width + 1)
+            others = [a for a in chain.alternatives[i] if a != token][: len(chain.alternatives[i]) - 1]
+            for rank, alternative in enumerate(others, start=1):
+                key = ("topk", slot, rank)
+                add(parent, alternative, parent_reach * rates.rate(key), "topk", key)
         parent = add(parent, token, reach, "chain", ("chain", slot), None if chain.q is None else chain.q[i])
         chain_nodes.append(parent)
     if config.copy:
@@ -158,15 +159,50 @@ def _trie(root_token: int, chain: Chain, copies: list, rates: AcceptanceRates, c
     return nodes
 
 
-def plan_tree(root_token: int, chain: Chain, copies: list, rates: AcceptanceRates, config: ShapeConfig) -> DraftTree:
+def plan_tree(root_token: int, chain: Chain, copies: list, rates: AcceptanceRates, config: ShapeConfig,
+              sampled: bool = False) -> DraftTree:
     """The step's tree: the candidates (and groups) that maximise expected tokens per unit price. `copies[d]`
-    (`space.retrieval.Copy`) continues the context followed by the chain's first d tokens."""
-    nodes = _trie(root_token, chain, copies, rates, config)
+    (`space.retrieval.Copy`) continues the context followed by the chain's first d tokens.
+
+    `sampled`: the chain's tokens were drawn from their slots' distributions. Multi-candidate sampling is exact
+    only if whether a drawn token is fed does not depend on the value drawn, and merges with copies and
+    runners-up would make it so. So the chain's depth, its groups and the runners-up per slot are chosen
+    first on a stand-in chain that merges with nothing (from the rates, the price and the cap alone); copies,
+    which are deterministic drafts, then fill what still pays."""
     if config.groups_everywhere:  # the faithful chain: everything, a group on the root and every chain node
+        nodes = _trie(root_token, chain, copies, rates, config)
         chosen = list(range(len(nodes)))
         grouped = {u for u in chosen if config.k and nodes[u].kind in ("root", "chain")}
         return _tree(nodes, chosen, grouped)
+    if not sampled:
+        nodes = _trie(root_token, chain, copies, rates, config)
+        chosen, grouped = _select(nodes, rates, config)
+        return _tree(nodes, chosen, grouped)
 
+    stand_in = Chain([-1 - i for i in range(len(chain.tokens))], chain.first_slot,
+                     [[-1 - i] + [-1000 * (i + 1) - r for r in range(len(alternatives) - 1)]
+                      for i, alternatives in enumerate(chain.alternatives)])
+    skeleton = _trie(root_token, stand_in, [], rates, config)
+    fixed, fixed_groups = _select(skeleton, rates, config)
+    fed_keys = {skeleton[u].keys[0] for u in fixed[1:]}
+    grouped_keys = {skeleton[u].keys[0] if u else "root" for u in fixed_groups}
+    nodes = _trie(root_token, chain, copies, rates, config)
+    forced = [u for u, node in enumerate(nodes) if u == 0 or any(key in fed_keys for key in node.keys)]
+    forced_groups = {u for u in forced if (nodes[u].keys[0] if u else "root") in grouped_keys}
+    for u, node in enumerate(nodes):
+        if u not in forced:
+            node.q = None  # a drawn token fed only through a copy it equals is tested as that copy: one-hot
+    chosen, grouped = _select(nodes, rates, config, forced, forced_groups,
+                              lambda u: any(key[0] == "copy" for key in nodes[u].keys))
+    return _tree(nodes, chosen, grouped)
+
+
+def _select(nodes: list[Node], rates: AcceptanceRates, config: ShapeConfig, forced: list[int] | None = None,
+            forced_groups: set[int] | None = None, allowed: Callable[[int], bool] = lambda u: True):
+    """Which nodes and groups to feed: `forced` ones (parents first) and their groups, then, in greedy order of
+    expected tokens per row (a node only after its parent, a group only on a fed node), the `allowed` ones
+    for as long as the prefix of that order raises expected tokens per unit price. The price can jump (a row
+    past a kernel's block), so a prefix may pay only once several rows are in."""
     children_reach = [0.0] * len(nodes)
     for node in nodes[1:]:
         children_reach[node.parent] = max(children_reach[node.parent], node.reach)
@@ -176,27 +212,25 @@ def plan_tree(root_token: int, chain: Chain, copies: list, rates: AcceptanceRate
         # the group pays off when the path ends at u: the next step gets a fresh chain there
         return max(nodes[u].reach - children_reach[u], 0.0) * fresh_chain
 
-    # Order the candidates greedily by expected tokens per row (a node only after its parent, a group only
-    # after its node), then keep the prefix of that order with the most expected tokens per unit price: the
-    # price can jump (a row past a kernel's block), so a prefix may pay only once several rows are in.
-    order: list[tuple[str, int]] = []
-    selected, grouped = {0}, set()
-    rows, value = 1, 1.0
+    forced = forced or [0]
+    forced_groups = set(forced_groups or ())
     if config.k and rates.steps_without_root_group >= EXPLORE_EVERY:
-        grouped.add(0)
-        order.append(("group", 0))
-        rows, value = rows + config.k, value + group_gain(0)
-    best_prefix, best_rate = len(order), value / config.price(rows)
+        forced_groups.add(0)  # an unused chain is measured again now and then
+    selected, grouped = set(forced), set(forced_groups)
+    rows = len(forced) + config.k * len(forced_groups)
+    value = sum(nodes[u].reach for u in forced[1:]) + 1.0 + sum(group_gain(u) for u in forced_groups)
+    order: list[tuple[str, int]] = []
+    best_prefix, best_rate = 0, value / config.price(rows)
     while True:
         best, best_density = None, 0.0
         for u in range(1, len(nodes)):
-            if u not in selected and nodes[u].parent in selected and rows + 1 <= config.max_rows:
-                if nodes[u].reach > best_density:
-                    best, best_density = ("node", u), nodes[u].reach
+            if (u not in selected and nodes[u].parent in selected and rows + 1 <= config.max_rows and allowed(u)
+                    and nodes[u].reach > best_density):
+                best, best_density = ("node", u), nodes[u].reach
         if config.k and rows + config.k <= config.max_rows:
             for u in selected - grouped:
                 density = group_gain(u) / config.k
-                if density > best_density:
+                if allowed(u) and density > best_density:
                     best, best_density = ("group", u), density
         if best is None:
             break
@@ -210,10 +244,10 @@ def plan_tree(root_token: int, chain: Chain, copies: list, rates: AcceptanceRate
             rows, value = rows + config.k, value + group_gain(u)
         if value / config.price(rows) > best_rate:
             best_prefix, best_rate = len(order), value / config.price(rows)
-    chosen, grouped = [0], set()
+    chosen, grouped = list(forced), set(forced_groups)
     for kind, u in order[:best_prefix]:
         (chosen.append if kind == "node" else grouped.add)(u)
-    return _tree(nodes, chosen, grouped)
+    return chosen, grouped
 
 
 def _tree(nodes: list[Node], chosen: list[int], grouped: set[int]) -> DraftTree:
