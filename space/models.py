@@ -107,6 +107,12 @@ def model_dtype(model) -> str:
     return dtype_name(model.get_input_embeddings().weight.dtype)
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (a no-op on CPU): before and after a timed region."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def resolve_device(device: str | torch.device) -> torch.device:
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

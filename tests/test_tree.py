@@ -298,7 +298,7 @@ def test_the_next_chain_comes_from_the_nearest_grouped_ancestor():
 
 def test_cost_curves_are_made_monotone_and_priced_against_one_row():
     curve = CostCurve.from_points({1: 30.0, 8: 28.0, 16: 45.0})
-    assert curve.ms == (30.0, 30.0, 45.0)
+    assert curve.measured_ms == [30.0, 30.0, 45.0]
     assert curve.price(1) == 1.0 and curve.price(12) == pytest.approx(37.5 / 30) and curve.price(24) == 2.0
     assert device_curve(torch.device("cpu")).price(8) < device_curve(torch.device("cpu")).price(48)
     with pytest.raises(ValueError):
@@ -309,7 +309,7 @@ def test_a_measured_curve_is_taken_once_per_model():
     model = tiny_llama(seed=1, mask_num=2)
     target = Model(model)
     first = measured_curve(target, 16)
-    assert first.rows[0] == 1 and first.rows[-1] == 16 and all(ms > 0 for ms in first.ms)
+    assert first.rows[0] == 1 and first.rows[-1] == 16 and all(ms > 0 for ms in first.measured_ms)
     assert measured_curve(target, 16) is first
 
 

@@ -1,17 +1,20 @@
 """What a forward of N rows costs on this device, relative to one row: the price the tree's shape is chosen by.
 
 The price is not linear in the rows. On 2 Zen 4 cores SmolLM2-135M costs the same from 1 to 8 rows, jumps
-by a quarter at 9-10 and climbs by about 1 ms a row after that; a GPU is flat far past 64 rows. The decoder prices
+by a quarter at 9-10 and climbs by about 1 ms a row after that; a GPU should stay flat much longer (not measured
+here: no GPU was lent). The decoder prices
 rows with the device's default curve (`DEVICE_CURVES`), with a curve measured on the model itself when
 asked (`SpaceOptions.cost_curve="measure"`: `measured_curve`, the median of 5 forwards per size after 256
 cached tokens, once per model, device and dtype; about 4 s on that CPU), or with one the caller gives
-(`{rows: ms}`, e.g. from `scripts/bench_roofline.py`'s cost curves). The defaults are fixed so that a run
+(`{rows: ms}`, or the `CostCurve` that `space.eval.roofline.load_cost_curve` reads from a
+`scripts/bench_roofline.py` report). The defaults are fixed so that a run
 is repeatable: a measured curve moves by 10% from one measurement to the next on a busy machine, and with
 it the trees.
 """
 
 from __future__ import annotations
 
+import bisect
 import time
 import weakref
 from dataclasses import dataclass
@@ -19,18 +22,21 @@ from dataclasses import dataclass
 import torch
 
 from space.cache import CompactCache
+from space.models import synchronize
 
 MEASURED_ROWS = (1, 2, 4, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64, 96, 128)
 CONTEXT = 256  # cached tokens the measuring forwards attend to (a prompt and part of its answer)
 REPEATS = 5
 
 
-@dataclass(frozen=True)
+@dataclass
 class CostCurve:
-    """Milliseconds (or any unit) of one forward at `rows[i]` rows; `price(n)` is relative to one row."""
+    """Measured ms of one forward of N rows (`rows` ascending, `measured_ms` per row count); the reader of
+    `scripts/bench_roofline.py`'s reports (`space.eval.roofline.load_cost_curve`) returns one too."""
 
-    rows: tuple[int, ...]
-    ms: tuple[float, ...]
+    rows: list[int]
+    measured_ms: list[float]
+    context_tokens: int | None = None
 
     @classmethod
     def from_points(cls, points) -> "CostCurve":
@@ -43,22 +49,25 @@ class CostCurve:
             top = max(top, m)
             rows.append(r)
             ms.append(top)
-        return cls(tuple(rows), tuple(ms))
+        return cls(rows, ms)
 
-    def ms_at(self, n: int) -> float:
-        """Linear between measured sizes, flat before the first and the last slope after the last."""
-        rows, ms = self.rows, self.ms
-        if n <= rows[0] or len(rows) == 1:
-            return ms[0] if n <= rows[0] else ms[-1]
-        for i in range(1, len(rows)):
-            if n <= rows[i]:
-                share = (n - rows[i - 1]) / (rows[i] - rows[i - 1])
-                return ms[i - 1] + share * (ms[i] - ms[i - 1])
-        slope = (ms[-1] - ms[-2]) / (rows[-1] - rows[-2])
-        return ms[-1] + slope * (n - rows[-1])
+    def ms(self, rows: float) -> float:
+        """The cost of a forward of `rows` rows: measured where measured, linear between measured points,
+        and beyond the range linear from the nearest two points (the last two above it)."""
+        index = bisect.bisect_left(self.rows, rows)
+        if index < len(self.rows) and self.rows[index] == rows:
+            return self.measured_ms[index]
+        if len(self.rows) == 1:
+            return self.measured_ms[0]
+        right = min(max(index, 1), len(self.rows) - 1)  # the segment [right - 1, right], an end one outside
+        x0, x1 = self.rows[right - 1], self.rows[right]
+        y0, y1 = self.measured_ms[right - 1], self.measured_ms[right]
+        return y0 + (y1 - y0) * (rows - x0) / (x1 - x0)
 
     def price(self, n: int) -> float:
-        return self.ms_at(n) / self.ms_at(1)
+        """A forward of `n` rows against one of a single row; below the first measured size, that size's price."""
+        first = self.rows[0]
+        return self.ms(max(n, first)) / self.ms(first)
 
 
 # Relative price per rows. cpu: SmolLM2-135M fp32, 2 Zen 4 cores, torch 2.13, the mean of three
@@ -104,17 +113,12 @@ def _measure(target, sizes: list[int]) -> CostCurve:
             positions = torch.arange(CONTEXT, CONTEXT + rows, device=device)
             allowed = torch.ones(rows, CONTEXT + rows, dtype=torch.bool, device=device).tril(diagonal=CONTEXT)
             mask = target.mask(allowed, positions, torch.arange(CONTEXT + rows, device=device))
-            _synchronize(device)
+            synchronize(device)
             start = time.perf_counter()
             hidden = target.hidden(ids[CONTEXT : CONTEXT + rows], positions, mask, cache)
             target.logits(hidden)
-            _synchronize(device)
+            synchronize(device)
             if repeat:
                 times[rows].append(time.perf_counter() - start)
     points = {rows: sorted(values)[len(values) // 2] * 1000 for rows, values in times.items()}
     return CostCurve.from_points(points)
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)

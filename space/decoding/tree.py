@@ -11,8 +11,9 @@ Each step (shape from `space.decoding.tree_shape`, rows from `space.tree_layout`
 5. draft the next chain from the last accepted node's group, or from the slots the nearest grouped
    ancestor drafted past the accepted depth.
 
-With every candidate of the chain and a group on each of them (`tree=False`) this is the faithful SPACE
-step of `space.decoding.space`, and both give the same tokens and the same steps (tested).
+With `faithful=True` (the chain alone, a group on every node, the first step verifying mask ids) this is
+the paper's step that `space.decoding.space` runs for `tree=False`, and both give the same tokens and the
+same steps (tested).
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ class TreeStats(DecodeStats):
 
 
 def shape_config(target: Model, options, k: int, faithful: bool) -> ShapeConfig:
-    """The step budget: the options' cost curve and row cap, else the device's row cap and its measured curve."""
+    """The step budget: the options' cost curve and row cap, else the device's row cap and its stored curve
+    (`cost_curve="measure"`: timed on this model once)."""
     kind = target.device.type if target.device.type in DEVICE_MAX_ROWS else "cuda"
     max_rows = max(options.max_tree_rows if options.max_tree_rows is not None else DEVICE_MAX_ROWS[kind], 1 + k)
     if faithful:
@@ -94,9 +96,10 @@ def generate_tree(target: Model, input_ids: torch.Tensor, options, k: int, group
         if config.copy:  # from the root, and after each prefix of the chain
             copies = [index.lookup(options.copy_tokens, tuple(chain.tokens[:depth])) for depth in range(len(chain.tokens) + 1)]
         tree = plan_tree(int(out.ids[n - 1]), chain, copies, rates, config, sampled=chain.q is not None)
+        tokens = tree.tokens  # a property that builds the list: read once
         layout = tree_layout(tree.parents, tree.grouped, k)
         node_rows = layout.node_rows.to(device)
-        node_tokens = torch.tensor(tree.tokens, device=device)
+        node_tokens = torch.tensor(tokens, device=device)
         chunk_ids = node_tokens.new_zeros(layout.size)
         chunk_ids[node_rows] = node_tokens
         for rows in layout.group_rows.values():
@@ -120,8 +123,8 @@ def generate_tree(target: Model, input_ids: torch.Tensor, options, k: int, group
         logits = target.logits(hidden[unseen:])  # [rows, V]
 
         # 2. verify
-        path, token = accept_tree(logits[node_rows], tree.tokens, tree.candidates, options, run.generator)
-        emitted = run.commit([tree.tokens[u] for u in path] + [token], len(path))
+        path, token = accept_tree(logits[node_rows], tokens, tree.candidates, options, run.generator)
+        emitted = run.commit([tokens[u] for u in path] + [token], len(path))
         kinds = [tree.nodes[u].kind for u in path[: min(len(path), emitted)]]
         stats = run.stats
         stats.rows_per_step.append(layout.size)

@@ -25,7 +25,6 @@ The cost curves are saved under `cost_curves["<device>/<dtype>"]` in the JSON an
 from __future__ import annotations
 
 import argparse
-import bisect
 import gc
 import json
 import platform
@@ -47,7 +46,8 @@ from space.errors import SpaceError
 from space.eval import report as report_tables
 from space.eval.step_cost import PROMPT  # the prompt of scripts/bench_step.py, so the two reports compare
 from space.io import write_json
-from space.models import dtype_name, resolve_device
+from space.decoding.row_cost import CostCurve
+from space.models import dtype_name, resolve_device, synchronize
 
 SCRIPT = "python scripts/bench_roofline.py"
 DEFAULT_MODEL = "shipped SPACE model (SmolLM2-135M-Instruct + space/default_model adapter)"
@@ -102,16 +102,11 @@ def curve_key(device: str | torch.device, dtype: str | torch.dtype) -> str:
 # --- the measurements ------------------------------------------------------------------------
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _timed_ms(function, device: torch.device) -> float:
-    _synchronize(device)
+    synchronize(device)
     start = time.perf_counter()
     function()
-    _synchronize(device)
+    synchronize(device)
     return (time.perf_counter() - start) * 1000
 
 
@@ -210,10 +205,10 @@ def plain_and_default_ar(model, plain, prompt_ids: torch.Tensor, max_new_tokens:
     per_step = {name: [] for name in loads}
     for repeat in range(repeats):
         for name in (("default", "plain") if repeat % 2 == 0 else ("plain", "default")):
-            _synchronize(device)
+            synchronize(device)
             start = time.perf_counter()
             result = space.decode(loads[name], prompt_ids, "ar", **options)
-            _synchronize(device)
+            synchronize(device)
             per_step[name].append((time.perf_counter() - start) * 1000 / result.stats.steps)
     return {name: statistics.median(values) for name, values in per_step.items()}
 
@@ -231,10 +226,10 @@ def step_times(model, prompt_ids: torch.Tensor, methods=("ar", "space"), max_new
         space.decode(model, prompt_ids, method, **options)
         per_step, result = [], None
         for _ in range(repeats):
-            _synchronize(device)
+            synchronize(device)
             start = time.perf_counter()
             result = space.decode(model, prompt_ids, method, **options)
-            _synchronize(device)
+            synchronize(device)
             per_step.append((time.perf_counter() - start) * 1000 / result.stats.steps)
         measured[method] = dict(ms_per_step=statistics.median(per_step), steps=result.stats.steps,
                                 tokens_per_step=result.stats.mean_tokens_per_step)
@@ -257,7 +252,7 @@ def profile_step(model, context_tokens: int = 256, steps: int = 8, top: int = 10
     with profile(activities=activities) as profiler:
         for _ in range(steps):
             _verify_step(target, cache, ids, 1)
-        _synchronize(target.device)
+        synchronize(target.device)
     if on_cuda:
         microseconds = {e.key: e.self_device_time_total for e in profiler.key_averages()
                         if e.device_type == torch.autograd.DeviceType.CUDA}
@@ -362,28 +357,6 @@ def roofline_table(report: dict) -> str:
 
 
 # --- the cost curve, for other code ------------------------------------------------------------
-
-
-@dataclass
-class CostCurve:
-    """Measured ms of one forward of N rows (`rows` ascending, `measured_ms` per row count)."""
-
-    rows: list[int]
-    measured_ms: list[float]
-    context_tokens: int
-
-    def ms(self, rows: float) -> float:
-        """The cost of a forward of `rows` rows: measured where measured, linear between measured points,
-        and beyond the range linear from the nearest two points (the last two above it)."""
-        index = bisect.bisect_left(self.rows, rows)
-        if index < len(self.rows) and self.rows[index] == rows:
-            return self.measured_ms[index]
-        if len(self.rows) == 1:
-            return self.measured_ms[0]
-        right = min(max(index, 1), len(self.rows) - 1)  # the segment [right - 1, right], an end one outside
-        x0, x1 = self.rows[right - 1], self.rows[right]
-        y0, y1 = self.measured_ms[right - 1], self.measured_ms[right]
-        return y0 + (y1 - y0) * (rows - x0) / (x1 - x0)
 
 
 def load_cost_curve(path: str | Path, device: str | torch.device, dtype: str | torch.dtype) -> CostCurve:

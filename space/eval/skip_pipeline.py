@@ -33,8 +33,8 @@ from transformers import HfArgumentParser
 
 import space
 from space.decoding.threshold import ThresholdState
-from space.eval.harness import synchronize
 from space.eval.skip_search import CALIBRATION_PROMPTS, SHIPPED_SKIP_FILE, TrialLog, search
+from space.models import synchronize
 from space.skip_layers import SkipLayers, check_skippable, load_skip_file, model_key, save_skip_file
 
 
