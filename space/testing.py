@@ -6,6 +6,8 @@
   with `sliding_window` set where given.
   The weights are scaled up so that top-2 logit gaps are large compared with fp32 rounding: greedy
   identity tests then test logic, not luck.
+* `tiny_sft_base`, `tiny_sft_data`, `tiny_sft_flags`: a saved tiny base without mask tokens, a small SFT file
+  and the `train_sft.py` flags of a short CPU run on them (the training tests' common ground).
 * `tiny_tokenizer`: a word-level fast tokenizer over `tok0 .. tokN`, for the mask-token tools.
 * `DraftOracle`: wraps a tiny model; rows whose input is a mask id (or the SDSAT adaptive id)
   output a one-hot prediction of a reference continuation (`mode="oracle"`: always right, so SPACE
@@ -254,3 +256,37 @@ def chi_square_p_value(truth: dict, counts: dict, draws: int) -> float:
     assert sum(counts.values()) == draws and set(counts) <= set(truth)  # nothing impossible was drawn
     return float(torch.special.gammaincc(torch.tensor(dof / 2, dtype=torch.float64),
                                          torch.tensor(statistic / 2, dtype=torch.float64)))
+
+
+def tiny_sft_base(path, tie: bool = False):
+    """A tiny LLaMA with a text tokenizer saved at `path`, without mask tokens (a run must add them)."""
+    tokenizer = tiny_text_tokenizer()
+    model = tiny_llama(seed=0, vocab_size=len(tokenizer), init_std=0.02, tie_word_embeddings=tie)
+    for name in ("mask_id", "mask_num", "mask_diff"):
+        delattr(model.config, name)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def tiny_sft_data(path, count: int = 32):
+    """`count` alpaca records ("Add a and b.") written to `path` as JSON."""
+    import json
+    import random
+
+    rng = random.Random(0)
+    records = []
+    for _ in range(count):
+        a, b = rng.randint(1, 99), rng.randint(1, 99)
+        records.append({"instruction": f"Add {a} and {b}.", "input": "",
+                        "output": f"The sum of {a} and {b} is {a + b}. def add(a, b): return a + b"})
+    path.write_text(json.dumps(records))
+    return path
+
+
+def tiny_sft_flags(base, data, output, *extra) -> list[str]:
+    """`train_sft.py` flags of a short CPU run (k=3, batch 4, no checkpoints unless `extra` asks)."""
+    return ["--stage", "sft", "--do_train", "--model_name_or_path", str(base), "--dataset", str(data),
+            "--output_dir", str(output), "--per_device_train_batch_size", "4", "--learning_rate", "3e-3",
+            "--logging_steps", "4", "--save_strategy", "no", "--mask_num", "3", "--mask_prob", "1.0",
+            "--cutoff_len", "128", "--use_cpu", "true", "--report_to", "none", "--seed", "0", *extra]

@@ -1,7 +1,10 @@
 """The default-model recipe end to end on a tiny model, and the shipped SmolLM2 SPACE model itself."""
 
 import json
+import os
 import shutil
+import signal
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,9 +12,14 @@ import torch
 import space
 from space.decoding.common import eos_ids
 from space.eval.datasets import load_eval_dataset
+from space.gated import GATED_WEIGHTS
 from space.models import has_shipped_model
+from space.training import default_model
 from space.testing import tiny_llama, tiny_text_tokenizer
 from space.training.default_model import DECODE_MASK_NUM_CUDA, make_default_model, parse_default_model_args
+
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def recipe_argv(tmp_path, base, *extra):
@@ -43,11 +51,11 @@ def finished(tmp_path_factory, base):
 def test_recipe_runs_end_to_end_on_a_tiny_model(tmp_path, base, finished):
     base_model, _ = space.load_model(base)
     exported = finished / "export"
-    assert {p.name for p in exported.iterdir()} >= {"adapter_config.json", "adapter_model.safetensors", "space.json"}
+    assert {p.name for p in exported.iterdir()} == {GATED_WEIGHTS, "space.json"}  # a gated adapter (space.gated)
     log = json.loads((finished / "work" / "recipe_log.json").read_text())
     assert set(log) == {"settings", "distill", "train", "export"}
-    modules = json.loads((exported / "adapter_config.json").read_text())["target_modules"]
-    assert modules == sorted(modules) and len(modules) > 1
+    assert all(log[step]["finished"] for step in ("distill", "train", "export"))
+    assert len(json.loads((exported / "space.json").read_text())["gated"]["targets"]) > 1
     shutil.copytree(finished / "work", tmp_path / "work")
     data = tmp_path / "work" / "distill.jsonl"
     records = [json.loads(line) for line in data.read_text().splitlines()]
@@ -68,9 +76,49 @@ def test_recipe_runs_end_to_end_on_a_tiny_model(tmp_path, base, finished):
     saved = json.loads((exported / "space.json").read_text())
     assert space.models.decode_mask_num(saved, "cuda") == DECODE_MASK_NUM_CUDA
     prompt = torch.tensor([[1, 40, 50, 60]])
-    reference = space.decode(model, prompt, "ar", max_new_tokens=12).tokens.tolist()
+    reference = space.decode(base_model, prompt, "ar", max_new_tokens=12).tokens.tolist()  # the *base* model's
     for k in (None, 6):
         assert space.decode(model, prompt, "space", max_new_tokens=12, mask_num=k).tokens.tolist() == reference
+
+
+def test_the_lora_recipe_of_the_earlier_default_still_runs(tmp_path, base):
+    exported = make_default_model(parse_default_model_args(recipe_argv(
+        tmp_path, base, "--config", str(ROOT / "configs" / "default_model" / "lora.yaml"), "--families", "coding")))
+    assert {p.name for p in exported.iterdir()} == {"adapter_config.json", "adapter_model.safetensors", "space.json"}
+    modules = json.loads((exported / "adapter_config.json").read_text())["target_modules"]
+    assert modules == sorted(modules) and len(modules) > 1
+    model, _ = space.load_model(base, adapter=exported)
+    prompt = torch.tensor([[1, 40, 50, 60]])
+    assert space.decode(model, prompt, "space", max_new_tokens=12).tokens.tolist() == \
+        space.decode(model, prompt, "ar", max_new_tokens=12).tokens.tolist()
+
+
+@pytest.mark.parametrize("stop", ["ctrl-c", "sigterm"])
+def test_an_interrupted_step_keeps_its_time_and_the_rerun_adds_to_it(tmp_path, base, finished, monkeypatch, stop):
+    shutil.copytree(finished / "work", tmp_path / "work")
+    log_path = tmp_path / "work" / "recipe_log.json"
+    log = json.loads(log_path.read_text())
+    del log["train"], log["export"]
+    log_path.write_text(json.dumps(log))
+    for path in (tmp_path / "work" / "sft").glob("checkpoint-3"):
+        shutil.rmtree(path)
+    (tmp_path / "work" / "sft" / GATED_WEIGHTS).unlink()
+
+    def interrupted(argv, callbacks=None):
+        if stop == "sigterm":
+            os.kill(os.getpid(), signal.SIGTERM)  # a plain kill: turned into KeyboardInterrupt by the recipe
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(default_model, "train", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        make_default_model(parse_default_model_args(recipe_argv(tmp_path, base)))
+    piece = json.loads(log_path.read_text())["train"]
+    assert piece["finished"] is False and piece["seconds"] >= 0
+    monkeypatch.undo()
+    make_default_model(parse_default_model_args(recipe_argv(tmp_path, base)))
+    done = json.loads(log_path.read_text())["train"]
+    assert done["finished"] and done["seconds"] >= piece["seconds"]
+    assert done["command"][-2:] == ["--resume_from_checkpoint", "last"]  # from checkpoint-2
 
 
 def test_recipe_resume_skips_a_checkpoint_half_written_by_a_kill(tmp_path, base, finished):
@@ -80,9 +128,9 @@ def test_recipe_resume_skips_a_checkpoint_half_written_by_a_kill(tmp_path, base,
     log = json.loads((work / "recipe_log.json").read_text())
     del log["train"], log["export"]
     (work / "recipe_log.json").write_text(json.dumps(log))
-    for name in ("adapter_config.json", "adapter_model.safetensors", "trainer_state.json"):
+    for name in (GATED_WEIGHTS, "trainer_state.json"):
         (work / "sft" / name).unlink()
-    weights = work / "sft" / "checkpoint-3" / "adapter_model.safetensors"
+    weights = work / "sft" / "checkpoint-3" / GATED_WEIGHTS
     weights.write_bytes(weights.read_bytes()[:1000])
     make_default_model(parse_default_model_args(recipe_argv(tmp_path, base)))
     from space.training.checkpoints import checkpoint_problem

@@ -83,3 +83,85 @@ def test_a_file_torn_in_its_first_answer_is_resumed(base, tmp_path):
     output.write_text('{"id": "stdlib/x", "instruction": "q", "outp')  # killed while appending the first batch
     assert len(run(base, output)) == 4
     assert len(output.read_text().splitlines()) == 4
+
+
+# --- the prompt families beyond coding (space.training.distill_prompts) ---------------------------------------
+
+from space.training import distill_prompts  # noqa: E402
+from space.training.distill import FIRST_STAGE, Contamination, _messages, build_prompts  # noqa: E402
+
+
+def test_first_stage_families_are_thousands_of_distinct_prompts_with_stable_ids():
+    families = distill_prompts.read_families()
+    first = distill_prompts.instruction_prompts(families) + distill_prompts.math_prompts(families)
+    again = distill_prompts.instruction_prompts(families) + distill_prompts.math_prompts(families)
+    assert first == again  # a rerun builds the same prompts under the same ids: the answer file resumes
+    ids = [p["id"] for p in first]
+    assert len(set(ids)) == len(ids) and len({p["prompt"] for p in first}) == len(first)
+    made = {family: sum(p["family"] == family for p in first) for family in (*distill_prompts.INSTRUCTION_FAMILIES, "math")}
+    assert all(0 < made[family] <= distill_prompts.COUNTS[family] for family in made)
+    assert not any("{" in p["prompt"] for p in first)  # every slot was filled
+    prompts, dropped = build_prompts([], families=list(FIRST_STAGE))
+    assert len(prompts) > 2000 and dropped < 50
+
+
+def test_second_stage_is_built_from_finished_prose_answers():
+    def record(id, text, tokens=100, unfinished=False):
+        return dict(id=id, instruction=f"request {id}", output=text, output_ids=list(range(tokens)), unfinished=unfinished)
+
+    prose = "Tides rise twice a day. The moon pulls the sea. The sun helps a little. Storms change it too."
+    records = [record(f"passages/0/{i}", prose) for i in range(4)]
+    records += [record("explain/1/1", prose, unfinished=True), record("howto/2/2", "Do this:\n```\nx = 1\n```"),
+                record("tips/0/0", prose, tokens=20), record("stdlib/json.dumps", "def dumps(obj): ...", tokens=80)]
+    derived = distill_prompts.derived_prompts(records, distill_prompts.read_families())
+    by_family = {}
+    for prompt in derived:
+        by_family.setdefault(prompt["family"], []).append(prompt)
+    assert set(by_family) == set(distill_prompts.DERIVED_FAMILIES)
+    for family in ("summary", "passage_qa", "translation"):
+        assert {p["id"].split("/", 1)[1].rsplit("/", 1)[0] if family != "summary" else p["id"].split("/", 1)[1]
+                for p in by_family[family]} <= {f"passages/0/{i}" for i in range(4)}
+    for prompt in by_family["translation"]:
+        assert "Storms change it too." not in prompt["prompt"]  # the first three sentences only
+    chats = {p["history"][0][0]: p for p in by_family["two_turn"]}
+    assert "request stdlib/json.dumps" in chats
+    assert chats["request stdlib/json.dumps"]["prompt"] in distill_prompts.read_families()["two_turn"]["coding"]
+    assert not any("explain/1/1" in p["id"] or "howto/2/2" in p["id"] for p in derived)  # unfinished, code
+
+
+def test_contamination_covers_the_general_evaluation_prompts_and_histories():
+    filters = Contamination.of_evaluation_sets()
+    general = space.eval.datasets.load_eval_dataset("general", execute=False)[0].turns[0]
+    quoted = " ".join(general.split()[5:20])
+    assert filters.flags(dict(id="x", prompt=f"Please summarize: {quoted}"))
+    assert filters.flags(dict(id="x", prompt="Shorter?", history=[[f"Tell me: {quoted}", "ok"]]))
+    assert not filters.flags(dict(id="x", prompt="Explain how tides work in simple terms."))
+    assert filters.flags(dict(id="x", prompt="Write it.", entry_point="has_close_elements"))
+
+
+def test_a_chat_prompt_is_rendered_with_its_history_first():
+    prompt = dict(id="two_turn/a", prompt="Shorter?", history=[["Explain tides.", "Tides come from the moon."]])
+    assert _messages(prompt) == [{"role": "user", "content": "Explain tides."},
+                                 {"role": "assistant", "content": "Tides come from the moon."},
+                                 {"role": "user", "content": "Shorter?"}]
+    assert _messages(dict(id="b", prompt="Hi")) == [{"role": "user", "content": "Hi"}]
+
+
+@pytest.mark.parametrize("families,message", [("coding,poetry", "--families: unknown or empty \\(poetry\\)"),
+                                              (",", "--families: unknown or empty \\(none given\\)"),
+                                              ("summary", "the second stage is built from answers of the first")])
+def test_unknown_families_get_one_line(tmp_path, no_model_loading, families, message):
+    with pytest.raises(space.SpaceError, match=message):
+        run("unused", tmp_path / "out.jsonl", "--families", families)
+
+
+def test_derived_prompts_share_the_root_of_the_answer_they_quote():
+    from space.training.default_model import is_held_out
+
+    assert distill_prompts.root_id("summary/explain/3/1") == "explain/3/1"
+    assert distill_prompts.root_id("passage_qa/passages/4/0/7") == "passages/4/0"
+    assert distill_prompts.root_id("two_turn/stdlib/json.dumps/2") == "stdlib/json.dumps"
+    assert distill_prompts.root_id("translation/writing/1/2/3/French") == "writing/1/2/3"
+    assert distill_prompts.root_id("math/3/17") == "math/3/17"
+    held = next(f"explain/{i}/0" for i in range(200) if is_held_out(f"explain/{i}/0"))
+    assert is_held_out(f"summary/{held}") and is_held_out(f"two_turn/{held}/3")

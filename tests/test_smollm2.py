@@ -53,3 +53,31 @@ def test_gguf_model_with_mask_tokens_saves_and_reloads(smollm2, tmp_path):
     with torch.no_grad():  # logits agree to fp32 rounding (MKL's summation order may differ per buffer)
         difference = (reloaded(ids).logits - model(ids).logits).abs().max()
     assert difference < 1e-4, difference
+
+
+def test_a_gated_adapter_on_smollm2_keeps_the_base_models_tokens_and_logits():
+    """Random gated weights on the real model: real rows bit-equal to the base, SPACE equal to the base's AR."""
+    from space.gated import GatedConfig, add_gated_lora, gated_state_dict
+
+    torch.set_num_threads(2)
+    base, tokenizer = space.load_model("smollm2")
+    spec = space.add_mask_tokens(base, tokenizer, mask_num=3, mask_diff=True)
+    gated, gated_tokenizer = space.load_model("smollm2")
+    space.add_mask_tokens(gated, gated_tokenizer, mask_num=3, mask_diff=True)
+    add_gated_lora(gated, spec.mask_id, spec.num_ids, GatedConfig(rank=8, alpha=16.0))
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, parameter in gated.named_parameters():
+            if name in gated_state_dict(gated):
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.02)
+    text = tokenizer.apply_chat_template([{"role": "user", "content": PROMPTS[0]}], tokenize=False,
+                                         add_generation_prompt=True)
+    ids = tokenizer(text, return_tensors="pt").input_ids
+    with_masks = torch.cat([ids, torch.tensor([spec.group_ids(4)])], dim=1)
+    with torch.no_grad():
+        plain, adapted = base(input_ids=with_masks).logits, gated(input_ids=with_masks).logits
+    n = ids.shape[1]
+    assert torch.equal(plain[:, :n], adapted[:, :n]) and not torch.equal(plain[:, n:], adapted[:, n:])
+    reference = space.decode(base, ids, "ar", max_new_tokens=40).tokens.tolist()
+    for tree in (False, True):
+        assert space.decode(gated, ids, "space", max_new_tokens=40, tree=tree).tokens.tolist() == reference

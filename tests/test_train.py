@@ -4,7 +4,6 @@ the scripts' command lines and the real launcher."""
 import ast
 import json
 import os
-import random
 import runpy
 import shlex
 import shutil
@@ -17,7 +16,7 @@ import pytest
 import torch
 
 import space
-from space.testing import tiny_llama, tiny_text_tokenizer
+from space.testing import tiny_llama, tiny_sft_base, tiny_sft_data, tiny_sft_flags, tiny_text_tokenizer
 from space.training import parse_train_args, recipe, train
 from space.training.arguments import DataArguments, FinetuningArguments
 from space.training.export import merge_adapter
@@ -25,25 +24,7 @@ from space.training.export import merge_adapter
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def make_base(path: Path, tie: bool = False) -> Path:
-    tokenizer = tiny_text_tokenizer()
-    model = tiny_llama(seed=0, vocab_size=len(tokenizer), init_std=0.02, tie_word_embeddings=tie)
-    for name in ("mask_id", "mask_num", "mask_diff"):
-        delattr(model.config, name)  # a plain base: the trainer must add the mask tokens
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
-def make_dataset(path: Path, count: int = 32) -> Path:
-    rng = random.Random(0)
-    records = []
-    for _ in range(count):
-        a, b = rng.randint(1, 99), rng.randint(1, 99)
-        records.append({"instruction": f"Add {a} and {b}.", "input": "",
-                        "output": f"The sum of {a} and {b} is {a + b}. def add(a, b): return a + b"})
-    path.write_text(json.dumps(records))
-    return path
+make_base, make_dataset = tiny_sft_base, tiny_sft_data
 
 
 @pytest.fixture(scope="module")
@@ -54,10 +35,7 @@ def workdir(tmp_path_factory):
 
 
 def args(workdir, output, *extra):
-    return ["--stage", "sft", "--do_train", "--model_name_or_path", str(workdir["base"]), "--dataset", str(workdir["data"]),
-            "--output_dir", str(output), "--per_device_train_batch_size", "4", "--learning_rate", "3e-3",
-            "--logging_steps", "4", "--save_strategy", "no", "--mask_num", "3", "--mask_prob", "1.0", "--cutoff_len", "128",
-            "--use_cpu", "true", "--report_to", "none", "--seed", "0", *extra]
+    return tiny_sft_flags(workdir["base"], workdir["data"], output, *extra)
 
 
 def losses(trainer):

@@ -3,8 +3,8 @@
 Owns the measurement behind `scripts/bench_step.py`: its flags (`StepCostArgs`), the profiled
 decodes, the JSON report it writes and its markdown table. It does not own the decoders (`space.decode`).
 
-For AR and for SPACE at each k it decodes the same prompt and splits the wall time of every step
-into the model's own work (backbone forward + lm_head) and everything else (input and mask
+For AR and for SPACE's chain (`tree=False`: the paper's step of 1 + k(k+2) rows) at each k it decodes the same
+prompt and splits the wall time of every step into the model's own work (backbone forward + lm_head) and everything else (input and mask
 building, verification, cache compaction, Python): `overhead_ms`. Both parts are measured in the
 same run, so machine noise cannot make one look cheaper than the other: `torch.profiler` records the
 decode call and the model's parts as `record_function` ranges (opened and closed by forward hooks
@@ -71,13 +71,13 @@ def measure_step_costs(args: StepCostArgs, command: str) -> dict:
         space.add_mask_tokens(model, tokenizer, mask_num=max(ks))
     text = tokenizer.apply_chat_template([{"role": "user", "content": PROMPT}], tokenize=False, add_generation_prompt=True)
     prompt_ids = tokenizer(text, return_tensors="pt").input_ids
-    common = dict(max_new_tokens=args.max_new_tokens, eos_token_id=[])
+    common = dict(max_new_tokens=args.max_new_tokens, eos_token_id=[])  # AR and the chain: fixed rows per step
 
     ar = measure(model, prompt_ids, "ar", args.repeats, **common)
     rows = [dict(method="ar", k=0, fed_tokens=1, ms_per_step=ar["ms_per_step"], model_ms=ar["model_ms"],
                  overhead_ms=ar["overhead_ms"], step_cost_vs_ar=1.0, tokens_per_step=1.0)]
     for k in ks:
-        spaced = measure(model, prompt_ids, "space", args.repeats, mask_num=k, **common)
+        spaced = measure(model, prompt_ids, "space", args.repeats, mask_num=k, tree=False, **common)
         if spaced["result"].tokens.tolist() != ar["result"].tokens.tolist():
             raise RuntimeError(f"SPACE output differs from AR at k={k}")
         rows.append(dict(method="space", k=k, fed_tokens=1 + k * (k + 2), ms_per_step=spaced["ms_per_step"],

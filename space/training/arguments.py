@@ -61,7 +61,8 @@ class DataArguments:
 @dataclass
 class FinetuningArguments:
     stage: str = field(default="sft", metadata={"help": "only 'sft' is implemented"})
-    finetuning_type: str = field(default="full", metadata={"help": "full or lora"})
+    finetuning_type: str = field(default="full", metadata={
+        "help": "full, lora, or gated_lora (LoRA active at mask rows only: the base model's output stays exact)"})
     lora_rank: int = field(default=8)
     lora_alpha: float = field(default=16.0)
     lora_dropout: float = field(default=0.0)

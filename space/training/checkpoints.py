@@ -41,7 +41,7 @@ CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")  # transformers' PREFIX_CHECKPOIN
 RUN_FILES = (
     "config.json", "generation_config.json", "model.safetensors", "model-*-of-*.safetensors",
     "model.safetensors.index.json", "pytorch_model*.bin", "pytorch_model.bin.index.json", "adapter_config.json",
-    "adapter_model.safetensors", "adapter_model.bin", "space.json", "tokenizer.json", "tokenizer_config.json",
+    "adapter_model.safetensors", "adapter_model.bin", "gated_adapter.safetensors", "space.json", "tokenizer.json", "tokenizer_config.json",
     "special_tokens_map.json", "added_tokens.json", "chat_template.jinja", "chat_template.json", "tokenizer.model",
     "vocab.json", "merges.txt", "training_args.bin", "trainer_state.json", "train_results.json", "all_results.json",
     "eval_results.json", "training_loss.png",

@@ -9,6 +9,11 @@ mask of the model's dtype:
 * a token of block b sees the real tokens at positions before the block's first position, and the
   tokens of block b up to itself;
 * a padding row sees only itself (a fully blocked row would give NaN in softmax); its labels are -100.
+
+With `split_prefix` (gated adapters, `space.gated`) each sample is laid out as its real tokens padded to the
+batch's longest real part, then its mask blocks padded to the longest block part, and `prefix_length` says
+where the blocks start: the trainer runs the real part once without gradients as a KV cache and the blocks
+on top of it. The real tokens' labels are dropped (a gated model's real rows are the frozen base's).
 """
 
 from __future__ import annotations
@@ -23,8 +28,11 @@ from space.training.samples import IGNORE
 @dataclass
 class SarCollator:
     pad_token_id: int
+    split_prefix: bool = False  # gated adapters: real tokens first (no labels), then the mask blocks
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        if self.split_prefix:
+            return self.split(features)
         length = max(len(feature["input_ids"]) for feature in features)
 
         def pad(key, value):
@@ -42,6 +50,41 @@ class SarCollator:
         batch["position_ids"] = positions
         batch["attention_mask_4d"] = block_attention(positions, segments)
         return batch
+
+
+    def split(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        parts = [_real_and_blocks(feature) for feature in features]
+        prefix = max(len(real["input_ids"]) for real, _ in parts)
+        blocks = max(1, max(len(block["input_ids"]) for _, block in parts))  # one padding column when none has any
+        fill = dict(input_ids=self.pad_token_id, labels=IGNORE, mask_offsets=0, position_ids=0, segment_ids=-1)
+
+        def row(real: dict, block: dict, key: str) -> list[int]:
+            return (real[key] + [fill[key]] * (prefix - len(real[key])) + block[key]
+                    + [fill[key]] * (blocks - len(block[key])))
+
+        batch = {key: torch.tensor([row(real, block, key) for real, block in parts], dtype=torch.long) for key in fill}
+        segments = batch.pop("segment_ids")
+        batch["attention_mask_4d"] = block_attention(batch["position_ids"], segments)
+        batch["prefix_length"] = torch.full((len(features),), prefix, dtype=torch.long)
+        return batch
+
+
+def _real_and_blocks(feature: dict) -> tuple[dict, dict]:
+    """A sample cut where its first mask slot starts: real tokens (labels dropped) and the blocks after them.
+
+    Multi-block samples carry positions and segments; a truncating sample (one block at its end) gets them."""
+    offsets = feature["mask_offsets"]
+    cut = next((i for i, offset in enumerate(offsets) if offset > 0), len(offsets))
+    positions = feature.get("position_ids") or list(range(len(offsets)))
+    segments = feature.get("segment_ids") or [0] * cut + [1] * (len(offsets) - cut)
+    if any(segment == 0 for segment in segments[cut:]):
+        raise ValueError("split_prefix needs every real token before the first mask block")
+    real = dict(input_ids=feature["input_ids"][:cut], labels=[IGNORE] * cut, mask_offsets=[0] * cut,
+                position_ids=positions[:cut], segment_ids=segments[:cut])
+    block = {key: values[cut:] for key, values in (("input_ids", feature["input_ids"]), ("labels", feature["labels"]),
+                                                   ("mask_offsets", offsets), ("position_ids", positions),
+                                                   ("segment_ids", segments))}
+    return real, block
 
 
 def block_attention(positions: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:

@@ -63,13 +63,13 @@ def load_conversations(dataset: str, dataset_dir: str | Path = "data") -> list[C
 def load_one(name: str, dataset_dir: Path) -> list[Conversation]:
     for candidate in (Path(name), dataset_dir / name):
         if candidate.suffix in (".json", ".jsonl") and candidate.is_file():
-            return _parse_records(read_records(candidate), str(candidate))
+            return parse_records(read_records(candidate), str(candidate))
     if name in DATASETS:
         entry = DATASETS[name]
         local = dataset_dir / entry.file_name
         if local.is_file():
-            return _parse_records(read_records(local), str(local))
-        return _parse_records(_read_hub(name, entry, local), entry.hub_id)
+            return parse_records(read_records(local), str(local))
+        return parse_records(_read_hub(name, entry, local), entry.hub_id)
     if Path(name).suffix in (".json", ".jsonl"):
         raise SpaceError(f"dataset file not found: {name} (looked in . and {dataset_dir})")
     raise SpaceError(
@@ -90,7 +90,7 @@ def _read_hub(name: str, entry: DatasetEntry, local: Path) -> list[dict]:
     return [{entry.columns.get(key, key): value for key, value in row.items()} for row in rows]
 
 
-def _parse_records(records: list, source: str) -> list[Conversation]:
+def parse_records(records: list, source: str) -> list[Conversation]:
     conversations = []
     for index, record in enumerate(records):
         if not isinstance(record, dict):

@@ -1,14 +1,18 @@
 """Self-distillation data: prompts the project builds itself, answered by the base model's own greedy decoding.
 
 Training SPACE's masks on the model's own outputs teaches them to draft exactly what the model will
-verify. The prompts never contain HumanEval problems:
+verify. The prompts never contain benchmark problems:
 
-* coding requests built from the signatures and docstrings of Python standard-library functions
-  (PSF-licensed text), phrased like the HumanEval instruction so the answers have the same shape;
-* a short list of general and coding instructions written for this project (`configs/distill/`).
+* `coding`: requests built from the signatures and docstrings of Python standard-library functions
+  (PSF-licensed text), phrased like the HumanEval instruction so the answers have the same shape, and a
+  short list of general and coding instructions written for this project (`configs/distill/instructions.json`);
+* `instructions`, `math`: general requests and word problems from project-written templates
+  (`space.training.distill_prompts`, `configs/distill/families.json`);
+* `summary`, `passage_qa`, `translation`, `two_turn`: built from the base model's finished answers of the
+  first three families, so they are answered in a second stage.
 
 Any prompt whose function name is a HumanEval entry point, or whose text shares a long word run
-with a HumanEval prompt, is dropped (`is_contaminated`).
+with a HumanEval prompt or one of the project's general evaluation prompts, is dropped (`is_contaminated`).
 
 `generate_answers` runs batched greedy generation (left padding, explicit attention mask) and
 appends each batch to a JSONL file, so an interrupted run resumes where it stopped.
@@ -39,6 +43,14 @@ from space.errors import SpaceError
 from space.eval.datasets import ORIGINAL_HUMANEVAL_INSTRUCTION, load_eval_dataset
 from space.io import JsonlLog, write_json
 from space.training.arguments import parse_flags
+from space.training.distill_prompts import (
+    COUNTS,
+    DERIVED_FAMILIES,
+    derived_prompts,
+    instruction_prompts,
+    math_prompts,
+    read_families,
+)
 
 STDLIB_MODULES = (
     "textwrap string shlex fnmatch glob posixpath genericpath shutil heapq bisect statistics random fractions "
@@ -52,6 +64,8 @@ STDLIB_MODULES = (
 ).split()
 MAX_DOC_CHARS = 700
 PROJECT_INSTRUCTIONS = Path(__file__).resolve().parents[2] / "configs" / "distill" / "instructions.json"
+FIRST_STAGE = ("coding", "instructions", "math")
+FAMILIES = FIRST_STAGE + DERIVED_FAMILIES  # the second stage's are built from the first stage's answers
 
 
 @dataclass
@@ -62,8 +76,10 @@ class DistillArguments:
     output: str = field(default="runs/default_model/distill.jsonl")
     instructions: str = field(default=str(PROJECT_INSTRUCTIONS),
                               metadata={"help": "comma list of JSON files with project-written instructions"})
-    limit: int | None = field(default=None, metadata={"help": "use only the first N prompts (after shuffling)"})
-    batch_size: int = 16
+    families: str = field(default=",".join(FAMILIES), metadata={"help": f"comma list of prompt families: {', '.join(FAMILIES)}"})
+    limit: int | None = field(default=None, metadata={
+        "help": "use only the first N prompts of the first stage (after shuffling), and at most N per family of the second"})
+    batch_size: int = 32
     max_new_tokens: int = 256
     seed: int = 0
     progress: bool = True
@@ -79,8 +95,11 @@ def make_distill_data(args: DistillArguments) -> list[dict]:
     """The prompts, answered by `args.model` into `args.output` (JSONL, resumed); returns every record."""
     check_distill_args(args)
     files = [Path(p) for p in args.instructions.split(",") if p]
-    prompts, dropped = build_prompts(files, seed=args.seed, limit=args.limit)
-    print(f"[distill] {len(prompts)} prompts ({dropped} dropped as overlapping HumanEval)", file=sys.stderr)
+    families = chosen_families(args.families)
+    filters = Contamination.of_evaluation_sets()
+    prompts, dropped = build_prompts(files, seed=args.seed, limit=args.limit, families=families, filters=filters)
+    print(f"[distill] stage 1: {len(prompts)} prompts ({dropped} dropped as overlapping an evaluation prompt)",
+          file=sys.stderr)
     output = Path(args.output)
     settings = distill_settings(args)
     check_settings(output, settings)
@@ -90,6 +109,16 @@ def make_distill_data(args: DistillArguments) -> list[dict]:
     start = time.perf_counter()
     records = generate_answers(model, tokenizer, prompts, output, batch_size=args.batch_size,
                                max_new_tokens=args.max_new_tokens, progress=args.progress)
+    second = [family for family in families if family in DERIVED_FAMILIES]
+    if second:
+        counts = {family: (COUNTS[family] if family in second else 0) for family in COUNTS}
+        if args.limit:
+            counts = {family: min(count, args.limit) for family, count in counts.items()}
+        derived = [p for p in derived_prompts(records, read_families(), seed=args.seed, counts=counts)
+                   if not filters.flags(p)]
+        print(f"[distill] stage 2: {len(derived)} prompts built from the stage-1 answers", file=sys.stderr)
+        records += generate_answers(model, tokenizer, derived, output, batch_size=args.batch_size,
+                                    max_new_tokens=args.max_new_tokens, progress=args.progress)
     tokens = sum(len(r["output_ids"]) for r in records)
     print(f"[distill] {len(records)} answers, {tokens} tokens, {time.perf_counter() - start:.0f} s -> {output}",
           file=sys.stderr)
@@ -109,6 +138,7 @@ def check_distill_args(args: DistillArguments) -> None:
     blocking = next((parent for parent in output.parents if parent.exists()), None)
     if blocking is not None and not blocking.is_dir():
         raise SpaceError(f"--output {output}: {blocking} is a file, not a directory")
+    chosen_families(args.families)
     files = [Path(p) for p in args.instructions.split(",") if p]
     for path in files:
         if not path.is_file():
@@ -204,28 +234,68 @@ def project_prompts(path: Path) -> list[dict]:
     return [dict(id=f"{path.stem}/{i}", prompt=text, entry_point=None) for i, text in enumerate(texts)]
 
 
+def chosen_families(families: str) -> list[str]:
+    chosen = [name.strip() for name in families.split(",") if name.strip()]
+    unknown = [name for name in chosen if name not in FAMILIES]
+    if unknown or not chosen:
+        raise SpaceError(f"--families: unknown or empty ({', '.join(unknown) or 'none given'}); choose from "
+                         f"{', '.join(FAMILIES)}")
+    if not set(chosen) & set(FIRST_STAGE):
+        raise SpaceError(f"--families {families}: the second stage is built from answers of the first; add one of "
+                         f"{', '.join(FIRST_STAGE)}")
+    return chosen
+
+
 def _word_runs(text: str, length: int = 8) -> set[tuple[str, ...]]:
     words = re.findall(r"\w+", text.lower())
     return {tuple(words[i : i + length]) for i in range(len(words) - length + 1)}
 
 
+@dataclass
+class Contamination:
+    """What a training prompt must not share with the evaluation sets: HumanEval entry points, and 8-word runs
+    of HumanEval prompts (its shared instruction aside) and of the project's general prompts."""
+
+    entry_points: set[str]
+    runs: set[tuple[str, ...]]
+
+    @classmethod
+    def of_evaluation_sets(cls) -> "Contamination":
+        humaneval = load_eval_dataset("human_eval")
+        entry_points = {p.problem.get("entry_point") or _entry_point(p.problem["declaration"]) for p in humaneval}
+        runs = set().union(*(_word_runs(p.problem["prompt"]) for p in humaneval))
+        runs -= _word_runs(ORIGINAL_HUMANEVAL_INSTRUCTION)  # the shared instruction is not contamination
+        for prompt in load_eval_dataset("general", execute=False):
+            runs |= set().union(*(_word_runs(turn) for turn in prompt.turns))
+        return cls(entry_points, runs)
+
+    def flags(self, prompt: dict) -> bool:
+        """True when the prompt (or its history) names a HumanEval function or shares an 8-word run."""
+        if prompt.get("entry_point") and prompt["entry_point"] in self.entry_points:
+            return True
+        texts = [prompt["prompt"], *(turn for pair in prompt.get("history") or [] for turn in pair)]
+        return any(_word_runs(text) & self.runs for text in texts)
+
+
 def is_contaminated(prompt: dict, entry_points: set[str], humaneval_runs: set) -> bool:
     """True when the prompt names a HumanEval function or shares an 8-word run with a HumanEval prompt."""
-    if prompt.get("entry_point") and prompt["entry_point"] in entry_points:
-        return True
-    return bool(_word_runs(prompt["prompt"]) & humaneval_runs)
+    return Contamination(entry_points, humaneval_runs).flags(prompt)
 
 
-def build_prompts(project_files: list[Path], seed: int = 0, limit: int | None = None) -> tuple[list[dict], int]:
-    """All clean prompts, shuffled with `seed`; also returns how many were dropped as contaminated."""
-    humaneval = load_eval_dataset("human_eval")
-    entry_points = {p.problem.get("entry_point") or _entry_point(p.problem["declaration"]) for p in humaneval}
-    runs = set().union(*(_word_runs(p.problem["prompt"]) for p in humaneval))
-    runs -= _word_runs(ORIGINAL_HUMANEVAL_INSTRUCTION)  # the shared instruction is not contamination
-    candidates = coding_prompts(seed)
-    for path in project_files:
-        candidates += project_prompts(path)
-    clean = [p for p in candidates if not is_contaminated(p, entry_points, runs)]
+def build_prompts(project_files: list[Path], seed: int = 0, limit: int | None = None,
+                  families: list[str] = FIRST_STAGE, filters: Contamination | None = None) -> tuple[list[dict], int]:
+    """The first stage's clean prompts, shuffled with `seed`; also returns how many were dropped as contaminated."""
+    filters = filters or Contamination.of_evaluation_sets()
+    candidates = []
+    if "coding" in families:
+        candidates += coding_prompts(seed)
+        for path in project_files:
+            candidates += project_prompts(path)
+    if "instructions" in families:
+        candidates += instruction_prompts(read_families(), seed)
+    if "math" in families:
+        candidates += math_prompts(read_families(), seed)
+    clean = [p for p in candidates if not filters.flags(p)]
     random.Random(seed).shuffle(clean)
     return (clean if limit is None else clean[:limit]), len(candidates) - len(clean)
 
@@ -238,6 +308,14 @@ def _entry_point(declaration: str) -> str:
 def _cut_off(ids: list[int], stops: set[int]) -> bool:
     """An answer that does not end with a stop token was cut off by the length limit."""
     return not ids or ids[-1] not in stops
+
+
+def _messages(prompt: dict) -> list[dict]:
+    """The chat of a prompt: its history's turns, then the request."""
+    messages = []
+    for query, response in prompt.get("history") or []:
+        messages += [{"role": "user", "content": query}, {"role": "assistant", "content": response}]
+    return messages + [{"role": "user", "content": prompt["prompt"]}]
 
 
 @torch.inference_mode()
@@ -261,19 +339,21 @@ def generate_answers(model, tokenizer, prompts: list[dict], output: Path, batch_
     config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, eos_token_id=eos,
                               pad_token_id=tokenizer.pad_token_id, repetition_penalty=1.0)
     # similar lengths in a batch waste less padding
-    todo.sort(key=lambda p: len(p["prompt"]))
+    todo.sort(key=lambda p: len(p["prompt"]) + sum(len(turn) for pair in p.get("history") or [] for turn in pair))
     batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
     for batch in tqdm(batches, desc="self-distillation answers", disable=not progress, unit="batch"):
-        texts = [tokenizer.apply_chat_template([{"role": "user", "content": p["prompt"]}], tokenize=False,
-                                               add_generation_prompt=True) for p in batch]
+        texts = [tokenizer.apply_chat_template(_messages(p), tokenize=False, add_generation_prompt=True) for p in batch]
         encoded = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
         generated = model.generate(**encoded, generation_config=config)[:, encoded.input_ids.shape[1] :]
         records = []
         for prompt, ids in zip(batch, generated.tolist()):
             ids = ids[: next((i + 1 for i, t in enumerate(ids) if t in stops), len(ids))]  # drop the padding
             answer = tokenizer.decode(ids, skip_special_tokens=True)
-            records.append(dict(id=prompt["id"], instruction=prompt["prompt"], input="", output=answer,
-                                output_ids=ids, unfinished=_cut_off(ids, stops)))
+            record = dict(id=prompt["id"], instruction=prompt["prompt"], input="", output=answer,
+                          output_ids=ids, unfinished=_cut_off(ids, stops))
+            if prompt.get("history"):
+                record["history"] = prompt["history"]  # alpaca's [[query, response], ...] before this turn
+            records.append(record)
         log.append(records)
         done.update((record["id"], record) for record in records)
     return [done[p["id"]] for p in prompts if p["id"] in done]

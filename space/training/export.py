@@ -1,5 +1,8 @@
 """What leaves a LoRA SAR-SFT run: the adapter folded into its base, or the adapter exported as the shipped model.
 
+A gated adapter (`space.gated`) is exported the same way (its `gated_adapter.safetensors` and `space.json`)
+and is never merged: merged, it would change every token.
+
 `merge_adapter` saves a plain model (merged weights, tokenizer with the mask tokens, SPACE fields in
 its config), so `space.decode` needs no flags. `export_adapter` writes the compact form kept in
 `space/default_model/`: the adapter config, the SPACE fields (`space.json`, with the default decoding
@@ -20,7 +23,15 @@ from safetensors.torch import load_file, save_file
 import space
 from space.errors import SpaceError
 from space.io import write_atomic
-from space.models import ADAPTER_FIELDS_FILE, adapter_base, read_space_json, write_space_json
+from space.gated import GATED_WEIGHTS
+from space.models import (
+    ADAPTER_FIELDS_FILE,
+    adapter_base,
+    check_adapter_dir,
+    is_gated_dir,
+    read_space_json,
+    write_space_json,
+)
 from space.training.arguments import parse_flags
 
 WEIGHTS = "adapter_model.safetensors"
@@ -40,6 +51,9 @@ def merge_adapter(adapter_dir: str | Path, output_dir: str | Path, base: str | N
                   dtype: str = "float32") -> MergedModel:
     """Fold the adapter into `base` (default: the base recorded beside the adapter) and save the result."""
     adapter_dir = Path(adapter_dir)
+    if is_gated_dir(adapter_dir):
+        raise SpaceError(f"{adapter_dir} is a gated adapter: merged, it would act on every token and the output "
+                         "would no longer be the base model's; load the adapter directory itself instead")
     if not (adapter_dir / "adapter_config.json").is_file():
         raise SpaceError(f"{adapter_dir} is not a peft adapter directory (no adapter_config.json)")
     base = base if base is not None else adapter_base(adapter_dir)
@@ -85,23 +99,12 @@ class ExportedAdapter:
 def export_adapter(args: ExportArguments) -> ExportedAdapter:
     """Write the adapter of `args.adapter_dir` in `args.dtype`, its config and its SPACE fields to `args.output`."""
     source, output = Path(args.adapter_dir), Path(args.output)
-    for name in ("adapter_config.json", WEIGHTS, ADAPTER_FIELDS_FILE):
+    gated = is_gated_dir(source)
+    weights = GATED_WEIGHTS if gated else WEIGHTS
+    for name in ((weights, ADAPTER_FIELDS_FILE) if gated else ("adapter_config.json", WEIGHTS, ADAPTER_FIELDS_FILE)):
         if not (source / name).is_file():
-            raise SpaceError(f"{source} has no {name}: export a LoRA run of scripts/train_sft.py")
-    tensors = load_file(source / WEIGHTS)
-    dtype = getattr(torch, args.dtype)
-    tensors = {name: t.to(dtype) if t.is_floating_point() else t for name, t in tensors.items()}
-    size_mb = sum(t.numel() * t.element_size() for t in tensors.values()) / 2**20
-    if size_mb > args.max_mb:
-        raise SpaceError(f"the adapter is {size_mb:.1f} MB in {args.dtype}, over --max_mb {args.max_mb}")
-    output.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, output / WEIGHTS)
-    config = json.loads((source / "adapter_config.json").read_text())
-    config["base_model_name_or_path"] = args.base_model
-    if isinstance(config.get("target_modules"), list):
-        # peft writes a set in its own order; sort it so a re-export of the same run diffs clean
-        config["target_modules"] = sorted(config["target_modules"])
-    write_atomic(output / "adapter_config.json", json.dumps(config, indent=2))
+            raise SpaceError(f"{source} has no {name}: export a LoRA or gated_lora run of scripts/train_sft.py")
+    check_adapter_dir(source)
     fields = read_space_json(source)
     fields["base_model"] = args.base_model
     for flag, key in (("mask_num", "decode_mask_num"), ("cuda_mask_num", "decode_mask_num_cuda")):
@@ -111,5 +114,23 @@ def export_adapter(args: ExportArguments) -> ExportedAdapter:
         if not 1 <= k <= fields["mask_num"]:
             raise SpaceError(f"--{flag} {k} must be between 1 and the trained mask_num {fields['mask_num']}")
         fields[key] = k
+    tensors = load_file(source / weights)
+    dtype = getattr(torch, args.dtype)
+    tensors = {name: t.to(dtype) if t.is_floating_point() else t for name, t in tensors.items()}
+    size_mb = sum(t.numel() * t.element_size() for t in tensors.values()) / 2**20
+    if size_mb > args.max_mb:
+        raise SpaceError(f"the adapter is {size_mb:.1f} MB in {args.dtype}, over --max_mb {args.max_mb}")
+    # every check has passed: only now is the output touched
+    output.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, output / weights)
+    for stale in ((WEIGHTS, "adapter_config.json") if gated else (GATED_WEIGHTS,)):  # an earlier export of the other kind
+        (output / stale).unlink(missing_ok=True)
+    if not gated:
+        config = json.loads((source / "adapter_config.json").read_text())
+        config["base_model_name_or_path"] = args.base_model
+        if isinstance(config.get("target_modules"), list):
+            # peft writes a set in its own order; sort it so a re-export of the same run diffs clean
+            config["target_modules"] = sorted(config["target_modules"])
+        write_atomic(output / "adapter_config.json", json.dumps(config, indent=2))
     write_space_json(output, fields)
     return ExportedAdapter(output, len(tensors), size_mb, args.dtype)

@@ -15,6 +15,11 @@ Every check that can fail runs before the model is loaded (flags, output dir and
 files), except those that need the model itself (mask ids, `--lora_target`), which run right after it loads
 and before the samples are built. Nothing in the output dir changes until training starts.
 
+`--finetuning_type gated_lora` trains a gated adapter (`space.gated`): LoRA deltas and mask embeddings that
+act only at mask rows, so the trained model's real tokens are the base model's own. Its batches put the real
+tokens first and the trainer runs them without gradients (`SarTrainer.gated_loss`); the run saves the adapter
+alone with `space.json` naming it, which `space.load_model` reads.
+
 `--sdsat true` trains SDSAT's semantic adaptive tokens instead (docs/spec/SDSAT.md §3.2, reconstructed): spans of
 `1..--sat_num` copies of one adaptive token after random real tokens, one per `--sat_every` real tokens;
 real tokens keep the plain AR loss and never see a span. SPACE's `--mask_*` flags are then ignored
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 import os
 import random
+from dataclasses import replace
 import shlex
 import sys
 from collections.abc import Mapping, Sequence
@@ -37,6 +43,7 @@ from tqdm.auto import tqdm
 
 import space
 from space.errors import SpaceError
+from space.gated import GATED_KIND, GatedConfig, add_gated_lora
 from space.models import space_json_fields, write_space_json
 from space.tokens import SatSpec, add_sat_tokens, read_mask_spec, read_sat_spec, record_mask_spec, record_sat_spec
 from space.training.arguments import (
@@ -56,6 +63,7 @@ from space.training.templates import get_template
 if TYPE_CHECKING:
     from transformers import Trainer
 
+ADAPTER_TYPES = ("lora", GATED_KIND)  # the fine-tuning types that train a LoRA adapter (--lora_* flags)
 MASK_4D_ATTENTION = ("sdpa", "eager")  # the attention implementations that take a 4D additive float mask
 
 
@@ -71,7 +79,7 @@ def train(args: TrainArguments | Sequence[str] | Mapping | str | os.PathLike, ca
 
     model_args, data_args, finetune_args, training_args = as_train_args(args)
     # every check that can fail before the model loads: a refused run costs seconds and changes nothing
-    check_arguments(data_args, finetune_args, model_args)
+    check_arguments(data_args, finetune_args, model_args, training_args)
     training_args.remove_unused_columns = False  # mask_offsets / position and segment ids reach compute_loss
     plan = plan_output_dir(training_args.output_dir, training_args.resume_from_checkpoint,
                            finetune_args.overwrite_output_dir)
@@ -82,7 +90,7 @@ def train(args: TrainArguments | Sequence[str] | Mapping | str | os.PathLike, ca
     # no path: the embedded base itself ("smollm2"), never the shipped SPACE model built on it
     model, tokenizer = space.load_model(model_args.model_name_or_path or "smollm2", attn_implementation=model_args.attn_implementation,
                                         fast_cpu_linear=False)
-    if finetune_args.finetuning_type == "lora":
+    if finetune_args.finetuning_type in ADAPTER_TYPES:
         lora_targets(model, finetune_args.lora_target)  # needs the model's module names; before the samples are built
     tokenizer.padding_side = "right"
     spec = ensure_sat_tokens(model, tokenizer, data_args) if data_args.sdsat else ensure_mask_tokens(model, tokenizer, data_args)
@@ -91,8 +99,11 @@ def train(args: TrainArguments | Sequence[str] | Mapping | str | os.PathLike, ca
     train_dataset = build_dataset(tokenizer, data_args, masking, training_args.seed, conversations)
 
     model.config.use_cache = False
+    gated = finetune_args.finetuning_type == GATED_KIND
     if finetune_args.finetuning_type == "lora":
         model = wrap_lora(model, finetune_args, spec)
+    elif gated:
+        model, adapter_config = wrap_gated(model, finetune_args, spec)
     else:
         model = model.float()  # fp32 master weights; bf16 comes from the Trainer / DeepSpeed
     if training_args.gradient_checkpointing:
@@ -103,10 +114,11 @@ def train(args: TrainArguments | Sequence[str] | Mapping | str | os.PathLike, ca
         model=model,
         args=training_args,
         train_dataset=train_dataset,
-        data_collator=SarCollator(pad_token_id=tokenizer.pad_token_id),
+        data_collator=SarCollator(pad_token_id=tokenizer.pad_token_id, split_prefix=gated),
         callbacks=callbacks,
         mask_num=masking.mask_num,
         mask_loss_weight=data_args.mask_loss_weight,
+        gated=gated,
     )
     # --overwrite_output_dir: the earlier run's checkpoints and files go only now, once every check has passed
     with training_args.main_process_first(local=training_args.save_on_each_node, desc="clearing the output dir"):
@@ -126,6 +138,9 @@ def train(args: TrainArguments | Sequence[str] | Mapping | str | os.PathLike, ca
                 unwrapped = trainer.accelerator.unwrap_model(trainer.model)
                 unwrapped.save_pretrained(training_args.output_dir, save_embedding_layers=False)
             write_adapter_fields(training_args.output_dir, model_args.model_name_or_path, spec)
+        elif gated:
+            write_space_json(training_args.output_dir, dict(space_json_fields(model_args.model_name_or_path, spec),
+                                                            adapter=GATED_KIND, gated=adapter_config.to_json()))
         if finetune_args.plot_loss:
             plot_loss(trainer.state.log_history, Path(training_args.output_dir) / "training_loss.png")
     return trainer
@@ -142,18 +157,20 @@ def as_train_args(args) -> TrainArguments:
 
 
 def check_arguments(data_args: DataArguments, finetune_args: FinetuningArguments,
-                    model_args: ModelArguments | None = None) -> None:
+                    model_args: ModelArguments | None = None, training_args=None) -> None:
     if finetune_args.stage != "sft":
         raise SpaceError(f"--stage {finetune_args.stage} is not supported; SAR-SFT is --stage sft")
-    if finetune_args.finetuning_type not in ("full", "lora"):
-        raise SpaceError(f"--finetuning_type must be full or lora (got {finetune_args.finetuning_type})")
+    if finetune_args.finetuning_type not in ("full", *ADAPTER_TYPES):
+        raise SpaceError(f"--finetuning_type must be full, lora or {GATED_KIND} (got {finetune_args.finetuning_type})")
     get_template(data_args.template)
-    if finetune_args.finetuning_type == "lora":
+    if finetune_args.finetuning_type in ADAPTER_TYPES:
         check_lora(finetune_args)
+    if finetune_args.finetuning_type == GATED_KIND:
+        check_gated(data_args, training_args)
     # the sample settings alone (the placeholder id is known only once the model is loaded)
     masking_config(data_args, SatSpec(0, data_args.sat_num) if data_args.sdsat else None).validate()
     if model_args is not None:
-        check_attention(model_args.attn_implementation, data_args)
+        check_attention(model_args.attn_implementation, data_args, finetune_args.finetuning_type)
         check_attention_installed(model_args.attn_implementation)
 
 
@@ -164,6 +181,53 @@ def check_lora(finetune_args: FinetuningArguments) -> None:
         raise SpaceError(f"--lora_dropout must be in [0, 1) (got {finetune_args.lora_dropout})")
     if not lora_target_names(finetune_args.lora_target):
         raise SpaceError("--lora_target is empty; name the linear modules to adapt (comma list), or all-linear")
+
+
+def check_gated(data_args: DataArguments, training_args=None) -> None:
+    """A gated adapter learns mask predictions only, from a KV cache of the real tokens."""
+    if data_args.sdsat:
+        raise SpaceError(f"--finetuning_type {GATED_KIND} trains SPACE mask tokens; SDSAT's adaptive tokens "
+                         "(--sdsat true) take --finetuning_type lora or full")
+    if data_args.mask_num < 1:
+        raise SpaceError(f"--finetuning_type {GATED_KIND} needs --mask_num >= 1: it trains the mask rows only")
+    if training_args is not None and training_args.deepspeed and _zero_stage(training_args.deepspeed) == 3:
+        raise SpaceError(f"--finetuning_type {GATED_KIND} under ZeRO-3 is not supported: the adapter reads its "
+                         "weights outside module calls, which ZeRO-3 does not gather; use configs/deepspeed/zero2.json")
+    if training_args is not None and training_args.gradient_checkpointing:
+        raise SpaceError(f"--gradient_checkpointing is not supported with --finetuning_type {GATED_KIND}: its real "
+                         "tokens run without gradients already, and only the mask blocks keep activations")
+
+
+def _zero_stage(deepspeed) -> int | None:
+    """The ZeRO stage of a `--deepspeed` config (a path or an already-read dict)."""
+    import json
+
+    config = deepspeed if isinstance(deepspeed, dict) else json.loads(Path(deepspeed).read_text())
+    return config.get("zero_optimization", {}).get("stage")
+
+
+def gated_config(finetune_args: FinetuningArguments) -> GatedConfig:
+    """The adapter `--lora_rank/--lora_alpha/--lora_target/--lora_dropout` describe."""
+    return GatedConfig(rank=finetune_args.lora_rank, alpha=finetune_args.lora_alpha,
+                       targets=tuple(lora_target_names(finetune_args.lora_target)), dropout=finetune_args.lora_dropout)
+
+
+def wrap_gated(model, finetune_args: FinetuningArguments, spec) -> tuple:
+    """The model (fp32 master weights) with a gated adapter on `--lora_target`, and the adapter's config."""
+    from torch import nn
+
+    model = model.float()
+    config = gated_config(finetune_args)
+    targets = lora_targets(model, finetune_args.lora_target)
+    if targets == "all-linear":
+        config = replace(config, targets=tuple(sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                                                       if isinstance(module, nn.Linear)} - {"lm_head"})))
+    add_gated_lora(model, spec.mask_id, spec.num_ids, config)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    print(f"[train_sft] gated adapter: {trainable:,} trainable of {total:,} parameters "
+          f"({100 * trainable / total:.2f}%), active on mask rows only", file=sys.stderr)
+    return model, config
 
 
 def lora_target_names(lora_target: str) -> list[str]:
@@ -188,15 +252,18 @@ def lora_targets(model, lora_target: str) -> list[str] | str:
     return names
 
 
-def check_attention(attn_implementation: str, data_args: DataArguments) -> None:
-    """Multi-block and SDSAT samples carry private blocks, so the trainer feeds a 4D float mask; flash
-    and flex kernels take none and would fail deep in CUDA. The truncating mode is plain causal."""
+def check_attention(attn_implementation: str, data_args: DataArguments, finetuning_type: str = "full") -> None:
+    """Multi-block and SDSAT samples carry private blocks, and gated batches put padding between the real
+    tokens and the blocks, so the trainer feeds a 4D float mask; flash and flex kernels take none and would
+    fail deep in CUDA. The truncating mode of the other fine-tuning types is plain causal."""
     multi_block = data_args.mask_efficient_train and data_args.mask_num > 0
-    mode = "--sdsat" if data_args.sdsat else "--mask_efficient_train" if multi_block else None
+    mode = ("--sdsat" if data_args.sdsat else "--mask_efficient_train" if multi_block
+            else f"--finetuning_type {GATED_KIND}" if finetuning_type == GATED_KIND else None)
     if mode and attn_implementation not in MASK_4D_ATTENTION:
         raise SpaceError(
             f"--attn_implementation {attn_implementation} cannot take the 4D attention mask of {mode} samples; "
-            f"use --attn_implementation sdpa (or eager), or the truncating mode, which keeps {attn_implementation}"
+            f"use --attn_implementation sdpa (or eager)"
+            + ("" if finetuning_type == GATED_KIND else f", or the truncating mode, which keeps {attn_implementation}")
         )
 
 

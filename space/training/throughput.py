@@ -1,4 +1,4 @@
-"""Training throughput of SAR-SFT (truncating and multi-block modes) against plain SFT on the same data.
+"""Training throughput of SAR-SFT (truncating and multi-block modes, LoRA and gated LoRA) against plain SFT.
 
 Owns the measurement behind `scripts/bench_train.py`: its flags (`ThroughputArgs`), the modes compared
 (`MODES`), the step timer, the JSON report it writes and its markdown table. The training itself is
@@ -31,6 +31,11 @@ MODES = {
     "SAR multi-block (k=5, 4 blocks)": ["--mask_num", "5", "--mask_prob", "1.0", "--mask_efficient_train", "true", "--mask_blocks", "4"],
     "SAR multi-block (k=5, 8 blocks)": ["--mask_num", "5", "--mask_prob", "1.0", "--mask_efficient_train", "true", "--mask_blocks", "8"],
 }
+# the shipped model's recipe (configs/default_model/sft.yaml) as LoRA and as a gated adapter
+_RECIPE_BLOCKS = ["--mask_num", "6", "--mask_diff", "true", "--mask_random", "true", "--mask_prob", "1.0",
+                  "--mask_efficient_train", "true", "--mask_blocks", "64", "--lora_rank", "32", "--lora_alpha", "64"]
+MODES["LoRA multi-block (k=6, 64 blocks)"] = ["--finetuning_type", "lora", *_RECIPE_BLOCKS]
+MODES["gated LoRA multi-block (k=6, 64 blocks)"] = ["--finetuning_type", "gated_lora", *_RECIPE_BLOCKS]
 COLUMNS = ["mode", "seconds_per_sample", "cost_vs_plain", "real_tokens_per_sample", "fed_tokens_per_sample",
            "real_tokens_per_second", "mask_predictions_per_sample"]
 
@@ -44,6 +49,8 @@ class ThroughputArgs:
     dataset_dir: str = "data"
     steps: int = field(default=12, metadata={"help": "timed optimizer steps per mode (batch 1)"})
     cutoff_len: int = 512
+    modes: str = field(default="all", metadata={"help": "semicolon list of mode names (see MODES), or all"})
+    train_args: str = field(default="", metadata={"help": "extra train_sft.py flags for every mode, space separated"})
     output: str = "outputs/bench_train.json"
 
 
@@ -64,7 +71,13 @@ def measure_training_throughput(args: ThroughputArgs, command: str) -> dict:
             tokenizer.save_pretrained(model_dir)
             del model
         rows = []
-        for name, flags in MODES.items():
+        chosen = list(MODES) if args.modes == "all" else [name.strip() for name in args.modes.split(";")]
+        unknown = [name for name in chosen if name not in MODES]
+        if unknown:
+            raise SystemExit(f"unknown mode(s) {unknown}; modes are {list(MODES)}")
+        for name in chosen:
+            flags = MODES[name]
+            k = int(flags[flags.index("--mask_num") + 1])
             common = ["--stage", "sft", "--do_train", "--model_name_or_path", model_dir, "--dataset", args.dataset,
                       "--dataset_dir", args.dataset_dir, "--output_dir", str(Path(scratch) / "out"),
                       "--overwrite_output_dir", "--per_device_train_batch_size", "1", "--max_steps", str(args.steps + 1),
@@ -72,7 +85,7 @@ def measure_training_throughput(args: ThroughputArgs, command: str) -> dict:
                       "--logging_steps", "1000", "--cutoff_len", str(args.cutoff_len), "--use_cpu", "true",
                       "--report_to", "none", "--seed", "42", "--dataloader_drop_last", "false"]
             timer = StepTimer()
-            trainer = train(common + flags, callbacks=[timer])
+            trainer = train(common + flags + args.train_args.split(), callbacks=[timer])
             samples = trainer.train_dataset  # the same first records in every mode, one per step
             per_sample = statistics.mean(timer.durations[1:])  # step 0 is the warm-up
             real_tokens = statistics.mean(sum(1 for j in s["mask_offsets"] if j == 0) for s in samples)
@@ -83,14 +96,14 @@ def measure_training_throughput(args: ThroughputArgs, command: str) -> dict:
                 fed_tokens_per_sample=statistics.mean(len(s["input_ids"]) for s in samples),
                 real_tokens_per_second=real_tokens / per_sample,
                 mask_predictions_per_sample=statistics.mean(
-                    sum(1 for j in s["mask_offsets"] if 0 < j <= 5) for s in samples),
+                    sum(1 for j in s["mask_offsets"] if 0 < j <= k) for s in samples),
             ))
-    plain = rows[0]["seconds_per_sample"]
+    plain = rows[0]["seconds_per_sample"]  # the first mode chosen (plain SFT in the full run)
     for row in rows:
         row["cost_vs_plain"] = row["seconds_per_sample"] / plain
     rows = [{k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()} for row in rows]
     written = dict(command=command, threads=torch.get_num_threads(), torch=torch.__version__,
-                   cutoff_len=args.cutoff_len, steps=args.steps, rows=rows)
+                   cutoff_len=args.cutoff_len, steps=args.steps, train_args=args.train_args, rows=rows)
     write_atomic(args.output, json.dumps(written, indent=2))
     return written
 

@@ -1,0 +1,341 @@
+"""Gated adapters (`space.gated`, `--finetuning_type gated_lora`): every real token is the base model's, exactly.
+
+Checked on tiny random models in fp32: logits and KV entries of non-mask rows equal the base's bit for bit (causal,
+multi-block and decoding layouts; HF's forward and the lean CPU forward), SPACE on a gated model reproduces the
+*base* model's AR output, training moves only the adapter (the two-phase loss equals the one-pass loss, gradients
+too), and a trained run loads, exports and decodes with no flag."""
+
+import copy
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import DynamicCache
+
+import space
+from space.errors import SpaceError
+from space.fast_linear import use_fast_linear
+from space.gated import GATED_WEIGHTS, GatedConfig, add_gated_lora, gated_state_dict
+from space.lean_layers import use_lean_layers
+from space.testing import tiny_llama, tiny_sft_base as make_base, tiny_sft_data as make_dataset, tiny_sft_flags
+from space.training import train
+from space.training.collate import SarCollator, block_attention
+from space.training.export import ExportArguments, export_adapter, merge_adapter
+from space.training.loss import sar_loss
+from space.training.samples import MaskingConfig, build_sample
+from space.training.trainer import SarTrainer, additive_mask
+
+
+def train_args(work, output, *extra):
+    return tiny_sft_flags(work["base"], work["data"], output, *extra)
+
+
+TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def base_and_gated(seed: int = 0, mask_num: int = 3, mask_diff: bool = True, tie: bool = False, rank: int = 4):
+    """A tiny base whose mask rows are mean rows (as `add_mask_tokens` makes them: a mask id is never its argmax)
+    and a copy carrying a gated adapter with random (non-zero) weights."""
+    base = tiny_llama(seed=seed, mask_num=mask_num, mask_diff=mask_diff, tie_word_embeddings=tie)
+    spec = space.read_mask_spec(base.config)
+    with torch.no_grad():
+        for matrix in (base.get_input_embeddings().weight, base.get_output_embeddings().weight):
+            matrix[spec.mask_id :] = matrix[: spec.mask_id].mean(0)
+    gated = copy.deepcopy(base)
+    add_gated_lora(gated, spec.mask_id, spec.num_ids, GatedConfig(rank=rank, alpha=2.0 * rank, targets=TARGETS))
+    generator = torch.Generator().manual_seed(seed + 100)
+    with torch.no_grad():
+        for parameter in gated_state_dict(gated).values():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
+    gated.requires_grad_(False)
+    return base, gated, spec
+
+
+def fast(*models):
+    for model in models:
+        use_fast_linear(model)
+        assert use_lean_layers(model) > 0
+    return models
+
+
+@pytest.mark.parametrize("lean", [False, True])
+@pytest.mark.parametrize("tie", [False, True])
+def test_non_mask_rows_equal_the_base_exactly_causal_and_multi_block(lean, tie):
+    base, gated, spec = base_and_gated(seed=3, tie=tie)
+    if lean:
+        fast(base, gated)
+    # causal: masks at the end (the truncating layout)
+    ids = torch.tensor([[1, 5, 6, 7, 8, 9, *spec.group_ids(4)]])
+    with torch.no_grad():
+        plain, adapted = base(input_ids=ids).logits, gated(input_ids=ids).logits
+    assert torch.equal(plain[:, :6], adapted[:, :6])
+    assert (plain[:, 6:] - adapted[:, 6:]).abs().max() > 1e-2  # the adapter does act on the mask rows
+    # multi-block: real tokens, then two private blocks
+    sample = build_sample([([1, 10, 11], [12, 13, 14, 15, 16, 17, 18, 19, 2])],
+                          MaskingConfig(mask_num=3, mask_id=spec.mask_id, mask_diff=True, efficient=True,
+                                        mask_blocks=2, cutoff_len=64), __import__("random").Random(0))
+    batch = SarCollator(pad_token_id=0)([sample])
+    mask = additive_mask(batch["attention_mask_4d"], torch.float32)
+    with torch.no_grad():
+        plain = base(input_ids=batch["input_ids"], position_ids=batch["position_ids"], attention_mask=mask).logits
+        adapted = gated(input_ids=batch["input_ids"], position_ids=batch["position_ids"], attention_mask=mask).logits
+    real = batch["mask_offsets"][0] == 0
+    assert torch.equal(plain[0, real], adapted[0, real])
+    assert (plain[0, ~real] - adapted[0, ~real]).abs().max() > 1e-2
+
+
+def test_a_padded_batch_keeps_every_real_row_exact():
+    base, gated, spec = base_and_gated(seed=6)
+    ids = torch.tensor([[1, 5, 6, 7, *spec.group_ids(4), 0, 0], [1, 8, 9, 10, 11, 12, 13, *spec.group_ids(3)]])
+    attention = torch.tensor([[1] * 8 + [0, 0], [1] * 10])
+    with torch.no_grad():
+        plain = base(input_ids=ids, attention_mask=attention).logits
+        adapted = gated(input_ids=ids, attention_mask=attention).logits
+    real = (ids < spec.mask_id) & attention.bool()
+    assert torch.equal(plain[real], adapted[real])
+    assert (plain[~real & attention.bool()] - adapted[~real & attention.bool()]).abs().max() > 1e-2
+
+
+def test_kv_cache_entries_of_real_tokens_equal_the_base():
+    base, gated, spec = base_and_gated(seed=4)
+    ids = torch.tensor([[1, 20, 21, 22, *spec.group_ids(4)]])
+    caches = []
+    for model in (base, gated):
+        cache = DynamicCache()
+        with torch.no_grad():
+            model(input_ids=ids, use_cache=True, **{space.cache.cache_argument(model): cache})
+        caches.append(cache)
+    for layer_base, layer_gated in zip(caches[0].layers, caches[1].layers):
+        assert torch.equal(layer_base.keys[:, :, :4], layer_gated.keys[:, :, :4])
+        assert torch.equal(layer_base.values[:, :, :4], layer_gated.values[:, :, :4])
+        assert not torch.equal(layer_base.keys[:, :, 4:], layer_gated.keys[:, :, 4:])
+
+
+def test_inputs_embeds_run_the_base_and_a_stale_gate_never_leaks():
+    base, gated, spec = base_and_gated(seed=5)
+    with torch.no_grad():
+        gated(input_ids=torch.tensor([[1, 5, *spec.group_ids(4)]]))  # leaves mask rows in the gate
+        embeds = base.get_input_embeddings()(torch.tensor([[1, 5, 6, 7, 8, 9]]))
+        assert torch.equal(gated(inputs_embeds=embeds).logits, base(inputs_embeds=embeds).logits)
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("tree", [False, True])
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_space_on_a_gated_model_is_the_base_models_ar_output(seed, tree, use_cache):
+    base, gated, _ = base_and_gated(seed=seed, mask_num=2 + seed % 3, mask_diff=seed % 2 == 0)
+    if seed % 2:
+        fast(base, gated)
+    generator = torch.Generator().manual_seed(seed)
+    prompt = torch.randint(3, 80, (1, 5 + seed), generator=generator)
+    expected = space.decode(base, prompt, "ar", max_new_tokens=32).tokens.tolist()
+    got = space.decode(gated, prompt, "space", max_new_tokens=32, tree=tree, use_cache=use_cache).tokens.tolist()
+    assert got == expected
+
+
+def _two_phase_and_one_pass(seed: int):
+    """The gated trainer's loss (real tokens as a no-grad cache, then the blocks) and the plain one-pass loss over
+    the same multi-block batch, restricted to the mask predictions, with each one's adapter gradients."""
+    _, gated, spec = base_and_gated(seed=seed)
+    gated.train()
+    adapter = set(gated_state_dict(gated))
+    for name, parameter in gated.named_parameters():
+        parameter.requires_grad_(name in adapter)
+    rng = __import__("random").Random(seed)
+    config = MaskingConfig(mask_num=3, mask_id=spec.mask_id, mask_diff=True, efficient=True, mask_blocks=3,
+                           mask_random=True, cutoff_len=96)
+    samples = [build_sample([([1, 10 + i], [rng.randint(4, 80) for _ in range(10 + 5 * i)] + [2])], config, rng)
+               for i in range(3)]
+    trainer = SarTrainer.__new__(SarTrainer)  # only the loss: no Trainer machinery
+    trainer.gated, trainer.mask_num, trainer.mask_loss_weight = True, 3, 0.7
+    trainer.model_config, trainer.cache_name = gated.config, space.cache.cache_argument(gated)
+    trainer.mask_metrics = type("Sink", (), {"add": lambda self, metrics: None})()
+    results = []
+    for split in (True, False):
+        batch = SarCollator(pad_token_id=0, split_prefix=split)(samples)
+        gated.zero_grad()
+        if split:
+            loss = trainer.gated_loss(gated, dict(batch))
+        else:
+            mask = additive_mask(batch["attention_mask_4d"], torch.float32)
+            logits = gated(input_ids=batch["input_ids"], position_ids=batch["position_ids"], attention_mask=mask).logits
+            labels = batch["labels"].masked_fill(batch["mask_offsets"] == 0, -100)  # the mask predictions only
+            loss, _ = sar_loss(logits, labels, batch["mask_offsets"], 0.7, 3)
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in gated.named_parameters() if p.grad is not None}))
+    return results
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_two_phase_training_loss_and_gradients_equal_the_one_pass(seed):
+    (split_loss, split_grads), (full_loss, full_grads) = _two_phase_and_one_pass(seed)
+    assert torch.allclose(split_loss, full_loss, atol=1e-5)
+    assert set(split_grads) == set(full_grads) == set(gated_state_dict(base_and_gated(seed=seed)[1]))
+    for name in split_grads:
+        assert torch.allclose(split_grads[name], full_grads[name], atol=1e-5, rtol=1e-4), name
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gated")
+    work = dict(base=make_base(root / "base", tie=True), data=make_dataset(root / "data.json"))
+    trainer = train(train_args(work, root / "out", "--max_steps", "12", "--finetuning_type", "gated_lora",
+                               "--lora_rank", "4", "--mask_efficient_train", "true", "--mask_diff", "true",
+                               "--save_strategy", "steps", "--save_steps", "6"))
+    return SimpleRun(root, work, trainer)
+
+
+class SimpleRun:
+    def __init__(self, root, work, trainer):
+        self.root, self.work, self.trainer, self.output = root, work, trainer, root / "out"
+
+
+def test_training_moves_only_the_adapter(trained):
+    model = trained.trainer.model
+    trainable = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
+    assert trainable == set(gated_state_dict(model))
+    fresh, tokenizer = space.load_model(trained.work["base"], fast_cpu_linear=False)
+    space.add_mask_tokens(fresh, tokenizer, mask_num=3, mask_diff=True)
+    fresh_state = fresh.state_dict()
+    for name, tensor in model.state_dict().items():
+        if name in fresh_state:
+            assert torch.equal(tensor, fresh_state[name]), name  # the base and its shared mask rows, untouched
+    adapter = gated_state_dict(model)
+    assert any(name.endswith("lora_B") and tensor.abs().max() > 0 for name, tensor in adapter.items())
+    masks = next(tensor for name, tensor in adapter.items() if "gated_masks" in name)
+    spec = space.read_mask_spec(fresh.config)
+    rows = fresh.get_input_embeddings().weight[spec.mask_id : spec.mask_id + spec.num_ids]
+    assert not torch.allclose(masks, rows)  # the mask inputs learned
+    history = [entry for entry in trained.trainer.state.log_history if "loss" in entry]
+    assert history[-1]["loss"] < history[0]["loss"] and "mask_acc_3" in history[-1]
+
+
+def test_a_gated_run_saves_the_adapter_alone_and_loads_without_flags(trained, tmp_path):
+    files = {path.name for path in trained.output.iterdir()}
+    assert GATED_WEIGHTS in files and "model.safetensors" not in files and "adapter_config.json" not in files
+    assert {path.name for path in (trained.output / "checkpoint-6").iterdir()} >= {GATED_WEIGHTS, "optimizer.pt"}
+    fields = json.loads((trained.output / "space.json").read_text())
+    assert fields["adapter"] == "gated_lora" and fields["gated"]["rank"] == 4
+    model, _ = space.load_model(trained.output)
+    base, _ = space.load_model(trained.work["base"])
+    assert model.config.space_adapter == "gated_lora"
+    prompt = torch.tensor([[1, 50, 60, 70]])
+    assert space.decode(model, prompt, "space", max_new_tokens=16).tokens.tolist() == \
+        space.decode(base, prompt, "ar", max_new_tokens=16).tokens.tolist()
+    exported = export_adapter(ExportArguments(adapter_dir=str(trained.output), output=str(tmp_path / "export"),
+                                              dtype="float32", mask_num=2,
+                                              base_model=str(trained.work["base"])))
+    assert {path.name for path in exported.path.iterdir()} == {GATED_WEIGHTS, "space.json"}
+    again, _ = space.load_model(exported.path)
+    ids = torch.tensor([[1, 50, 60, 320, 321, 322]])
+    with torch.no_grad():
+        assert torch.equal(again(input_ids=ids).logits, model(input_ids=ids).logits)
+    assert space.read_mask_spec(again.config).mask_num == 2
+    with pytest.raises(SpaceError, match="is a gated adapter: merged, it would act on every token"):
+        merge_adapter(trained.output, tmp_path / "merged")
+
+
+def test_resuming_a_gated_run_loads_the_adapter_from_the_checkpoint(trained, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file
+
+    checkpoint = trained.output / "checkpoint-12"
+    model = trained.trainer.model
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name in gated_state_dict(model):
+                parameter.zero_()
+    trained.trainer._load_from_checkpoint(str(checkpoint))
+    saved = load_file(checkpoint / GATED_WEIGHTS)
+    assert saved.keys() == gated_state_dict(model).keys()
+    assert all(torch.equal(saved[name], tensor) for name, tensor in gated_state_dict(model).items())
+    shutil.copytree(trained.output, tmp_path / "out")
+    trainer = train(train_args(trained.work, tmp_path / "out", "--max_steps", "16", "--finetuning_type", "gated_lora",
+                               "--lora_rank", "4", "--mask_efficient_train", "true", "--mask_diff", "true",
+                               "--save_strategy", "steps", "--save_steps", "6", "--resume_from_checkpoint", "last"))
+    assert trainer.state.global_step == 16
+    assert [entry["step"] for entry in trainer.state.log_history if "loss" in entry] == [4, 8, 12, 16]
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--sdsat", "true"], "trains SPACE mask tokens; SDSAT's adaptive tokens"),
+    (["--gradient_checkpointing", "true"], "--gradient_checkpointing is not supported with --finetuning_type gated_lora"),
+    (["--mask_num", "0"], "needs --mask_num >= 1"),
+    (["--attn_implementation", "flash_attention_2"], "cannot take the 4D attention mask of --finetuning_type gated_lora"),
+    (["--lora_rank", "0"], "--lora_rank must be a positive integer"),
+    (["--deepspeed", "configs/deepspeed/zero3.json"], "under ZeRO-3 is not supported"),
+])
+def test_bad_gated_settings_get_one_line_before_the_model_loads(tmp_path, no_model_loading, extra, message,
+                                                                 monkeypatch):
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    work = dict(base=tmp_path / "no-model", data=make_dataset(tmp_path / "data.json"))
+    with pytest.raises(SpaceError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        train(train_args(work, tmp_path / "out", "--finetuning_type", "gated_lora", *extra))
+
+
+@pytest.mark.slow
+def test_gated_training_under_the_real_launcher_with_deepspeed_zero2_on_two_cpu_ranks(tmp_path):
+    import os
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    work = dict(base=make_base(tmp_path / "base"), data=make_dataset(tmp_path / "data.json"))
+    output = tmp_path / "ds"
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", MODEL=str(work["base"]),
+               OUTPUT_DIR=str(output), NPROC_PER_NODE="2", MASTER_PORT=str(29300 + os.getpid() % 300),
+               OMP_NUM_THREADS="1")
+    # the published recipe (ZeRO-2), changed by flags after the launcher: a gated adapter on multi-block samples
+    flags = ["--dataset", str(work["data"]), "--bf16", "false", "--gradient_checkpointing", "false", "--cutoff_len",
+             "128", "--mask_id", "auto", "--mask_prob", "1.0", "--mask_num", "3", "--mask_diff", "true",
+             "--logging_steps", "2", "--save_strategy", "steps", "--save_steps", "4", "--mask_efficient_train", "true",
+             "--finetuning_type", "gated_lora", "--lora_rank", "4", "--learning_rate", "3e-3", "--use_cpu", "true",
+             "--max_steps", "6"]
+    completed = subprocess.run(["bash", str(root / "run_sft_multi_node.sh"), *flags], env=env, cwd=root,
+                               capture_output=True, text=True, timeout=900)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    state = json.loads((output / "trainer_state.json").read_text())
+    logged = [entry for entry in state["log_history"] if "loss" in entry]
+    assert logged[-1]["loss"] < logged[0]["loss"] and "mask_acc_3" in logged[-1]
+    assert (output / GATED_WEIGHTS).is_file() and (output / "checkpoint-4" / GATED_WEIGHTS).is_file()
+    model, _ = space.load_model(output)
+    base, _ = space.load_model(work["base"])
+    prompt = torch.tensor([[1, 50, 60, 70]])
+    assert space.decode(model, prompt, "space", max_new_tokens=12).tokens.tolist() == \
+        space.decode(base, prompt, "ar", max_new_tokens=12).tokens.tolist()
+
+
+def test_a_failed_export_leaves_the_output_untouched(trained, tmp_path):
+    output = tmp_path / "shipped"
+    output.mkdir()
+    (output / "adapter_config.json").write_text("{}")
+    with pytest.raises(SpaceError, match="--mask_num 9 must be between 1 and the trained mask_num 3"):
+        export_adapter(ExportArguments(adapter_dir=str(trained.output), output=str(output), mask_num=9))
+    assert [path.name for path in output.iterdir()] == ["adapter_config.json"]
+
+
+@pytest.mark.parametrize("edit,message", [
+    (dict(gated=[]), "gated must be an object or null"),
+    (dict(gated=dict(rank=4.5, alpha=8, targets=["q_proj"])), "'gated' must hold rank \\(a positive integer\\)"),
+    (dict(gated=dict(rank=4, alpha=8, targets="q_proj")), "'gated' must hold rank"),
+    (dict(mask_id=None), 'does not say "adapter": "gated_lora" with the mask fields'),
+])
+def test_a_damaged_gated_space_json_gets_one_line(trained, tmp_path, edit, message):
+    import shutil
+
+    shutil.copytree(trained.output, tmp_path / "out")
+    fields = json.loads((tmp_path / "out" / "space.json").read_text())
+    (tmp_path / "out" / "space.json").write_text(json.dumps({**fields, **edit}))
+    with pytest.raises(SpaceError, match=message):
+        space.load_model(tmp_path / "out")
+
+
+def test_a_gated_dir_without_weights_is_named(trained, tmp_path):
+    import shutil
+
+    shutil.copytree(trained.output, tmp_path / "out")
+    (tmp_path / "out" / GATED_WEIGHTS).unlink()
+    with pytest.raises(SpaceError, match="gated adapter .* has no weights \\(gated_adapter.safetensors\\)"):
+        space.load_model(tmp_path / "out")
