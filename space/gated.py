@@ -148,14 +148,19 @@ def is_gated_hook(hook) -> bool:
 
 
 def gated_lora_of(linear: nn.Module) -> GatedLoRA | None:
-    return getattr(linear, LORA_CHILD, None) if isinstance(getattr(linear, LORA_CHILD, None), GatedLoRA) else None
+    adapter = getattr(linear, LORA_CHILD, None)
+    return adapter if isinstance(adapter, GatedLoRA) else None
+
+
+def names_module(name: str, targets) -> bool:
+    """Whether a module's dotted `name` is one of `targets`: the name itself or a dotted suffix (peft's rule)."""
+    return any(name == target or name.endswith("." + target) for target in targets)
 
 
 def target_linears(model: nn.Module, targets: tuple[str, ...]) -> list[tuple[str, nn.Linear]]:
-    """The model's linear layers named by `targets` (a name or a dotted suffix, peft's rule), lm_head never."""
+    """The model's linear layers named by `targets` (`names_module`), lm_head never."""
     found = [(name, module) for name, module in model.named_modules()
-             if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] != "lm_head"
-             and any(name == target or name.endswith("." + target) for target in targets)]
+             if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] != "lm_head" and names_module(name, targets)]
     if not found:
         raise SpaceError(f"gated LoRA: no linear module named {', '.join(targets)} in this model")
     return found
@@ -210,12 +215,3 @@ def load_gated_weights(model: nn.Module, path: Path) -> None:
                                      f"{tuple(parameter.shape)}; load it onto the base it was trained on")
                 parameter.copy_(tensors[name])
 
-
-def save_gated_weights(model: nn.Module, path: Path, dtype: torch.dtype | None = None) -> float:
-    """Write the adapter's tensors (cast to `dtype` when given); returns the size in MB."""
-    from safetensors.torch import save_file
-
-    tensors = {name: (t.to(dtype) if dtype is not None else t).contiguous().cpu()
-               for name, t in gated_state_dict(model).items()}
-    save_file(tensors, str(path))
-    return sum(t.numel() * t.element_size() for t in tensors.values()) / 2**20

@@ -23,8 +23,8 @@ It applies to LLaMA layers without projection biases, with SiLU MLPs and eager o
 (other models are left untouched and counted 0), and only at inference: in training mode, with
 gradients to compute, with attention weights requested, or once a fused projection is wrapped (a LoRA
 layer, a hook), a layer takes transformers' own forward. A gated adapter (`space.gated`) is the exception:
-its deltas are added to the fused products' mask rows here, as the projections' hooks would. The fused copies hold the q/k/v and gate/up
-weights once more in memory, as `use_fast_linear` does for every linear layer. `space.load_model`
+its deltas are added to the fused products' mask rows here, as the projections' hooks would. The fused
+copies hold the q/k/v and gate/up weights once more in memory, as `use_fast_linear` does for every linear layer. `space.load_model`
 applies it where it applies `use_fast_linear` (on CPU by default).
 """
 

@@ -403,10 +403,7 @@ def is_adapter_dir(path: Path) -> bool:
 def is_gated_dir(path: Path) -> bool:
     """Whether `path` is a gated adapter's directory: its weights, or a `space.json` naming one."""
     path = Path(path)
-    if (path / GATED_WEIGHTS).is_file():
-        return True
-    fields = path / ADAPTER_FIELDS_FILE
-    return fields.is_file() and f'"{GATED_KIND}"' in fields.read_text(encoding="utf-8", errors="replace")
+    return (path / GATED_WEIGHTS).is_file() or _read_fields_file(path).get("adapter") == GATED_KIND
 
 
 def _read_fields_file(adapter_dir: Path) -> dict:

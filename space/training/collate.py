@@ -51,7 +51,6 @@ class SarCollator:
         batch["attention_mask_4d"] = block_attention(positions, segments)
         return batch
 
-
     def split(self, features: list[dict]) -> dict[str, torch.Tensor]:
         parts = [_real_and_blocks(feature) for feature in features]
         prefix = max(len(real["input_ids"]) for real, _ in parts)

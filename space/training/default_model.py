@@ -121,7 +121,7 @@ def make_default_model(args: DefaultModelArguments) -> Path:
     kept, left_out = split_held_out(data, train_data, held_out)
     print(f"[recipe] {kept} answers to train on, {left_out} held out for the mask accuracy ({held_out})", file=sys.stderr)
 
-    if log.get("train", {}).get("finished", True) and "train" in log and is_adapter_dir(output):
+    if "train" in log and log["train"].get("finished", True) and is_adapter_dir(output):
         print(f"[recipe] train: finished in an earlier run ({output}), skipped", file=sys.stderr)
     else:
         last, _ = last_complete_checkpoint(output)

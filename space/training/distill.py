@@ -12,7 +12,7 @@ verify. The prompts never contain benchmark problems:
   first three families, so they are answered in a second stage.
 
 Any prompt whose function name is a HumanEval entry point, or whose text shares a long word run
-with a HumanEval prompt or one of the project's general evaluation prompts, is dropped (`is_contaminated`).
+with a HumanEval prompt or one of the project's general evaluation prompts, is dropped (`Contamination`).
 
 `generate_answers` runs batched greedy generation (left padding, explicit attention mask) and
 appends each batch to a JSONL file, so an interrupted run resumes where it stopped.
@@ -277,11 +277,6 @@ class Contamination:
         return any(_word_runs(text) & self.runs for text in texts)
 
 
-def is_contaminated(prompt: dict, entry_points: set[str], humaneval_runs: set) -> bool:
-    """True when the prompt names a HumanEval function or shares an 8-word run with a HumanEval prompt."""
-    return Contamination(entry_points, humaneval_runs).flags(prompt)
-
-
 def build_prompts(project_files: list[Path], seed: int = 0, limit: int | None = None,
                   families: list[str] = FIRST_STAGE, filters: Contamination | None = None) -> tuple[list[dict], int]:
     """The first stage's clean prompts, shuffled with `seed`; also returns how many were dropped as contaminated."""
@@ -291,10 +286,10 @@ def build_prompts(project_files: list[Path], seed: int = 0, limit: int | None = 
         candidates += coding_prompts(seed)
         for path in project_files:
             candidates += project_prompts(path)
-    if "instructions" in families:
-        candidates += instruction_prompts(read_families(), seed)
-    if "math" in families:
-        candidates += math_prompts(read_families(), seed)
+    if "instructions" in families or "math" in families:
+        templates = read_families()
+        candidates += instruction_prompts(templates, seed) if "instructions" in families else []
+        candidates += math_prompts(templates, seed) if "math" in families else []
     clean = [p for p in candidates if not filters.flags(p)]
     random.Random(seed).shuffle(clean)
     return (clean if limit is None else clean[:limit]), len(candidates) - len(clean)

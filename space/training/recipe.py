@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 
 import space
 from space.errors import SpaceError
-from space.gated import GATED_KIND, GatedConfig, add_gated_lora
+from space.gated import GATED_KIND, GatedConfig, add_gated_lora, names_module
 from space.models import space_json_fields, write_space_json
 from space.tokens import SatSpec, add_sat_tokens, read_mask_spec, read_sat_spec, record_mask_spec, record_sat_spec
 from space.training.arguments import (
@@ -244,7 +244,7 @@ def lora_targets(model, lora_target: str) -> list[str] | str:
     if names == ["all-linear"]:
         return "all-linear"
     linear = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
-    unknown = [target for target in names if not any(name == target or name.endswith("." + target) for name in linear)]
+    unknown = [target for target in names if not any(names_module(name, [target]) for name in linear)]
     if unknown:
         leaves = sorted({name.rsplit(".", 1)[-1] for name in linear} - {"lm_head"})
         raise SpaceError(f"--lora_target: no linear module named {', '.join(unknown)} in this model; its linear modules "
