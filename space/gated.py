@@ -190,6 +190,16 @@ def add_gated_lora(model: nn.Module, mask_id: int, num_ids: int, config: GatedCo
     return gate
 
 
+def input_only_ids(model: nn.Module) -> slice | None:
+    """The ids a gated model reads but must never emit: its mask tokens (None for a model without a gated adapter).
+
+    The base model it reproduces has no such tokens; their logit columns come from the rows `add_mask_tokens` gave
+    them. The decoders leave these columns out (`space.decoding.common.Model.logits`), so greedy and sampled
+    tokens follow the base's own distribution over its vocabulary."""
+    gate = getattr(model, "_space_gate", None)
+    return None if gate is None else slice(gate.mask_id, gate.mask_id + gate.num_ids)
+
+
 def gated_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The adapter's tensors (every `gated_lora` and `gated_masks` parameter) by their names in `model`."""
     return {name: parameter.detach() for name, parameter in model.named_parameters()

@@ -135,6 +135,38 @@ def test_space_on_a_gated_model_is_the_base_models_ar_output(seed, tree, use_cac
     assert got == expected
 
 
+def _original_and_loud_masks(seed: int):
+    """The base as it was before mask tokens (its vocabulary cut at the first mask id), and a gated copy whose mask
+    ids' lm_head rows are loud enough to win the argmax at most positions were they allowed to."""
+    base, gated, spec = base_and_gated(seed=seed, mask_num=3, mask_diff=True)
+    original = copy.deepcopy(base)
+    original.resize_token_embeddings(spec.mask_id)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        head = gated.get_output_embeddings().weight
+        head[spec.mask_id :] = torch.randn(head[spec.mask_id :].shape, generator=generator) * 4
+    return original, gated, spec
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_gated_model_never_emits_a_mask_id_and_decodes_as_the_original_vocabulary(seed):
+    original, gated, spec = _original_and_loud_masks(seed)
+    prompt = torch.randint(3, 80, (1, 6), generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():  # the precondition: unchecked, the loud mask columns would be emitted
+        assert (gated(input_ids=prompt).logits[0].argmax(-1) >= spec.mask_id).any()
+    expected = space.decode(original, prompt, "ar", max_new_tokens=24).tokens.tolist()
+    for method, options in (("ar", {}), ("space", dict(tree=False)), ("space", dict(tree=True))):
+        assert space.decode(gated, prompt, method, max_new_tokens=24, **options).tokens.tolist() == expected
+
+
+def test_sampling_from_a_gated_model_never_draws_a_mask_id():
+    _, gated, spec = _original_and_loud_masks(seed=1)
+    prompt = torch.tensor([[1, 5, 6, 7]])
+    drawn = [space.decode(gated, prompt, method, max_new_tokens=8, do_sample=True, temperature=1.5,
+                          seed=seed).tokens for seed in range(12) for method in ("ar", "space")]
+    assert all(int(token) < spec.mask_id for tokens in drawn for token in tokens)
+
+
 def _two_phase_and_one_pass(seed: int):
     """The gated trainer's loss (real tokens as a no-grad cache, then the blocks) and the plain one-pass loss over
     the same multi-block batch, restricted to the mask predictions, with each one's adapter gradients."""

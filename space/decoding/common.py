@@ -33,6 +33,7 @@ import torch
 
 from space.cache import CompactCache, cache_kwargs
 from space.errors import SpaceError, SpaceWarning
+from space.gated import input_only_ids
 from space.models import unwrap
 from space.window import AttentionMasks
 
@@ -258,6 +259,7 @@ class Model:
         self.head = model.get_output_embeddings()
         self.device = model.get_input_embeddings().weight.device
         self.dtype = model.get_input_embeddings().weight.dtype
+        self.input_only = input_only_ids(model)
 
     @functools.cached_property
     def attention(self) -> AttentionMasks:
@@ -287,8 +289,12 @@ class Model:
         """
         weight = getattr(self.head, "weight", None)
         if weight is None or weight.dtype == torch.float32:
-            return self.head(hidden_rows).float()
-        return fp32_head(self.head)(hidden_rows.float())
+            logits = self.head(hidden_rows).float()
+        else:
+            logits = fp32_head(self.head)(hidden_rows.float())
+        if self.input_only is not None:  # a gated model's output is the base's: mask ids are inputs only
+            logits[..., self.input_only] = torch.finfo(logits.dtype).min  # finite: 0 * log p stays 0
+        return logits
 
 
 class Output:
