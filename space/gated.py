@@ -102,18 +102,80 @@ class GatedLoRA(nn.Module):
         self.__dict__["gate"] = gate  # shared by every layer; not a submodule
 
     def delta(self, rows_in: torch.Tensor) -> torch.Tensor:
-        """`[n, in]` inputs of the gated rows -> `[n, out]` deltas (in the adapter's dtype)."""
+        """`[n, in]` inputs of the gated rows -> `[n, out]` deltas (in the adapter's dtype), with autograd."""
         rows_in = self.dropout(rows_in.to(self.lora_A.dtype))
         return F.linear(F.linear(rows_in, self.lora_A), self.lora_B) * self.scaling
+
+    def needs_autograd(self) -> bool:
+        """Training (dropout active) or gradients to compute: the deltas must come from the live parameters."""
+        return self.training or (torch.is_grad_enabled() and (self.lora_A.requires_grad or self.lora_B.requires_grad))
 
     def add_to(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """`out` (the base product of `x`) with the delta added at the gate's rows; the other rows untouched."""
         rows = self.gate.rows
         if rows is None:
             return out
-        delta = self.delta(x.reshape(-1, x.shape[-1]).index_select(0, rows))
-        flat = out.reshape(-1, out.shape[-1])
-        return flat.index_add(0, rows, delta.to(flat.dtype)).view(out.shape)
+        rows_in = x.reshape(-1, x.shape[-1]).index_select(0, rows)
+        return add_at_rows(out, rows, group_deltas((self,), (out.shape[-1],), rows_in, self.__dict__))
+
+
+def group_deltas(adapters: tuple[GatedLoRA | None, ...], out_features: tuple[int, ...], rows_in: torch.Tensor,
+                 cache: dict) -> torch.Tensor:
+    """The deltas of linear layers that share one input (q/k/v, gate/up), side by side: `[n, sum(out_features)]`,
+    zero where a layer has no adapter.
+
+    At inference this is two products whatever the group's size: the adapters' `A` stacked `[sum r, in]`, then
+    their scaled `B` as one block-diagonal `[sum out, sum r]`. A decode step is bound by the count of small ops
+    on CPU, not by their arithmetic (docs/benchmarks.md, issue 20), so the zero blocks cost less than the
+    separate products they replace. The two copies live in `cache` (the owner's `__dict__`), taken on first
+    use and retaken when an adapter tensor is replaced or changed in place; on CPU they are in oneDNN's packed
+    layout (`space.fast_linear`). Training and gradients take each adapter's own `delta`."""
+    present = [adapter for adapter in adapters if adapter is not None]
+    if any(adapter.needs_autograd() for adapter in present):
+        return torch.cat([adapter.delta(rows_in) if adapter is not None
+                          else rows_in.new_zeros(rows_in.shape[0], width, dtype=present[0].lora_A.dtype)
+                          for adapter, width in zip(adapters, out_features)], dim=-1)
+    rows_in = rows_in.to(present[0].lora_A.dtype)
+    stacked_a, block_b, packed = _frozen_factors(adapters, out_features, rows_in, cache)
+    if packed:
+        hidden = torch.ops.mkldnn._linear_pointwise(rows_in, stacked_a, None, "none", [], "")
+        return torch.ops.mkldnn._linear_pointwise(hidden, block_b, None, "none", [], "")
+    return F.linear(F.linear(rows_in, stacked_a), block_b)
+
+
+def _frozen_factors(adapters, out_features, rows_in: torch.Tensor, cache: dict):
+    """`(stacked A, block-diagonal scaled B, packed)` of a group for inference, cached in `cache` by the
+    tensors' identity and version (as `space.fast_linear.RowsLinear` caches its weight copy)."""
+    from space.fast_linear import PACKED_DTYPES, packed_products_available, packed_weight
+
+    present = [adapter for adapter in adapters if adapter is not None]
+    packed = (rows_in.device.type == "cpu" and rows_in.dtype in PACKED_DTYPES and packed_products_available())
+    key = (packed, rows_in.dtype, tuple(out_features),
+           *((p.data_ptr(), p._version, tuple(p.shape)) for adapter in present for p in (adapter.lora_A, adapter.lora_B)))
+    if cache.get("_gated_factors_key") != key:
+        with torch.inference_mode(False), torch.no_grad():  # normal tensors, usable in and out of inference mode
+            stacked_a = torch.cat([adapter.lora_A.detach() for adapter in present])  # [sum r, in]
+            block_b = stacked_a.new_zeros(sum(out_features), stacked_a.shape[0])
+            row = col = 0
+            for adapter, width in zip(adapters, out_features):
+                if adapter is not None:
+                    rank = adapter.lora_B.shape[1]
+                    block_b[row : row + width, col : col + rank] = adapter.lora_B.detach() * adapter.scaling
+                    col += rank
+                row += width
+        cache["_gated_factors"] = (packed_weight(stacked_a), packed_weight(block_b)) if packed else (stacked_a, block_b)
+        cache["_gated_factors_key"] = key
+    return (*cache["_gated_factors"], packed)
+
+
+def add_at_rows(out: torch.Tensor, rows: torch.Tensor, deltas: torch.Tensor) -> torch.Tensor:
+    """`out` with `deltas` added at its flat `rows`. At inference in place: `out` is a fresh product, and a copy
+    of it per layer was measured to cost more than the deltas' products (issue 20)."""
+    flat = out.reshape(-1, out.shape[-1])
+    deltas = deltas.to(flat.dtype)
+    if torch.is_grad_enabled() and (flat.requires_grad or deltas.requires_grad):
+        return flat.index_add(0, rows, deltas).view(out.shape)
+    return flat.index_add_(0, rows, deltas).view(out.shape)
 
 
 class MaskEmbeddings(nn.Module):
@@ -129,7 +191,7 @@ class MaskEmbeddings(nn.Module):
         if is_mask is None:
             return embedded
         index = (input_ids - self.gate.mask_id).clamp(0, self.weight.shape[0] - 1)
-        return torch.where(is_mask[..., None], self.weight[index].to(embedded.dtype), embedded)
+        return torch.where(is_mask[..., None], F.embedding(index, self.weight).to(embedded.dtype), embedded)
 
 
 def _linear_hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:

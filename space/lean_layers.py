@@ -40,7 +40,7 @@ from transformers.models.llama.modeling_llama import LlamaDecoderLayer, eager_at
 
 from space.cache import passed_cache
 from space.fast_linear import PACKED_DTYPES, RowsLinear, packed_products_available, packed_weight
-from space.gated import gated_lora_of, is_gated_hook
+from space.gated import add_at_rows, gated_lora_of, group_deltas, is_gated_hook
 
 ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa")
 PLAIN_LINEARS = (nn.Linear, RowsLinear)
@@ -118,22 +118,20 @@ class LeanLlamaDecoderLayer(LlamaDecoderLayer):
         else:
             out = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, x.shape[-1]), weight, None, "none", [], "")
             out = out.view(*x.shape[:-1], -1)
-        return _add_gated_deltas(linears, x, out)
+        return _add_gated_deltas(linears, x, out, self.__dict__.setdefault("_gated_groups", {}).setdefault(name, {}))
 
 
-def _add_gated_deltas(linears: tuple[nn.Linear, ...], x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """The fused product `out` plus each gated adapter's delta on the mask rows (`space.gated`), which the
-    projections' own hooks would have added; real rows are not touched."""
-    adapters = [gated_lora_of(linear) for linear in linears]
+def _add_gated_deltas(linears: tuple[nn.Linear, ...], x: torch.Tensor, out: torch.Tensor, cache: dict) -> torch.Tensor:
+    """The fused product `out` plus the gated adapters' deltas on the mask rows (`space.gated`), which the
+    projections' own hooks would have added, computed as one group (`group_deltas`, its copies in `cache`);
+    real rows are not touched."""
+    adapters = tuple(gated_lora_of(linear) for linear in linears)
     gate = next((adapter.gate for adapter in adapters if adapter is not None), None)
     if gate is None or gate.rows is None:
         return out
     rows_in = x.reshape(-1, x.shape[-1]).index_select(0, gate.rows)
-    deltas = torch.cat([adapter.delta(rows_in) if adapter is not None
-                        else rows_in.new_zeros(rows_in.shape[0], linear.out_features, dtype=torch.float32)
-                        for adapter, linear in zip(adapters, linears)], dim=-1)
-    flat = out.reshape(-1, out.shape[-1])
-    return flat.index_add(0, gate.rows, deltas.to(flat.dtype)).view(out.shape)
+    deltas = group_deltas(adapters, tuple(linear.out_features for linear in linears), rows_in, cache)
+    return add_at_rows(out, gate.rows, deltas)
 
 
 def _plain(linear: nn.Module) -> bool:

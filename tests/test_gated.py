@@ -121,6 +121,52 @@ def test_inputs_embeds_run_the_base_and_a_stale_gate_never_leaks():
         assert torch.equal(gated(inputs_embeds=embeds).logits, base(inputs_embeds=embeds).logits)
 
 
+def _mask_row_logits(model, ids, train_mode: bool):
+    model.train(train_mode)
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+@pytest.mark.parametrize("lean", [False, True])
+@pytest.mark.parametrize("targets", [TARGETS, ("q_proj", "v_proj", "up_proj", "down_proj")])
+def test_inference_deltas_equal_each_adapters_own(lean, targets):
+    """Inference computes a group's deltas from stacked, packed copies (`space.gated.group_deltas`); training
+    takes each adapter's own product. Both give the same mask rows, also for a group where one projection has
+    no adapter (k_proj, gate_proj above)."""
+    base, _, spec = base_and_gated(seed=7)
+    gated = copy.deepcopy(base)
+    add_gated_lora(gated, spec.mask_id, spec.num_ids, GatedConfig(rank=4, alpha=8.0, targets=targets))
+    generator = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for parameter in gated_state_dict(gated).values():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
+    gated.requires_grad_(False)
+    if lean:
+        fast(gated)
+    ids = torch.tensor([[1, 5, 6, *spec.group_ids(3), 7, *spec.group_ids(3)]])
+    own = _mask_row_logits(gated, ids, train_mode=True)  # training: every layer's own forward and delta
+    inference = _mask_row_logits(gated, ids, train_mode=False)
+    plain = _mask_row_logits(base, ids, train_mode=False)
+    assert torch.allclose(inference, own, atol=1e-4, rtol=1e-4)
+    assert (inference - plain).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("lean", [False, True])
+def test_inference_copies_follow_adapter_weights_changed_in_place(lean):
+    base, gated, spec = base_and_gated(seed=8)
+    if lean:
+        fast(gated)
+    ids = torch.tensor([[1, 5, 6, *spec.group_ids(3)]])
+    before = _mask_row_logits(gated, ids, train_mode=False)  # takes the copies
+    with torch.no_grad():
+        for name, parameter in gated.named_parameters():
+            if ".gated_lora." in name:
+                parameter.mul_(-1.5)
+    after = _mask_row_logits(gated, ids, train_mode=False)
+    assert (after - before).abs().max() > 1e-2
+    assert torch.allclose(after, _mask_row_logits(gated, ids, train_mode=True), atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("tree", [False, True])
 @pytest.mark.parametrize("use_cache", [True, False])
