@@ -63,7 +63,7 @@ class RowsLinear(nn.Linear):
             return F.linear(x, self.weight, self.bias)
         rows = x.reshape(-1, x.shape[-1])
         if x.dtype in PACKED_DTYPES and x.dtype == self.weight.dtype and packed_products_available():
-            out = torch.ops.mkldnn._linear_pointwise(rows, self._copy(packed_weight), self.bias, "none", [], "")
+            out = packed_product(rows, self._copy(packed_weight), self.bias)
         elif x.dtype != torch.float32:
             return F.linear(x, self.weight, self.bias)
         elif rows.shape[0] == 1:
@@ -73,6 +73,11 @@ class RowsLinear(nn.Linear):
             out = torch.mm(self.weight, rows.t()).t()  # [rows, out], a transposed view
             out = out if self.bias is None else out + self.bias
         return out.reshape(*x.shape[:-1], self.out_features)
+
+
+def packed_product(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """`rows` `[n, in]` times a `packed_weight` `[out, in]` (plus `bias`) with oneDNN -> `[n, out]`."""
+    return torch.ops.mkldnn._linear_pointwise(rows, weight, bias, "none", [], "")
 
 
 def packed_weight(weight: torch.Tensor) -> torch.Tensor:

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from space.errors import SpaceError
+from space.fast_linear import PACKED_DTYPES, packed_product, packed_products_available, packed_weight
 
 GATED_KIND = "gated_lora"  # the --finetuning_type, and space.json's "adapter" value
 GATED_WEIGHTS = "gated_adapter.safetensors"
@@ -138,16 +139,13 @@ def group_deltas(adapters: tuple[GatedLoRA | None, ...], out_features: tuple[int
     rows_in = rows_in.to(present[0].lora_A.dtype)
     stacked_a, block_b, packed = _frozen_factors(adapters, out_features, rows_in, cache)
     if packed:
-        hidden = torch.ops.mkldnn._linear_pointwise(rows_in, stacked_a, None, "none", [], "")
-        return torch.ops.mkldnn._linear_pointwise(hidden, block_b, None, "none", [], "")
+        return packed_product(packed_product(rows_in, stacked_a), block_b)
     return F.linear(F.linear(rows_in, stacked_a), block_b)
 
 
 def _frozen_factors(adapters, out_features, rows_in: torch.Tensor, cache: dict):
     """`(stacked A, block-diagonal scaled B, packed)` of a group for inference, cached in `cache` by the
     tensors' identity and version (as `space.fast_linear.RowsLinear` caches its weight copy)."""
-    from space.fast_linear import PACKED_DTYPES, packed_products_available, packed_weight
-
     present = [adapter for adapter in adapters if adapter is not None]
     packed = (rows_in.device.type == "cpu" and rows_in.dtype in PACKED_DTYPES and packed_products_available())
     key = (packed, rows_in.dtype, tuple(out_features),

@@ -39,7 +39,7 @@ from torch import nn
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, eager_attention_forward
 
 from space.cache import passed_cache
-from space.fast_linear import PACKED_DTYPES, RowsLinear, packed_products_available, packed_weight
+from space.fast_linear import PACKED_DTYPES, RowsLinear, packed_product, packed_products_available, packed_weight
 from space.gated import add_at_rows, gated_lora_of, group_deltas, is_gated_hook
 
 ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa")
@@ -116,7 +116,7 @@ class LeanLlamaDecoderLayer(LlamaDecoderLayer):
         if not packed:
             out = F.linear(x, weight)
         else:
-            out = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, x.shape[-1]), weight, None, "none", [], "")
+            out = packed_product(x.reshape(-1, x.shape[-1]), weight)
             out = out.view(*x.shape[:-1], -1)
         return _add_gated_deltas(linears, x, out, self.__dict__.setdefault("_gated_groups", {}).setdefault(name, {}))
 
