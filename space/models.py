@@ -34,6 +34,7 @@ import torch
 from space.fast_linear import use_fast_linear
 from space.errors import SpaceError, SpaceWarning
 from space.gated import GATED_KIND, GATED_WEIGHTS, GatedConfig, add_gated_lora, load_gated_weights
+from space.sampler_head import HEAD_FIELD, HEAD_WEIGHTS, SamplerHeadConfig, attach, load_head
 from space.io import write_json
 from space.tokens import (
     CONFIG_FIELDS,
@@ -55,7 +56,8 @@ ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")  # what pef
 DEVICES = "'auto', 'cpu', 'cuda' or 'cuda:N'"  # the decoders run on the CPU or on one CUDA device
 # space.json fields and the type each must have (a hand-edited file must fail here, not deep in peft)
 _FIELD_TYPES = {"mask_id": int, "mask_num": int, "sat_id": int, "sat_num": int, "decode_mask_num": int,
-                "decode_mask_num_cuda": int, "mask_diff": bool, "base_model": str, "adapter": str, "gated": dict}
+                "decode_mask_num_cuda": int, "mask_diff": bool, "base_model": str, "adapter": str, "gated": dict,
+                HEAD_FIELD: dict}
 DTYPES = {
     "float32": torch.float32,
     "fp32": torch.float32,
@@ -196,6 +198,9 @@ def load_model(
     if adapter is not None:
         model, tokenizer = _apply_adapter(model, tokenizer, Path(adapter), merge_adapter, torch_device.type)
     model.to(torch_device).eval()
+    if adapter is not None and HEAD_FIELD in read_space_json(adapter):  # outside the model's modules: placed here
+        attach(model, load_head(Path(adapter), read_space_json(adapter)[HEAD_FIELD], model.config.hidden_size,
+                                torch_device, torch.float32))
     fast_cpu_linear = fast_cpu_linear if fast_cpu_linear is not None else torch_device.type == "cpu"
     if fast_cpu_linear:
         use_fast_linear(model)
@@ -228,6 +233,12 @@ def check_weight_files(directory: Path, what: str = "model") -> None:
 def check_adapter_dir(adapter_dir: Path) -> dict:
     """Everything about an adapter directory that can fail, before any model is loaded; returns its
     `space.json` ({} when there is none)."""
+    fields = _read_fields_file(adapter_dir)
+    if HEAD_FIELD in fields:  # a sampler head (space.sampler_head) beside either kind of adapter
+        SamplerHeadConfig.from_json(fields[HEAD_FIELD], str(adapter_dir / ADAPTER_FIELDS_FILE))
+        if not (adapter_dir / HEAD_WEIGHTS).is_file():
+            raise SpaceError(f"{adapter_dir}: {ADAPTER_FIELDS_FILE} names a {HEAD_FIELD} but {HEAD_WEIGHTS} is "
+                             "missing; re-export the adapter")
     if (adapter_dir / GATED_WEIGHTS).is_file():
         fields = _read_fields_file(adapter_dir)
         if fields.get("adapter") != GATED_KIND or fields.get("mask_id") is None:

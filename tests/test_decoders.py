@@ -29,7 +29,7 @@ INAPPLICABLE = {"ar": "mask_num", "space": "skip_layers", "hf": "sat_num", "prom
 OWN_OPTIONS = {
     "ar": [], "hf": [], "prompt_lookup": ["prompt_lookup_num_tokens"],
     "space": ["mask_num", "mask_id", "mask_diff", "sampling_mode", "tree", "copy_tokens", "copy_ngram", "branch_width",
-              "cost_curve", "max_tree_rows", "acceptance"],
+              "cost_curve", "max_tree_rows", "acceptance", "sampler_head"],
     "self_spec": ["skip_layers", "max_draft", "draft_threshold", "adaptive_threshold", "auto_parameters",
                   "threshold_state"],
     "sdsat": ["sat_num", "sat_id", "sampling_mode"],

@@ -34,6 +34,7 @@ import torch
 from space.cache import CompactCache, cache_kwargs
 from space.errors import SpaceError, SpaceWarning
 from space.gated import input_only_ids
+from space.sampler_head import attached
 from space.models import unwrap
 from space.window import AttentionMasks
 
@@ -260,6 +261,7 @@ class Model:
         self.device = model.get_input_embeddings().weight.device
         self.dtype = model.get_input_embeddings().weight.dtype
         self.input_only = input_only_ids(model)
+        self.sampler_head = attached(model)  # space.sampler_head, when the model has one
 
     @functools.cached_property
     def attention(self) -> AttentionMasks:
@@ -295,6 +297,24 @@ class Model:
         if self.input_only is not None:  # a gated model's output is the base's: mask ids are inputs only
             logits[..., self.input_only] = torch.finfo(logits.dtype).min  # finite: 0 * log p stays 0
         return logits
+
+    def chain_drafts(self, hidden_rows: torch.Tensor, logits: torch.Tensor, previous_token: int, pick,
+                     use_head: bool = True) -> tuple[torch.Tensor, list[int]]:
+        """A chain's logits `[m, V]` and tokens from mask slots (`hidden_rows` `[m, H]`, their `logits`): each slot
+        refined by the sampler head given the token picked before it (the first given `previous_token`, the last
+        committed), or the plain logits when the model has no head (or `use_head` is off). `pick(logits[V])` chooses."""
+        if self.sampler_head is None or not use_head or logits.shape[0] == 0:
+            return logits, [pick(row) for row in logits]
+        weight = self.head.weight if self.head.weight.dtype == torch.float32 else fp32_head(self.head).weight
+        chosen = []
+
+        def pick_and_keep(row: torch.Tensor) -> int:
+            chosen.append(pick(row))
+            return chosen[-1]
+
+        embed = self.model.get_input_embeddings().weight
+        refined = self.sampler_head.refine_chain(hidden_rows, logits, previous_token, embed, weight, pick_and_keep)
+        return refined, chosen
 
 
 class Output:

@@ -29,3 +29,10 @@ def sample(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tens
     """One token id per row of `[..., V]` probabilities -> `[...]` long."""
     flat = probs.reshape(-1, probs.shape[-1])
     return torch.multinomial(flat, 1, generator=generator).view(probs.shape[:-1])
+
+
+def draft_picker(do_sample: bool, temperature: float, top_k: int, top_p: float, generator: torch.Generator | None):
+    """How a drafter chooses a slot's token from its logits `[V]`: argmax, or one draw from `probabilities`."""
+    if not do_sample:
+        return lambda logits: int(logits.argmax())
+    return lambda logits: int(sample(probabilities(logits, temperature, top_k, top_p), generator))

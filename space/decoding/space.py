@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from space.decoding.common import DecodeOptions, DecodeResult, DecodeStats, Model, Run
-from space.decoding.sampling import probabilities, sample
+from space.decoding.sampling import draft_picker, probabilities, sample
 from space.decoding.tree import generate_tree
 from space.decoding.row_cost import CostCurve
 from space.decoding.tree_shape import AcceptanceRates
@@ -60,6 +60,7 @@ class SpaceOptions(DecodeOptions):
     cost_curve: object = None  # None: the device's default; "measure": measured on the model; or {rows: ms}
     max_tree_rows: int | None = None  # most rows per step; None: the device's default
     acceptance: object = None  # an AcceptanceRates carried across calls; None: measured afresh per call
+    sampler_head: bool = True  # refine the drafts with the model's sampler head when it has one (space.sampler_head)
 
     @classmethod
     def session_options(cls) -> dict:
@@ -140,6 +141,15 @@ class _Drafts:
         tokens = sample(q, generator)
         return cls(tokens, q, q.gather(1, tokens[:, None])[:, 0])
 
+    @classmethod
+    def picked(cls, logits: torch.Tensor, tokens: list[int], options: SpaceOptions) -> "_Drafts":
+        """Candidates already chosen slot by slot (the sampler head's), with the distributions they came from."""
+        tokens = torch.tensor(tokens, device=logits.device)
+        if not options.do_sample:
+            return cls(tokens)
+        q = probabilities(logits, options.temperature, options.top_k, options.top_p)
+        return cls(tokens, q, q.gather(1, tokens[:, None])[:, 0])
+
 
 @torch.inference_mode()
 def generate(model, input_ids: torch.Tensor, options: SpaceOptions) -> DecodeResult:
@@ -157,6 +167,7 @@ def generate(model, input_ids: torch.Tensor, options: SpaceOptions) -> DecodeRes
     run = Run.start(target, input_ids, options, DecodeStats(), cache_slack=layout.size)
     out, cache = run.out, run.cache
     drafts = _Drafts.dummy(group_ids, target.config.vocab_size, options.do_sample)
+    picker = draft_picker(options.do_sample, options.temperature, options.top_k, options.top_p, run.generator)
 
     while True:
         n = out.length
@@ -200,5 +211,10 @@ def generate(model, input_ids: torch.Tensor, options: SpaceOptions) -> DecodeRes
             cache.compact(n, (n - 1) + layout.candidate_rows[:accepted])
 
         # 6. draft the next k from group `accepted`, which saw exactly the committed tokens
-        draft_logits = chunk_logits[layout.group_rows(accepted)]  # [k, V]
-        drafts = _Drafts.draw(draft_logits, options, run.generator)
+        rows = layout.group_rows(accepted)
+        draft_logits = chunk_logits[rows]  # [k, V]
+        if target.sampler_head is not None and options.sampler_head:  # slot by slot, after the bonus token
+            draft_logits, tokens = target.chain_drafts(hidden[base:][rows], draft_logits, bonus, picker)
+            drafts = _Drafts.picked(draft_logits, tokens, options)
+        else:
+            drafts = _Drafts.draw(draft_logits, options, run.generator)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 
 from space.decoding.common import DecodeStats, Model, Run
-from space.decoding.sampling import probabilities, sample
+from space.decoding.sampling import draft_picker, probabilities, sample
 from space.decoding.row_cost import CostCurve, device_curve, measured_curve
 from space.decoding.tree_shape import (DEVICE_MAX_ROWS, AcceptanceRates, Chain, ShapeConfig, next_chain_source,
                                        plan_tree, record_outcome)
@@ -59,14 +59,20 @@ def shape_config(target: Model, options, k: int, faithful: bool) -> ShapeConfig:
                        topk=not faithful and options.branch_width > 0, groups_everywhere=faithful)
 
 
-def draft_chain(logits: torch.Tensor, first_slot: int, options, branch_width: int, generator) -> Chain:
+def draft_chain(logits: torch.Tensor, first_slot: int, options, branch_width: int, generator, refine=None) -> Chain:
     """The next chain from a group's mask logits `[k, V]`, slots `first_slot..`: argmax or one sample per slot,
-    with each slot's `branch_width` runners-up."""
+    with each slot's `branch_width` runners-up. `refine(logits) -> (logits, tokens)` picks the slots one by one
+    instead (the sampler head, `Model.chain_drafts`)."""
     logits = logits[first_slot:]
     if logits.shape[0] == 0:
         return Chain(first_slot=first_slot)
     q = None
-    if options.do_sample:
+    if refine is not None:
+        logits, tokens = refine(logits)
+        tokens = torch.tensor(tokens)
+        if options.do_sample:
+            q = probabilities(logits, options.temperature, options.top_k, options.top_p)
+    elif options.do_sample:
         q = probabilities(logits, options.temperature, options.top_k, options.top_p)
         tokens = sample(q, generator)
     else:
@@ -89,6 +95,7 @@ def generate_tree(target: Model, input_ids: torch.Tensor, options, k: int, group
     index = NgramIndex(options.copy_ngram)
     index.extend(out.committed().tolist())
     chain = Chain(group_ids.tolist(), 0) if faithful else Chain()  # the faithful first step verifies mask ids
+    picker = draft_picker(options.do_sample, options.temperature, options.top_k, options.top_p, run.generator)
 
     while True:
         n = out.length
@@ -145,5 +152,10 @@ def generate_tree(target: Model, input_ids: torch.Tensor, options, k: int, group
             chain = Chain()
         else:
             node, first_slot = source
-            chain = draft_chain(logits[layout.group_rows[node].to(device)], first_slot, options,
-                                0 if faithful else options.branch_width, run.generator)
+            rows = layout.group_rows[node].to(device)
+            refine = None
+            if target.sampler_head is not None and options.sampler_head:  # slot by slot, after the bonus token
+                slots, last = hidden[unseen:][rows][first_slot:], int(out.ids[out.length - 1])
+                refine = lambda chain_logits: target.chain_drafts(slots, chain_logits, last, picker)  # noqa: E731
+            chain = draft_chain(logits[rows], first_slot, options, 0 if faithful else options.branch_width,
+                                run.generator, refine)

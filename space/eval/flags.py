@@ -75,6 +75,8 @@ class ToolkitFlags:
     max_tree_rows: int | None = _flag(None, "space: most rows per step (default 48 on CPU, 128 on GPU)")
     cost_curve: str | None = _flag(None, "space: 'measure' prices rows with forwards timed on this model and "
                                          "device (default: the device's stored curve)")
+    sampler_head: bool = _flag(True, "space: draft slot by slot with the model's sampler head when it has one "
+                                     "(false: the masks' own drafts)")
     sat_num: int | None = _flag(None, "sdsat: adaptive tokens per draft step k (default: the model config)")
     sat_id: int | None = _flag(None, "sdsat: adaptive token id (default: the model config; 32011 for the released "
                                      "CodeLlama SDSAT models)")

@@ -7,12 +7,16 @@ and is never merged: merged, it would change every token.
 its config), so `space.decode` needs no flags. `export_adapter` writes the compact form kept in
 `space/default_model/`: the adapter config, the SPACE fields (`space.json`, with the default decoding
 k on CPU and on a GPU) and the adapter weights (LoRA matrices and trained mask-token rows) cast to
-float16; the tokenizer is not copied, since `space.load_model()` rebuilds the mask tokens from `space.json`.
+float16 (and a sampler head, `space.sampler_head`, when `space.json` names one); the tokenizer is not copied,
+since `space.load_model()` rebuilds the mask tokens from `space.json`. A merged model has no place for a sampler
+head: merging one warns.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -21,7 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import space
-from space.errors import SpaceError
+from space.errors import SpaceError, SpaceWarning
 from space.io import write_atomic
 from space.gated import GATED_WEIGHTS
 from space.models import (
@@ -32,6 +36,7 @@ from space.models import (
     read_space_json,
     write_space_json,
 )
+from space.sampler_head import HEAD_FIELD, HEAD_WEIGHTS, attached
 from space.training.arguments import parse_flags
 
 WEIGHTS = "adapter_model.safetensors"
@@ -61,6 +66,9 @@ def merge_adapter(adapter_dir: str | Path, output_dir: str | Path, base: str | N
     output = Path(output_dir)
     model.save_pretrained(output)
     tokenizer.save_pretrained(output)
+    if attached(model) is not None:  # not a module of the model: a merged model directory has no place for it
+        warnings.warn(f"{adapter_dir}'s sampler head is not part of the merged model in {output}; decode with the "
+                      "adapter directory to use it", SpaceWarning, stacklevel=2)
     return MergedModel(output, adapter_dir, base)
 
 
@@ -118,6 +126,8 @@ def export_adapter(args: ExportArguments) -> ExportedAdapter:
     dtype = getattr(torch, args.dtype)
     tensors = {name: t.to(dtype) if t.is_floating_point() else t for name, t in tensors.items()}
     size_mb = sum(t.numel() * t.element_size() for t in tensors.values()) / 2**20
+    head = source / HEAD_WEIGHTS if HEAD_FIELD in fields else None  # a sampler head goes with its adapter
+    size_mb += head.stat().st_size / 2**20 if head is not None else 0
     if size_mb > args.max_mb:
         raise SpaceError(f"the adapter is {size_mb:.1f} MB in {args.dtype}, over --max_mb {args.max_mb}")
     # every check has passed: only now is the output touched
@@ -125,6 +135,10 @@ def export_adapter(args: ExportArguments) -> ExportedAdapter:
     save_file(tensors, output / weights)
     for stale in ((WEIGHTS, "adapter_config.json") if gated else (GATED_WEIGHTS,)):  # an earlier export of the other kind
         (output / stale).unlink(missing_ok=True)
+    if head is not None:
+        shutil.copyfile(head, output / HEAD_WEIGHTS)
+    else:
+        (output / HEAD_WEIGHTS).unlink(missing_ok=True)
     if not gated:
         config = json.loads((source / "adapter_config.json").read_text())
         config["base_model_name_or_path"] = args.base_model

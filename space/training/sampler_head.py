@@ -1,0 +1,327 @@
+"""Train and measure a sampler head (`space.sampler_head`) on a frozen SPACE model's mask rows.
+
+The model never changes, so its mask rows are computed once: every answer gets mask blocks of the trained width
+at random response positions (the multi-block layout of training, fixed seed), one forward gives each mask's
+final hidden state, and a row keeps it with the token before its target (`x_{p+j-1}`, the real token the mask
+stands in for) and the target `x_{p+j}`. The head then trains on those rows alone (cross-entropy through the
+model's lm_head, which stays frozen): minutes on a CPU, where a forward of the model per batch would take hours.
+
+`measure` reports, per prompt group and offset, the top-1 accuracy of the plain mask logits and of the head (the
+head's given the true previous token), how often a chain's first j slots are all right (`reach j`), and the
+tokens a chain step of width k accepts on average, `sum_j reach_j` over whole blocks. With the head the reach
+is exact for decoding, not an estimate: slot j sees the true previous token exactly when every slot before it
+was right, and a chain stops at its first wrong slot anyway. Only the reach compares the two drafters fairly:
+the head's accuracy at offset j > 1 is conditioned on a right previous token, the plain masks' is not.
+
+`scripts/train_sampler_head.py` runs it (resumable: the rows are kept in `--work_dir`, keyed by the model, the
+data and the layout) and writes a copy of the model directory that carries the head.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from space.errors import SpaceError
+from space.eval.mask_accuracy import GROUPS, load_conversations_of, prompt_group
+from space.io import write_atomic
+from space.sampler_head import SamplerHead, SamplerHeadConfig
+from space.training.collate import SarCollator
+from space.training.samples import MaskingConfig, build_sample
+from space.training.templates import get_template
+from space.training.trainer import training_masks
+
+
+@dataclass
+class MaskRows:
+    """One row per scored mask: its final hidden state, the token before its target, the target, its offset
+    (1-based slot), its block (rows of a block are consecutive, offsets 1..) and its prompt group's index."""
+
+    hidden: torch.Tensor  # [N, H]
+    previous: torch.Tensor  # [N]
+    target: torch.Tensor  # [N]
+    offset: torch.Tensor  # [N]
+    block: torch.Tensor  # [N]
+    group: torch.Tensor  # [N], index into GROUPS
+
+    def __len__(self) -> int:
+        return self.target.shape[0]
+
+    def save(self, path: Path) -> None:
+        path = Path(path)
+        partial = path.with_name(path.name + ".partial")
+        torch.save(vars(self), partial)
+        partial.replace(path)  # a kill mid-save leaves the old file or none, never half of one
+
+    @classmethod
+    def load(cls, path: Path) -> "MaskRows":
+        return cls(**torch.load(path, weights_only=True))
+
+
+@torch.inference_mode()
+def collect_mask_rows(model, tokenizer, records: list[dict], masking: MaskingConfig, template: str = "chat_template",
+                      seed: int = 0, desc: str = "mask rows") -> MaskRows:
+    """The mask rows of every record (one forward per answer, blocks as `masking` places them)."""
+    conversations = load_conversations_of(records, desc)
+    rng, collate, encoder = random.Random(seed), SarCollator(tokenizer.pad_token_id), get_template(template)
+    backbone, dtype = model.get_decoder(), model.get_input_embeddings().weight.dtype
+    parts: dict[str, list[torch.Tensor]] = {key: [] for key in ("hidden", "previous", "target", "offset", "block",
+                                                                 "group")}
+    blocks = 0
+    for record, conversation in tqdm(list(zip(records, conversations)), desc=desc, disable=None):
+        pairs = encoder.encode(tokenizer, conversation.turns, conversation.system, conversation.unfinished)
+        batch = collate([build_sample(pairs, masking, rng)])
+        ids, positions = batch["input_ids"][0], batch["position_ids"][0]
+        mask = training_masks(batch["attention_mask_4d"], batch["position_ids"], model.config, dtype)
+        hidden = backbone(input_ids=batch["input_ids"], position_ids=batch["position_ids"], attention_mask=mask,
+                          use_cache=False).last_hidden_state[0, :-1]
+        targets, offsets = batch["labels"][0, 1:], batch["mask_offsets"][0, :-1]  # row i scores label i+1
+        rows = (offsets > 0) & (targets >= 0)
+        if not rows.any():
+            continue
+        block = torch.cumsum((offsets == 1).long(), 0)[rows] + blocks
+        blocks = int(block.max())
+        parts["hidden"].append(hidden[rows].to(torch.bfloat16))
+        parts["previous"].append(ids[positions[:-1][rows]])  # the real token at the mask's own position
+        parts["target"].append(targets[rows])
+        parts["offset"].append(offsets[rows])
+        parts["block"].append(block)
+        parts["group"].append(torch.full((int(rows.sum()),), GROUPS.index(prompt_group(record["id"]))))
+    if not parts["target"]:
+        raise SpaceError(f"{desc}: no answer is long enough for a mask block")
+    return MaskRows(**{key: torch.cat(values) for key, values in parts.items()})
+
+
+@dataclass
+class HeadTraining:
+    """The head's training settings."""
+
+    inner: int = 576
+    candidates: int = 32
+    epochs: float = 2.0
+    batch_size: int = 512
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    seed: int = 0
+    history: list[dict] = field(default_factory=list)
+
+
+def head_loss(head: SamplerHead, hidden: torch.Tensor, previous: torch.Tensor, target: torch.Tensor, embed_weight,
+              head_weight) -> torch.Tensor:
+    """Cross-entropy of the head's logits over the full vocabulary (lm_head frozen, products in its dtype)."""
+    corrected = head(hidden.float(), F.embedding(previous, embed_weight).float())
+    logits = (corrected.to(head_weight.dtype) @ head_weight.T).float()
+    return F.cross_entropy(logits, target)
+
+
+def train_head(rows: MaskRows, embed_weight: torch.Tensor, head_weight: torch.Tensor, settings: HeadTraining,
+               progress: bool = True) -> SamplerHead:
+    """A head trained on `rows` (AdamW, cosine schedule, fp32 head, lm_head and embeddings frozen)."""
+    generator = torch.Generator().manual_seed(settings.seed)
+    torch.manual_seed(settings.seed)
+    head = SamplerHead(rows.hidden.shape[1], SamplerHeadConfig(settings.inner, settings.candidates)).float().train()
+    optimizer = torch.optim.AdamW(head.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    steps_per_epoch = math.ceil(len(rows) / settings.batch_size)
+    total = max(1, round(settings.epochs * steps_per_epoch))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / total)))
+    order = torch.empty(0, dtype=torch.long)
+    bar = tqdm(range(total), desc="sampler head", disable=None if progress else True)
+    start, running = time.perf_counter(), 0.0
+    for step in bar:
+        if order.numel() < settings.batch_size:
+            order = torch.cat([order, torch.randperm(len(rows), generator=generator)])
+        batch, order = order[: settings.batch_size], order[settings.batch_size :]
+        loss = head_loss(head, rows.hidden[batch], rows.previous[batch], rows.target[batch], embed_weight, head_weight)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        running = 0.98 * running + 0.02 * loss.item() if step else loss.item()
+        bar.set_postfix(loss=f"{running:.3f}")
+        if (step + 1) % max(1, total // 20) == 0 or step + 1 == total:
+            settings.history.append(dict(step=step + 1, loss=round(running, 4),
+                                         seconds=round(time.perf_counter() - start, 1)))
+    return head.eval().requires_grad_(False)
+
+
+@torch.inference_mode()
+def predictions(rows: MaskRows, head_weight: torch.Tensor, embed_weight: torch.Tensor, head: SamplerHead | None,
+                candidates: int, chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-1 of the plain mask logits, and of the head over each row's `candidates` best plain tokens (teacher
+    forced: the true previous token), both `[N]`; fp32 products, as decoding computes them."""
+    weight = head_weight.float()
+    plain, refined = [], []
+    for start in range(0, len(rows), chunk):
+        hidden = rows.hidden[start : start + chunk].float()
+        logits = hidden @ weight.T
+        plain.append(logits.argmax(-1))
+        if head is None:
+            continue
+        shortlist = logits.topk(min(candidates, logits.shape[-1]), dim=-1).indices  # [c, m]
+        corrected = head.float()(hidden, F.embedding(rows.previous[start : start + chunk], embed_weight).float())
+        scores = torch.einsum("ch,cmh->cm", corrected, weight[shortlist])
+        refined.append(shortlist.gather(1, scores.argmax(-1, keepdim=True))[:, 0])
+    plain = torch.cat(plain)
+    return plain, (torch.cat(refined) if refined else plain)
+
+
+def block_table(rows: MaskRows, right: torch.Tensor, width: int) -> dict[str, torch.Tensor]:
+    """Per group: `[blocks, width]` right/wrong of the blocks that score all `width` offsets."""
+    tables = {}
+    for index, group in enumerate(GROUPS):
+        chosen = (rows.group == index) & (rows.offset <= width)
+        blocks, offsets, hits = rows.block[chosen], rows.offset[chosen], right[chosen]
+        if blocks.numel() == 0:
+            continue
+        ids, inverse = blocks.unique(return_inverse=True)
+        table = torch.zeros(len(ids), width, dtype=torch.bool)
+        seen = torch.zeros(len(ids), width, dtype=torch.bool)
+        table[inverse, offsets - 1] = hits
+        seen[inverse, offsets - 1] = True
+        tables[group] = table[seen.all(dim=1)]
+    return tables
+
+
+def measure(rows: MaskRows, head_weight, embed_weight, head: SamplerHead | None, candidates: int,
+            width: int) -> list[dict]:
+    """Rows of a report: per group and drafter (plain masks, head), accuracy per offset and the mean tokens a
+    chain of `width` accepts per step (the bonus token not counted)."""
+    plain, refined = predictions(rows, head_weight, embed_weight, head, candidates)
+    report = []
+    for name, guess in (("masks", plain), ("masks + sampler head", refined)) if head is not None else (("masks", plain),):
+        for group, table in block_table(rows, guess == rows.target, width).items():
+            reach = table.long().cumprod(dim=1).float().mean(dim=0)  # [width]: the chain's first j slots all right
+            report.append(dict(group=group, drafter=name, blocks=table.shape[0],
+                               **{f"offset {j}": round(table[:, j - 1].float().mean().item(), 3)
+                                  for j in range(1, width + 1)},
+                               **{f"reach {j}": round(reach[j - 1].item(), 3) for j in range(1, width + 1)},
+                               accepted=round(reach.sum().item(), 3)))
+    return report
+
+
+def masking_for(model, width: int, blocks: int, cutoff_len: int) -> MaskingConfig:
+    """The multi-block layout of training at `width` (the trained width by default)."""
+    from space.tokens import read_mask_spec
+
+    spec = read_mask_spec(model.config)
+    if spec is None:
+        raise SpaceError("this model has no mask tokens: load a SPACE model")
+    masking = MaskingConfig(mask_num=width, mask_id=spec.mask_id, mask_diff=spec.mask_diff, efficient=True,
+                            mask_blocks=blocks, cutoff_len=cutoff_len)
+    masking.validate()
+    return masking
+
+
+def write_report(path: Path, report: dict) -> None:
+    import json
+
+    write_atomic(path, json.dumps(report, indent=2))
+
+
+@dataclass
+class SamplerHeadArguments:
+    """The flags of `scripts/train_sampler_head.py`."""
+
+    model: str = field(metadata={"help": "the SPACE adapter directory to add a head to (gated or LoRA)"})
+    train_data: str = field(metadata={"help": "self-distilled answers to train on (.jsonl), e.g. runs/default_model/"
+                                              "train.jsonl"})
+    held_out: str = field(metadata={"help": "answers kept out of training (.jsonl), measured before and after"})
+    output_dir: str = field(metadata={"help": "where the copy of --model with the head goes (with the report)"})
+    work_dir: str = field(default="runs/sampler_head", metadata={
+        "help": "keeps the mask rows of each data file (hundreds of MB); a rerun with the same settings reuses them"})
+    width: int | None = field(default=None, metadata={"help": "mask slots per block (default: the trained width)"})
+    measure_width: int | None = field(default=None, metadata={"help": "chain width the report measures (default: "
+                                                                      "the model's CPU decoding k)"})
+    blocks: int = field(default=16, metadata={"help": "mask blocks per answer"})
+    cutoff_len: int = 1024
+    template: str = "chat_template"
+    inner: int = field(default=576, metadata={"help": "width of the head's hidden layer"})
+    candidates: int = field(default=32, metadata={"help": "tokens per slot the head ranks at decoding"})
+    epochs: float = 2.0
+    batch_size: int = 512
+    learning_rate: float = 1e-3
+    seed: int = 0
+
+
+def parse_sampler_head_args(argv: list[str] | None = None) -> SamplerHeadArguments:
+    from space.training.arguments import parse_flags
+
+    (args,) = parse_flags((SamplerHeadArguments,), argv, "train_sampler_head.py",
+                          description="Train a sampler head on a SPACE model's mask rows and add it to a copy.")
+    return args
+
+
+def run_sampler_head(args: SamplerHeadArguments) -> dict:
+    """Mask rows (kept in `output_dir`), the head, its measurement on held-out answers, and the model copy."""
+    import json
+    import shutil
+    import zlib
+
+    import space
+    from space.io import read_records
+    from space.models import ADAPTER_FIELDS_FILE, read_space_json
+    from space.sampler_head import HEAD_FIELD, save_head
+
+    source, output = Path(args.model), Path(args.output_dir)
+    for flag, path in (("--train_data", args.train_data), ("--held_out", args.held_out)):
+        if not Path(path).is_file():
+            raise SpaceError(f"{flag} {path} not found; the default-model recipe writes train.jsonl and held_out.jsonl")
+    if not (source / ADAPTER_FIELDS_FILE).is_file():
+        raise SpaceError(f"--model {source} has no {ADAPTER_FIELDS_FILE}: give a SPACE adapter directory")
+    if output.resolve() == source.resolve():
+        raise SpaceError("--output_dir must differ from --model: the head goes into a copy")
+    model, tokenizer = space.load_model(str(source), dtype="float32")  # the CPU decoding dtype
+    fields = read_space_json(source)
+    width = args.width or int(fields.get("mask_num") or 0)
+    measure_width = args.measure_width or int(fields.get("decode_mask_num") or width)
+    masking = masking_for(model, width, args.blocks, args.cutoff_len)
+    output.mkdir(parents=True, exist_ok=True)
+    work = Path(args.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    rows = {}
+    for name, path, seed in (("train", args.train_data, args.seed + 1), ("held_out", args.held_out, args.seed)):
+        # the rows depend on the model, the data and the layout: the file name carries all of them
+        key = zlib.crc32(json.dumps([str(source.resolve()), str(Path(path).resolve()), width, args.blocks,
+                                     args.cutoff_len, args.template, seed]).encode())
+        cached = work / f"mask_rows_{name}_{key:08x}.pt"
+        if cached.is_file():
+            rows[name] = MaskRows.load(cached)
+            continue
+        rows[name] = collect_mask_rows(model, tokenizer, read_records(Path(path)), masking, args.template, seed,
+                                       f"mask rows ({name})")
+        rows[name].save(cached)
+    embed = model.get_input_embeddings().weight.detach()
+    head_weight = model.get_output_embeddings().weight.detach()
+    settings = HeadTraining(args.inner, args.candidates, args.epochs, args.batch_size, args.learning_rate, seed=args.seed)
+    start = time.perf_counter()
+    head = train_head(rows["train"], embed, head_weight.to(torch.bfloat16), settings)
+    seconds = time.perf_counter() - start
+    report_rows = measure(rows["held_out"], head_weight, embed, head, args.candidates, measure_width)
+    for name in ("adapter_config.json", "adapter_model.safetensors", "gated_adapter.safetensors", "tokenizer.json",
+                 "tokenizer_config.json", "special_tokens_map.json"):
+        if (source / name).is_file():
+            shutil.copy2(source / name, output / name)
+    save_head(head, output)
+    write_atomic(output / ADAPTER_FIELDS_FILE,
+                 json.dumps(dict(fields, **{HEAD_FIELD: head.config.to_json()}), indent=2))
+    report = dict(model=str(source), output_dir=str(output), width=width, measure_width=measure_width,
+                  train_rows=len(rows["train"]), held_out_rows=len(rows["held_out"]),
+                  training=dict(vars(settings), seconds=round(seconds, 1)), rows=report_rows)
+    write_report(output / "sampler_head_report.json", report)
+    write_report(work / "sampler_head_report.json", report)
+    return report
+
+
+def report_table(report: dict) -> str:
+    from space.eval.report import markdown_table
+
+    offsets = range(1, report["measure_width"] + 1)
+    columns = ["group", "drafter", "blocks"] + [f"offset {j}" for j in offsets] + [f"reach {j}" for j in offsets]
+    return markdown_table(report["rows"], columns + ["accepted"])
