@@ -198,9 +198,10 @@ def load_model(
     if adapter is not None:
         model, tokenizer = _apply_adapter(model, tokenizer, Path(adapter), merge_adapter, torch_device.type)
     model.to(torch_device).eval()
-    if adapter is not None and HEAD_FIELD in read_space_json(adapter):  # outside the model's modules: placed here
-        attach(model, load_head(Path(adapter), read_space_json(adapter)[HEAD_FIELD], model.config.hidden_size,
-                                torch_device, torch.float32))
+    head_fields = read_space_json(adapter).get(HEAD_FIELD) if adapter is not None else None
+    if head_fields is not None:  # outside the model's modules (on the plain model under a peft wrapper): placed here
+        attach(unwrap(model), load_head(Path(adapter), head_fields, model.config.hidden_size, torch_device,
+                                        torch.float32))
     fast_cpu_linear = fast_cpu_linear if fast_cpu_linear is not None else torch_device.type == "cpu"
     if fast_cpu_linear:
         use_fast_linear(model)
@@ -234,7 +235,7 @@ def check_adapter_dir(adapter_dir: Path) -> dict:
     """Everything about an adapter directory that can fail, before any model is loaded; returns its
     `space.json` ({} when there is none)."""
     fields = _read_fields_file(adapter_dir)
-    if HEAD_FIELD in fields:  # a sampler head (space.sampler_head) beside either kind of adapter
+    if fields.get(HEAD_FIELD) is not None:  # a sampler head (space.sampler_head) beside either kind of adapter
         SamplerHeadConfig.from_json(fields[HEAD_FIELD], str(adapter_dir / ADAPTER_FIELDS_FILE))
         if not (adapter_dir / HEAD_WEIGHTS).is_file():
             raise SpaceError(f"{adapter_dir}: {ADAPTER_FIELDS_FILE} names a {HEAD_FIELD} but {HEAD_WEIGHTS} is "

@@ -50,7 +50,10 @@ class SamplerHeadConfig:
 
     @classmethod
     def from_json(cls, fields: dict, source: str = "space.json") -> "SamplerHeadConfig":
-        config = cls(**{key: fields[key] for key in ("inner", "candidates") if key in fields})
+        unknown = sorted(set(fields) - {"inner", "candidates"})
+        if unknown:
+            raise SpaceError(f"{source}: {HEAD_FIELD} has unknown settings {unknown}; it takes inner and candidates")
+        config = cls(**fields)
         for name in ("inner", "candidates"):
             value = getattr(config, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -103,11 +106,15 @@ def attached(model: nn.Module) -> SamplerHead | None:
 
 
 def save_head(head: SamplerHead, directory: Path, dtype: torch.dtype = torch.bfloat16) -> None:
-    """Write `HEAD_WEIGHTS` (the config goes in `space.json`, written by the caller)."""
+    """Write `HEAD_WEIGHTS` (the config goes in `space.json`, written by the caller); a kill mid-save leaves the old
+    file or none."""
     from safetensors.torch import save_file
 
+    path = Path(directory) / HEAD_WEIGHTS
+    partial = path.with_name(path.name + ".partial")
     save_file({name: tensor.detach().to(dtype).contiguous() for name, tensor in head.state_dict().items()},
-              str(Path(directory) / HEAD_WEIGHTS))
+              str(partial))
+    partial.replace(path)
 
 
 def load_head(directory: Path, fields: dict, hidden_size: int, device, dtype: torch.dtype) -> SamplerHead:

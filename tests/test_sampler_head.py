@@ -13,9 +13,10 @@ import pytest
 import torch
 
 import space
+import space.decoding.tree as tree_decoder
 from space.decoding.common import Model
 from space.errors import SpaceError
-from space.sampler_head import (HEAD_WEIGHTS, SamplerHead, SamplerHeadConfig, attach, attached)
+from space.sampler_head import HEAD_WEIGHTS, SamplerHead, SamplerHeadConfig, attach, attached, save_head
 from space.testing import chi_square_p_value, exact_joint, tiny_llama
 from space.training.export import ExportArguments, export_adapter
 from space.training.sampler_head import (HeadTraining, MaskRows, SamplerHeadArguments, measure, run_sampler_head,
@@ -80,20 +81,24 @@ def test_each_slot_is_conditioned_on_the_token_picked_before_it():
 
 
 @pytest.mark.parametrize("tree", [False, True])
-def test_the_first_slot_is_conditioned_on_the_last_committed_token(tree):
+def test_the_first_slot_is_conditioned_on_the_last_committed_token(tree, monkeypatch):
     model = tiny_llama(seed=2, mask_num=3)
     head = random_head(model.config.hidden_size, seed=2)
     attach(model, head)
-    calls = []
+    calls, sources = [], []
     refine = head.refine_chain
     head.refine_chain = lambda rows, logits, previous, *rest: calls.append(previous) or refine(rows, logits, previous,
                                                                                               *rest)
+    source_of = tree_decoder.next_chain_source
+    monkeypatch.setattr(tree_decoder, "next_chain_source", lambda *a: sources.append(source_of(*a)) or sources[-1])
     prompt = torch.tensor([[1, 5, 6, 7, 8]])
     result = space.decode(model, prompt, "space", max_new_tokens=24, tree=tree, copy_tokens=0, eos_token_id=[])
     ends = torch.tensor(result.stats.tokens_per_step).cumsum(0).tolist()
     last_committed = [int(result.tokens[end - 1]) for end in ends[:-1]]
     assert calls and calls == last_committed[: len(calls)]
-    if not tree:  # the chain drafts after every step
+    if tree:  # including chains drafted from an ancestor's group, past its first slot
+        assert any(source is not None and source[1] > 0 for source in sources)
+    else:  # the chain drafts after every step
         assert len(calls) == len(ends) - 1
 
 
@@ -104,6 +109,11 @@ def test_a_zero_initialized_head_changes_no_draft():
     attach(model, SamplerHead(model.config.hidden_size, SamplerHeadConfig(inner=8, candidates=4)))
     with_head = space.decode(model, prompt, "space", max_new_tokens=24, tree=False, eos_token_id=[])
     assert with_head.stats.accepted_per_step == plain.stats.accepted_per_step
+    hidden_rows = torch.randn(64, model.config.hidden_size, generator=torch.Generator().manual_seed(3))
+    target = Model(model)
+    logits = target.logits(hidden_rows)
+    _, tokens = target.chain_drafts(hidden_rows, logits, 5, lambda row: int(row.argmax()))
+    assert tokens == logits.argmax(-1).tolist()  # every draft is the plain masks' own
 
 
 def test_the_option_turns_the_head_off():
@@ -267,3 +277,29 @@ def test_a_head_without_its_weights_or_with_bad_settings_gets_one_line(trained, 
     with pytest.raises(SpaceError, match="--output_dir must differ from --model"):
         run_sampler_head(SamplerHeadArguments(model=str(directory), train_data=str(write_answers(tmp_path / "t.jsonl",
                          2, 0)), held_out=str(tmp_path / "t.jsonl"), output_dir=str(directory)))
+
+
+def test_a_lora_adapter_carries_its_head_merged_or_not(tmp_path):
+    from space.testing import tiny_sft_base, tiny_sft_data, tiny_sft_flags
+    from space.training import train
+
+    base = tiny_sft_base(tmp_path / "base", tie=True)
+    output = tmp_path / "lora"
+    train(tiny_sft_flags(base, tiny_sft_data(tmp_path / "data.json", count=8), output, "--max_steps", "2",
+                         "--finetuning_type", "lora", "--lora_rank", "4"))
+    plain, _ = space.load_model(output)
+    head = random_head(plain.config.hidden_size, seed=6)
+    save_head(head, output)
+    fields = json.loads((output / "space.json").read_text())
+    (output / "space.json").write_text(json.dumps(dict(fields, sampler_head=head.config.to_json())))
+    prompt = torch.tensor([[1, 50, 60, 70]])
+    expected = space.decode(plain, prompt, "ar", max_new_tokens=16).tokens.tolist()
+    for merge in (True, False):
+        model, _ = space.load_model(output, merge_adapter=merge)
+        assert Model(model).sampler_head is not None, merge
+        assert space.decode(model, prompt, "space", max_new_tokens=16).tokens.tolist() == expected
+    (output / "space.json").write_text(json.dumps(dict(fields, sampler_head=None)))
+    assert Model(space.load_model(output)[0]).sampler_head is None  # null: no head
+    (output / "space.json").write_text(json.dumps(dict(fields, sampler_head={"inner": 16, "width": 3})))
+    with pytest.raises(SpaceError, match=r"sampler_head has unknown settings \['width'\]"):
+        space.load_model(output)

@@ -262,6 +262,8 @@ class Model:
         self.dtype = model.get_input_embeddings().weight.dtype
         self.input_only = input_only_ids(model)
         self.sampler_head = attached(model)  # space.sampler_head, when the model has one
+        if self.sampler_head is not None and self.sampler_head.up.weight.device != self.device:
+            self.sampler_head.to(self.device)  # not one of the model's modules: a later model.to() left it behind
 
     @functools.cached_property
     def attention(self) -> AttentionMasks:

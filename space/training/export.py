@@ -34,6 +34,7 @@ from space.models import (
     check_adapter_dir,
     is_gated_dir,
     read_space_json,
+    unwrap,
     write_space_json,
 )
 from space.sampler_head import HEAD_FIELD, HEAD_WEIGHTS, attached
@@ -66,7 +67,7 @@ def merge_adapter(adapter_dir: str | Path, output_dir: str | Path, base: str | N
     output = Path(output_dir)
     model.save_pretrained(output)
     tokenizer.save_pretrained(output)
-    if attached(model) is not None:  # not a module of the model: a merged model directory has no place for it
+    if attached(unwrap(model)) is not None:  # not a module of the model: a merged model directory has no place for it
         warnings.warn(f"{adapter_dir}'s sampler head is not part of the merged model in {output}; decode with the "
                       "adapter directory to use it", SpaceWarning, stacklevel=2)
     return MergedModel(output, adapter_dir, base)
@@ -126,7 +127,7 @@ def export_adapter(args: ExportArguments) -> ExportedAdapter:
     dtype = getattr(torch, args.dtype)
     tensors = {name: t.to(dtype) if t.is_floating_point() else t for name, t in tensors.items()}
     size_mb = sum(t.numel() * t.element_size() for t in tensors.values()) / 2**20
-    head = source / HEAD_WEIGHTS if HEAD_FIELD in fields else None  # a sampler head goes with its adapter
+    head = source / HEAD_WEIGHTS if fields.get(HEAD_FIELD) is not None else None  # a sampler head goes with its adapter
     size_mb += head.stat().st_size / 2**20 if head is not None else 0
     if size_mb > args.max_mb:
         raise SpaceError(f"the adapter is {size_mb:.1f} MB in {args.dtype}, over --max_mb {args.max_mb}")
@@ -135,7 +136,7 @@ def export_adapter(args: ExportArguments) -> ExportedAdapter:
     save_file(tensors, output / weights)
     for stale in ((WEIGHTS, "adapter_config.json") if gated else (GATED_WEIGHTS,)):  # an earlier export of the other kind
         (output / stale).unlink(missing_ok=True)
-    if head is not None:
+    if head is not None and head.resolve() != (output / HEAD_WEIGHTS).resolve():
         shutil.copyfile(head, output / HEAD_WEIGHTS)
     else:
         (output / HEAD_WEIGHTS).unlink(missing_ok=True)

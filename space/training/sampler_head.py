@@ -259,7 +259,7 @@ def parse_sampler_head_args(argv: list[str] | None = None) -> SamplerHeadArgumen
 
 
 def run_sampler_head(args: SamplerHeadArguments) -> dict:
-    """Mask rows (kept in `output_dir`), the head, its measurement on held-out answers, and the model copy."""
+    """Mask rows (kept in `work_dir`), the head, its measurement on held-out answers, and the model copy."""
     import json
     import shutil
     import zlib
@@ -267,7 +267,7 @@ def run_sampler_head(args: SamplerHeadArguments) -> dict:
     import space
     from space.io import read_records
     from space.models import ADAPTER_FIELDS_FILE, read_space_json
-    from space.sampler_head import HEAD_FIELD, save_head
+    from space.sampler_head import HEAD_FIELD, HEAD_WEIGHTS, save_head
 
     source, output = Path(args.model), Path(args.output_dir)
     for flag, path in (("--train_data", args.train_data), ("--held_out", args.held_out)):
@@ -281,15 +281,20 @@ def run_sampler_head(args: SamplerHeadArguments) -> dict:
     fields = read_space_json(source)
     width = args.width or int(fields.get("mask_num") or 0)
     measure_width = args.measure_width or int(fields.get("decode_mask_num") or width)
+    if not 1 <= measure_width <= width:
+        raise SpaceError(f"--measure_width {measure_width} must be between 1 and the collected width {width}")
     masking = masking_for(model, width, args.blocks, args.cutoff_len)
     output.mkdir(parents=True, exist_ok=True)
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     rows = {}
     for name, path, seed in (("train", args.train_data, args.seed + 1), ("held_out", args.held_out, args.seed)):
-        # the rows depend on the model, the data and the layout: the file name carries all of them
-        key = zlib.crc32(json.dumps([str(source.resolve()), str(Path(path).resolve()), width, args.blocks,
-                                     args.cutoff_len, args.template, seed]).encode())
+        # the rows depend on the model, the data and the layout: the file name carries all of them (files by
+        # path, size and modification time, so a model or data file rewritten in place is collected again)
+        stamps = [[str(file.resolve()), file.stat().st_size, file.stat().st_mtime_ns]
+                  for file in sorted(source.glob("*.safetensors")) + [source / ADAPTER_FIELDS_FILE, Path(path)]
+                  if file.name != HEAD_WEIGHTS]
+        key = zlib.crc32(json.dumps([stamps, width, args.blocks, args.cutoff_len, args.template, seed]).encode())
         cached = work / f"mask_rows_{name}_{key:08x}.pt"
         if cached.is_file():
             rows[name] = MaskRows.load(cached)
@@ -304,10 +309,9 @@ def run_sampler_head(args: SamplerHeadArguments) -> dict:
     head = train_head(rows["train"], embed, head_weight.to(torch.bfloat16), settings)
     seconds = time.perf_counter() - start
     report_rows = measure(rows["held_out"], head_weight, embed, head, args.candidates, measure_width)
-    for name in ("adapter_config.json", "adapter_model.safetensors", "gated_adapter.safetensors", "tokenizer.json",
-                 "tokenizer_config.json", "special_tokens_map.json"):
-        if (source / name).is_file():
-            shutil.copy2(source / name, output / name)
+    for file in source.iterdir():  # the model's files (not checkpoints, not an earlier head): the head is added
+        if file.is_file() and file.name not in (ADAPTER_FIELDS_FILE, HEAD_WEIGHTS, "sampler_head_report.json"):
+            shutil.copy2(file, output / file.name)
     save_head(head, output)
     write_atomic(output / ADAPTER_FIELDS_FILE,
                  json.dumps(dict(fields, **{HEAD_FIELD: head.config.to_json()}), indent=2))
