@@ -241,14 +241,13 @@ def check_adapter_dir(adapter_dir: Path) -> dict:
             raise SpaceError(f"{adapter_dir}: {ADAPTER_FIELDS_FILE} names a {HEAD_FIELD} but {HEAD_WEIGHTS} is "
                              "missing; re-export the adapter")
     if (adapter_dir / GATED_WEIGHTS).is_file():
-        fields = _read_fields_file(adapter_dir)
         if fields.get("adapter") != GATED_KIND or fields.get("mask_id") is None:
             raise SpaceError(f"{adapter_dir} holds {GATED_WEIGHTS} but its {ADAPTER_FIELDS_FILE} does not say "
                              f'"adapter": "{GATED_KIND}" with the mask fields; re-export the adapter')
         GatedConfig.from_json(fields.get("gated") or {}, str(adapter_dir / ADAPTER_FIELDS_FILE))
         check_weight_files(adapter_dir, "adapter")
         return fields
-    if _read_fields_file(adapter_dir).get("adapter") == GATED_KIND:
+    if fields.get("adapter") == GATED_KIND:
         raise SpaceError(f"gated adapter {adapter_dir} has no weights ({GATED_WEIGHTS}); its save did not finish or "
                          "the file was not copied: re-export the adapter")
     if not (adapter_dir / "adapter_config.json").is_file():
@@ -260,7 +259,7 @@ def check_adapter_dir(adapter_dir: Path) -> dict:
             "its save did not finish or the file was not copied: re-export the adapter"
         )
     check_weight_files(adapter_dir, "adapter")
-    return _read_fields_file(adapter_dir)
+    return fields
 
 
 def _read_adapter_config(adapter_dir: Path) -> dict:

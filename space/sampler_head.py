@@ -118,13 +118,12 @@ def save_head(head: SamplerHead, directory: Path, dtype: torch.dtype = torch.bfl
 
 
 def load_head(directory: Path, fields: dict, hidden_size: int, device, dtype: torch.dtype) -> SamplerHead:
-    """The head a model directory's `space.json` names (`fields`: its `sampler_head` entry)."""
+    """The head a model directory's `space.json` names (`fields`: its `sampler_head` entry; the directory was checked
+    by `space.models.check_adapter_dir`)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     path = Path(directory) / HEAD_WEIGHTS
-    if not path.is_file():
-        raise SpaceError(f"{directory}: space.json names a {HEAD_FIELD} but {HEAD_WEIGHTS} is missing; re-export it")
     head = SamplerHead(hidden_size, SamplerHeadConfig.from_json(fields, str(Path(directory) / "space.json")))
     try:
         tensors = load_file(str(path))

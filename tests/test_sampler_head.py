@@ -165,8 +165,8 @@ def test_the_distribution_test_catches_drafts_scored_against_the_plain_masks(mon
     truth = exact_joint(model, PROMPT, LENGTH)
     plain = Model.chain_drafts
 
-    def drafts_with_the_plain_distribution(self, hidden_rows, logits, previous_token, pick, use_head=True):
-        _, tokens = plain(self, hidden_rows, logits, previous_token, pick, use_head)
+    def drafts_with_the_plain_distribution(self, hidden_rows, logits, previous_token, pick):
+        _, tokens = plain(self, hidden_rows, logits, previous_token, pick)
         return logits, tokens
 
     monkeypatch.setattr(Model, "chain_drafts", drafts_with_the_plain_distribution)

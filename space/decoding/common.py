@@ -300,13 +300,11 @@ class Model:
             logits[..., self.input_only] = torch.finfo(logits.dtype).min  # finite: 0 * log p stays 0
         return logits
 
-    def chain_drafts(self, hidden_rows: torch.Tensor, logits: torch.Tensor, previous_token: int, pick,
-                     use_head: bool = True) -> tuple[torch.Tensor, list[int]]:
-        """A chain's logits `[m, V]` and tokens from mask slots (`hidden_rows` `[m, H]`, their `logits`): each slot
-        refined by the sampler head given the token picked before it (the first given `previous_token`, the last
-        committed), or the plain logits when the model has no head (or `use_head` is off). `pick(logits[V])` chooses."""
-        if self.sampler_head is None or not use_head or logits.shape[0] == 0:
-            return logits, [pick(row) for row in logits]
+    def chain_drafts(self, hidden_rows: torch.Tensor, logits: torch.Tensor, previous_token: int,
+                     pick) -> tuple[torch.Tensor, list[int]]:
+        """A chain's logits `[m, V]` and tokens from mask slots (`hidden_rows` `[m, H]`, their `logits`), each slot
+        refined by the model's sampler head given the token picked before it (the first given `previous_token`, the
+        last committed). `pick(logits[V])` chooses. Only for a model with a head."""
         weight = self.head.weight if self.head.weight.dtype == torch.float32 else fp32_head(self.head).weight
         chosen = []
 
