@@ -36,7 +36,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from space.errors import SpaceError
-from space.fast_linear import PACKED_DTYPES, packed_product, packed_products_available, packed_weight
 
 GATED_KIND = "gated_lora"  # the --finetuning_type, and space.json's "adapter" value
 GATED_WEIGHTS = "gated_adapter.safetensors"
@@ -128,28 +127,28 @@ def group_deltas(adapters: tuple[GatedLoRA | None, ...], out_features: tuple[int
     At inference this is two products whatever the group's size: the adapters' `A` stacked `[sum r, in]`, then
     their scaled `B` as one block-diagonal `[sum out, sum r]`. A decode step is bound by the count of small ops
     on CPU, not by their arithmetic (docs/benchmarks.md, issue 20), so the zero blocks cost less than the
-    separate products they replace. The two copies live in `cache` (the owner's `__dict__`), taken on first
-    use and retaken when an adapter tensor is replaced or changed in place; on CPU they are in oneDNN's packed
-    layout (`space.fast_linear`). Training and gradients take each adapter's own `delta`."""
+    separate products they replace. Both factors are kept transposed and contiguous for a plain `torch.mm`: at
+    rank 32 and a dozen mask rows that ran 2-6x faster on CPU than oneDNN's prepacked product, whose fixed cost
+    per call (about 17 us) is more than these products' arithmetic (docs/benchmarks.md, issue 20). The two
+    copies live in `cache` (the owner's `__dict__`), taken on first use and retaken when an adapter tensor is
+    replaced or changed in place. Training and gradients take each adapter's own `delta`."""
     present = [adapter for adapter in adapters if adapter is not None]
     if any(adapter.needs_autograd() for adapter in present):
         return torch.cat([adapter.delta(rows_in) if adapter is not None
                           else rows_in.new_zeros(rows_in.shape[0], width, dtype=present[0].lora_A.dtype)
                           for adapter, width in zip(adapters, out_features)], dim=-1)
     rows_in = rows_in.to(present[0].lora_A.dtype)
-    stacked_a, block_b, packed = _frozen_factors(adapters, out_features, rows_in, cache)
-    if packed:
-        return packed_product(packed_product(rows_in, stacked_a), block_b)
-    return F.linear(F.linear(rows_in, stacked_a), block_b)
+    a_t, b_t = _frozen_factors(adapters, out_features, cache)
+    return torch.mm(torch.mm(rows_in, a_t), b_t)
 
 
-def _frozen_factors(adapters, out_features, rows_in: torch.Tensor, cache: dict):
-    """`(stacked A, block-diagonal scaled B, packed)` of a group for inference, cached in `cache` by the
-    tensors' identity and version (as `space.fast_linear.RowsLinear` caches its weight copy)."""
+def _frozen_factors(adapters, out_features, cache: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(stacked A, block-diagonal scaled B)` of a group for inference, both transposed (`[in, sum r]`,
+    `[sum r, sum out]`), cached in `cache` by the tensors' identity and version (as `space.fast_linear.RowsLinear`
+    caches its weight copy)."""
     present = [adapter for adapter in adapters if adapter is not None]
-    packed = (rows_in.device.type == "cpu" and rows_in.dtype in PACKED_DTYPES and packed_products_available())
-    key = (packed, rows_in.dtype, tuple(out_features),
-           *((p.data_ptr(), p._version, tuple(p.shape)) for adapter in present for p in (adapter.lora_A, adapter.lora_B)))
+    key = (tuple(out_features),
+           *((p.data_ptr(), p._version, tuple(p.shape), p.dtype) for adapter in present for p in (adapter.lora_A, adapter.lora_B)))
     if cache.get("_gated_factors_key") != key:
         with torch.inference_mode(False), torch.no_grad():  # normal tensors, usable in and out of inference mode
             stacked_a = torch.cat([adapter.lora_A.detach() for adapter in present])  # [sum r, in]
@@ -161,9 +160,9 @@ def _frozen_factors(adapters, out_features, rows_in: torch.Tensor, cache: dict):
                     block_b[row : row + width, col : col + rank] = adapter.lora_B.detach() * adapter.scaling
                     col += rank
                 row += width
-        cache["_gated_factors"] = (packed_weight(stacked_a), packed_weight(block_b)) if packed else (stacked_a, block_b)
+        cache["_gated_factors"] = (stacked_a.t().contiguous(), block_b.t().contiguous())
         cache["_gated_factors_key"] = key
-    return (*cache["_gated_factors"], packed)
+    return cache["_gated_factors"]
 
 
 def add_at_rows(out: torch.Tensor, rows: torch.Tensor, deltas: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,7 @@ from transformers import DynamicCache
 import space
 from space.errors import SpaceError
 from space.fast_linear import use_fast_linear
+from space.eval.gated_step_cost import GatedStepArgs, measure_gated_step, random_gated_twin
 from space.gated import GATED_WEIGHTS, GatedConfig, add_gated_lora, gated_state_dict
 from space.lean_layers import use_lean_layers
 from space.testing import tiny_llama, tiny_sft_base as make_base, tiny_sft_data as make_dataset, tiny_sft_flags
@@ -130,7 +131,7 @@ def _mask_row_logits(model, ids, train_mode: bool):
 @pytest.mark.parametrize("lean", [False, True])
 @pytest.mark.parametrize("targets", [TARGETS, ("q_proj", "v_proj", "up_proj", "down_proj")])
 def test_inference_deltas_equal_each_adapters_own(lean, targets):
-    """Inference computes a group's deltas from stacked, packed copies (`space.gated.group_deltas`); training
+    """Inference computes a group's deltas from stacked, transposed copies (`space.gated.group_deltas`); training
     takes each adapter's own product. Both give the same mask rows, also for a group where one projection has
     no adapter (k_proj, gate_proj above)."""
     base, _, spec = base_and_gated(seed=7)
@@ -417,3 +418,35 @@ def test_a_gated_dir_without_weights_is_named(trained, tmp_path):
     (tmp_path / "out" / GATED_WEIGHTS).unlink()
     with pytest.raises(SpaceError, match="gated adapter .* has no weights \\(gated_adapter.safetensors\\)"):
         space.load_model(tmp_path / "out")
+
+
+def test_the_gated_step_benchmark_times_both_models_on_identical_outputs():
+    base, _, spec = base_and_gated(seed=11)
+    twin = random_gated_twin(base, mask_num=3, rank=4, seed=0)
+    ids = torch.tensor([[1, 5, 6, *spec.group_ids(3)]])
+    with torch.no_grad():
+        plain, gated = base(input_ids=ids).logits, twin(input_ids=ids).logits
+    assert torch.equal(gated[:, :3], plain[:, :3])  # real rows: the base's
+    assert (gated[:, 3:] - plain[:, 3:]).abs().max() > 1e-6  # mask rows: the random adapter does work
+    rows = measure_gated_step(base, torch.tensor([[1, 5, 6, 7]]),
+                              GatedStepArgs(rank=4, mask_num=2, max_new_tokens=10, repeats=1))
+    assert [row["method"] for row in rows] == ["ar", "chain", "tree"]
+    for row in rows:
+        assert row["base_ms_per_step"] > 0 and row["gated_ms_per_step"] > 0 and row["base_steps"] >= 1
+        assert len(row["runs_ms_per_step"]["base"]) == len(row["runs_ms_per_step"]["gated"]) == 1
+    assert rows[0]["base_steps"] == rows[0]["gated_steps"] == 10  # AR: one token a step
+
+
+def test_the_gated_step_benchmark_refuses_a_twin_whose_output_is_not_the_bases(monkeypatch):
+    base, _, _ = base_and_gated(seed=12)
+
+    def leaky_twin(model, mask_num, rank, seed):  # an "adapter" that also moves real rows
+        twin = copy.deepcopy(model)
+        with torch.no_grad():
+            twin.get_output_embeddings().weight.mul_(-1.0)
+        return twin
+
+    monkeypatch.setattr("space.eval.gated_step_cost.random_gated_twin", leaky_twin)
+    with pytest.raises(RuntimeError, match="differs from the base model's AR output"):
+        measure_gated_step(base, torch.tensor([[1, 5, 6, 7]]), GatedStepArgs(rank=4, mask_num=2, max_new_tokens=8,
+                                                                            repeats=1))

@@ -1,0 +1,31 @@
+"""The step cost a gated adapter adds: SmolLM2 with and without a random gated adapter of the recipe's shape.
+
+Interleaved AR, chain and tree decodes of one HumanEval-sized prompt (`space.eval.gated_step_cost` says how and
+why random weights suffice). Writes JSON and prints a markdown table.
+
+    python scripts/bench_gated_step.py --output docs/results/gated/bench_gated_step.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from transformers import HfArgumentParser
+
+from space.cli import run
+from space.eval.gated_step_cost import GatedStepArgs, gated_step_table, run_gated_step
+
+
+def main(argv=None) -> dict:
+    parser = HfArgumentParser(GatedStepArgs, description=__doc__.split("\n\n")[0],
+                              formatter_class=argparse.HelpFormatter)
+    args = GatedStepArgs(**vars(parser.parse_args(argv)))
+    command = "python scripts/bench_gated_step.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    written = run_gated_step(args, command)
+    print(gated_step_table(written["rows"]))
+    return written
+
+
+if __name__ == "__main__":
+    run(main)

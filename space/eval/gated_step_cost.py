@@ -1,0 +1,125 @@
+"""What a gated adapter adds to a decoding step: the same model with and without one, timed side by side.
+
+Owns the measurement behind `scripts/bench_gated_step.py`. A gated adapter (`space.gated`) leaves AR alone and
+adds its low-rank deltas to the mask rows of every SPACE step; what that costs depends on the adapter's shape
+(rank, targets) and the step's rows, not on what the adapter learnt. So this needs no trained adapter: it installs
+one of the given shape with random weights on a copy of the base (`random_gated_twin`) and decodes one prompt
+with both models, interleaved run by run so that drift of the machine hits both alike, for AR, the chain and the
+tree. With random masks on both models the drafts are junk and the two decodes take about the same steps; what
+differs is the cost of each step. Every run checks that the gated model's output is the base's (it must be: the
+adapter touches mask rows only).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import statistics
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+import space
+from space.eval import report
+from space.eval.roofline import machine
+from space.io import write_atomic
+from space.gated import GatedConfig, add_gated_lora
+from space.fast_linear import use_fast_linear
+from space.lean_layers import use_lean_layers
+
+# A HumanEval-sized coding prompt (156 tokens in SmolLM2's chat format): steps then read a cache of 150-350 tokens.
+PROMPT = (
+    "Complete the following python code.\n\nfrom typing import List\n\n\n"
+    "def separate_paren_groups(paren_string: str) -> List[str]:\n"
+    '    """ Input to this function is a string containing multiple groups of nested parentheses. Your goal is to\n'
+    "    separate those groups into separate strings and return the list of those.\n"
+    "    Separate groups are balanced (each open brace is properly closed) and not nested within each other.\n"
+    "    Ignore any spaces in the input string.\n"
+    "    >>> separate_paren_groups('( ) (( )) (( )( ))')\n    ['()', '(())', '(()())']\n    \"\"\"\n"
+)
+METHODS = {"ar": ("ar", {}), "chain": ("space", {"tree": False}), "tree": ("space", {"tree": True})}
+COLUMNS = ["method", "base_ms_per_step", "gated_ms_per_step", "gated_vs_base", "base_steps", "gated_steps"]
+HEADERS = ["method", "base ms/step", "gated ms/step", "gated / base", "base steps", "gated steps"]
+
+
+@dataclass
+class GatedStepArgs:
+    """The measurement's settings (the flags of `scripts/bench_gated_step.py`)."""
+
+    rank: int = field(default=32, metadata={"help": "the random adapter's LoRA rank (the recipe's: 32)"})
+    mask_num: int = field(default=3, metadata={"help": "SPACE's k for the chain and the tree (CPU default: 3)"})
+    max_new_tokens: int = 192
+    repeats: int = field(default=5, metadata={"help": "timed runs per model and method (after one warm-up); median"})
+    seed: int = 0
+    output: str = "outputs/bench_gated_step.json"
+
+
+def random_gated_twin(model, mask_num: int, rank: int, seed: int):
+    """A copy of `model` (a HF causal LM with its mask tokens, not yet switched to the fast CPU layers) carrying a
+    gated adapter of `rank` on every projection, `lora_B` drawn at random so that every delta is real work."""
+    spec = space.read_mask_spec(model.config)
+    twin = copy.deepcopy(model)
+    add_gated_lora(twin, spec.mask_id, spec.num_ids, GatedConfig(rank=rank, alpha=2.0 * rank))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in twin.named_parameters():
+            if name.endswith("lora_B"):
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 2e-3)
+    return twin.requires_grad_(False).eval()
+
+
+def measure_gated_step(model, prompt_ids: torch.Tensor, args: GatedStepArgs, fast_cpu: bool = True) -> list[dict]:
+    """Median ms per step of `model` and of its `random_gated_twin` for AR, the chain and the tree, interleaved."""
+    gated = random_gated_twin(model, args.mask_num, args.rank, args.seed)
+    models = {"base": model, "gated": gated}
+    if fast_cpu:  # as `space.load_model` prepares both on CPU
+        for each in models.values():
+            use_fast_linear(each)
+            use_lean_layers(each)
+    times = {(name, method): [] for name in models for method in METHODS}
+    steps, reference = {}, None
+    for repeat in range(args.repeats + 1):  # the first round warms up both models
+        for method, (decoder, options) in METHODS.items():
+            options = dict(options, mask_num=args.mask_num) if decoder == "space" else options
+            for name, each in models.items():
+                started = time.perf_counter()
+                result = space.decode(each, prompt_ids, decoder, max_new_tokens=args.max_new_tokens, eos_token_id=[],
+                                      **options)
+                elapsed = time.perf_counter() - started
+                reference = reference if reference is not None else result.tokens.tolist()
+                if result.tokens.tolist() != reference:
+                    raise RuntimeError(f"{name} {method} differs from the base model's AR output")
+                steps[name, method] = result.stats.steps
+                if repeat:
+                    times[name, method].append(elapsed * 1000 / result.stats.steps)
+    rows = []
+    for method in METHODS:
+        base_ms, gated_ms = (statistics.median(times[name, method]) for name in models)
+        rows.append(dict(method=method, base_ms_per_step=round(base_ms, 1), gated_ms_per_step=round(gated_ms, 1),
+                         gated_vs_base=round(gated_ms / base_ms, 3), base_steps=steps["base", method],
+                         gated_steps=steps["gated", method],
+                         runs_ms_per_step={name: [round(t, 1) for t in times[name, method]] for name in models}))
+    return rows
+
+
+def run_gated_step(args: GatedStepArgs, command: str) -> dict:
+    """The measurement on SmolLM2-135M-Instruct (fp32, CPU); the report goes to `args.output`."""
+    model, tokenizer = space.load_model("smollm2", fast_cpu_linear=False, lean_layers=False)
+    space.add_mask_tokens(model, tokenizer, mask_num=max(6, args.mask_num), mask_diff=True)
+    text = tokenizer.apply_chat_template([{"role": "user", "content": PROMPT}], tokenize=False,
+                                         add_generation_prompt=True)
+    prompt_ids = tokenizer(text, return_tensors="pt").input_ids
+    rows = measure_gated_step(model, prompt_ids, args)
+    written = dict(command=command, model="SmolLM2-135M-Instruct (GGUF, fp32) + a random gated adapter",
+                   rank=args.rank, mask_num=args.mask_num, prompt_tokens=prompt_ids.shape[1],
+                   max_new_tokens=args.max_new_tokens, repeats=args.repeats,
+                   machine=machine(),
+                   torch=torch.__version__, rows=rows)
+    write_atomic(args.output, json.dumps(written, indent=2))
+    return written
+
+
+def gated_step_table(rows: list[dict]) -> str:
+    """The report's rows as a markdown table (as quoted in docs/benchmarks.md)."""
+    return report.markdown_table(rows, COLUMNS, HEADERS)
