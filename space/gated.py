@@ -128,8 +128,8 @@ def group_deltas(adapters: tuple[GatedLoRA | None, ...], out_features: tuple[int
     their scaled `B` as one block-diagonal `[sum out, sum r]`. A decode step is bound by the count of small ops
     on CPU, not by their arithmetic (docs/benchmarks.md, issue 20), so the zero blocks cost less than the
     separate products they replace. Both factors are kept transposed and contiguous for a plain `torch.mm`: at
-    rank 32 and a dozen mask rows that ran 2-6x faster on CPU than oneDNN's prepacked product, whose fixed cost
-    per call (about 17 us) is more than these products' arithmetic (docs/benchmarks.md, issue 20). The two
+    rank 32 and a dozen mask rows that ran 1.7-6x faster on CPU than oneDNN's prepacked product, whose fixed
+    cost per call (about 17 us) is more than these products' arithmetic (docs/benchmarks.md, issue 20). The two
     copies live in `cache` (the owner's `__dict__`), taken on first use and retaken when an adapter tensor is
     replaced or changed in place. Training and gradients take each adapter's own `delta`."""
     present = [adapter for adapter in adapters if adapter is not None]

@@ -18,7 +18,7 @@ import space
 from space.errors import SpaceError
 from space.fast_linear import use_fast_linear
 from space.eval.gated_step_cost import GatedStepArgs, measure_gated_step, random_gated_twin
-from space.gated import GATED_WEIGHTS, GatedConfig, add_gated_lora, gated_state_dict
+from space.gated import GATED_WEIGHTS, GatedConfig, GatedLoRA, MaskEmbeddings, add_gated_lora, gated_state_dict
 from space.lean_layers import use_lean_layers
 from space.testing import tiny_llama, tiny_sft_base as make_base, tiny_sft_data as make_dataset, tiny_sft_flags
 from space.training import train
@@ -420,16 +420,22 @@ def test_a_gated_dir_without_weights_is_named(trained, tmp_path):
         space.load_model(tmp_path / "out")
 
 
-def test_the_gated_step_benchmark_times_both_models_on_identical_outputs():
+def test_the_gated_step_benchmark_times_both_models_on_identical_outputs(monkeypatch):
     base, _, spec = base_and_gated(seed=11)
-    twin = random_gated_twin(base, mask_num=3, rank=4, seed=0)
+    twin = random_gated_twin(base, rank=4, seed=0)
     ids = torch.tensor([[1, 5, 6, *spec.group_ids(3)]])
     with torch.no_grad():
         plain, gated = base(input_ids=ids).logits, twin(input_ids=ids).logits
     assert torch.equal(gated[:, :3], plain[:, :3])  # real rows: the base's
     assert (gated[:, 3:] - plain[:, 3:]).abs().max() > 1e-6  # mask rows: the random adapter does work
+    assert all(torch.equal(a, b) for a, b in zip(gated_state_dict(twin).values(),
+                                                 gated_state_dict(random_gated_twin(base, rank=4, seed=0)).values()))
+    delta_calls = []
+    real_group_deltas = space.lean_layers.group_deltas
+    monkeypatch.setattr("space.lean_layers.group_deltas", lambda *args: delta_calls.append(1) or real_group_deltas(*args))
     rows = measure_gated_step(base, torch.tensor([[1, 5, 6, 7]]),
                               GatedStepArgs(rank=4, mask_num=2, max_new_tokens=10, repeats=1))
+    assert delta_calls  # the gated twin was decoded, through the lean layers' deltas
     assert [row["method"] for row in rows] == ["ar", "chain", "tree"]
     for row in rows:
         assert row["base_ms_per_step"] > 0 and row["gated_ms_per_step"] > 0 and row["base_steps"] >= 1
@@ -440,7 +446,7 @@ def test_the_gated_step_benchmark_times_both_models_on_identical_outputs():
 def test_the_gated_step_benchmark_refuses_a_twin_whose_output_is_not_the_bases(monkeypatch):
     base, _, _ = base_and_gated(seed=12)
 
-    def leaky_twin(model, mask_num, rank, seed):  # an "adapter" that also moves real rows
+    def leaky_twin(model, rank, seed):  # an "adapter" that also moves real rows
         twin = copy.deepcopy(model)
         with torch.no_grad():
             twin.get_output_embeddings().weight.mul_(-1.0)
@@ -450,3 +456,23 @@ def test_the_gated_step_benchmark_refuses_a_twin_whose_output_is_not_the_bases(m
     with pytest.raises(RuntimeError, match="differs from the base model's AR output"):
         measure_gated_step(base, torch.tensor([[1, 5, 6, 7]]), GatedStepArgs(rank=4, mask_num=2, max_new_tokens=8,
                                                                             repeats=1))
+
+
+@pytest.mark.parametrize("lean", [False, True])
+def test_a_bf16_model_with_an_fp32_adapter_keeps_the_base_rows_and_adds_the_same_deltas(lean):
+    """`space.load_model(..., dtype="bfloat16")` gives this mix: the base in bf16, the adapter as created (fp32)."""
+    base, gated, spec = base_and_gated(seed=13)
+    for model in (base, gated):
+        model.to(torch.bfloat16)
+    for module in gated.modules():  # the adapter back in fp32, as `add_gated_lora` creates it
+        if isinstance(module, (GatedLoRA, MaskEmbeddings)):
+            module.float()
+    assert next(iter(gated_state_dict(gated).values())).dtype == torch.float32
+    if lean:
+        fast(base, gated)
+    ids = torch.tensor([[1, 5, 6, *spec.group_ids(3)]])
+    plain, inference = (_mask_row_logits(model, ids, train_mode=False) for model in (base, gated))
+    own = _mask_row_logits(gated, ids, train_mode=True)
+    assert torch.equal(inference[:, :3], plain[:, :3])
+    assert torch.allclose(inference.float(), own.float(), atol=5e-2, rtol=5e-2)
+    assert (inference[:, 3:6].float() - plain[:, 3:6].float()).abs().max() > 1e-1

@@ -5,9 +5,10 @@ adds its low-rank deltas to the mask rows of every SPACE step; what that costs d
 (rank, targets) and the step's rows, not on what the adapter learnt. So this needs no trained adapter: it installs
 one of the given shape with random weights on a copy of the base (`random_gated_twin`) and decodes one prompt
 with both models, interleaved run by run so that drift of the machine hits both alike, for AR, the chain and the
-tree. With random masks on both models the drafts are junk and the two decodes take about the same steps; what
-differs is the cost of each step. Every run checks that the gated model's output is the base's (it must be: the
-adapter touches mask rows only).
+tree. Both models emit the same tokens (the adapter touches mask rows only: every run checks that the output is
+the base's AR), and with untrained or random masks their drafts rarely pass, while the tree's copy candidates do
+(the answer repeats), so each method takes the same steps on both models and what differs is the cost of a step.
+A step's time includes its share of the prompt's prefill, as in `space.decode`'s own step count.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from space.gated import GatedConfig, add_gated_lora
 from space.fast_linear import use_fast_linear
 from space.lean_layers import use_lean_layers
 
-# A HumanEval-sized coding prompt (156 tokens in SmolLM2's chat format): steps then read a cache of 150-350 tokens.
+# A HumanEval-sized coding prompt (157 tokens in SmolLM2's chat format): steps then read a cache of 150-350 tokens.
 PROMPT = (
     "Complete the following python code.\n\nfrom typing import List\n\n\n"
     "def separate_paren_groups(paren_string: str) -> List[str]:\n"
@@ -55,23 +56,26 @@ class GatedStepArgs:
     output: str = "outputs/bench_gated_step.json"
 
 
-def random_gated_twin(model, mask_num: int, rank: int, seed: int):
+def random_gated_twin(model, rank: int, seed: int):
     """A copy of `model` (a HF causal LM with its mask tokens, not yet switched to the fast CPU layers) carrying a
     gated adapter of `rank` on every projection, `lora_B` drawn at random so that every delta is real work."""
     spec = space.read_mask_spec(model.config)
     twin = copy.deepcopy(model)
-    add_gated_lora(twin, spec.mask_id, spec.num_ids, GatedConfig(rank=rank, alpha=2.0 * rank))
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, parameter in twin.named_parameters():
-            if name.endswith("lora_B"):
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 2e-3)
+    with torch.random.fork_rng(devices=[]):  # `lora_A`'s initialisation draws from the global generator
+        torch.manual_seed(seed)
+        add_gated_lora(twin, spec.mask_id, spec.num_ids, GatedConfig(rank=rank, alpha=2.0 * rank))
+        with torch.no_grad():
+            for name, parameter in twin.named_parameters():
+                if name.endswith("lora_B"):
+                    parameter.copy_(torch.randn(parameter.shape) * 2e-3)
     return twin.requires_grad_(False).eval()
 
 
 def measure_gated_step(model, prompt_ids: torch.Tensor, args: GatedStepArgs, fast_cpu: bool = True) -> list[dict]:
-    """Median ms per step of `model` and of its `random_gated_twin` for AR, the chain and the tree, interleaved."""
-    gated = random_gated_twin(model, args.mask_num, args.rank, args.seed)
+    """Median ms per step of `model` and of its `random_gated_twin` for AR, the chain and the tree, interleaved.
+
+    With `fast_cpu` both are switched to the fast CPU layers as `space.load_model` does, `model` in place."""
+    gated = random_gated_twin(model, args.rank, args.seed)
     models = {"base": model, "gated": gated}
     if fast_cpu:  # as `space.load_model` prepares both on CPU
         for each in models.values():
@@ -112,7 +116,7 @@ def run_gated_step(args: GatedStepArgs, command: str) -> dict:
     prompt_ids = tokenizer(text, return_tensors="pt").input_ids
     rows = measure_gated_step(model, prompt_ids, args)
     written = dict(command=command, model="SmolLM2-135M-Instruct (GGUF, fp32) + a random gated adapter",
-                   rank=args.rank, mask_num=args.mask_num, prompt_tokens=prompt_ids.shape[1],
+                   rank=args.rank, mask_num=args.mask_num, seed=args.seed, prompt_tokens=prompt_ids.shape[1],
                    max_new_tokens=args.max_new_tokens, repeats=args.repeats,
                    machine=machine(),
                    torch=torch.__version__, rows=rows)
