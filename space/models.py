@@ -367,7 +367,9 @@ def _apply_adapter(model, tokenizer, adapter_dir: Path, merge: bool, device_type
             "adapter carries no tokenizer or space.json to add them; use the base it was trained on"
         )
     try:
-        model = PeftModel.from_pretrained(model, adapter_dir)
+        with warnings.catch_warnings():  # peft 0.21 reads transformers 5.24's deprecated alias; nothing for a user to do
+            warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+            model = PeftModel.from_pretrained(model, adapter_dir)
     except (RuntimeError, ValueError, OSError, KeyError, SafetensorError) as error:  # e.g. a size mismatch
         raise SpaceError(
             f"adapter {adapter_dir} does not fit this base ({_first_line(error)}); load it onto the base it was "
