@@ -8,19 +8,14 @@ why random weights suffice). Writes JSON and prints a markdown table.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from transformers import HfArgumentParser
-
 from space.cli import run
-from space.eval.gated_step_cost import GatedStepArgs, gated_step_table, run_gated_step
+from space.eval.gated_step_cost import gated_step_table, parse_gated_step_args, run_gated_step
 
 
 def main(argv=None) -> dict:
-    parser = HfArgumentParser(GatedStepArgs, description=__doc__.split("\n\n")[0],
-                              formatter_class=argparse.HelpFormatter)
-    args = GatedStepArgs(**vars(parser.parse_args(argv)))
+    args = parse_gated_step_args(argv, description=__doc__.split("\n\n")[0])
     command = "python scripts/bench_gated_step.py " + " ".join(argv if argv is not None else sys.argv[1:])
     written = run_gated_step(args, command)
     print(gated_step_table(written["rows"]))

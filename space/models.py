@@ -23,6 +23,7 @@ adapter loaded onto another base than the one its `space.json` names is a `Space
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -167,11 +168,12 @@ def load_model(
     torch_dtype = resolve_dtype(dtype, torch_device)
     if adapter is None and name_or_path is None and has_shipped_model():
         adapter = SHIPPED_MODEL_DIR
+    saved = {}  # the adapter's space.json
     if adapter is None and name_or_path is not None and is_adapter_dir(Path(name_or_path)):
-        check_adapter_dir(Path(name_or_path))
+        saved = check_adapter_dir(Path(name_or_path))
         adapter, name_or_path = Path(name_or_path), adapter_base(Path(name_or_path))
     elif adapter is not None:
-        check_adapter_dir(Path(adapter))
+        saved = check_adapter_dir(Path(adapter))
         _warn_if_other_base(Path(adapter), name_or_path)
     if str(name_or_path).lower() in BASE_MODEL_ALIASES:  # also an adapter's recorded base ("smollm2")
         name_or_path = None
@@ -198,7 +200,7 @@ def load_model(
     if adapter is not None:
         model, tokenizer = _apply_adapter(model, tokenizer, Path(adapter), merge_adapter, torch_device.type)
     model.to(torch_device).eval()
-    head_fields = read_space_json(adapter).get(HEAD_FIELD) if adapter is not None else None
+    head_fields = saved.get(HEAD_FIELD)
     if head_fields is not None:  # outside the model's modules (on the plain model under a peft wrapper): placed here
         attach(unwrap(model), load_head(Path(adapter), head_fields, model.config.hidden_size, torch_device,
                                         torch.float32))
@@ -367,8 +369,7 @@ def _apply_adapter(model, tokenizer, adapter_dir: Path, merge: bool, device_type
             "adapter carries no tokenizer or space.json to add them; use the base it was trained on"
         )
     try:
-        with warnings.catch_warnings():  # peft 0.21 reads transformers 5.24's deprecated alias; nothing for a user to do
-            warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        with peft_without_alias_warning():
             model = PeftModel.from_pretrained(model, adapter_dir)
     except (RuntimeError, ValueError, OSError, KeyError, SafetensorError) as error:  # e.g. a size mismatch
         raise SpaceError(
@@ -377,6 +378,15 @@ def _apply_adapter(model, tokenizer, adapter_dir: Path, merge: bool, device_type
         ) from error
     model = model.merge_and_unload() if merge else model
     return _with_fields(model, saved, fields, device_type, adapter_dir), tokenizer
+
+
+@contextlib.contextmanager
+def peft_without_alias_warning():
+    """Wrap a model with peft without transformers' FutureWarning about `is_gradient_checkpointing`: peft 0.21
+    reads that deprecated alias in `PeftModel.__init__`, which no user of this project can act on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
 
 
 def _with_fields(model, saved: dict, fields: dict, device_type: str, adapter_dir: Path):

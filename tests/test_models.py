@@ -272,3 +272,16 @@ def test_an_adapter_that_does_not_fit_the_base_is_one_line(saved_tiny, tmp_path)
     adapter = save_adapter(tmp_path / "adapter", hidden_size=32)
     one_line_error(rf"adapter {adapter} does not fit this base \(.*\); load it onto the base it was trained on",
                    lambda: space.load_model(path, adapter=adapter))
+
+
+def test_wrapping_a_model_for_lora_training_prints_no_peft_alias_warning():
+    from space.training.arguments import FinetuningArguments
+    from space.training.recipe import wrap_lora
+
+    model = tiny_llama(seed=3, mask_num=2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        wrapped = wrap_lora(model, FinetuningArguments(finetuning_type="lora", lora_rank=4),
+                            space.read_mask_spec(model.config))
+    assert any("lora_A" in name for name, _ in wrapped.named_parameters())
+    assert not [w for w in caught if "is_gradient_checkpointing" in str(w.message)]

@@ -13,6 +13,7 @@ A step's time includes its share of the prompt's prefill, as in `space.decode`'s
 
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 import statistics
@@ -20,13 +21,14 @@ import time
 from dataclasses import dataclass, field
 
 import torch
+from transformers import HfArgumentParser
 
 import space
 from space.eval import report
 from space.eval.roofline import machine
 from space.io import write_atomic
-from space.gated import GatedConfig, add_gated_lora
 from space.fast_linear import use_fast_linear
+from space.gated import GatedConfig, add_gated_lora
 from space.lean_layers import use_lean_layers
 
 # A HumanEval-sized coding prompt (157 tokens in SmolLM2's chat format): steps then read a cache of 150-350 tokens.
@@ -56,6 +58,12 @@ class GatedStepArgs:
     output: str = "outputs/bench_gated_step.json"
 
 
+def parse_gated_step_args(argv: list[str] | None = None, description: str | None = None) -> GatedStepArgs:
+    """`argv` (default: the command line) -> `GatedStepArgs`; a bad flag exits with argparse's message."""
+    parser = HfArgumentParser(GatedStepArgs, description=description, formatter_class=argparse.HelpFormatter)
+    return GatedStepArgs(**vars(parser.parse_args(argv)))
+
+
 def random_gated_twin(model, rank: int, seed: int):
     """A copy of `model` (a HF causal LM with its mask tokens, not yet switched to the fast CPU layers) carrying a
     gated adapter of `rank` on every projection, `lora_B` drawn at random so that every delta is real work."""
@@ -71,16 +79,15 @@ def random_gated_twin(model, rank: int, seed: int):
     return twin.requires_grad_(False).eval()
 
 
-def measure_gated_step(model, prompt_ids: torch.Tensor, args: GatedStepArgs, fast_cpu: bool = True) -> list[dict]:
+def measure_gated_step(model, prompt_ids: torch.Tensor, args: GatedStepArgs) -> list[dict]:
     """Median ms per step of `model` and of its `random_gated_twin` for AR, the chain and the tree, interleaved.
 
-    With `fast_cpu` both are switched to the fast CPU layers as `space.load_model` does, `model` in place."""
+    Both are switched to the fast CPU layers as `space.load_model` does on CPU, `model` in place."""
     gated = random_gated_twin(model, args.rank, args.seed)
     models = {"base": model, "gated": gated}
-    if fast_cpu:  # as `space.load_model` prepares both on CPU
-        for each in models.values():
-            use_fast_linear(each)
-            use_lean_layers(each)
+    for each in models.values():
+        use_fast_linear(each)
+        use_lean_layers(each)
     times = {(name, method): [] for name in models for method in METHODS}
     steps, reference = {}, None
     for repeat in range(args.repeats + 1):  # the first round warms up both models
@@ -117,8 +124,7 @@ def run_gated_step(args: GatedStepArgs, command: str) -> dict:
     rows = measure_gated_step(model, prompt_ids, args)
     written = dict(command=command, model="SmolLM2-135M-Instruct (GGUF, fp32) + a random gated adapter",
                    rank=args.rank, mask_num=args.mask_num, seed=args.seed, prompt_tokens=prompt_ids.shape[1],
-                   max_new_tokens=args.max_new_tokens, repeats=args.repeats,
-                   machine=machine(),
+                   max_new_tokens=args.max_new_tokens, repeats=args.repeats, machine=machine(),
                    torch=torch.__version__, rows=rows)
     write_atomic(args.output, json.dumps(written, indent=2))
     return written

@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 import space
 from space.errors import SpaceError
 from space.gated import GATED_KIND, GatedConfig, add_gated_lora, names_module
-from space.models import space_json_fields, write_space_json
+from space.models import peft_without_alias_warning, space_json_fields, write_space_json
 from space.tokens import SatSpec, add_sat_tokens, read_mask_spec, read_sat_spec, record_mask_spec, record_sat_spec
 from space.training.arguments import (
     DataArguments,
@@ -393,7 +393,8 @@ def wrap_lora(model, finetune_args: FinetuningArguments, spec):
         target_modules=lora_targets(model, finetune_args.lora_target),
         trainable_token_indices=spec.ids,
     )
-    model = get_peft_model(model.float(), config)
+    with peft_without_alias_warning():
+        model = get_peft_model(model.float(), config)
     model.print_trainable_parameters()
     return model
 
