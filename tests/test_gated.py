@@ -17,7 +17,7 @@ from transformers import DynamicCache
 import space
 from space.errors import SpaceError
 from space.fast_linear import use_fast_linear
-from space.eval.gated_step_cost import GatedStepArgs, measure_gated_step, random_gated_twin
+from space.eval.gated_step_cost import GatedStepArgs, measure_gated_step, parse_gated_step_args, random_gated_twin
 from space.gated import GATED_WEIGHTS, GatedConfig, GatedLoRA, MaskEmbeddings, add_gated_lora, gated_state_dict
 from space.lean_layers import use_lean_layers
 from space.testing import tiny_llama, tiny_sft_base as make_base, tiny_sft_data as make_dataset, tiny_sft_flags
@@ -476,3 +476,9 @@ def test_a_bf16_model_with_an_fp32_adapter_keeps_the_base_rows_and_adds_the_same
     assert torch.equal(inference[:, :3], plain[:, :3])
     assert torch.allclose(inference.float(), own.float(), atol=5e-2, rtol=5e-2)
     assert (inference[:, 3:6].float() - plain[:, 3:6].float()).abs().max() > 1e-1
+
+
+@pytest.mark.parametrize("flag", ["--rank", "--mask_num", "--max_new_tokens", "--repeats"])
+def test_the_gated_step_benchmark_refuses_a_count_below_one_in_one_line(flag):
+    with pytest.raises(SpaceError, match=f"{flag} must be a positive integer \\(got 0\\)"):
+        parse_gated_step_args([flag, "0"])

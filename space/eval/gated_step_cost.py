@@ -24,6 +24,7 @@ import torch
 from transformers import HfArgumentParser
 
 import space
+from space.errors import SpaceError
 from space.eval import report
 from space.eval.roofline import machine
 from space.io import write_atomic
@@ -61,7 +62,11 @@ class GatedStepArgs:
 def parse_gated_step_args(argv: list[str] | None = None, description: str | None = None) -> GatedStepArgs:
     """`argv` (default: the command line) -> `GatedStepArgs`; a bad flag exits with argparse's message."""
     parser = HfArgumentParser(GatedStepArgs, description=description, formatter_class=argparse.HelpFormatter)
-    return GatedStepArgs(**vars(parser.parse_args(argv)))
+    args = GatedStepArgs(**vars(parser.parse_args(argv)))
+    for name in ("rank", "mask_num", "max_new_tokens", "repeats"):  # before minutes of loading and decoding
+        if getattr(args, name) < 1:
+            raise SpaceError(f"--{name} must be a positive integer (got {getattr(args, name)})")
+    return args
 
 
 def random_gated_twin(model, rank: int, seed: int):
