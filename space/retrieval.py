@@ -1,4 +1,4 @@
-"""Copy drafts from the context: the continuation of the longest n-gram match (prompt lookup, Saxena 2023).
+"""Copies from the context: the continuation of the longest n-gram match (prompt lookup, Saxena 2023).
 
 `NgramIndex` keeps, for every n-gram of length 1..`max_ngram` seen in the prompt and the generated text,
 where its latest occurrence ended. Indexing a token costs `max_ngram` dictionary writes and a lookup
@@ -8,18 +8,7 @@ step. The latest occurrence wins: in code and chat the nearest repeat is the lik
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-
-@dataclass(frozen=True)
-class Copy:
-    """A copy draft: `tokens` followed the latest earlier occurrence of the context's last `match` tokens."""
-
-    tokens: tuple[int, ...]
-    match: int  # length of the matched suffix; 0 when nothing matched (then no tokens)
-
-
-NO_COPY = Copy((), 0)
+from space.decoding.drafts import Drafts
 
 
 class NgramIndex:
@@ -41,14 +30,14 @@ class NgramIndex:
             for n in range(1, min(self.max_ngram, end + 1) + 1):
                 self._ends[tuple(self.tokens[end - n + 1 : end + 1])] = end
 
-    def lookup(self, max_tokens: int, after: tuple[int, ...] = ()) -> Copy:
-        """Up to `max_tokens` tokens that followed the latest earlier occurrence of the longest suffix of the
-        context, extended by the drafted tokens `after`, that the index holds."""
-        if max_tokens < 1:
-            return NO_COPY
-        tail = (self.tokens[-self.max_ngram:] + list(after))[-self.max_ngram:]
-        for n in range(min(self.max_ngram, len(tail)), 0, -1):
-            end = self._ends.get(tuple(tail[-n:]))
-            if end is not None:
-                return Copy(tuple(self.tokens[end + 1 : end + 1 + max_tokens]), n)
-        return NO_COPY
+    def lookup(self, max_tokens: int, after: tuple[int, ...] = ()) -> Drafts:
+        """A copy (`Drafts` of origin "copy"): up to `max_tokens` tokens that followed the latest earlier occurrence
+        of the longest suffix of the context, extended by the drafted tokens `after`, that the index holds; its
+        `match` is that suffix's length (0 and no tokens when nothing matched)."""
+        if max_tokens >= 1:
+            tail = (self.tokens[-self.max_ngram:] + list(after))[-self.max_ngram:]
+            for n in range(min(self.max_ngram, len(tail)), 0, -1):
+                end = self._ends.get(tuple(tail[-n:]))
+                if end is not None:
+                    return Drafts(self.tokens[end + 1 : end + 1 + max_tokens], origin="copy", match=n, after=len(after))
+        return Drafts(origin="copy", after=len(after))

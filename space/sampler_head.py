@@ -77,23 +77,24 @@ class SamplerHead(nn.Module):
         return hidden + self.down(F.silu(self.up(features)))
 
     def refine_chain(self, hidden_rows: torch.Tensor, logits: torch.Tensor, previous_token: int, embed_weight: torch.Tensor,
-                     head_weight: torch.Tensor, pick: Callable[[torch.Tensor], int]) -> torch.Tensor:
+                     head_weight: torch.Tensor, pick: Callable[[torch.Tensor], int]) -> tuple[torch.Tensor, list[int]]:
         """Slot by slot, the head's logits `[m, V]` over each slot's `candidates` best plain tokens (the rest at the
-        dtype's minimum), each slot conditioned on the token `pick` chose from the slot before (the first slot on
-        `previous_token`). `hidden_rows` `[m, H]` and `logits` `[m, V]` are the slots' mask rows; `embed_weight` is the
-        input embedding table (read directly: the embedding's hooks belong to the model's forward)."""
+        dtype's minimum) and the token `pick` chose from them, each slot conditioned on the token chosen for the slot
+        before (the first slot on `previous_token`). `hidden_rows` `[m, H]` and `logits` `[m, V]` are the slots' mask
+        rows; `embed_weight` is the input embedding table (read directly: the embedding's hooks belong to the model's
+        forward)."""
         refined = torch.full_like(logits, torch.finfo(logits.dtype).min)
         width = min(self.config.candidates, logits.shape[-1])
         candidates = logits.topk(width, dim=-1).indices  # [m, width]
         dtype = self.up.weight.dtype
-        previous = previous_token
+        tokens = [previous_token]
         for slot in range(logits.shape[0]):
-            token = torch.tensor([previous], device=logits.device)
+            token = torch.tensor(tokens[-1:], device=logits.device)
             corrected = self(hidden_rows[slot].to(dtype), F.embedding(token, embed_weight)[0])
             ids = candidates[slot]
             refined[slot, ids] = head_weight[ids].float() @ corrected.float()
-            previous = pick(refined[slot])
-        return refined
+            tokens.append(pick(refined[slot]))
+        return refined, tokens[1:]
 
 
 def attach(model: nn.Module, head: SamplerHead) -> None:

@@ -64,9 +64,9 @@ def test_a_runaway_mask_num_is_refused_by_the_memory_bound_before_anything_is_bu
     import space.decoding.space as space_decoding
 
     def no_layout(*args, **kwargs):
-        raise AssertionError("the step layout was built before the bound was checked")
+        raise AssertionError("the decoding loop (and its step layout) started before the bound was checked")
 
-    monkeypatch.setattr(space_decoding.ChunkLayout, "build", no_layout)
+    monkeypatch.setattr(space_decoding, "generate_tree", no_layout)
     message = (r"mask_num 200 makes SPACE steps of 1 \+ k\(k\+2\) = 40401 rows; with 131 prompt \+ new tokens one "
                r"step's attention mask has 1,637,533,332 entries, above the memory bound "
                r"space.decoding.space.MAX_STEP_ENTRIES = 67,108,864; use mask_num <= 89")

@@ -8,7 +8,7 @@ of the block must give the decoder's draft logits, in the truncating mode (one b
 sample, 2D padding mask) and in the multi-block mode (private blocks after the whole conversation,
 4D mask from the collator), through the trainer's own forward (`SarTrainer.compute_loss`).
 
-The decoder's draft logits are recorded at `_Drafts.draw`. A random model rejects almost every
+The decoder's draft logits are recorded at its drafting step (`space.decoding.tree.draft_chain`). A random model rejects almost every
 candidate (group 0 only), so a scripted acceptance rule also forces every group 0 .. k to draft: the
 committed tokens are then whatever was accepted, and the group still saw exactly those.
 """
@@ -21,7 +21,7 @@ from transformers import TrainingArguments
 
 import space
 from space.training.collate import SarCollator
-from space.decoding import space as space_decoding
+from space.decoding import tree as tree_decoder
 from space.decoding import verify
 from space.training.samples import MaskingConfig, build_sample
 from space.testing import tiny_llama
@@ -36,13 +36,13 @@ FILLER = 7  # response tokens after the decoded text: only labels, never seen by
 def decode_recording_drafts(monkeypatch, model, prompt, use_cache, decoding):
     """SPACE's output and `(P, draft logits [k, V])` for every draft it made."""
     draws = []
-    draw = space_decoding._Drafts.draw.__func__
+    draft_chain = tree_decoder.draft_chain
 
-    def recording(cls, logits, options, generator):
-        draws.append(logits.clone())
-        return draw(cls, logits, options, generator)
+    def recording(target, hidden_rows, logits, first_slot, *rest):
+        draws.append(logits[first_slot:].clone())
+        return draft_chain(target, hidden_rows, logits, first_slot, *rest)
 
-    monkeypatch.setattr(space_decoding._Drafts, "draw", classmethod(recording))
+    monkeypatch.setattr(tree_decoder, "draft_chain", recording)
     k = model.config.mask_num
     options = dict(max_new_tokens=MAX_NEW_TOKENS, eos_token_id=[], use_cache=use_cache, tree=False)  # the chain's groups
     if decoding == "scripted":

@@ -14,18 +14,45 @@ import space
 from space.decoding import verify
 from space.decoding.common import Model
 from space.decoding.row_cost import CostCurve, device_curve, measured_curve
-from space.decoding.space import SpaceOptions
-from space.decoding.tree import generate_tree
-from space.decoding.tree_shape import (EXPLORE_EVERY, AcceptanceRates, Chain, ShapeConfig, next_chain_source,
-                                       plan_tree, record_outcome)
+from space.decoding import tree as tree_decoder
+from space.decoding.drafts import Drafts
+from space.decoding.tree_shape import (EXPLORE_EVERY, AcceptanceRates, ShapeConfig, next_chain_source, plan_tree,
+                                       record_outcome)
 from space.decoding.verify import accept_tree
 from space.layout import ChunkLayout
-from space.retrieval import NO_COPY, Copy, NgramIndex
+from space.retrieval import NgramIndex
 from space.testing import DraftOracle, chi_square_p_value, tiny_llama
 from space.tree_layout import tree_layout
 from tests.conftest import random_prompt
+from tests.paper_chain import paper_chain
 
 FREE_ROWS = {1: 1.0, 512: 1.0}  # every row free: the planner takes every candidate
+
+
+def Copy(tokens: tuple, match: int, after: int = 0) -> Drafts:
+    """A copy from the context, as `NgramIndex.lookup` proposes it."""
+    return Drafts(list(tokens), origin="copy", match=match, after=after)
+
+
+NO_COPY = Copy((), 0)
+
+
+def chain_and_runners_up(tokens: list[int], alternatives: list[list[int]] = (), q=None):
+    """A chain from slot 0 and, per slot, its runners-up: the slot's best tokens without the chain's own, as many
+    as the list holds minus one (what `space.decoding.tree.draft_chain` proposes)."""
+    runners_up = []
+    for i, best in enumerate(alternatives):
+        others = [token for token in best if token != tokens[i]][: len(best) - 1]
+        runners_up += [Drafts([token], origin="topk", slot=i, rank=rank, after=i) for rank, token in enumerate(others, 1)]
+    return Drafts(list(tokens), q, origin="chain"), runners_up
+
+
+def plan(root: int, tokens: list[int], alternatives, copies: list, rates, config, sampled=False, q=None):
+    """`plan_tree` with copies listed by depth (copy d follows the chain's first d tokens), as the decoder looks
+    them up."""
+    chain, runners_up = chain_and_runners_up(tokens, alternatives, q)
+    copies = [Copy(copy.tokens, copy.match, after=depth) for depth, copy in enumerate(copies)]
+    return plan_tree(root, chain, runners_up, copies, rates, config, sampled=sampled)
 
 
 # --- layout ----------------------------------------------------------------------------------------
@@ -79,15 +106,15 @@ def naive_lookup(tokens: list[int], max_ngram: int, max_tokens: int, drafted: tu
         suffix = text[-n:]
         for end in range(len(tokens) - 2, n - 2, -1):
             if tokens[end - n + 1 : end + 1] == suffix:
-                return Copy(tuple(tokens[end + 1 : end + 1 + max_tokens]), n)
-    return NO_COPY
+                return Copy(tuple(tokens[end + 1 : end + 1 + max_tokens]), n, after=len(drafted))
+    return Copy((), 0, after=len(drafted))
 
 
 def test_the_copy_continues_the_latest_occurrence_of_the_longest_match():
     index = NgramIndex(max_ngram=4)
     index.extend([1, 2, 3, 4, 1, 2, 5, 1, 2])
     assert index.lookup(3) == Copy((5, 1, 2), 2)  # (1, 2) last ended at index 5; (5, 1, 2) never before
-    assert index.lookup(3, after=(5,)) == Copy((1, 2), 3)  # with a drafted 5: (1, 2, 5) matched
+    assert index.lookup(3, after=(5,)) == Copy((1, 2), 3, after=1)  # with a drafted 5: (1, 2, 5) matched
     assert index.lookup(0) == NO_COPY
     fresh = NgramIndex(max_ngram=3)
     fresh.extend([1, 2, 3])
@@ -196,7 +223,7 @@ def first_tokens_through_the_planner(p, q, copies, alternatives, rates, price, s
     counts = {}
     for _ in range(draws):
         x = int(torch.multinomial(q, 1, generator=generator))
-        tree = plan_tree(9, Chain([x], 0, alternatives, q[None]), copies, rates, config, sampled=sampled)
+        tree = plan(9, [x], alternatives, copies, rates, config, sampled=sampled, q=q[None])
         path, token = accept_tree(p.log()[None].expand(len(tree.tokens), -1), tree.tokens, tree.candidates, options,
                                   generator)
         first = tree.tokens[path[0]] if path else token
@@ -231,9 +258,8 @@ def shape(k=2, price=lambda rows: 1.0, max_rows=64, **kwargs) -> ShapeConfig:
 
 
 def test_free_rows_take_every_candidate_and_a_group_wherever_a_path_may_end():
-    chain = Chain([5, 6], 0, [[5, 8, 9], [6, 3, 4]])
     copies = [Copy((5, 7, 7), 3), Copy((6, 1), 2), NO_COPY]
-    tree = plan_tree(0, chain, copies, AcceptanceRates(), shape())
+    tree = plan(0, [5, 6], [[5, 8, 9], [6, 3, 4]], copies, AcceptanceRates(), shape())
     # chain 5 -> 6; copy 5 (merged) -> 7 -> 7; copy after 5: 6 (merged) -> 1; runners-up 8, 9 and 3, 4
     assert sorted(tree.tokens[1:]) == sorted([5, 6, 7, 7, 1, 8, 9, 3, 4])
     by_kind = {kind: sum(node.kind == kind for node in tree.nodes) for kind in ("chain", "copy", "topk")}
@@ -244,21 +270,20 @@ def test_free_rows_take_every_candidate_and_a_group_wherever_a_path_may_end():
 
 
 def test_a_price_of_one_forward_per_row_takes_nothing():
-    chain = Chain([5, 6], 0, [[5, 8], [6, 3]])
-    tree = plan_tree(0, chain, [Copy((5, 7), 3)], AcceptanceRates(), shape(price=lambda rows: float(rows)))
+    tree = plan(0, [5, 6], [[5, 8], [6, 3]], [Copy((5, 7), 3)], AcceptanceRates(), shape(price=lambda rows: float(rows)))
     assert tree.tokens == [0] and tree.grouped == [False]
 
 
 def test_the_planner_keeps_to_the_row_cap_and_explores_the_root_group():
-    chain = Chain([5, 6, 7], 0, [])
+    chain = [5, 6, 7]
     rates = AcceptanceRates()
-    tree = plan_tree(0, chain, [Copy(tuple(range(20, 40)), 6)], rates, shape(k=3, max_rows=9))
+    tree = plan(0, chain, [], [Copy(tuple(range(20, 40)), 6)], rates, shape(k=3, max_rows=9))
     layout = tree_layout(tree.parents, tree.grouped, 3)
     assert layout.size <= 9
-    steep = plan_tree(0, chain, [], rates, shape(k=3, price=lambda rows: float(rows)))
+    steep = plan(0, chain, [], [], rates, shape(k=3, price=lambda rows: float(rows)))
     assert steep.grouped == [False] and steep.tokens == [0]
     rates.steps_without_root_group = EXPLORE_EVERY  # an unused chain is measured again now and then
-    assert plan_tree(0, chain, [], rates, shape(k=3, price=lambda rows: float(rows))).grouped[0]
+    assert plan(0, chain, [], [], rates, shape(k=3, price=lambda rows: float(rows))).grouped[0]
 
 
 def test_a_jump_in_price_is_crossed_when_enough_rows_pay_for_it():
@@ -268,15 +293,14 @@ def test_a_jump_in_price_is_crossed_when_enough_rows_pay_for_it():
     for depth in range(1, 17):  # copies after a 6-token match were always accepted
         for _ in range(50):
             rates.update(("copy", 6, depth), True)
-    tree = plan_tree(0, Chain(), copies, rates, shape(k=0, price=curve.price))
+    tree = plan(0, [], [], copies, rates, shape(k=0, price=curve.price))
     assert len(tree.tokens) == 17  # the whole copy: 16 near-certain tokens pay for the doubled price
-    short = plan_tree(0, Chain(), [Copy((20, 21, 22, 23, 24, 25), 6)], rates, shape(k=0, price=curve.price))
+    short = plan(0, [], [], [Copy((20, 21, 22, 23, 24, 25), 6)], rates, shape(k=0, price=curve.price))
     assert len(short.tokens) == 4  # six tokens do not: three free rows only
 
 
 def test_outcomes_update_the_rates_of_every_offered_candidate():
-    chain = Chain([5, 6], 0, [])
-    tree = plan_tree(0, chain, [Copy((5, 9), 2)], AcceptanceRates(), shape())
+    tree = plan(0, [5, 6], [], [Copy((5, 9), 2)], AcceptanceRates(), shape())
     rates = AcceptanceRates()
     five, six = tree.tokens.index(5), tree.tokens.index(6)
     record_outcome(tree, [five], rates)  # 5 accepted, then 6 and 9 (children of 5) refused
@@ -288,7 +312,7 @@ def test_outcomes_update_the_rates_of_every_offered_candidate():
 
 
 def test_the_next_chain_comes_from_the_nearest_grouped_ancestor():
-    tree = plan_tree(0, Chain([5], 0, []), [Copy((5, 7, 8), 4)], AcceptanceRates(), shape())
+    tree = plan(0, [5], [], [Copy((5, 7, 8), 4)], AcceptanceRates(), shape())
     path = [tree.tokens.index(5), tree.tokens.index(7), tree.tokens.index(8)]
     tree.grouped = [True, False, False, False]
     assert next_chain_source(tree, path) == (0, 3)  # the root's slots past depth 3
@@ -374,24 +398,41 @@ def test_copies_are_accepted_where_the_text_repeats():
 
 @pytest.mark.parametrize("k", [1, 3, 5])
 @pytest.mark.parametrize("use_cache", [True, False])
-def test_the_faithful_tree_is_the_chain_step_for_step(k, use_cache):
-    """`generate_tree(faithful=True)`: the chain, every node grouped, first step on mask ids, gives the chain
-    decoder's tokens and steps."""
+def test_the_faithful_tree_is_the_chain_step_for_step(k, use_cache, monkeypatch):
+    """`tree=False` (the one loop in its faithful mode: the chain, every node grouped, first step on mask ids) gives
+    the paper's chain step's tokens and steps (`tests.paper_chain`, written from the §3.2 table), with
+    1 + k(k+2) rows a step."""
     prompt = random_prompt(5, seed=k)
     inner = tiny_llama(seed=40 + k, mask_num=k)
     oracle = DraftOracle(inner, "oracle")
     reference = space.decode(oracle, prompt, "ar", max_new_tokens=40, eos_token_id=[]).tokens
     oracle.set_reference(torch.cat([prompt[0], reference]))
+    sizes = []
+    layout_on = tree_decoder.layout_on
+    monkeypatch.setattr(tree_decoder, "layout_on", lambda *args: sizes.append(layout_on(*args).size) or layout_on(*args))
     for model in (inner, oracle):
-        options = SpaceOptions(max_new_tokens=30, eos_token_id=[], use_cache=use_cache)
-        chain = space.decode(model, prompt, "space", max_new_tokens=30, eos_token_id=[], use_cache=use_cache, tree=False)
-        target = Model(model)
-        group_ids = torch.full((k,), model.config.mask_id)
-        run = generate_tree(target, prompt, options, k, group_ids, faithful=True)
-        result = run.result()
+        options = dict(max_new_tokens=30, eos_token_id=[], use_cache=use_cache)
+        chain = paper_chain(model, prompt, **options)
+        sizes.clear()
+        result = space.decode(model, prompt, "space", tree=False, **options)
         assert result.tokens.tolist() == chain.tokens.tolist()
         assert result.stats.tokens_per_step == chain.stats.tokens_per_step
-        assert result.stats.rows_per_step[1:-1] == [1 + k * (k + 2)] * (len(chain.stats.tokens_per_step) - 2)
+        assert sizes[1:-1] == [1 + k * (k + 2)] * (len(chain.stats.tokens_per_step) - 2)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+@pytest.mark.parametrize("mode", ["exact", "original"])
+def test_the_faithful_tree_draws_the_chains_samples(k, mode):
+    """Sampling, the same seed gives the paper's chain step's tokens and steps under both rules: the faithful mode
+    draws and tests in the same order."""
+    prompt = random_prompt(5, seed=k, high=20)
+    model = tiny_llama(seed=50 + k, mask_num=k, vocab_size=24)
+    for seed in range(4):
+        options = dict(max_new_tokens=24, eos_token_id=[], do_sample=True, seed=seed, sampling_mode=mode, top_k=12)
+        chain = paper_chain(model, prompt, **options)
+        result = space.decode(model, prompt, "space", tree=False, **options)
+        assert result.tokens.tolist() == chain.tokens.tolist()
+        assert result.stats.tokens_per_step == chain.stats.tokens_per_step
 
 
 @pytest.mark.parametrize("k", [2, 3])

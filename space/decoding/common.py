@@ -306,15 +306,8 @@ class Model:
         refined by the model's sampler head given the token picked before it (the first given `previous_token`, the
         last committed). `pick(logits[V])` chooses. Only for a model with a head."""
         weight = self.head.weight if self.head.weight.dtype == torch.float32 else fp32_head(self.head).weight
-        chosen = []
-
-        def pick_and_keep(row: torch.Tensor) -> int:
-            chosen.append(pick(row))
-            return chosen[-1]
-
         embed = self.model.get_input_embeddings().weight
-        refined = self.sampler_head.refine_chain(hidden_rows, logits, previous_token, embed, weight, pick_and_keep)
-        return refined, chosen
+        return self.sampler_head.refine_chain(hidden_rows, logits, previous_token, embed, weight, pick)
 
 
 class Output:

@@ -40,6 +40,7 @@ import torch
 
 from space.cache import CompactCache
 from space.decoding.common import DecodeOptions, DecodeResult, DecodeStats, Model, Output, Run
+from space.decoding.drafts import Drafts
 from space.decoding.sampling import probabilities, sample
 from space.decoding.verify import accept, check_sampling_mode
 from space.errors import SpaceError
@@ -169,10 +170,10 @@ def generate(model, input_ids: torch.Tensor, options: SdsatOptions) -> DecodeRes
             t = int(candidates[0][0])  # first of a draw without replacement: an exact sample
         elif options.do_sample:
             q = process(draft_logits)
-            t, drafts = int(sample(q[0], generator)), sample(q[1:], generator)
+            t, drafts = int(sample(q[0], generator)), Drafts(sample(q[1:], generator).tolist(), q[1:], origin="sat")
         else:
-            tokens = draft_logits.argmax(dim=-1)
-            t, drafts = int(tokens[0]), tokens[1:]
+            tokens = draft_logits.argmax(dim=-1).tolist()
+            t, drafts = tokens[0], Drafts(tokens[1:], origin="sat")
         emitted = run.commit([t])
         if cache is not None:
             cache.truncate(n)  # keep x_{n-1}, drop the SATs
@@ -186,10 +187,11 @@ def generate(model, input_ids: torch.Tensor, options: SdsatOptions) -> DecodeRes
             accepted_tokens, bonus, kept = _verify_tree(target, tree, candidates, out, n, cache, process, generator)
             accepted = len(accepted_tokens)
         else:
-            hidden = target.hidden(*run.unseen(drafts), cache=cache)
+            draft_ids = drafts.ids(device)
+            hidden = target.hidden(*run.unseen(draft_ids), cache=cache)
             verify_logits = target.logits(hidden[-(width + 1):])  # [w+1, V]
-            accepted, bonus = accept(verify_logits, drafts, options, generator, q=q[1:] if options.do_sample else None)
-            accepted_tokens = drafts[:accepted].tolist()
+            accepted, bonus = accept(verify_logits, draft_ids, options, generator, q=drafts.q)
+            accepted_tokens = drafts.tokens[:accepted]
         verified = run.commit(accepted_tokens + [bonus], accepted)
         stats.tokens_per_round.append(emitted + verified)
         stats.drafted_per_round.append(width)

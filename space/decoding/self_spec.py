@@ -30,6 +30,7 @@ import torch
 
 from space.cache import CompactCache
 from space.decoding.common import DecodeOptions, DecodeResult, DecodeStats, Model, Output, Run
+from space.decoding.drafts import Drafts
 from space.decoding.sampling import probabilities, sample
 from space.decoding.threshold import DEFAULT_AUTO_PARAMETERS, AutoParameters, ThresholdState, update_threshold
 from space.decoding.verify import accept
@@ -77,12 +78,6 @@ class SelfSpecStats(DecodeStats):
         return sum(self.accepted_per_step) / drafted if drafted else 0.0
 
 
-@dataclass
-class _Drafts:
-    tokens: list[int]
-    q: torch.Tensor | None  # [n, V] draft distributions when sampling
-
-
 @torch.inference_mode()
 def generate(model, input_ids: torch.Tensor, options: SelfSpecOptions) -> DecodeResult:
     target = Model(model)
@@ -106,9 +101,9 @@ def generate(model, input_ids: torch.Tensor, options: SelfSpecOptions) -> Decode
         if stats.steps > 0 and room > 0:
             drafts = _draft(target, masks, out, room, state.gamma, options, run.generator, cache, stats)
         else:
-            drafts = _Drafts([], None)
-        n = len(drafts.tokens)
-        draft_ids = torch.tensor(drafts.tokens, dtype=torch.long, device=target.device)
+            drafts = Drafts(origin="layers")
+        n = len(drafts)
+        draft_ids = drafts.ids(target.device)
 
         # 2. verify: one full forward over [x_last, d_1..d_n] (the whole sequence without a cache)
         hidden = target.hidden(*run.unseen(draft_ids), cache=cache)
@@ -131,7 +126,7 @@ def generate(model, input_ids: torch.Tensor, options: SelfSpecOptions) -> Decode
 
 
 def _draft(target: Model, masks, out: Output, room: int, gamma: float, options: DecodeOptions, generator,
-           cache: CompactCache | None, stats: SelfSpecStats) -> _Drafts:
+           cache: CompactCache | None, stats: SelfSpecStats) -> Drafts:
     """Up to `room` draft tokens from the layer-skipped model; the cache is left as it was found."""
     device = target.device
     committed = out.length
@@ -165,4 +160,4 @@ def _draft(target: Model, masks, out: Output, room: int, gamma: float, options: 
             break
     if cache is not None:
         cache.truncate(committed - 1)  # drop the scratch entries of the layers the draft ran
-    return _Drafts(tokens, torch.stack(qs) if qs else None)
+    return Drafts(tokens, torch.stack(qs) if qs else None, origin="layers")

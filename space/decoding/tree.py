@@ -1,35 +1,40 @@
-"""SPACE with a candidate tree: verify SPACE's chain, its runners-up and a copy from the context in one forward.
+"""SPACE's decoding loop: verify a tree of candidates and draft the next chain, in one forward per step.
 
 Each step (shape from `space.decoding.tree_shape`, rows from `space.tree_layout`):
 
-1. plan the tree under the last committed token from the chain the previous step drafted, the copy that
-   continues the longest n-gram match of the context (`space.retrieval`), and the measured acceptance;
-2. one forward over the tree's nodes and its mask groups;
-3. accept the longest path the target agrees with (`space.decoding.verify.accept_tree`: greedy, or exact
-   multi-candidate speculative sampling) and the next token after it;
+1. plan the tree under the last committed token from the chain the previous step drafted, each chain slot's
+   runners-up, the copies that continue the longest n-gram match of the context (`space.retrieval`), and the
+   measured acceptance;
+2. one forward over the tree's nodes and its mask groups, after the prefix the cache has not seen;
+3. accept the longest path the target agrees with and the next token after it;
 4. commit, keep the accepted nodes' KV entries (`CompactCache.compact`), update the acceptance rates;
-5. draft the next chain from the last accepted node's group, or from the slots the nearest grouped
-   ancestor drafted past the accepted depth.
+5. draft the next chain (and its runners-up) from the last accepted node's group, or from the slots the nearest
+   grouped ancestor drafted past the accepted depth.
 
-With `faithful=True` (the chain alone, a group on every node, the first step verifying mask ids) this is
-the paper's step that `space.decoding.space` runs for `tree=False`, and both give the same tokens and the
-same steps (tested).
+The paper's chain (`tree=False`, or its published sampling rule) is this loop in its faithful mode: the chain
+alone, a group on every node, the first step verifying mask ids in the candidate slots (the paper's dummy
+draft), and the chain's own acceptance rules (`space.decoding.verify.accept`: greedy, exact speculative
+sampling, or the paper's rule). Its step is the §3.2 layout row for row, and it reports the shared statistics.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import torch
 
 from space.decoding.common import DecodeStats, Model, Run
-from space.decoding.sampling import draft_picker, probabilities, sample
+from space.decoding.drafts import Drafts
 from space.decoding.row_cost import CostCurve, device_curve, measured_curve
-from space.decoding.tree_shape import (DEVICE_MAX_ROWS, AcceptanceRates, Chain, ShapeConfig, next_chain_source,
+from space.decoding.sampling import draft_picker, probabilities, sample
+from space.decoding.tree_shape import (DEVICE_MAX_ROWS, AcceptanceRates, DraftTree, ShapeConfig, next_chain_source,
                                        plan_tree, record_outcome)
-from space.decoding.verify import accept_tree
+from space.decoding.verify import accept, accept_tree
 from space.retrieval import NgramIndex
-from space.tree_layout import tree_layout
+from space.tree_layout import TreeLayout, tree_layout
+
+FP16_MAX = 65504.0  # the paper's draft probability for the first step's mask ids: its rule always rejects them
 
 
 @dataclass
@@ -42,9 +47,10 @@ class TreeStats(DecodeStats):
     topk_accepted_per_step: list[int] = field(default_factory=list)
 
 
-def shape_config(target: Model, options, k: int, faithful: bool) -> ShapeConfig:
+def shape_config(target: Model, options, k: int) -> ShapeConfig:
     """The step budget: the options' cost curve and row cap, else the device's row cap and its stored curve
-    (`cost_curve="measure"`: timed on this model once)."""
+    (`cost_curve="measure"`: timed on this model once). The paper's chain feeds everything at any price."""
+    faithful = not options.uses_tree
     kind = target.device.type if target.device.type in DEVICE_MAX_ROWS else "cuda"
     max_rows = max(options.max_tree_rows if options.max_tree_rows is not None else DEVICE_MAX_ROWS[kind], 1 + k)
     if faithful:
@@ -56,106 +62,141 @@ def shape_config(target: Model, options, k: int, faithful: bool) -> ShapeConfig:
     else:
         curve = options.cost_curve if isinstance(options.cost_curve, CostCurve) else CostCurve.from_points(options.cost_curve)
     return ShapeConfig(k=k, price=curve.price, max_rows=max_rows, copy=not faithful and options.copy_tokens > 0,
-                       topk=not faithful and options.branch_width > 0, groups_everywhere=faithful)
+                       topk=not faithful and options.branch_width > 0, faithful=faithful)
 
 
-def draft_chain(logits: torch.Tensor, first_slot: int, options, branch_width: int, generator, refine=None) -> Chain:
-    """The next chain from a group's mask logits `[k, V]`, slots `first_slot..`: argmax or one sample per slot,
-    with each slot's `branch_width` runners-up. `refine(logits) -> (logits, tokens)` picks the slots one by one
-    instead (the sampler head, `Model.chain_drafts`)."""
-    logits = logits[first_slot:]
+def first_chain(group_ids: torch.Tensor, config: ShapeConfig, sampling: bool, vocab_size: int) -> Drafts:
+    """The first step's chain. Nothing was drafted yet: the tree verifies none; the paper's chain verifies the mask
+    ids in its candidate slots, drafted with certainty (a one-hot q, so exact sampling stays exact)."""
+    if not config.faithful:
+        return Drafts()
+    q = torch.nn.functional.one_hot(group_ids, vocab_size).float() if sampling else None
+    return Drafts(group_ids.tolist(), q, origin="masks")
+
+
+def draft_chain(target: Model, hidden_rows: torch.Tensor, logits: torch.Tensor, first_slot: int, previous_token: int,
+                options, branch_width: int, generator) -> tuple[Drafts, list[Drafts]]:
+    """The next chain from a group's mask rows (`hidden_rows` `[k, H]`, `logits` `[k, V]`), slots `first_slot..`:
+    argmax or one sample per slot, or slot by slot through the model's sampler head (each slot conditioned on the
+    token picked before it, the first on `previous_token`); and each slot's `branch_width` runners-up."""
+    logits, hidden_rows = logits[first_slot:], hidden_rows[first_slot:]
     if logits.shape[0] == 0:
-        return Chain(first_slot=first_slot)
+        return Drafts(slot=first_slot), []
     q = None
-    if refine is not None:
-        logits, tokens = refine(logits)
-        tokens = torch.tensor(tokens)
+    if target.sampler_head is not None and options.sampler_head:
+        picker = draft_picker(options.do_sample, options.temperature, options.top_k, options.top_p, generator)
+        logits, tokens = target.chain_drafts(hidden_rows, logits, previous_token, picker)
         if options.do_sample:
             q = probabilities(logits, options.temperature, options.top_k, options.top_p)
     elif options.do_sample:
         q = probabilities(logits, options.temperature, options.top_k, options.top_p)
-        tokens = sample(q, generator)
+        tokens = sample(q, generator).tolist()
     else:
-        tokens = logits.argmax(dim=-1)
-    alternatives = []
+        tokens = logits.argmax(dim=-1).tolist()
+    runners_up = []
     if branch_width > 0:
-        alternatives = logits.topk(branch_width + 1, dim=-1).indices.tolist()
-    return Chain(tokens.tolist(), first_slot, alternatives, q)
+        # a fixed number per slot, whether or not the drawn token is among the slot's best (exact sampling)
+        for i, best in enumerate(logits.topk(branch_width + 1, dim=-1).indices.tolist()):
+            others = [token for token in best if token != tokens[i]][:branch_width]
+            runners_up += [Drafts([token], origin="topk", slot=first_slot + i, rank=rank, after=i)
+                           for rank, token in enumerate(others, start=1)]
+    return Drafts(tokens, q, origin="chain", slot=first_slot), runners_up
 
 
-def generate_tree(target: Model, input_ids: torch.Tensor, options, k: int, group_ids: torch.Tensor,
-                  faithful: bool = False) -> Run:
-    """Decode with candidate trees; `k` is the mask group width, `group_ids` the group's ids. `faithful`: every
-    chain candidate grouped, nothing else offered, the first step verifying mask ids, as the paper's chain."""
+@functools.lru_cache(maxsize=256)
+def layout_on(parents: tuple[int, ...], grouped: tuple[bool, ...], k: int, device: torch.device) -> TreeLayout:
+    """`tree_layout` on `device`, kept per shape: the paper's chain repeats one shape, trees repeat a few."""
+    layout = tree_layout(list(parents), list(grouped), k)
+    return TreeLayout(layout.allowed.to(device), layout.position_offsets.to(device), layout.node_rows.to(device),
+                      {node: rows.to(device) for node, rows in layout.group_rows.items()}, layout.depths)
+
+
+def verify(node_logits: torch.Tensor, tree: DraftTree, chain: Drafts, config: ShapeConfig, options,
+           generator) -> tuple[list[int], int]:
+    """The accepted path (nodes after the root) and the next token. A tree by multi-candidate acceptance
+    (`accept_tree`); the paper's chain by the chain's rules, with the first step's mask ids at the paper's
+    draft probability under its own sampling rule."""
+    if not config.faithful:
+        return accept_tree(node_logits, tree.tokens, tree.candidates, options, generator)
+    drafts = chain.ids(node_logits.device)
+    draft_probs = None
+    if chain.q is not None:
+        draft_probs = (torch.full(drafts.shape, FP16_MAX, device=drafts.device) if chain.origin == "masks"
+                       else chain.q.gather(1, drafts[:, None])[:, 0])
+    accepted, token = accept(node_logits, drafts, options, generator, q=chain.q, draft_probs=draft_probs,
+                             sampling_mode=options.sampling_mode)
+    return list(range(1, accepted + 1)), token  # the chain's nodes are 1..k in order
+
+
+def generate_tree(target: Model, input_ids: torch.Tensor, options, k: int, group_ids: torch.Tensor) -> Run:
+    """Decode with SPACE; `k` is the mask group width, `group_ids` the group's ids. `options.uses_tree` chooses the
+    candidate tree, else the paper's chain."""
     device = target.device
-    config = shape_config(target, options, k, faithful)
+    config = shape_config(target, options, k)
     rates = options.acceptance if options.acceptance is not None else AcceptanceRates()
-    run = Run.start(target, input_ids, options, TreeStats(), cache_slack=config.max_rows + k * (k + 2) + 1)
+    stats = DecodeStats() if config.faithful else TreeStats()
+    run = Run.start(target, input_ids, options, stats, cache_slack=config.max_rows + k * (k + 2) + 1)
     out, cache = run.out, run.cache
-    index = NgramIndex(options.copy_ngram)
-    index.extend(out.committed().tolist())
-    chain = Chain(group_ids.tolist(), 0) if faithful else Chain()  # the faithful first step verifies mask ids
-    picker = draft_picker(options.do_sample, options.temperature, options.top_k, options.top_p, run.generator)
+    index = None
+    if config.copy:
+        index = NgramIndex(options.copy_ngram)
+        index.extend(out.committed().tolist())
+    chain, runners_up = first_chain(group_ids, config, options.do_sample, target.config.vocab_size), []
 
     while True:
         n = out.length
-        copies = []
-        if config.copy:  # from the root, and after each prefix of the chain
-            copies = [index.lookup(options.copy_tokens, tuple(chain.tokens[:depth])) for depth in range(len(chain.tokens) + 1)]
-        tree = plan_tree(int(out.ids[n - 1]), chain, copies, rates, config, sampled=chain.q is not None)
+        # 1. plan: copies from the root and after each prefix of the chain
+        copies = [] if index is None else [index.lookup(options.copy_tokens, tuple(chain.tokens[:depth]))
+                                            for depth in range(len(chain) + 1)]
+        tree = plan_tree(int(out.ids[n - 1]), chain, runners_up, copies, rates, config, sampled=chain.q is not None)
         tokens = tree.tokens  # a property that builds the list: read once
-        layout = tree_layout(tree.parents, tree.grouped, k)
-        node_rows = layout.node_rows.to(device)
-        node_tokens = torch.tensor(tokens, device=device)
-        chunk_ids = node_tokens.new_zeros(layout.size)
-        chunk_ids[node_rows] = node_tokens
+        layout = layout_on(tuple(tree.parents), tuple(tree.grouped), k, device)
+        chunk_ids = torch.zeros(layout.size, dtype=torch.long, device=device)
+        chunk_ids[layout.node_rows] = torch.tensor(tokens, device=device)
         for rows in layout.group_rows.values():
-            chunk_ids[rows.to(device)] = group_ids
-        allowed = layout.allowed.to(device)
-        offsets = layout.position_offsets.to(device)
+            chunk_ids[rows] = group_ids
 
-        # 1. one forward: the tree and its groups, after the prefix the cache has not seen
+        # 2. one forward: the tree and its groups, after the prefix the cache has not seen
         seen = run.seen
-        positions = torch.cat([torch.arange(seen, n - 1, device=device), offsets + (n - 1)])
+        positions = torch.cat([torch.arange(seen, n - 1, device=device), layout.position_offsets + (n - 1)])
         ids = torch.cat([out.ids[seen : n - 1], chunk_ids])
         unseen = n - 1 - seen
         prefix = torch.ones(positions.shape[0], n - 1, dtype=torch.bool, device=device)
         if unseen:  # the uncached committed rows see the prefix causally, never the chunk
             prefix[:unseen] = torch.ones(unseen, n - 1, dtype=torch.bool, device=device).tril(diagonal=seen)
         chunk_cols = torch.zeros(positions.shape[0], layout.size, dtype=torch.bool, device=device)
-        chunk_cols[unseen:] = allowed
-        keys = torch.cat([torch.arange(n - 1, device=device), offsets + (n - 1)])
+        chunk_cols[unseen:] = layout.allowed
+        keys = torch.cat([torch.arange(n - 1, device=device), layout.position_offsets + (n - 1)])
         mask = target.mask(torch.cat([prefix, chunk_cols], dim=1), positions, keys)
-        hidden = target.hidden(ids, positions, mask, cache)
-        logits = target.logits(hidden[unseen:])  # [rows, V]
+        hidden = target.hidden(ids, positions, mask, cache)[unseen:]  # [rows, H]: the chunk's
+        logits = target.logits(hidden)  # [rows, V]
 
-        # 2. verify
-        path, token = accept_tree(logits[node_rows], tokens, tree.candidates, options, run.generator)
+        # 3. verify
+        path, token = verify(logits[layout.node_rows], tree, chain, config, options, run.generator)
+
+        # 4. commit (cut at EOS and at max_new_tokens), learn the rates
         emitted = run.commit([tokens[u] for u in path] + [token], len(path))
-        kinds = [tree.nodes[u].kind for u in path[: min(len(path), emitted)]]
-        stats = run.stats
-        stats.rows_per_step.append(layout.size)
-        stats.copy_accepted_per_step.append(kinds.count("copy"))
-        stats.topk_accepted_per_step.append(kinds.count("topk"))
+        if not config.faithful:  # the tree's own statistics
+            kinds = [tree.nodes[u].kind for u in path[: min(len(path), emitted)]]
+            stats.rows_per_step.append(layout.size)
+            stats.copy_accepted_per_step.append(kinds.count("copy"))
+            stats.topk_accepted_per_step.append(kinds.count("topk"))
         record_outcome(tree, path, rates)
         if out.finished:
             return run
-        index.extend(out.ids[n : out.length].tolist())
+        if index is not None:
+            index.extend(out.ids[n : out.length].tolist())
 
-        # 3. cache: the committed prefix, then the accepted nodes (now x_n ..)
+        # 5. cache: the committed prefix, then the accepted nodes (now x_n ..)
         if cache is not None:
-            cache.compact(n, (n - 1) + node_rows[path])
+            cache.compact(n, (n - 1) + layout.node_rows[path])
 
-        # 4. the next chain
+        # 6. the next chain
         source = next_chain_source(tree, path)
         if source is None:
-            chain = Chain()
+            chain, runners_up = Drafts(), []
         else:
             node, first_slot = source
-            rows = layout.group_rows[node].to(device)
-            refine = None
-            if target.sampler_head is not None and options.sampler_head:  # slot by slot, after the bonus token
-                slots, last = hidden[unseen:][rows][first_slot:], int(out.ids[out.length - 1])
-                refine = lambda chain_logits: target.chain_drafts(slots, chain_logits, last, picker)  # noqa: E731
-            chain = draft_chain(logits[rows], first_slot, options, 0 if faithful else options.branch_width,
-                                run.generator, refine)
+            rows = layout.group_rows[node]
+            chain, runners_up = draft_chain(target, hidden[rows], logits[rows], first_slot, int(out.ids[out.length - 1]),
+                                            options, 0 if config.faithful else options.branch_width, run.generator)

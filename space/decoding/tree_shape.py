@@ -7,8 +7,10 @@ token:
 * `chain`: the k tokens SPACE's mask group drafted (slot i predicts i+1 tokens ahead);
 * `topk`: the runners-up of each slot, as alternatives beside the chain token;
 * `copy`: the tokens that followed the latest earlier occurrence of the context's longest suffix match
-  (`space.retrieval`);
+  (`space.retrieval`), after the root and after each prefix of the chain;
 * a `group` of k masks on a node, which drafts the next step's chain when the accepted path ends there.
+
+Each arrives as a `space.decoding.drafts.Drafts` whose `after` says how many chain tokens precede it.
 
 Every candidate gets the probability that it is accepted: the product, down its path, of each branch kind's
 running acceptance rate given its parent was accepted (`AcceptanceRates`, per chain slot, per copy depth and
@@ -27,6 +29,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+
+from space.decoding.drafts import Drafts
 
 # The most rows a step may feed (what the price curve is measured up to): a CPU pays for every row past a
 # few, a GPU runs a small model's 128 rows for about the price of one.
@@ -67,22 +71,11 @@ class AcceptanceRates:
 
 
 @dataclass
-class Chain:
-    """The chain drafted for a step: tokens from mask slots `first_slot..`, their runners-up, and (when sampling)
-    the distributions they were drawn from."""
-
-    tokens: list[int] = field(default_factory=list)
-    first_slot: int = 0
-    alternatives: list[list[int]] = field(default_factory=list)  # per token: runners-up, best first
-    q: torch.Tensor | None = None  # [len(tokens), V]
-
-
-@dataclass
 class Node:
     token: int
     parent: int
     reach: float  # estimated probability that the path root..node is accepted
-    kind: str  # the branch that proposed it first: root, chain, copy or topk
+    kind: str  # the branch that proposed it first: root, or a draft origin (chain, masks, copy, topk)
     keys: list[tuple] = field(default_factory=list)  # acceptance keys of every branch that proposed it
     q: torch.Tensor | None = None  # the chain token's draft distribution, when sampled
 
@@ -112,19 +105,33 @@ class ShapeConfig:
     max_rows: int
     copy: bool = True
     topk: bool = True
-    groups_everywhere: bool = False  # the faithful chain: a group on the root and on every chain node
+    faithful: bool = False  # the paper's chain: everything fed, a group on the root and on every chain node
 
 
-def _trie(root_token: int, chain: Chain, copies: list, rates: AcceptanceRates, config: ShapeConfig) -> list[Node]:
-    """Every candidate node, merged into one trie (parents first)."""
+def acceptance_key(drafts: Drafts, i: int) -> tuple:
+    """The `AcceptanceRates` key of `drafts.tokens[i]`: its chain slot, its copy depth and match length, or its
+    runner-up slot and rank."""
+    if drafts.origin == "copy":
+        return ("copy", min(drafts.match, MATCH_BUCKETS), i + 1)
+    if drafts.origin == "topk":
+        return ("topk", drafts.slot, drafts.rank)
+    return ("chain", drafts.slot + i)  # the chain, or the mask ids standing in for it
+
+
+def _trie(root_token: int, chain: Drafts, runners_up: list[Drafts], copies: list[Drafts], rates: AcceptanceRates,
+          config: ShapeConfig, by_key: bool = False) -> list[Node]:
+    """Every candidate node, merged into one trie (parents first): at each chain depth the runners-up beside the
+    chain token, then the chain token; then the copies. Proposals of the same token under the same parent merge,
+    or with `by_key` those of the same acceptance key (a plan that must not look at the tokens)."""
     nodes = [Node(root_token, -1, 1.0, "root")]
-    children: dict[tuple[int, int], int] = {}
+    children: dict[tuple, int] = {}
 
     def add(parent: int, token: int, reach: float, kind: str, key: tuple, q=None) -> int:
-        index = children.get((parent, token))
+        identity = (parent, key if by_key else token)
+        index = children.get(identity)
         if index is None:
             index = len(nodes)
-            children[(parent, token)] = index
+            children[identity] = index
             nodes.append(Node(token, parent, reach, kind))
         node = nodes[index]
         node.reach = max(node.reach, reach)
@@ -133,60 +140,58 @@ def _trie(root_token: int, chain: Chain, copies: list, rates: AcceptanceRates, c
             node.q = q
         return index
 
+    beside = {depth: [drafts for drafts in runners_up if drafts.after == depth] for depth in range(len(chain))}
     parent, reach = 0, 1.0
-    chain_nodes = []
+    chain_nodes = [0]  # chain_nodes[d]: the node after the chain's first d tokens
     for i, token in enumerate(chain.tokens):
-        slot = chain.first_slot + i
         parent_reach = reach
-        reach *= rates.rate(("chain", slot))
-        if config.topk and chain.alternatives:
-            # the slot's best `width` tokens other than the chain token (the list holds width + 1)
-            others = [a for a in chain.alternatives[i] if a != token][: len(chain.alternatives[i]) - 1]
-            for rank, alternative in enumerate(others, start=1):
-                key = ("topk", slot, rank)
-                add(parent, alternative, parent_reach * rates.rate(key), "topk", key)
-        parent = add(parent, token, reach, "chain", ("chain", slot), None if chain.q is None else chain.q[i])
+        key = acceptance_key(chain, i)
+        reach *= rates.rate(key)
+        if config.topk:
+            for runner_up in beside[i]:
+                runner_key = acceptance_key(runner_up, 0)
+                add(parent, runner_up.tokens[0], parent_reach * rates.rate(runner_key), "topk", runner_key)
+        parent = add(parent, token, reach, chain.origin, key, None if chain.q is None else chain.q[i])
         chain_nodes.append(parent)
     if config.copy:
-        # copies[d] continues the context followed by the chain's first d tokens (d = 0: from the root)
-        for depth0, copy in enumerate(copies[: len(chain_nodes) + 1]):
-            parent = 0 if depth0 == 0 else chain_nodes[depth0 - 1]
+        for copy in copies:
+            if copy.after >= len(chain_nodes):
+                continue
+            parent = chain_nodes[copy.after]
             reach = nodes[parent].reach
-            for depth, token in enumerate(copy.tokens, start=1):
-                key = ("copy", min(copy.match, MATCH_BUCKETS), depth)
+            for i, token in enumerate(copy.tokens):
+                key = acceptance_key(copy, i)
                 reach *= rates.rate(key)
                 parent = add(parent, token, reach, "copy", key)
     return nodes
 
 
-def plan_tree(root_token: int, chain: Chain, copies: list, rates: AcceptanceRates, config: ShapeConfig,
-              sampled: bool = False) -> DraftTree:
-    """The step's tree: the candidates (and groups) that maximise expected tokens per unit price. `copies[d]`
-    (`space.retrieval.Copy`) continues the context followed by the chain's first d tokens.
+def plan_tree(root_token: int, chain: Drafts, runners_up: list[Drafts], copies: list[Drafts],
+              rates: AcceptanceRates, config: ShapeConfig, sampled: bool = False) -> DraftTree:
+    """The step's tree: the candidates (and groups) that maximise expected tokens per unit price. `runners_up`
+    (origin "topk") stand beside the chain token their `after` names, `copies` (origin "copy") continue the
+    context followed by the chain's first `after` tokens.
 
     `sampled`: the chain's tokens were drawn from their slots' distributions. Multi-candidate sampling is exact
     only if whether a drawn token is fed does not depend on the value drawn, and merges with copies and
     runners-up would make it so. So the chain's depth, its groups and the runners-up per slot are chosen
-    first on a stand-in chain that merges with nothing (from the rates, the price and the cap alone); copies,
-    which are deterministic drafts, then fill what still pays."""
-    if config.groups_everywhere:  # the faithful chain: everything, a group on the root and every chain node
-        nodes = _trie(root_token, chain, copies, rates, config)
+    first on the acceptance keys alone (a trie that merges nothing, from the rates, the price and the cap);
+    copies, which are deterministic drafts, then fill what still pays."""
+    if config.faithful:  # the paper's chain: everything, a group on the root and every chain node
+        nodes = _trie(root_token, chain, runners_up, copies, rates, config)
         chosen = list(range(len(nodes)))
-        grouped = {u for u in chosen if config.k and nodes[u].kind in ("root", "chain")}
+        grouped = {u for u in chosen if config.k and nodes[u].kind in ("root", "chain", "masks")}
         return _tree(nodes, chosen, grouped)
     if not sampled:
-        nodes = _trie(root_token, chain, copies, rates, config)
+        nodes = _trie(root_token, chain, runners_up, copies, rates, config)
         chosen, grouped = _select(nodes, rates, config)
         return _tree(nodes, chosen, grouped)
 
-    stand_in = Chain([-1 - i for i in range(len(chain.tokens))], chain.first_slot,
-                     [[-1 - i] + [-1000 * (i + 1) - r for r in range(len(alternatives) - 1)]
-                      for i, alternatives in enumerate(chain.alternatives)])
-    skeleton = _trie(root_token, stand_in, [], rates, config)
+    skeleton = _trie(root_token, chain, runners_up, [], rates, config, by_key=True)
     fixed, fixed_groups = _select(skeleton, rates, config)
     fed_keys = {skeleton[u].keys[0] for u in fixed[1:]}
     grouped_keys = {skeleton[u].keys[0] if u else "root" for u in fixed_groups}
-    nodes = _trie(root_token, chain, copies, rates, config)
+    nodes = _trie(root_token, chain, runners_up, copies, rates, config)
     forced = [u for u, node in enumerate(nodes) if u == 0 or any(key in fed_keys for key in node.keys)]
     forced_groups = {u for u in forced if (nodes[u].keys[0] if u else "root") in grouped_keys}
     for u, node in enumerate(nodes):
