@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from space.weights import derived
+
 PACKED_ROWS = 16  # the row count the blocked layout is chosen for (measured: fastest for 1 and for 16 rows)
 PACKED_DTYPES = (torch.float32, torch.bfloat16)
 
@@ -52,11 +54,7 @@ class RowsLinear(nn.Linear):
 
     def _copy(self, make) -> torch.Tensor:
         """The weight copy `make(weight)`, retaken whenever the weight was replaced or changed in place."""
-        key = (make, self.weight.data_ptr(), self.weight._version, tuple(self.weight.shape), self.weight.dtype)
-        if getattr(self, "_copy_key", None) != key:
-            self._weight_copy = make(self.weight.detach())
-            self._copy_key = key
-        return self._weight_copy
+        return derived(self.__dict__, "_weight_copy", (self.weight,), lambda: make(self.weight.detach()), make)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad) or x.device.type != "cpu":

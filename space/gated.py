@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from space.errors import SpaceError
+from space.weights import derived
 
 GATED_KIND = "gated_lora"  # the --finetuning_type, and space.json's "adapter" value
 GATED_WEIGHTS = "gated_adapter.safetensors"
@@ -144,25 +145,23 @@ def group_deltas(adapters: tuple[GatedLoRA | None, ...], out_features: tuple[int
 
 def _frozen_factors(adapters, out_features, cache: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """`(stacked A, block-diagonal scaled B)` of a group for inference, both transposed (`[in, sum r]`,
-    `[sum r, sum out]`), cached in `cache` by the tensors' identity and version (as `space.fast_linear.RowsLinear`
-    caches its weight copy)."""
+    `[sum r, sum out]`), kept in `cache` until an adapter tensor changes (`space.weights.derived`)."""
     present = [adapter for adapter in adapters if adapter is not None]
-    key = (tuple(out_features),
-           *((p.data_ptr(), p._version, tuple(p.shape), p.dtype) for adapter in present for p in (adapter.lora_A, adapter.lora_B)))
-    if cache.get("_gated_factors_key") != key:
-        with torch.inference_mode(False), torch.no_grad():  # normal tensors, usable in and out of inference mode
-            stacked_a = torch.cat([adapter.lora_A.detach() for adapter in present])  # [sum r, in]
-            block_b = stacked_a.new_zeros(sum(out_features), stacked_a.shape[0])
-            row = col = 0
-            for adapter, width in zip(adapters, out_features):
-                if adapter is not None:
-                    rank = adapter.lora_B.shape[1]
-                    block_b[row : row + width, col : col + rank] = adapter.lora_B.detach() * adapter.scaling
-                    col += rank
-                row += width
-        cache["_gated_factors"] = (stacked_a.t().contiguous(), block_b.t().contiguous())
-        cache["_gated_factors_key"] = key
-    return cache["_gated_factors"]
+
+    def factors() -> tuple[torch.Tensor, torch.Tensor]:
+        stacked_a = torch.cat([adapter.lora_A.detach() for adapter in present])  # [sum r, in]
+        block_b = stacked_a.new_zeros(sum(out_features), stacked_a.shape[0])
+        row = col = 0
+        for adapter, width in zip(adapters, out_features):
+            if adapter is not None:
+                rank = adapter.lora_B.shape[1]
+                block_b[row : row + width, col : col + rank] = adapter.lora_B.detach() * adapter.scaling
+                col += rank
+            row += width
+        return stacked_a.t().contiguous(), block_b.t().contiguous()
+
+    tensors = [p for adapter in present for p in (adapter.lora_A, adapter.lora_B)]
+    return derived(cache, "_gated_factors", tensors, factors, tuple(out_features))
 
 
 def add_at_rows(out: torch.Tensor, rows: torch.Tensor, deltas: torch.Tensor) -> torch.Tensor:

@@ -63,13 +63,6 @@ def retained_cache_indices(n_old: int, accepted: int, k: int) -> list[int]:
     return list(range(n_old)) + [candidate_index(n_old, k, i) for i in range(accepted)]
 
 
-def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Bool pattern -> additive float mask `[1, 1, q, kv]` (0 where allowed, dtype min where blocked)."""
-    mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
-    mask.masked_fill_(~allowed, torch.finfo(dtype).min)
-    return mask[None, None]
-
-
 @dataclass
 class ChunkLayout:
     """The fixed pattern of the fed chunk `[x_{n-1}, G_0, c_0, G_1, ..., c_{k-1}, G_k]` for one `k`.

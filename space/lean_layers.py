@@ -41,6 +41,7 @@ from transformers.models.llama.modeling_llama import LlamaDecoderLayer, eager_at
 from space.cache import passed_cache
 from space.fast_linear import PACKED_DTYPES, RowsLinear, packed_product, packed_products_available, packed_weight
 from space.gated import add_at_rows, gated_lora_of, group_deltas, is_gated_hook
+from space.weights import derived
 
 ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa")
 PLAIN_LINEARS = (nn.Linear, RowsLinear)
@@ -106,13 +107,12 @@ class LeanLlamaDecoderLayer(LlamaDecoderLayer):
         weights = [linear.weight for linear in linears]
         packed = (x.device.type == "cpu" and x.dtype in PACKED_DTYPES and x.dtype == weights[0].dtype
                   and packed_products_available())
-        # Like `RowsLinear._copy`: a replaced weight has another data_ptr, one changed in place another _version.
-        key = (packed, *((w.data_ptr(), w._version, tuple(w.shape), w.dtype) for w in weights))
-        copies = self.__dict__.setdefault("_fused_weights", {})
-        if name not in copies or copies[name][0] != key:
+
+        def fuse() -> torch.Tensor:
             fused = torch.cat([w.detach() for w in weights])  # [sum of outs, in]
-            copies[name] = (key, packed_weight(fused) if packed else fused)
-        weight = copies[name][1]
+            return packed_weight(fused) if packed else fused
+
+        weight = derived(self.__dict__.setdefault("_fused_weights", {}), name, weights, fuse, packed)
         if not packed:
             out = F.linear(x, weight)
         else:

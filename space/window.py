@@ -12,7 +12,8 @@ from AR once the context outgrows it. This module is the one place that knows
 * `AttentionMasks`: turns a bool pattern plus query and key positions into what the backbone takes: one
   4D additive mask when every layer has the same window, else a dict keyed by layer type
   (`{"full_attention": ..., "sliding_attention": ...}`, what transformers itself hands a model whose
-  config has `layer_types`, see `masking_utils.create_masks_for_generate`).
+  config has `layer_types`, see `masking_utils.create_masks_for_generate`). It is the one mask builder: the
+  decoders' steps (`space.decoding.common.Model.mask`) and training batches (`batch_masks`) both use it.
 
 Keys are placed by position: `CompactCache` keeps the committed tokens compacted at positions 0..n-1 and
 never evicts windowed-out entries; the mask hides them.
@@ -25,7 +26,6 @@ from dataclasses import dataclass
 import torch
 
 from space.errors import SpaceError
-from space.layout import additive_mask
 
 FULL, SLIDING = "full_attention", "sliding_attention"  # transformers' layer type names
 
@@ -56,6 +56,14 @@ def layer_windows(config) -> tuple[int | None, ...]:
         raise SpaceError(f"attention layer type(s) {unknown} in config.layer_types are not supported: the decoders "
                          f"apply {FULL!r} and {SLIDING!r} masks only")
     return tuple(window if kind == SLIDING else None for kind in types)
+
+
+def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Bool pattern `[q, kv]` or `[B, 1, q, kv]` (True: may attend) -> additive float mask `[1, 1, q, kv]` or
+    `[B, 1, q, kv]`: 0 where allowed, the dtype's minimum where blocked."""
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+    mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+    return mask if mask.dim() == 4 else mask[None, None]
 
 
 def in_window(allowed: torch.Tensor, query_positions: torch.Tensor, key_positions: torch.Tensor,
@@ -89,7 +97,8 @@ class AttentionMasks:
 
     def build(self, allowed: torch.Tensor, query_positions: torch.Tensor, key_positions: torch.Tensor,
               dtype: torch.dtype) -> torch.Tensor | dict[str, torch.Tensor]:
-        """`allowed` `[q, kv]` (keys at `key_positions`, queries at `query_positions`) as the backbone's mask."""
+        """`allowed` `[q, kv]` or `[B, 1, q, kv]` (keys at `key_positions`, queries at `query_positions`, `[..., kv]` and
+        `[..., q]` broadcasting against it) as the backbone's mask."""
         if self.layer_types is None:
             return additive_mask(in_window(allowed, query_positions, key_positions, self.windows[0]), dtype)
         masks = {}
@@ -97,6 +106,13 @@ class AttentionMasks:
             if kind not in masks:
                 masks[kind] = additive_mask(in_window(allowed, query_positions, key_positions, window), dtype)
         return masks
+
+
+def batch_masks(pattern: torch.Tensor, positions: torch.Tensor, config, dtype: torch.dtype):
+    """A training batch's bool pattern `[B, 1, L, L]` (the collator's, tokens at `positions` `[B, L]`) as the
+    backbone's mask, windowed as decoding windows it: mask rows learn under the masks they will decode with."""
+    positions = positions[:, None]  # [B, 1, L]: broadcasts against the pattern
+    return AttentionMasks.for_config(config).build(pattern, positions, positions, dtype)
 
 
 def layer_mask(mask, config, index: int):

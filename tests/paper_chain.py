@@ -15,7 +15,6 @@ import torch
 
 from space.decoding import parse_options
 from space.decoding.common import DecodeResult, DecodeStats, Model, Run, check_prompt, fit_context
-from space.decoding.sampling import draft_picker, probabilities, sample
 from space.decoding.verify import accept
 from space.layout import ChunkLayout, step_layout
 from space.tokens import resolve_mask_spec
@@ -37,10 +36,10 @@ class _Candidates:
         return cls(group_ids.clone(), q, torch.full(group_ids.shape, FP16_MAX, device=group_ids.device))
 
     @classmethod
-    def chosen(cls, logits: torch.Tensor, tokens: torch.Tensor, options) -> "_Candidates":
-        if not options.do_sample:
+    def chosen(cls, logits: torch.Tensor, tokens: torch.Tensor, sampler) -> "_Candidates":
+        if not sampler.do_sample:
             return cls(tokens)
-        q = probabilities(logits, options.temperature, options.top_k, options.top_p)
+        q = sampler.probabilities(logits)
         return cls(tokens, q, q.gather(1, tokens[:, None])[:, 0])
 
 
@@ -58,7 +57,7 @@ def paper_chain(model, input_ids: torch.Tensor, **options) -> DecodeResult:
     run = Run.start(target, input_ids, options, DecodeStats(), cache_slack=layout.size)
     out, cache = run.out, run.cache
     candidates = _Candidates.dummy(group_ids, target.config.vocab_size, options.do_sample)
-    picker = draft_picker(options.do_sample, options.temperature, options.top_k, options.top_p, run.generator)
+    sampler = run.sampler
     while True:
         n = out.length
         chunk_ids[0] = out.ids[n - 1]
@@ -77,8 +76,7 @@ def paper_chain(model, input_ids: torch.Tensor, **options) -> DecodeResult:
             base = n - 1
         hidden = target.hidden(ids, positions, mask, cache)
         chunk_logits = target.logits(hidden[base:])
-        accepted, bonus = accept(chunk_logits[layout.verify_rows], candidates.tokens, options, run.generator,
-                                 q=candidates.q, draft_probs=candidates.token_probs,
+        accepted, bonus = accept(chunk_logits[layout.verify_rows], candidates.tokens, sampler, q=candidates.q, draft_probs=candidates.token_probs,
                                  sampling_mode=options.sampling_mode)
         run.commit(candidates.tokens[:accepted].tolist() + [bonus], accepted)
         if out.finished:
@@ -88,10 +86,10 @@ def paper_chain(model, input_ids: torch.Tensor, **options) -> DecodeResult:
         rows = layout.group_rows(accepted)
         draft_logits = chunk_logits[rows]
         if target.sampler_head is not None and options.sampler_head:
-            draft_logits, tokens = target.chain_drafts(hidden[base:][rows], draft_logits, bonus, picker)
-            candidates = _Candidates.chosen(draft_logits, torch.tensor(tokens, device=device), options)
+            draft_logits, tokens = target.chain_drafts(hidden[base:][rows], draft_logits, bonus, sampler.pick)
+            candidates = _Candidates.chosen(draft_logits, torch.tensor(tokens, device=device), sampler)
         elif options.do_sample:
-            q = probabilities(draft_logits, options.temperature, options.top_k, options.top_p)
-            candidates = _Candidates.chosen(draft_logits, sample(q, run.generator), options)
+            q = sampler.probabilities(draft_logits)
+            candidates = _Candidates.chosen(draft_logits, sampler.sample(q), sampler)
         else:
             candidates = _Candidates(draft_logits.argmax(dim=-1))

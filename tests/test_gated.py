@@ -26,7 +26,8 @@ from space.training.collate import SarCollator, block_attention
 from space.training.export import ExportArguments, export_adapter, merge_adapter
 from space.training.loss import sar_loss
 from space.training.samples import MaskingConfig, build_sample
-from space.training.trainer import SarTrainer, additive_mask
+from space.training.trainer import SarTrainer
+from space.window import additive_mask
 
 
 def train_args(work, output, *extra):

@@ -229,7 +229,7 @@ def test_without_onednn_the_fused_weight_takes_f_linear(monkeypatch):
     with torch.no_grad():
         torch.testing.assert_close(lean(prompt).logits, plain(prompt).logits, **TOLERANCE)
     hidden, kv = plain.config.hidden_size, plain.config.num_key_value_heads * plain.model.layers[0].self_attn.head_dim
-    assert lean.model.layers[0]._fused_weights["qkv"][1].shape == (hidden + 2 * kv, hidden)  # the plain concatenation
+    assert lean.model.layers[0]._fused_weights["qkv"].shape == (hidden + 2 * kv, hidden)  # the plain concatenation
 
 
 def test_bf16_logits_stay_close_to_the_plain_bf16_model():

@@ -13,6 +13,7 @@ import space
 from space.cache import CompactCache
 from space.decoding import self_spec, verify
 from space.decoding.common import Model, Output
+from space.decoding.sampling import Sampler
 from space.decoding.threshold import GAMMA_MAX, AutoParameters, ThresholdState, update_threshold
 from space.decoding.verify import original_accept
 from space.eval import evaluate
@@ -183,7 +184,7 @@ def test_draft_writes_no_kv_for_skipped_attention_and_leaves_the_cache_as_found(
     cache.truncate(6)
     out = Output(prompt[None], 10, [])
     with torch.no_grad():
-        drafts = self_spec._draft(target, masks, out, 3, 0.0, space.DecodeOptions(), None, cache, self_spec.SelfSpecStats())
+        drafts = self_spec._draft(target, masks, out, 3, 0.0, Sampler(), cache, self_spec.SelfSpecStats())
     assert len(drafts.tokens) == 3
     assert [layer.length for layer in cache.layers] == [6] * LAYERS  # scratch entries dropped
 

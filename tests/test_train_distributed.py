@@ -18,7 +18,8 @@ from space.training.loss import MaskMetrics, sar_loss
 from space.testing import tiny_llama, tiny_text_tokenizer
 from space.training import parse_train_args
 from space.training.recipe import build_dataset, masking_config
-from space.training.trainer import MaskMetricsLogger, MetricsAccumulator, additive_mask, means_from_sums
+from space.training.trainer import MaskMetricsLogger, MetricsAccumulator, means_from_sums
+from space.window import additive_mask
 from tests.test_train import make_dataset, with_added_mask
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,7 +5,6 @@ test_space_cache.py, its sampling distribution end to end there too."""
 
 import itertools
 import random
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -16,6 +15,7 @@ from space.decoding.common import Model
 from space.decoding.row_cost import CostCurve, device_curve, measured_curve
 from space.decoding import tree as tree_decoder
 from space.decoding.drafts import Drafts
+from space.decoding.sampling import Sampler
 from space.decoding.tree_shape import (EXPLORE_EVERY, AcceptanceRates, ShapeConfig, next_chain_source, plan_tree,
                                        record_outcome)
 from space.decoding.verify import accept_tree
@@ -144,17 +144,17 @@ def logits_with_argmax(targets: list[int], vocab: int = 12) -> torch.Tensor:
     return logits
 
 
-GREEDY = SimpleNamespace(do_sample=False)
+GREEDY = Sampler()
 
 
 def test_greedy_takes_the_longest_path_the_target_agrees_with():
     # nodes: 0 root, 1 = token 5, 2 = token 7, 3 = token 9 under node 1
     tokens, candidates = [0, 5, 7, 9], [[(1, None), (2, None)], [(3, None)], [], []]
-    assert accept_tree(logits_with_argmax([7, 0, 3, 0]), tokens, candidates, GREEDY, None) == ([2], 3)
+    assert accept_tree(logits_with_argmax([7, 0, 3, 0]), tokens, candidates, GREEDY) == ([2], 3)
     # an oracle branch: accepted to its full depth, then the target's next token
-    assert accept_tree(logits_with_argmax([5, 9, 0, 4]), tokens, candidates, GREEDY, None) == ([1, 3], 4)
+    assert accept_tree(logits_with_argmax([5, 9, 0, 4]), tokens, candidates, GREEDY) == ([1, 3], 4)
     # junk: nothing accepted, the target's own token
-    assert accept_tree(logits_with_argmax([1, 0, 0, 0]), tokens, candidates, GREEDY, None) == ([], 1)
+    assert accept_tree(logits_with_argmax([1, 0, 0, 0]), tokens, candidates, GREEDY) == ([], 1)
 
 
 VOCAB = 5
@@ -178,8 +178,7 @@ def draw_two_tokens(table, q_root, q_deep, generator, rejection) -> tuple[int, i
     original = verify._recursive_rejection
     verify._recursive_rejection = rejection
     try:
-        path, token = accept_tree(node_logits, tokens, candidates, SimpleNamespace(do_sample=True, temperature=1.0,
-                                                                                   top_k=0, top_p=1.0), generator)
+        path, token = accept_tree(node_logits, tokens, candidates, Sampler(do_sample=True, generator=generator))
     finally:
         verify._recursive_rejection = original
     emitted = [tokens[u] for u in path] + [token]
@@ -218,14 +217,13 @@ def test_multi_candidate_sampling_reproduces_the_target_and_the_test_catches_a_b
 def first_tokens_through_the_planner(p, q, copies, alternatives, rates, price, sampled, draws=4000) -> dict:
     """First emitted token over `draws` steps: a chain token drawn from `q`, the tree planned around it, accepted."""
     config = ShapeConfig(k=0, price=lambda rows: price.get(rows, float(rows)), max_rows=64)
-    options = SimpleNamespace(do_sample=True, temperature=1.0, top_k=0, top_p=1.0)
     generator = torch.Generator().manual_seed(0)
+    sampler = Sampler(do_sample=True, generator=generator)
     counts = {}
     for _ in range(draws):
         x = int(torch.multinomial(q, 1, generator=generator))
         tree = plan(9, [x], alternatives, copies, rates, config, sampled=sampled, q=q[None])
-        path, token = accept_tree(p.log()[None].expand(len(tree.tokens), -1), tree.tokens, tree.candidates, options,
-                                  generator)
+        path, token = accept_tree(p.log()[None].expand(len(tree.tokens), -1), tree.tokens, tree.candidates, sampler)
         first = tree.tokens[path[0]] if path else token
         counts[(first,)] = counts.get((first,), 0) + 1
     return counts

@@ -9,22 +9,16 @@ from __future__ import annotations
 import torch
 
 from space.decoding.common import DecodeOptions, DecodeResult, DecodeStats, Model, Run
-from space.decoding.sampling import probabilities, sample
 
 
 @torch.inference_mode()
 def generate(model, input_ids: torch.Tensor, options: DecodeOptions) -> DecodeResult:
     run = Run.start(Model(model), input_ids, options, DecodeStats())
     while not run.finished:
-        # 1. inputs: only what the cache has not seen (the whole sequence without a cache)
-        ids, positions = run.unseen()
-        # 2. one forward; logits of the last row only
-        hidden = run.target.hidden(ids, positions, cache=run.cache)
+        # 1-2. one forward over what the cache has not seen (the whole sequence without a cache); logits of the
+        #      last row only
+        hidden = run.forward()
         logits = run.target.logits(hidden[-1:])[0]  # [V]
         # 3. pick the next token and commit it
-        if options.do_sample:
-            token = int(sample(probabilities(logits, options.temperature, options.top_k, options.top_p), run.generator))
-        else:
-            token = int(logits.argmax())
-        run.commit([token])
+        run.commit([run.sampler.pick(logits)])
     return run.result()

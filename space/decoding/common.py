@@ -11,9 +11,11 @@ a string never passes for a flag, a float never for a count), then the ranges. `
 
 Every loop is written with the same named steps (Medusa's generate_candidates -> tree_decoding ->
 evaluate_posterior -> update_inference_inputs): `Run.start` (the preamble: target model, input on its
-device, output buffer, KV cache, generator, stats), `Run.unseen` (the input the cache has not seen),
-one `Model.hidden` forward, `space.decoding.verify.accept` (the acceptance rule the options select),
-`Run.commit` (append, cut at EOS / the budget, record the stats), then the cache update and the draft.
+device, output buffer, KV cache, the `Sampler` with its generator, stats), `Model.chunk_inputs` (what a
+forward is fed: the committed tokens the cache has not seen, then a chunk of drafts, masks or a tree with
+its own attention pattern; `Run.forward` for a plain causal chunk), one `Model.hidden` forward,
+`space.decoding.verify.accept` (the acceptance rule the sampler selects), `Run.commit` (append, cut at EOS /
+the budget, record the stats), then the cache update and the draft.
 
 The model is used through public HF attributes only, so any LLaMA-family `*ForCausalLM` works unchanged:
 `get_decoder()` (the backbone, fed a 4D float mask and explicit position ids), `get_output_embeddings()`
@@ -26,16 +28,17 @@ from __future__ import annotations
 import functools
 import numbers
 import warnings
-import weakref
 from dataclasses import asdict, dataclass, field, fields, replace
 
 import torch
 
 from space.cache import CompactCache, cache_kwargs
+from space.decoding.sampling import Sampler
 from space.errors import SpaceError, SpaceWarning
 from space.gated import input_only_ids
 from space.sampler_head import attached
 from space.models import unwrap
+from space.weights import derived
 from space.window import AttentionMasks
 
 
@@ -215,20 +218,10 @@ def make_generator(seed: int | None, device: torch.device) -> torch.Generator:
     return generator
 
 
-_FP32_HEADS: "weakref.WeakKeyDictionary[torch.nn.Module, tuple]" = weakref.WeakKeyDictionary()
-
-
 def fp32_head(head: torch.nn.Module) -> torch.nn.Module:
-    """An fp32 copy of a half-precision lm_head (same class, so CPU keeps its fast products), kept per
-    head and retaken when the weight is replaced or changed in place."""
-    weight = head.weight
-    key = (type(head), weight.data_ptr(), weight._version, tuple(weight.shape), weight.device)
-    cached = _FP32_HEADS.get(head)
-    if cached is None or cached[0] != key:
-        with torch.inference_mode(False), torch.no_grad():  # a normal tensor: RowsLinear tracks its version
-            cached = (key, _float_copy(head))
-        _FP32_HEADS[head] = cached
-    return cached[1]
+    """An fp32 copy of a half-precision lm_head (same class, so CPU keeps its fast products), kept on the head
+    and retaken when the weight is replaced or changed in place (`space.weights.derived`)."""
+    return derived(head.__dict__, "_fp32_copy", (head.weight,), lambda: _float_copy(head), type(head))
 
 
 def _float_copy(head: torch.nn.Module) -> torch.nn.Module:
@@ -274,6 +267,31 @@ class Model:
         """A decoder's own pattern `[q, kv]` as the backbone's mask, with the model's sliding windows applied."""
         return self.attention.build(allowed, query_positions, key_positions, self.dtype)
 
+    def chunk_inputs(self, prefix: torch.Tensor, seen: int, chunk: torch.Tensor | None = None,
+                     allowed: torch.Tensor | None = None, offsets: torch.Tensor | None = None) -> "ForwardInputs":
+        """One forward's inputs: the tokens of `prefix` `[P]` the cache does not hold (all but its first `seen`), fed
+        causally at their own positions, then `chunk` `[c]`.
+
+        With a pattern, chunk row i sits at position `P + offsets[i]` and sees the whole prefix and the chunk rows
+        `allowed[i]` (`[c, c]` bool): the mask is built here, with the model's sliding windows. Without one the
+        chunk simply continues the prefix (consecutive positions, causal) and the model builds its own mask."""
+        device = self.device
+        base, unseen = prefix.shape[0], prefix.shape[0] - seen
+        chunk = prefix.new_zeros(0) if chunk is None else chunk
+        ids = torch.cat([prefix[seen:], chunk])
+        if allowed is None:
+            return ForwardInputs(ids, torch.arange(seen, seen + ids.shape[0], device=device), None, unseen)
+        positions = torch.cat([torch.arange(seen, base, device=device), offsets + base])
+        rows = ids.shape[0]
+        prefix_columns = torch.ones(rows, base, dtype=torch.bool, device=device)
+        if unseen:  # the uncached prefix rows see the prefix causally, never the chunk
+            prefix_columns[:unseen] = torch.ones(unseen, base, dtype=torch.bool, device=device).tril(diagonal=seen)
+        chunk_columns = torch.zeros(rows, chunk.shape[0], dtype=torch.bool, device=device)
+        chunk_columns[unseen:] = allowed
+        keys = torch.cat([torch.arange(base, device=device), offsets + base])  # a cached x_t sits at position t
+        mask = self.mask(torch.cat([prefix_columns, chunk_columns], dim=1), positions, keys)
+        return ForwardInputs(ids, positions, mask, unseen)
+
     def hidden(self, input_ids, position_ids, attention_mask=None, cache=None) -> torch.Tensor:
         """One backbone forward -> final-norm hidden states `[q, H]` (batch 1 squeezed)."""
         output = self.backbone(
@@ -308,6 +326,16 @@ class Model:
         weight = self.head.weight if self.head.weight.dtype == torch.float32 else fp32_head(self.head).weight
         embed = self.model.get_input_embeddings().weight
         return self.sampler_head.refine_chain(hidden_rows, logits, previous_token, embed, weight, pick)
+
+
+@dataclass
+class ForwardInputs:
+    """What one backbone forward is fed (`Model.chunk_inputs`); `hidden[unseen:]` are the chunk's rows."""
+
+    ids: torch.Tensor  # [fed]
+    positions: torch.Tensor  # [fed]
+    mask: torch.Tensor | dict | None  # the backbone's mask; None: the model's own causal one
+    unseen: int  # committed rows fed before the chunk (0 when the cache holds the whole prefix)
 
 
 class Output:
@@ -358,18 +386,18 @@ class Run:
     target: Model
     out: Output
     cache: CompactCache | None
-    generator: torch.Generator | None
+    sampler: Sampler
     stats: DecodeStats
 
     @classmethod
     def start(cls, target: Model, input_ids: torch.Tensor, options: DecodeOptions, stats: DecodeStats,
               cache_slack: int = 0) -> "Run":
         """The preamble: the prompt on the model's device, the output buffer, a cache with room for the
-        output plus `cache_slack` uncommitted rows (drafts, masks), the generator when sampling."""
+        output plus `cache_slack` uncommitted rows (drafts, masks), the sampler (with a seeded generator when sampling)."""
         out = Output(input_ids.to(target.device), options.max_new_tokens, eos_ids(target.model, options.eos_token_id))
         cache = CompactCache.for_model(target.model, out.ids.numel() + cache_slack) if options.use_cache else None
         generator = make_generator(options.seed, target.device) if options.do_sample else None
-        return cls(target, out, cache, generator, stats)
+        return cls(target, out, cache, Sampler.of(options, generator), stats)
 
     @property
     def finished(self) -> bool:
@@ -380,13 +408,11 @@ class Run:
         """How many committed tokens the cache holds (0 without a cache: every forward starts over)."""
         return self.cache.length if self.cache is not None else 0
 
-    def unseen(self, extra: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The input the cache has not seen: the committed tokens after `seen`, then `extra` (drafts,
-        adaptive tokens) right after them; returns `(ids, positions)`."""
-        ids = self.out.committed()[self.seen :]
-        if extra is not None:
-            ids = torch.cat([ids, extra])
-        return ids, torch.arange(self.seen, self.seen + ids.shape[0], device=self.target.device)
+    def forward(self, extra: torch.Tensor | None = None) -> torch.Tensor:
+        """The hidden states `[fed, H]` of a forward over the input the cache has not seen: the committed tokens after
+        `seen`, then `extra` (drafts, adaptive tokens) right after them, causally."""
+        inputs = self.target.chunk_inputs(self.out.committed(), self.seen, extra)
+        return self.target.hidden(inputs.ids, inputs.positions, inputs.mask, self.cache)
 
     def commit(self, tokens: list[int], accepted: int = 0) -> int:
         """Append `tokens` (cut at EOS and at `max_new_tokens`) and record the forward that produced them:

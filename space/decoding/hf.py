@@ -15,6 +15,7 @@ from transformers import GenerationConfig
 
 from space.cache import passed_cache
 from space.decoding.common import DecodeOptions, DecodeResult, DecodeStats, check_prompt, eos_ids
+from space.decoding.sampling import Sampler
 from space.errors import SpaceError
 from space.models import unwrap
 
@@ -37,10 +38,7 @@ def _generation_config(model, options: DecodeOptions, **extra) -> GenerationConf
     pad = getattr(model.generation_config, "pad_token_id", None)
     if pad is None:
         pad = eos[0] if eos else 0
-    sampling = dict(
-        temperature=options.temperature, top_k=options.top_k, top_p=options.top_p,
-        typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0,
-    )
+    sampling = dict(Sampler.of(options).settings(), typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0)
     return GenerationConfig(
         max_new_tokens=options.max_new_tokens,
         min_new_tokens=0,

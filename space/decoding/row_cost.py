@@ -110,12 +110,12 @@ def _measure(target, sizes: list[int]) -> CostCurve:
     for repeat in range(REPEATS + 1):  # the first round warms up
         for rows in sizes:
             cache.truncate(CONTEXT)
-            positions = torch.arange(CONTEXT, CONTEXT + rows, device=device)
-            allowed = torch.ones(rows, CONTEXT + rows, dtype=torch.bool, device=device).tril(diagonal=CONTEXT)
-            mask = target.mask(allowed, positions, torch.arange(CONTEXT + rows, device=device))
+            causal = torch.ones(rows, rows, dtype=torch.bool, device=device).tril()
+            inputs = target.chunk_inputs(ids[:CONTEXT], CONTEXT, ids[CONTEXT : CONTEXT + rows], causal,
+                                         torch.arange(rows, device=device))
             synchronize(device)
             start = time.perf_counter()
-            hidden = target.hidden(ids[CONTEXT : CONTEXT + rows], positions, mask, cache)
+            hidden = target.hidden(inputs.ids, inputs.positions, inputs.mask, cache)
             target.logits(hidden)
             synchronize(device)
             if repeat:

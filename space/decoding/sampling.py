@@ -1,10 +1,13 @@
-"""Turn logits into the sampling distribution: temperature, then top-k, then top-p (HF's order).
+"""How tokens are chosen from logits: the `Sampler` every decoder draws through.
 
-Every method samples through `probabilities` so that the AR baseline, the drafts and the
-verification all use one definition of "the model's distribution".
+A `Sampler` binds the sampling options (greedy, or temperature, then top-k, then top-p: HF's order) to the
+call's generator, so the AR baseline, the drafts and the verification all use one definition of "the
+model's distribution" and one stream of random numbers.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
@@ -31,8 +34,41 @@ def sample(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tens
     return torch.multinomial(flat, 1, generator=generator).view(probs.shape[:-1])
 
 
-def draft_picker(do_sample: bool, temperature: float, top_k: int, top_p: float, generator: torch.Generator | None):
-    """How a drafter chooses a slot's token from its logits `[V]`: argmax, or one draw from `probabilities`."""
-    if not do_sample:
-        return lambda logits: int(logits.argmax())
-    return lambda logits: int(sample(probabilities(logits, temperature, top_k, top_p), generator))
+@dataclass(frozen=True)
+class Sampler:
+    """Greedy (`do_sample=False`: the argmax) or sampling from `probabilities` with `generator`."""
+
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    generator: torch.Generator | None = None
+
+    @classmethod
+    def of(cls, options, generator: torch.Generator | None = None) -> "Sampler":
+        """The sampler `options` (a `DecodeOptions`) describe, drawing from `generator`."""
+        return cls(options.do_sample, options.temperature, options.top_k, options.top_p, generator)
+
+    def settings(self) -> dict:
+        """The filtering options by name (what HF's `GenerationConfig` takes)."""
+        return dict(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """`[..., V]` logits -> the distribution sampling draws from."""
+        return probabilities(logits, self.temperature, self.top_k, self.top_p)
+
+    def sample(self, probs: torch.Tensor) -> torch.Tensor:
+        """One draw per row of `[..., V]` probabilities -> `[...]` long."""
+        return sample(probs, self.generator)
+
+    def draw(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`[..., V]` logits -> the chosen ids `[...]` and, when sampling, the distributions `[..., V]` they were
+        drawn from (None for the argmax)."""
+        if not self.do_sample:
+            return logits.argmax(dim=-1), None
+        q = self.probabilities(logits)
+        return self.sample(q), q
+
+    def pick(self, logits: torch.Tensor) -> int:
+        """One token from `[V]` logits: the argmax, or one draw."""
+        return int(self.draw(logits)[0])

@@ -34,14 +34,14 @@ Sampling (`sampling_mode`):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import lru_cache, partial
+from functools import lru_cache
 
 import torch
 
 from space.cache import CompactCache
 from space.decoding.common import DecodeOptions, DecodeResult, DecodeStats, Model, Output, Run
 from space.decoding.drafts import Drafts
-from space.decoding.sampling import probabilities, sample
+from space.decoding.sampling import Sampler
 from space.decoding.verify import accept, check_sampling_mode
 from space.errors import SpaceError
 from space.tokens import resolve_sat_spec
@@ -150,8 +150,7 @@ def generate(model, input_ids: torch.Tensor, options: SdsatOptions) -> DecodeRes
     # a round never drafts more than the budget, so neither does the cache's room for SATs and drafts
     slack = build_tree(k).size if use_tree else min(k, options.max_new_tokens) + 1
     run = Run.start(target, input_ids, options, SdsatStats(), cache_slack=slack)
-    out, cache, generator, stats = run.out, run.cache, run.generator, run.stats
-    process = partial(probabilities, temperature=options.temperature, top_k=options.top_k, top_p=options.top_p)
+    out, cache, sampler, stats = run.out, run.cache, run.sampler, run.stats
 
     while not out.finished:
         n = out.length  # x_0 .. x_{n-1} committed; the cache holds x_0 .. x_{n-2} (nothing before the first round)
@@ -159,21 +158,18 @@ def generate(model, input_ids: torch.Tensor, options: SdsatOptions) -> DecodeRes
 
         # 1. draft forward: [what the cache has not seen, SAT x width]
         sats = torch.full((width,), spec.sat_id, dtype=torch.long, device=device)
-        hidden = target.hidden(*run.unseen(sats), cache=cache)
+        hidden = run.forward(sats)
         draft_logits = target.logits(hidden[-(width + 1):])  # [w+1, V]: row 0 at x_{n-1}, row j at SAT j
 
         # 2. the exact next token t from row 0, the drafts from the SAT rows
         if use_tree:
             tree = build_tree(width)
-            q = process(draft_logits)
-            candidates = [_candidates(q[d], tree.needed[d], generator) for d in range(width + 1)]
+            q = sampler.probabilities(draft_logits)
+            candidates = [_candidates(q[d], tree.needed[d], sampler.generator) for d in range(width + 1)]
             t = int(candidates[0][0])  # first of a draw without replacement: an exact sample
-        elif options.do_sample:
-            q = process(draft_logits)
-            t, drafts = int(sample(q[0], generator)), Drafts(sample(q[1:], generator).tolist(), q[1:], origin="sat")
-        else:
-            tokens = draft_logits.argmax(dim=-1).tolist()
-            t, drafts = tokens[0], Drafts(tokens[1:], origin="sat")
+        else:  # the next token, then the drafts (two draws when sampling, in that order)
+            t, (drafted, q) = int(sampler.draw(draft_logits[0])[0]), sampler.draw(draft_logits[1:])
+            drafts = Drafts(drafted.tolist(), q, origin="sat")
         emitted = run.commit([t])
         if cache is not None:
             cache.truncate(n)  # keep x_{n-1}, drop the SATs
@@ -184,13 +180,13 @@ def generate(model, input_ids: torch.Tensor, options: SdsatOptions) -> DecodeRes
 
         # 3. verify forward, 4. accept, 5. commit, 6. keep the accepted entries in the cache
         if use_tree:
-            accepted_tokens, bonus, kept = _verify_tree(target, tree, candidates, out, n, cache, process, generator)
+            accepted_tokens, bonus, kept = _verify_tree(target, tree, candidates, out, n, run.seen, cache, sampler)
             accepted = len(accepted_tokens)
         else:
             draft_ids = drafts.ids(device)
-            hidden = target.hidden(*run.unseen(draft_ids), cache=cache)
+            hidden = run.forward(draft_ids)
             verify_logits = target.logits(hidden[-(width + 1):])  # [w+1, V]
-            accepted, bonus = accept(verify_logits, draft_ids, options, generator, q=drafts.q)
+            accepted, bonus = accept(verify_logits, draft_ids, sampler, q=drafts.q)
             accepted_tokens = drafts.tokens[:accepted]
         verified = run.commit(accepted_tokens + [bonus], accepted)
         stats.tokens_per_round.append(emitted + verified)
@@ -210,35 +206,26 @@ def _candidates(probs: torch.Tensor, count: int, generator) -> torch.Tensor:
     return torch.cat([drawn, drawn[:1].expand(count - drawn.numel())])
 
 
-def _verify_tree(target: Model, tree: Tree, candidates: list[torch.Tensor], out: Output, n: int,
-                 cache: CompactCache | None, process, generator) -> tuple[list[int], int, torch.Tensor]:
-    """Score the tree rooted at t = x_n in one forward; sample-and-match along every path (docs/spec/SDSAT.md §5.3)."""
+def _verify_tree(target: Model, tree: Tree, candidates: list[torch.Tensor], out: Output, n: int, seen: int,
+                 cache: CompactCache | None, sampler: Sampler) -> tuple[list[int], int, torch.Tensor]:
+    """Score the tree rooted at t = x_n in one forward; sample-and-match along every path (docs/spec/SDSAT.md §5.3).
+    The cache holds the first `seen` of x_0 .. x_{n-1}; every node sees all of them."""
     device = target.device
     depth, paths = tree.depth.to(device), tree.paths.to(device)
     tokens = torch.stack([candidates[d][i] for d, i in zip(tree.depth.tolist(), tree.index.tolist())])  # [T]
-    tree_mask = tree.allowed.to(device)
-    if cache is not None:  # the cache holds x_0 .. x_{n-1}: every node sees all of it
-        ids, positions = tokens, n + depth
-        allowed = torch.cat([tree_mask.new_ones(tree.size, n), tree_mask], dim=1)
-        keys = torch.cat([torch.arange(n, device=device), positions])
-    else:
-        ids = torch.cat([out.ids[:n], tokens])
-        positions = torch.cat([torch.arange(n, device=device), n + depth])
-        allowed = torch.ones(n + tree.size, n + tree.size, dtype=torch.bool, device=device).tril()
-        allowed[n:, n:] = tree_mask
-        keys = positions
-    hidden = target.hidden(ids, positions, target.mask(allowed, positions, keys), cache)
-    p = process(target.logits(hidden[-tree.size:]))  # [T, V]
+    inputs = target.chunk_inputs(out.ids[:n], seen, tokens, tree.allowed.to(device), depth)
+    hidden = target.hidden(inputs.ids, inputs.positions, inputs.mask, cache)
+    p = sampler.probabilities(target.logits(hidden[inputs.unseen:]))  # [T, V]
 
     parents, children = paths[:, :-1], paths[:, 1:]  # [P, D] each
     real = children >= 0
     # The target draw at a node matches the child's token with probability p(child): drawing u < p(child)
     # decides the match exactly as drawing the token would, without materialising P x D distributions.
     match_probability = p[parents.clamp(min=0), tokens[children.clamp(min=0)]]  # [P, D]
-    u = torch.rand(match_probability.shape, generator=generator, device=device)
+    u = torch.rand(match_probability.shape, generator=sampler.generator, device=device)
     lengths = ((u < match_probability) & real).int().cumprod(dim=1).sum(dim=1)  # [P]
     best = int(lengths.argmax())  # the first longest path, as the reference
     accepted = int(lengths[best])
     kept = paths[best, : accepted + 1]  # root and the accepted nodes
-    bonus = int(sample(p[kept[-1]], generator))
+    bonus = int(sampler.sample(p[kept[-1]]))
     return tokens[kept[1:]].tolist(), bonus, kept

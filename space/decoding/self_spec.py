@@ -31,7 +31,7 @@ import torch
 from space.cache import CompactCache
 from space.decoding.common import DecodeOptions, DecodeResult, DecodeStats, Model, Output, Run
 from space.decoding.drafts import Drafts
-from space.decoding.sampling import probabilities, sample
+from space.decoding.sampling import Sampler
 from space.decoding.threshold import DEFAULT_AUTO_PARAMETERS, AutoParameters, ThresholdState, update_threshold
 from space.decoding.verify import accept
 from space.errors import SpaceError
@@ -99,18 +99,18 @@ def generate(model, input_ids: torch.Tensor, options: SelfSpecOptions) -> Decode
         # 1. draft, except in the prefill round, and never more than the budget leaves room for (+1 bonus)
         room = min(options.max_draft, out.max_new_tokens - out.generated - 1)
         if stats.steps > 0 and room > 0:
-            drafts = _draft(target, masks, out, room, state.gamma, options, run.generator, cache, stats)
+            drafts = _draft(target, masks, out, room, state.gamma, run.sampler, cache, stats)
         else:
             drafts = Drafts(origin="layers")
         n = len(drafts)
         draft_ids = drafts.ids(target.device)
 
         # 2. verify: one full forward over [x_last, d_1..d_n] (the whole sequence without a cache)
-        hidden = target.hidden(*run.unseen(draft_ids), cache=cache)
+        hidden = run.forward(draft_ids)
         verify_logits = target.logits(hidden[-(n + 1):])  # [n+1, V]
 
         # 3. accept
-        accepted, bonus = accept(verify_logits, draft_ids, options, run.generator, q=drafts.q)
+        accepted, bonus = accept(verify_logits, draft_ids, run.sampler, q=drafts.q)
 
         # 4. commit (cut at EOS and at max_new_tokens), then keep x_last + the accepted drafts in the cache
         run.commit(drafts.tokens[:accepted] + [bonus], accepted)
@@ -125,8 +125,8 @@ def generate(model, input_ids: torch.Tensor, options: SelfSpecOptions) -> Decode
     return run.result()
 
 
-def _draft(target: Model, masks, out: Output, room: int, gamma: float, options: DecodeOptions, generator,
-           cache: CompactCache | None, stats: SelfSpecStats) -> Drafts:
+def _draft(target: Model, masks, out: Output, room: int, gamma: float, sampler: Sampler, cache: CompactCache | None,
+           stats: SelfSpecStats) -> Drafts:
     """Up to `room` draft tokens from the layer-skipped model; the cache is left as it was found."""
     device = target.device
     committed = out.length
@@ -140,20 +140,18 @@ def _draft(target: Model, masks, out: Output, room: int, gamma: float, options: 
             if target.attention.windowed:
                 keys = torch.arange(committed + j, device=device)
                 mask = target.mask(torch.ones(1, keys.numel(), dtype=torch.bool, device=device), positions, keys)
-        else:  # the whole sequence, causally masked
-            ids = torch.cat([out.committed(), torch.tensor(tokens, dtype=torch.long, device=device)])
-            positions = torch.arange(ids.shape[0], device=device)
-            causal = torch.ones(ids.shape[0], ids.shape[0], dtype=torch.bool, device=device).tril()
-            mask = target.mask(causal, positions, positions)
+        else:  # the whole sequence, causally masked: its last token after all before it, nothing cached
+            sequence = torch.cat([out.committed(), torch.tensor(tokens, dtype=torch.long, device=device)])
+            one = torch.ones(1, 1, dtype=torch.bool, device=device)
+            inputs = target.chunk_inputs(sequence[:-1], 0, sequence[-1:], one, torch.zeros(1, dtype=torch.long, device=device))
+            ids, positions, mask = inputs.ids, inputs.positions, inputs.mask
         hidden = skipping_forward(target.model, ids, positions, masks, cache, mask)
         stats.draft_forwards += 1
         logits = target.logits(hidden[-1:])[0]  # [V]
-        if options.do_sample:
-            q = probabilities(logits, options.temperature, options.top_k, options.top_p)
-            token = int(sample(q, generator))
+        drawn, q = sampler.draw(logits)
+        token = int(drawn)
+        if q is not None:
             qs.append(q)
-        else:
-            token = int(logits.argmax())
         confidence = float(logits.softmax(dim=-1)[token])  # raw, untempered softmax: the stop rule's scale
         tokens.append(token)
         if confidence < gamma or token in eos:  # nothing after an EOS can be emitted

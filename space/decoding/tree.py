@@ -27,7 +27,7 @@ import torch
 from space.decoding.common import DecodeStats, Model, Run
 from space.decoding.drafts import Drafts
 from space.decoding.row_cost import CostCurve, device_curve, measured_curve
-from space.decoding.sampling import draft_picker, probabilities, sample
+from space.decoding.sampling import Sampler
 from space.decoding.tree_shape import (DEVICE_MAX_ROWS, AcceptanceRates, DraftTree, ShapeConfig, next_chain_source,
                                        plan_tree, record_outcome)
 from space.decoding.verify import accept, accept_tree
@@ -75,24 +75,20 @@ def first_chain(group_ids: torch.Tensor, config: ShapeConfig, sampling: bool, vo
 
 
 def draft_chain(target: Model, hidden_rows: torch.Tensor, logits: torch.Tensor, first_slot: int, previous_token: int,
-                options, branch_width: int, generator) -> tuple[Drafts, list[Drafts]]:
+                sampler: Sampler, use_head: bool, branch_width: int) -> tuple[Drafts, list[Drafts]]:
     """The next chain from a group's mask rows (`hidden_rows` `[k, H]`, `logits` `[k, V]`), slots `first_slot..`:
-    argmax or one sample per slot, or slot by slot through the model's sampler head (each slot conditioned on the
-    token picked before it, the first on `previous_token`); and each slot's `branch_width` runners-up."""
+    argmax or one sample per slot, or (`use_head`) slot by slot through the model's sampler head, each slot
+    conditioned on the token picked before it, the first on `previous_token`; and each slot's `branch_width`
+    runners-up."""
     logits, hidden_rows = logits[first_slot:], hidden_rows[first_slot:]
     if logits.shape[0] == 0:
         return Drafts(slot=first_slot), []
-    q = None
-    if target.sampler_head is not None and options.sampler_head:
-        picker = draft_picker(options.do_sample, options.temperature, options.top_k, options.top_p, generator)
-        logits, tokens = target.chain_drafts(hidden_rows, logits, previous_token, picker)
-        if options.do_sample:
-            q = probabilities(logits, options.temperature, options.top_k, options.top_p)
-    elif options.do_sample:
-        q = probabilities(logits, options.temperature, options.top_k, options.top_p)
-        tokens = sample(q, generator).tolist()
+    if use_head:
+        logits, tokens = target.chain_drafts(hidden_rows, logits, previous_token, sampler.pick)
+        q = sampler.probabilities(logits) if sampler.do_sample else None
     else:
-        tokens = logits.argmax(dim=-1).tolist()
+        ids, q = sampler.draw(logits)
+        tokens = ids.tolist()
     runners_up = []
     if branch_width > 0:
         # a fixed number per slot, whether or not the drawn token is among the slot's best (exact sampling)
@@ -111,20 +107,20 @@ def layout_on(parents: tuple[int, ...], grouped: tuple[bool, ...], k: int, devic
                       {node: rows.to(device) for node, rows in layout.group_rows.items()}, layout.depths)
 
 
-def verify(node_logits: torch.Tensor, tree: DraftTree, chain: Drafts, config: ShapeConfig, options,
-           generator) -> tuple[list[int], int]:
+def verify(node_logits: torch.Tensor, tree: DraftTree, chain: Drafts, config: ShapeConfig, sampler: Sampler,
+           sampling_mode: str) -> tuple[list[int], int]:
     """The accepted path (nodes after the root) and the next token. A tree by multi-candidate acceptance
     (`accept_tree`); the paper's chain by the chain's rules, with the first step's mask ids at the paper's
     draft probability under its own sampling rule."""
     if not config.faithful:
-        return accept_tree(node_logits, tree.tokens, tree.candidates, options, generator)
+        return accept_tree(node_logits, tree.tokens, tree.candidates, sampler)
     drafts = chain.ids(node_logits.device)
     draft_probs = None
     if chain.q is not None:
         draft_probs = (torch.full(drafts.shape, FP16_MAX, device=drafts.device) if chain.origin == "masks"
                        else chain.q.gather(1, drafts[:, None])[:, 0])
-    accepted, token = accept(node_logits, drafts, options, generator, q=chain.q, draft_probs=draft_probs,
-                             sampling_mode=options.sampling_mode)
+    accepted, token = accept(node_logits, drafts, sampler, q=chain.q, draft_probs=draft_probs,
+                             sampling_mode=sampling_mode)
     return list(range(1, accepted + 1)), token  # the chain's nodes are 1..k in order
 
 
@@ -142,6 +138,7 @@ def generate_tree(target: Model, input_ids: torch.Tensor, options, k: int, group
         index = NgramIndex(options.copy_ngram)
         index.extend(out.committed().tolist())
     chain, runners_up = first_chain(group_ids, config, options.do_sample, target.config.vocab_size), []
+    use_head = target.sampler_head is not None and options.sampler_head
 
     while True:
         n = out.length
@@ -156,23 +153,13 @@ def generate_tree(target: Model, input_ids: torch.Tensor, options, k: int, group
         for rows in layout.group_rows.values():
             chunk_ids[rows] = group_ids
 
-        # 2. one forward: the tree and its groups, after the prefix the cache has not seen
-        seen = run.seen
-        positions = torch.cat([torch.arange(seen, n - 1, device=device), layout.position_offsets + (n - 1)])
-        ids = torch.cat([out.ids[seen : n - 1], chunk_ids])
-        unseen = n - 1 - seen
-        prefix = torch.ones(positions.shape[0], n - 1, dtype=torch.bool, device=device)
-        if unseen:  # the uncached committed rows see the prefix causally, never the chunk
-            prefix[:unseen] = torch.ones(unseen, n - 1, dtype=torch.bool, device=device).tril(diagonal=seen)
-        chunk_cols = torch.zeros(positions.shape[0], layout.size, dtype=torch.bool, device=device)
-        chunk_cols[unseen:] = layout.allowed
-        keys = torch.cat([torch.arange(n - 1, device=device), layout.position_offsets + (n - 1)])
-        mask = target.mask(torch.cat([prefix, chunk_cols], dim=1), positions, keys)
-        hidden = target.hidden(ids, positions, mask, cache)[unseen:]  # [rows, H]: the chunk's
+        # 2. one forward: the tree and its groups (rooted at x_{n-1}), after the prefix the cache has not seen
+        inputs = target.chunk_inputs(out.ids[: n - 1], run.seen, chunk_ids, layout.allowed, layout.position_offsets)
+        hidden = target.hidden(inputs.ids, inputs.positions, inputs.mask, cache)[inputs.unseen :]  # [rows, H]: the chunk's
         logits = target.logits(hidden)  # [rows, V]
 
         # 3. verify
-        path, token = verify(logits[layout.node_rows], tree, chain, config, options, run.generator)
+        path, token = verify(logits[layout.node_rows], tree, chain, config, run.sampler, options.sampling_mode)
 
         # 4. commit (cut at EOS and at max_new_tokens), learn the rates
         emitted = run.commit([tokens[u] for u in path] + [token], len(path))
@@ -199,4 +186,4 @@ def generate_tree(target: Model, input_ids: torch.Tensor, options, k: int, group
             node, first_slot = source
             rows = layout.group_rows[node]
             chain, runners_up = draft_chain(target, hidden[rows], logits[rows], first_slot, int(out.ids[out.length - 1]),
-                                            options, 0 if config.faithful else options.branch_width, run.generator)
+                                            run.sampler, use_head, 0 if config.faithful else options.branch_width)

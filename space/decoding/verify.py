@@ -12,7 +12,7 @@
 Shapes: `p` is `[k+1, V]` (target distributions at the k draft positions and one past them), `q`
 is `[k, V]`, `drafts` is `[k]`. Each function returns `(accepted, next_token)`.
 
-`accept` is the dispatch every decoder calls: greedy without sampling, else the rule `sampling_mode`
+`accept` is the dispatch every decoder calls: greedy when its `Sampler` is, else the rule `sampling_mode`
 names ("exact": speculative sampling, "original": SPACE's published rule).
 
 Trees (`accept_tree`): greedy follows, from the root, the child whose token is the target's argmax, so it
@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import torch
 
-from space.decoding.sampling import probabilities, sample
+from space.decoding.sampling import Sampler, sample
 from space.errors import SpaceError
 
 SAMPLING_MODES = ("exact", "original")
@@ -39,22 +39,21 @@ def check_sampling_mode(mode: str) -> None:
         raise SpaceError(f"unknown sampling_mode {mode!r}; use one of {list(SAMPLING_MODES)}")
 
 
-def accept(verify_logits: torch.Tensor, drafts: torch.Tensor, options, generator: torch.Generator | None,
-           q: torch.Tensor | None = None, draft_probs: torch.Tensor | None = None,
-           sampling_mode: str = "exact") -> tuple[int, int]:
-    """Verify `drafts` `[k]` against the target's logits `[k+1, V]` with the rule the options select.
+def accept(verify_logits: torch.Tensor, drafts: torch.Tensor, sampler: Sampler, q: torch.Tensor | None = None,
+           draft_probs: torch.Tensor | None = None, sampling_mode: str = "exact") -> tuple[int, int]:
+    """Verify `drafts` `[k]` against the target's logits `[k+1, V]` with the rule `sampler` and `sampling_mode` select.
 
-    `options` gives `do_sample`, `temperature`, `top_k`, `top_p`; `q` `[k, V]` (the draft distributions,
-    None when nothing was drafted) serves the exact rule, `draft_probs` `[k]` (q_i(x_i)) the original one.
+    `q` `[k, V]` (the draft distributions, None when nothing was drafted) serves the exact rule, `draft_probs` `[k]`
+    (q_i(x_i)) the original one.
     """
-    if not options.do_sample:
+    if not sampler.do_sample:
         return greedy_accept(verify_logits.argmax(dim=-1), drafts)
-    p = probabilities(verify_logits, options.temperature, options.top_k, options.top_p)  # [k+1, V]
+    p = sampler.probabilities(verify_logits)  # [k+1, V]
     if sampling_mode == "original":
-        return original_accept(p, draft_probs, drafts, generator)
+        return original_accept(p, draft_probs, drafts, sampler.generator)
     if q is None:  # no drafts: the bonus alone, from p
         q = p.new_zeros(0, p.shape[-1])
-    return speculative_accept(p, q, drafts, generator)
+    return speculative_accept(p, q, drafts, sampler.generator)
 
 
 def greedy_accept(target_tokens: torch.Tensor, drafts: torch.Tensor) -> tuple[int, int]:
@@ -96,14 +95,14 @@ def original_accept(
 
 
 def accept_tree(node_logits: torch.Tensor, tokens: list[int], candidates: list[list[tuple[int, torch.Tensor | None]]],
-                options, generator: torch.Generator | None) -> tuple[list[int], int]:
+                sampler: Sampler) -> tuple[list[int], int]:
     """Walk a candidate tree: `node_logits` `[m, V]` are the target's logits at each node (they predict the
     node's children), `tokens[c]` is node c's token, `candidates[u]` lists node u's children in the order
     they are tested, each with the distribution it was drawn from (None: chosen deterministically). A child
     may be listed twice (two branches proposed the same token). Returns the accepted path (nodes after the
     root) and the next token."""
     path, node = [], 0
-    if not options.do_sample:
+    if not sampler.do_sample:
         targets = node_logits.argmax(dim=-1).tolist()
         while True:
             child = next((c for c, _ in candidates[node] if tokens[c] == targets[node]), None)
@@ -112,8 +111,8 @@ def accept_tree(node_logits: torch.Tensor, tokens: list[int], candidates: list[l
             path.append(child)
             node = child
     while True:
-        p = probabilities(node_logits[node : node + 1], options.temperature, options.top_k, options.top_p)[0]
-        child = _recursive_rejection(p, tokens, candidates[node], generator)
+        p = sampler.probabilities(node_logits[node : node + 1])[0]
+        child = _recursive_rejection(p, tokens, candidates[node], sampler.generator)
         if isinstance(child, torch.Tensor):  # every child refused: a token drawn from the residual
             return path, int(child)
         path.append(child)

@@ -23,13 +23,13 @@ import space
 from space.errors import SpaceError
 from space.eval import report
 from space.io import read_records, write_atomic
+from space.window import batch_masks
 from space.training.arguments import parse_flags
 from space.training.collate import SarCollator
 from space.training.data import parse_records
 from space.training.distill_prompts import root_id
 from space.training.samples import MaskingConfig, build_sample
 from space.training.templates import get_template
-from space.training.trainer import training_masks
 
 CODE_PREFIXES = ("stdlib/", "instructions/")  # the coding family's ids (space.training.distill)
 GROUPS = ("code", "general")
@@ -101,8 +101,8 @@ def score_answers(model, tokenizer, records: list[dict], masking: MaskingConfig,
         pairs = encoder.encode(tokenizer, conversation.turns, conversation.system, conversation.unfinished)
         batch = collate([build_sample(pairs, masking, rng)])
         logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
-                       attention_mask=training_masks(batch["attention_mask_4d"], batch["position_ids"], model.config,
-                                                     torch.float32)).logits[0, :-1]
+                       attention_mask=batch_masks(batch["attention_mask_4d"], batch["position_ids"], model.config,
+                                                  torch.float32)).logits[0, :-1]
         targets, offsets = batch["labels"][0, 1:], batch["mask_offsets"][0, :-1]  # the logit at i scores label i+1
         right = logits.argmax(-1) == targets
         group = prompt_group(record["id"])

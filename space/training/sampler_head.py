@@ -36,7 +36,7 @@ from space.sampler_head import SamplerHead, SamplerHeadConfig
 from space.training.collate import SarCollator
 from space.training.samples import MaskingConfig, build_sample
 from space.training.templates import get_template
-from space.training.trainer import training_masks
+from space.window import batch_masks
 
 
 @dataclass
@@ -79,7 +79,7 @@ def collect_mask_rows(model, tokenizer, records: list[dict], masking: MaskingCon
         pairs = encoder.encode(tokenizer, conversation.turns, conversation.system, conversation.unfinished)
         batch = collate([build_sample(pairs, masking, rng)])
         ids, positions = batch["input_ids"][0], batch["position_ids"][0]
-        mask = training_masks(batch["attention_mask_4d"], batch["position_ids"], model.config, dtype)
+        mask = batch_masks(batch["attention_mask_4d"], batch["position_ids"], model.config, dtype)
         hidden = backbone(input_ids=batch["input_ids"], position_ids=batch["position_ids"], attention_mask=mask,
                           use_cache=False).last_hidden_state[0, :-1]
         targets, offsets = batch["labels"][0, 1:], batch["mask_offsets"][0, :-1]  # row i scores label i+1

@@ -2,7 +2,7 @@
 
 DeepSpeed, bf16, gradient checkpointing, checkpointing and resuming all come from
 `TrainingArguments`. `compute_loss` feeds the batch (turning the collator's boolean 4D pattern into
-an additive mask of the model's dtype), computes `space.training.loss.sar_loss`, and accumulates per-offset
+the backbone's mask with `space.window.batch_masks`, the decoders' own builder), computes `space.training.loss.sar_loss`, and accumulates per-offset
 mask metrics on the device; `MaskMetricsLogger` converts them to floats only at the logging
 interval (one sync per log line, not per step) and adds `mask_loss_j` / `mask_acc_j` to the log.
 Under data parallelism each rank sees its own share of the batch, so the numerators and the counts
@@ -27,7 +27,7 @@ from space.gated import GATED_WEIGHTS, gated_state_dict, load_gated_weights
 
 from space.training.loss import MaskMetrics, sar_loss
 from space.models import unwrap
-from space.window import AttentionMasks, in_window
+from space.window import batch_masks
 
 
 def sum_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
@@ -91,28 +91,6 @@ class MaskMetricsLogger(TrainerCallback):
             state.log_history[-1].update(metrics)  # the Trainer stored a copy before calling us
 
 
-def additive_mask(pattern: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """The collator's boolean `[B, 1, L, L]` pattern (True = may attend) as an additive mask of `dtype`."""
-    return torch.zeros(pattern.shape, dtype=dtype, device=pattern.device).masked_fill(~pattern, torch.finfo(dtype).min)
-
-
-def training_masks(pattern: torch.Tensor, positions: torch.Tensor, config, dtype: torch.dtype):
-    """The collator's pattern as the backbone's mask, with the config's sliding window applied per layer type.
-
-    Decoding applies the window (`space.window`), so mask rows must learn under the same one. Returns one
-    additive mask, or a dict keyed by layer type where full and sliding layers mix.
-    """
-    masks = AttentionMasks.for_config(config)
-    positions = positions[:, None]  # [B, 1, L]: broadcasts against the [B, 1, L, L] pattern
-
-    def windowed(window):
-        return additive_mask(in_window(pattern, positions, positions, window), dtype)
-
-    if masks.layer_types is None:
-        return windowed(masks.windows[0])
-    return {kind: windowed(window) for kind, window in zip(masks.layer_types, masks.windows)}
-
-
 class SarTrainer(Trainer):
     def __init__(self, *args, mask_num: int = 0, mask_loss_weight: float = 1.0, gated: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
@@ -136,8 +114,8 @@ class SarTrainer(Trainer):
         labels, offsets = inputs.pop("labels"), inputs.pop("mask_offsets")
         pattern = inputs.pop("attention_mask_4d", None)
         if pattern is not None:
-            inputs["attention_mask"] = training_masks(pattern, inputs["position_ids"], self.model_config,
-                                                      next(model.parameters()).dtype)
+            inputs["attention_mask"] = batch_masks(pattern, inputs["position_ids"], self.model_config,
+                                                   next(model.parameters()).dtype)
         outputs = model(**inputs, use_cache=False)
         loss, metrics = sar_loss(outputs.logits, labels, offsets, self.mask_loss_weight, self.mask_num)
         if model.training:
@@ -149,8 +127,8 @@ class SarTrainer(Trainer):
         prefix = int(inputs.pop("prefix_length")[0])
         labels, offsets, ids, positions = (inputs.pop(key) for key in ("labels", "mask_offsets", "input_ids",
                                                                            "position_ids"))
-        masks = training_masks(inputs.pop("attention_mask_4d"), positions, self.model_config,
-                               next(model.parameters()).dtype)
+        masks = batch_masks(inputs.pop("attention_mask_4d"), positions, self.model_config,
+                            next(model.parameters()).dtype)
         cache = DynamicCache()  # full layers: a sliding one would drop keys the blocks' mask names
         with torch.no_grad():
             model(input_ids=ids[:, :prefix], position_ids=positions[:, :prefix], use_cache=True, logits_to_keep=1,
