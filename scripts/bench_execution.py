@@ -3,7 +3,7 @@
     python scripts/bench_execution.py --problems 20 --output docs/results/execution_time.json
 
 Run it on an idle machine (nothing else running): it measures wall time. The work is
-`space.eval.code.timing.time_execution`.
+`space.bench.execution.time_execution`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import json
 import platform
 
 from space.cli import run
-from space.eval.code.timing import time_execution
+from space.bench.execution import time_execution
 from space.eval.datasets import HUMANEVAL_LANGUAGES
 from space.io import write_json
 

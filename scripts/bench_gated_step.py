@@ -1,6 +1,6 @@
 """The step cost a gated adapter adds: SmolLM2 with and without a random gated adapter of the recipe's shape.
 
-Interleaved AR, chain and tree decodes of one HumanEval-sized prompt (`space.eval.gated_step_cost` says how and
+Interleaved AR, chain and tree decodes of one HumanEval-sized prompt (`space.bench.gated_step_cost` says how and
 why random weights suffice). Writes JSON and prints a markdown table.
 
     python scripts/bench_gated_step.py --output docs/results/gated/bench_gated_step.json
@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 
 from space.cli import run
-from space.eval.gated_step_cost import gated_step_table, parse_gated_step_args, run_gated_step
+from space.bench.gated_step_cost import gated_step_table, parse_gated_step_args, run_gated_step
 
 
 def main(argv=None) -> dict:

@@ -1,9 +1,9 @@
 """A measured roofline per dtype: bandwidth, bytes per token, the AR limit, AR and SPACE ms/step against it.
 
 Also measures the forward cost curve (ms of one cached forward of N = 1..64 rows) and where an AR
-step's time goes. The work is `space.eval.roofline.measure_roofline` (its docstring says what is
+step's time goes. The work is `space.bench.roofline.measure_roofline` (its docstring says what is
 measured); writes JSON and prints a markdown table. Other code reads the cost curve back with
-`space.eval.roofline.load_cost_curve(path, device, dtype)`.
+`space.bench.roofline.load_cost_curve(path, device, dtype)`.
 
     python scripts/bench_roofline.py --dtypes float32,bfloat16 --output docs/results/roofline_cpu.json
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 
 from space.cli import run
-from space.eval.roofline import measure_roofline, parse_roofline_args, roofline_table
+from space.bench.roofline import measure_roofline, parse_roofline_args, roofline_table
 
 
 def main(argv=None) -> dict:

@@ -2,7 +2,7 @@
 
 For AR and for SPACE at each k it decodes the same prompt and splits the wall time of every step
 into the model's own work (backbone forward + lm_head, timed with `torch.profiler` ranges) and
-everything else: `overhead_ms`. The work is `space.eval.step_cost.measure_step_costs` (its docstring
+everything else: `overhead_ms`. The work is `space.bench.step_cost.measure_step_costs` (its docstring
 says how it is measured). Writes JSON and prints a markdown table.
 
     python scripts/bench_step.py --ks 1,2,3,4,5 --output docs/results/bench_step.json
@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 
 from space.cli import run
-from space.eval.step_cost import measure_step_costs, parse_step_cost_args, step_cost_table
+from space.bench.step_cost import measure_step_costs, parse_step_cost_args, step_cost_table
 
 
 def main(argv=None) -> dict:

@@ -3,7 +3,7 @@
 Runs `space.training.train` (the recipe of `scripts/train_sft.py`) in-process for a few optimizer steps per mode on the same records
 (batch 1, same seed) and reports seconds per sample, real tokens per second, mask predictions per
 sample, and the cost of each mode relative to plain SFT. The work is
-`space.training.throughput.measure_training_throughput`. Writes JSON and prints a markdown table.
+`space.bench.training_throughput.measure_training_throughput`. Writes JSON and prints a markdown table.
 
     python scripts/bench_train.py --dataset ../shared/data/lima.json --steps 12 --output docs/results/bench_train.json
 """
@@ -14,7 +14,7 @@ import shlex
 import sys
 
 from space.cli import run
-from space.training.throughput import measure_training_throughput, parse_throughput_args, throughput_table
+from space.bench.training_throughput import measure_training_throughput, parse_throughput_args, throughput_table
 
 
 def main(argv=None) -> dict:

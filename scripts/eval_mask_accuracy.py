@@ -4,13 +4,13 @@
 
 Each held-out answer gets `--blocks` mask blocks of the full trained width at random response positions (fixed
 seed); the accuracy of offsets 1..k is reported for code prompts and for general ones, as JSON (`--output`) and a
-markdown table. The measurement is `space.eval.mask_accuracy`.
+markdown table. The measurement is `space.bench.mask_accuracy`.
 """
 
 from __future__ import annotations
 
 from space.cli import run
-from space.eval.mask_accuracy import accuracy_table, mask_accuracy, parse_mask_accuracy_args
+from space.bench.mask_accuracy import accuracy_table, mask_accuracy, parse_mask_accuracy_args
 
 
 def main(argv=None) -> dict:

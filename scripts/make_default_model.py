@@ -6,7 +6,7 @@
 
 Steps (each skipped or resumed when its output exists):
 1. `scripts/make_distill_data.py`: the base model's greedy answers to the project's prompts;
-2. `scripts/train_sft.py configs/default_model/sft.yaml`: LoRA SAR-SFT in multi-block mode,
+2. `scripts/train_sft.py space/configs/default_model/sft.yaml`: LoRA SAR-SFT in multi-block mode,
    resumed from the newest complete checkpoint if one exists, skipped once finished;
 3. `scripts/export_default_model.py`: float16 adapter + SPACE fields into `space/default_model/`.
 A `recipe_log.json` in the work dir records each step's wall time and the exact commands, and the

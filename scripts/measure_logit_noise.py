@@ -5,7 +5,7 @@ so its logits differ from AR's in the last bits. This script computes the logits
 of HumanEval prompts plus their canonical solutions twice, as one prefill and one row at a time with
 the KV cache, and writes the largest and the 99th-percentile |difference| per dtype as JSON. The
 near-tie thresholds of the divergence report (`space.eval.divergence.NEAR_TIE_BY_DTYPE`) are set from it.
-The work is `space.eval.logit_noise.measure_logit_noise`.
+The work is `space.bench.logit_noise.measure_logit_noise`.
 
     python scripts/measure_logit_noise.py --num_samples 8 --output docs/results/logit_noise.json
 """
@@ -13,7 +13,7 @@ The work is `space.eval.logit_noise.measure_logit_noise`.
 from __future__ import annotations
 
 from space.cli import run
-from space.eval.logit_noise import measure_logit_noise, parse_logit_noise_args
+from space.bench.logit_noise import measure_logit_noise, parse_logit_noise_args
 
 
 def main(argv=None) -> dict:

@@ -10,9 +10,10 @@ A base model without mask tokens (e.g. `space.load_model("smollm2")`) gets them 
 `space.add_mask_tokens(...)` before training (`space.training.train`); decoding with untrained masks
 is still lossless, but few drafts are accepted.
 
-Layout: this folder is the spine (errors, io, models, tokens, cache, layout, window, fast_linear,
-skip_layers, testing); `space.decoding` holds the decoders, `space.training` SAR-SFT training and
-`space.eval` the evaluation harness.
+Layout: this folder is the spine (errors, io, cli, models, tokens, cache, window, weights, testing);
+`space.decoding` holds the decoders, `space.kernels` the CPU fast paths, `space.adapters` the model add-ons
+(gated adapters, the sampler head), `space.training` SAR-SFT training, `space.eval` the evaluation harness and
+`space.bench` the measurements behind the benchmark scripts.
 """
 
 from space.decoding import DECODERS, DecodeOptions, DecodeResult, DecodeStats, decode

@@ -8,6 +8,9 @@ does not parse as a JSON object and keeps all the others, so one bad line costs 
 (the caller redoes what that record belonged to), and `resume()` rewrites the file without the damaged
 lines before anything is appended after them. Whole-file outputs (`summary.json`, `space.json`,
 reports) go through `write_atomic`, so a reader never sees half a file.
+
+Reports share `markdown_table` (every printed and written results table) and `versions` (what a result was
+measured with).
 """
 
 from __future__ import annotations
@@ -15,11 +18,19 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import platform
 import zlib
+from importlib import metadata, resources
 from pathlib import Path
 from typing import Iterable
 
 from space.errors import SpaceError
+
+
+def shipped(*parts: str) -> Path:
+    """The path of a file shipped inside the package (`space/configs/...`, package data): the same from a checkout
+    and from an installed wheel."""
+    return Path(str(resources.files("space").joinpath(*parts)))
 
 
 def write_atomic(path: str | Path, text: str) -> None:
@@ -117,3 +128,32 @@ def read_records(path: Path) -> list[dict]:
     if not isinstance(records, list):
         raise SpaceError(f"{path}: expected a JSON list of records, got {type(records).__name__}")
     return records
+
+
+MEASURED_PACKAGES = ("torch", "transformers", "peft", "accelerate", "deepspeed", "tokenizers", "numpy")
+
+
+def versions() -> dict[str, str | None]:
+    """Python and the installed versions of the packages a measurement depends on (None: not installed)."""
+    found = {"python": platform.python_version()}
+    for package in MEASURED_PACKAGES:
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            found[package] = None
+    return found
+
+
+def markdown_table(rows: list[dict], columns: list[str], headers: list[str] | None = None) -> str:
+    headers = headers or columns
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(_cell(row.get(column)) for column in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
+    return str(value)

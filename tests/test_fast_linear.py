@@ -1,11 +1,11 @@
-"""`space.fast_linear.RowsLinear`: the same products as `nn.Linear`, and decoders stay lossless on it."""
+"""`space.kernels.fast_linear.RowsLinear`: the same products as `nn.Linear`, and decoders stay lossless on it."""
 
 import pytest
 import torch
 from torch import nn
 
 import space
-from space.fast_linear import RowsLinear, packed_products_available, use_fast_linear
+from space.kernels.fast_linear import RowsLinear, packed_products_available, use_fast_linear
 from space.testing import tiny_llama
 
 
@@ -84,7 +84,7 @@ def test_bf16_rows_take_the_packed_product(rows):
 
 
 def test_without_onednn_the_earlier_formulations_serve(monkeypatch):
-    monkeypatch.setattr("space.fast_linear.packed_products_available", lambda: False)
+    monkeypatch.setattr("space.kernels.fast_linear.packed_products_available", lambda: False)
     layer = nn.Linear(24, 40)
     layer.__class__ = RowsLinear
     for rows in (1, 5):

@@ -1,4 +1,4 @@
-"""Gated adapters (`space.gated`, `--finetuning_type gated_lora`): every real token is the base model's, exactly.
+"""Gated adapters (`space.adapters.gated`, `--finetuning_type gated_lora`): every real token is the base model's, exactly.
 
 Checked on tiny random models in fp32: logits and KV entries of non-mask rows equal the base's bit for bit (causal,
 multi-block and decoding layouts; HF's forward and the lean CPU forward), SPACE on a gated model reproduces the
@@ -16,10 +16,10 @@ from transformers import DynamicCache
 
 import space
 from space.errors import SpaceError
-from space.fast_linear import use_fast_linear
-from space.eval.gated_step_cost import GatedStepArgs, measure_gated_step, parse_gated_step_args, random_gated_twin
-from space.gated import GATED_WEIGHTS, GatedConfig, GatedLoRA, MaskEmbeddings, add_gated_lora, gated_state_dict
-from space.lean_layers import use_lean_layers
+from space.kernels.fast_linear import use_fast_linear
+from space.bench.gated_step_cost import GatedStepArgs, measure_gated_step, parse_gated_step_args, random_gated_twin
+from space.adapters.gated import GATED_WEIGHTS, GatedConfig, GatedLoRA, MaskEmbeddings, add_gated_lora, gated_state_dict
+from space.kernels.lean_layers import use_lean_layers
 from space.testing import tiny_llama, tiny_sft_base as make_base, tiny_sft_data as make_dataset, tiny_sft_flags
 from space.training import train
 from space.training.collate import SarCollator, block_attention
@@ -132,7 +132,7 @@ def _mask_row_logits(model, ids, train_mode: bool):
 @pytest.mark.parametrize("lean", [False, True])
 @pytest.mark.parametrize("targets", [TARGETS, ("q_proj", "v_proj", "up_proj", "down_proj")])
 def test_inference_deltas_equal_each_adapters_own(lean, targets):
-    """Inference computes a group's deltas from stacked, transposed copies (`space.gated.group_deltas`); training
+    """Inference computes a group's deltas from stacked, transposed copies (`space.adapters.gated.group_deltas`); training
     takes each adapter's own product. Both give the same mask rows, also for a group where one projection has
     no adapter (k_proj, gate_proj above)."""
     base, _, spec = base_and_gated(seed=7)
@@ -432,8 +432,8 @@ def test_the_gated_step_benchmark_times_both_models_on_identical_outputs(monkeyp
     assert all(torch.equal(a, b) for a, b in zip(gated_state_dict(twin).values(),
                                                  gated_state_dict(random_gated_twin(base, rank=4, seed=0)).values()))
     delta_calls = []
-    real_group_deltas = space.lean_layers.group_deltas
-    monkeypatch.setattr("space.lean_layers.group_deltas", lambda *args: delta_calls.append(1) or real_group_deltas(*args))
+    real_group_deltas = space.kernels.lean_layers.group_deltas
+    monkeypatch.setattr("space.kernels.lean_layers.group_deltas", lambda *args: delta_calls.append(1) or real_group_deltas(*args))
     rows = measure_gated_step(base, torch.tensor([[1, 5, 6, 7]]),
                               GatedStepArgs(rank=4, mask_num=2, max_new_tokens=10, repeats=1))
     assert delta_calls  # the gated twin was decoded, through the lean layers' deltas
@@ -453,7 +453,7 @@ def test_the_gated_step_benchmark_refuses_a_twin_whose_output_is_not_the_bases(m
             twin.get_output_embeddings().weight.mul_(-1.0)
         return twin
 
-    monkeypatch.setattr("space.eval.gated_step_cost.random_gated_twin", leaky_twin)
+    monkeypatch.setattr("space.bench.gated_step_cost.random_gated_twin", leaky_twin)
     with pytest.raises(RuntimeError, match="differs from the base model's AR output"):
         measure_gated_step(base, torch.tensor([[1, 5, 6, 7]]), GatedStepArgs(rank=4, mask_num=2, max_new_tokens=8,
                                                                             repeats=1))

@@ -2,7 +2,7 @@
 
 import torch
 
-from space.layout import ChunkLayout, candidate_index, group_index, retained_cache_indices, step_layout
+from tests.paper_chain import ChunkLayout, candidate_index, group_index, retained_cache_indices, step_layout
 
 
 def visible(allowed, row):

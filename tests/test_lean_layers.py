@@ -1,4 +1,4 @@
-"""`space.lean_layers`: the lean LLaMA layer computes what transformers' layer does, and decoders stay lossless on it."""
+"""`space.kernels.lean_layers`: the lean LLaMA layer computes what transformers' layer does, and decoders stay lossless on it."""
 
 import copy
 import inspect
@@ -11,7 +11,7 @@ from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
 import space
 from space.cache import CompactCache
-from space.lean_layers import LeanLlamaDecoderLayer, use_lean_layers
+from space.kernels.lean_layers import LeanLlamaDecoderLayer, use_lean_layers
 from space.testing import tiny_llama, tiny_tokenizer
 
 # Logits of these tiny models reach about 6.6 (hidden states are of the same scale); the fused products sum in another order than F.linear, which
@@ -222,7 +222,7 @@ def test_attention_weights_requested_from_an_eager_model_come_from_the_original_
 
 
 def test_without_onednn_the_fused_weight_takes_f_linear(monkeypatch):
-    monkeypatch.setattr("space.lean_layers.packed_products_available", lambda: False)
+    monkeypatch.setattr("space.kernels.lean_layers.packed_products_available", lambda: False)
     plain = tiny(12)
     lean = lean_twin(plain)
     prompt = ids(12, 7)

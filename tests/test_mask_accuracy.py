@@ -1,11 +1,11 @@
-"""The held-out mask accuracy (`space.eval.mask_accuracy`): offsets, alignment and groups, against a stub model
+"""The held-out mask accuracy (`space.bench.mask_accuracy`): offsets, alignment and groups, against a stub model
 whose offset-1 masks are always right and whose later offsets are always wrong; and the script end to end."""
 
 from types import SimpleNamespace
 
 import torch
 
-from space.eval.mask_accuracy import parse_mask_accuracy_args, prompt_group, score_answers
+from space.bench.mask_accuracy import parse_mask_accuracy_args, prompt_group, score_answers
 from space.testing import tiny_llama, tiny_text_tokenizer
 from space.training.samples import MaskingConfig
 
@@ -51,7 +51,7 @@ def test_flags_and_missing_data_get_one_line(tmp_path):
     import pytest
 
     from space.errors import SpaceError
-    from space.eval.mask_accuracy import mask_accuracy
+    from space.bench.mask_accuracy import mask_accuracy
 
     with pytest.raises(SpaceError, match="--data .*held_out.jsonl not found; the default-model recipe writes"):
         mask_accuracy(parse_mask_accuracy_args(["--data", str(tmp_path / "held_out.jsonl")]))

@@ -136,3 +136,139 @@ def _edits_sys_path(path: Path) -> bool:
             if isinstance(owner, ast.Attribute) and owner.attr == "path" and getattr(owner.value, "id", "") == "sys":
                 return True
     return False
+
+
+# --- the architecture ---------------------------------------------------------------------------------
+
+PACKAGE = ROOT / "space"
+WINGS = ("kernels", "adapters", "decoding", "training", "eval", "bench")  # space/<wing>/; the rest is the spine
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _modules() -> dict[str, Path]:
+    return {_module_name(path): path for path in PACKAGE.rglob("*.py")}
+
+
+def _imports(path: Path, modules: dict[str, Path], module_level: bool) -> set[str]:
+    """The package's modules `path` imports (`from package import submodule` counts as the submodule); with
+    `module_level`, only the imports that run when the module is imported."""
+    tree = ast.parse(path.read_text())
+    nodes = tree.body if module_level else list(ast.walk(tree))
+    found = set()
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names if alias.name in modules}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module in modules:
+            for alias in node.names:
+                found.add(f"{node.module}.{alias.name}" if f"{node.module}.{alias.name}" in modules else node.module)
+    return found - {_module_name(path)}
+
+
+def _wing(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[1] in WINGS else None
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle of `graph` (node -> successors), or None."""
+    state: dict[str, str] = {}
+
+    def visit(node: str, path: list[str]) -> list[str] | None:
+        state[node] = "open"
+        for successor in sorted(graph.get(node, ())):
+            if state.get(successor) == "open":
+                return path[path.index(successor):] + [successor] if successor in path else [node, successor]
+            if successor not in state:
+                found = visit(successor, path + [successor])
+                if found:
+                    return found
+        state[node] = "done"
+        return None
+
+    for node in sorted(graph):
+        if node not in state:
+            found = visit(node, [node])
+            if found:
+                return found
+    return None
+
+
+def test_no_module_imports_itself_back():
+    """No cycle of module-level imports anywhere in the package: every module can be imported first."""
+    modules = _modules()
+    graph = {name: _imports(path, modules, module_level=True) for name, path in modules.items()}
+    assert _cycle(graph) is None, " -> ".join(_cycle(graph))
+
+
+def test_the_wings_import_each_other_in_one_direction():
+    """kernels, adapters, decoding, training, eval and the benchmarks wing depend on each other without a cycle
+    (lazy imports inside functions count too): shared pieces live in the lower wing or the spine."""
+    modules = _modules()
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        for imported in _imports(path, modules, module_level=False):
+            if _wing(name) and _wing(imported) and _wing(name) != _wing(imported):
+                graph.setdefault(_wing(name), set()).add(_wing(imported))
+    assert _cycle(graph) is None, " -> ".join(_cycle(graph))
+    assert "bench" not in set().union(*graph.values()), "the benchmarks wing is imported by another wing"
+
+
+def test_the_spine_is_small():
+    """At most 10 modules directly under space/ (the spine); every other module sits in a wing."""
+    spine = sorted(path.name for path in PACKAGE.glob("*.py"))
+    assert len(spine) <= 10, spine
+    folders = {path.name for path in PACKAGE.iterdir() if path.is_dir() and (path / "__init__.py").is_file()}
+    assert folders == set(WINGS), folders
+
+
+def _levels_up(node: ast.AST) -> int | None:
+    """How many directories above a module's own file a `Path(__file__)...` expression goes, or None."""
+    levels = 0
+    while True:
+        if isinstance(node, ast.Attribute) and node.attr == "parent":
+            levels, node = levels + 1, node.value
+        elif (isinstance(node, ast.Subscript) and isinstance(node.value, ast.Attribute)
+              and node.value.attr == "parents" and isinstance(node.slice, ast.Constant)):
+            levels, node = levels + node.slice.value + 1, node.value.value
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "resolve":
+            node = node.func.value
+        elif isinstance(node, ast.Call) and getattr(node.func, "id", None) == "Path" and node.args:
+            return levels if getattr(node.args[0], "id", None) == "__file__" else None
+        else:
+            return None
+
+
+def test_no_library_module_reads_a_path_outside_the_package():
+    """Paths the library derives from its own files stay inside space/ (configs and data are package data,
+    `space.io.shipped`), so an installed wheel works like a checkout."""
+    for path in PACKAGE.rglob("*.py"):
+        depth = len(path.relative_to(PACKAGE).parts) - 1  # folders between the module and space/
+        for node in ast.walk(ast.parse(path.read_text())):
+            levels = _levels_up(node)
+            # `levels` parents of the file: its folder is 1 up, space/ is depth + 1 up
+            assert levels is None or levels <= depth + 1, f"{path.relative_to(ROOT)} reads {levels} folders up"
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                assert not node.value.startswith(("configs/", "../")), f"{path.relative_to(ROOT)}: {node.value!r}"
+
+
+def test_every_shipped_file_is_package_data(tmp_path):
+    """The wheel carries what the library reads from its own folder: configs, vendored data, the shipped model."""
+    import shutil
+    import zipfile
+
+    source = tmp_path / "source"  # a fresh copy: a build/ folder left in the checkout would hide a missing glob
+    shutil.copytree(PACKAGE, source / "space", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(ROOT / name, source / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet", "-w",
+                    str(tmp_path), str(source)], check=True, capture_output=True, cwd=tmp_path)
+    (wheel,) = tmp_path.glob("space-*.whl")
+    packed = set(zipfile.ZipFile(wheel).namelist())
+    for folder in ("configs", "default_model", "eval/data"):
+        for path in (PACKAGE / folder).rglob("*"):
+            if path.is_file() and path.suffix in (".json", ".yaml", ".gz", ".safetensors", ".jsonl"):
+                assert str(path.relative_to(ROOT)) in packed, f"{path.relative_to(ROOT)} is not in the wheel"

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import space
-from space.eval import roofline
-from space.eval.roofline import CostCurve, bytes_per_token, cost_curve, load_cost_curve, parse_rows
+from space.bench import roofline
+from space.bench.roofline import CostCurve, bytes_per_token, cost_curve, load_cost_curve, parse_rows
 from space.io import write_json
 from space.testing import tiny_llama, tiny_text_tokenizer
 

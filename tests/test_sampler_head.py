@@ -1,4 +1,4 @@
-"""Sampler head (`space.sampler_head`): each draft conditioned on the token before it; every decoder stays exact.
+"""Sampler head (`space.adapters.sampler_head`): each draft conditioned on the token before it; every decoder stays exact.
 
 On tiny random models in fp32: SPACE (chain and tree, with and without the KV cache) with a random head equals AR
 token for token, on plain and gated models; the first slot is conditioned on the last committed token and each
@@ -16,11 +16,12 @@ import space
 import space.decoding.tree as tree_decoder
 from space.decoding.common import Model
 from space.errors import SpaceError
-from space.sampler_head import HEAD_WEIGHTS, SamplerHead, SamplerHeadConfig, attach, attached, save_head
+from space.adapters.sampler_head import HEAD_WEIGHTS, SamplerHead, SamplerHeadConfig, attach, attached, save_head
 from space.testing import chi_square_p_value, exact_joint, tiny_llama
 from space.training.export import ExportArguments, export_adapter
-from space.training.sampler_head import (HeadTraining, MaskRows, SamplerHeadArguments, measure, run_sampler_head,
-                                         train_head)
+from space.adapters.sampler_head_training import HeadTraining, MaskRows, measure, train_head
+from space.training.distill_prompts import GROUPS
+from space.training.sampler_head import SamplerHeadArguments, run_sampler_head
 from tests.test_gated import base_and_gated, fast, trained  # noqa: F401  (trained: a module fixture)
 
 
@@ -192,7 +193,7 @@ def test_training_learns_the_dependence_on_the_previous_token():
     rows, weight = synthetic_rows(6000, vocab=24, hidden=32, seed=0)
     settings = HeadTraining(inner=64, candidates=24, epochs=8, batch_size=256, learning_rate=3e-3)
     head = train_head(rows, weight, weight, settings, progress=False)
-    report = {row["drafter"]: row for row in measure(rows, weight, weight, head, candidates=24, width=3)}
+    report = {row["drafter"]: row for row in measure(rows, weight, weight, head, candidates=24, width=3, groups=GROUPS)}
     assert report["masks"]["offset 1"] < 0.2  # noise alone predicts nothing
     assert report["masks + sampler head"]["offset 1"] > 0.9
     assert settings.history[-1]["loss"] < settings.history[0]["loss"]
@@ -206,7 +207,7 @@ def test_the_accepted_figure_is_the_chains_mean_accepted_prefix():
     rows = MaskRows(hidden=hidden, previous=torch.zeros(12, dtype=torch.long), target=torch.tensor([1, 2, 3] * 4),
                     offset=torch.tensor([1, 2, 3] * 4), block=torch.arange(12) // 3,
                     group=torch.tensor([0] * 9 + [1] * 3))
-    report = {row["group"]: row for row in measure(rows, weight, weight, None, candidates=4, width=3)}
+    report = {row["group"]: row for row in measure(rows, weight, weight, None, candidates=4, width=3, groups=GROUPS)}
     assert report["code"]["accepted"] == pytest.approx((2 + 1 + 0) / 3, abs=1e-3)  # prefixes right: 2, 1, 0
     assert report["code"]["offset 3"] == pytest.approx(2 / 3, abs=1e-3)
     assert [report["code"][f"reach {j}"] for j in (1, 2, 3)] == pytest.approx([2 / 3, 1 / 3, 0], abs=1e-3)

@@ -205,7 +205,7 @@ def test_missing_bubblewrap_is_one_clear_error(monkeypatch):
 
 
 def test_timing_runs_both_modes_on_canonical_solutions():
-    from space.eval.code.timing import time_execution
+    from space.bench.execution import time_execution
 
     result = time_execution(["python"], problems=2)["python"]
     assert result["problems"] == 2 and result["passed_isolated"] == 2 and result["passed_unisolated"] == 2

@@ -20,7 +20,7 @@ from space.eval import evaluate
 from space.eval.flags import parse_eval_args
 from space.eval.skip_pipeline import parse_search_args, search_skip_layers
 from space.eval.skip_search import TrialLog, search
-from space.skip_layers import SkipLayers, load_skip_file, save_skip_file, select_entry, skipping_forward
+from space.decoding.skip_layers import SkipLayers, load_skip_file, save_skip_file, select_entry, skipping_forward
 from space.testing import chi_square_p_value, exact_joint, tiny_llama, tiny_text_tokenizer, tiny_tokenizer
 from tests.conftest import capture_caches, random_prompt
 
@@ -340,7 +340,7 @@ def test_threshold_state_carries_gamma_across_calls():
 
 
 def test_shipped_file_has_the_original_entries():
-    entries = load_skip_file(ROOT / "configs" / "self_spec" / "skip_layers.json")
+    entries = load_skip_file(ROOT / "space" / "configs" / "self_spec" / "skip_layers.json")
     counts = {key: (len(e.attention), len(e.mlp), e.num_layers) for key, e in entries.items()}
     original = {"llama-2-13b": (24, 10, 40), "llama-2-13b-chat": (24, 10, 40),
                 "codellama-13b": (22, 12, 40), "llama-2-70b": (47, 37, 80)}
@@ -526,8 +526,8 @@ def test_search_flags_keep_their_defaults_and_true_false_values():
     assert (args.chat, args.progress, args.max_new_tokens, args.time_budget, args.n_trials, args.max_draft,
             args.draft_threshold, args.seed, args.dtype, args.device) == (False, True, 32, 3600.0, None, 8, 0.8, 1,
                                                                            "float32", "cpu")
-    assert Path(args.output) == ROOT / "configs" / "self_spec" / "skip_layers.json"
-    assert Path(args.prompts) == ROOT / "configs" / "self_spec" / "calibration_prompts.json"
+    assert Path(args.output) == ROOT / "space" / "configs" / "self_spec" / "skip_layers.json"
+    assert Path(args.prompts) == ROOT / "space" / "configs" / "self_spec" / "calibration_prompts.json"
     assert parse_search_args(["--chat", "true", "--progress", "False"]).chat is True
     with pytest.raises(SystemExit):
         parse_search_args(["--chat", "maybe"])

@@ -57,7 +57,7 @@ def test_gguf_model_with_mask_tokens_saves_and_reloads(smollm2, tmp_path):
 
 def test_a_gated_adapter_on_smollm2_keeps_the_base_models_tokens_and_logits():
     """Random gated weights on the real model: real rows bit-equal to the base, SPACE equal to the base's AR."""
-    from space.gated import GatedConfig, add_gated_lora, gated_state_dict
+    from space.adapters.gated import GatedConfig, add_gated_lora, gated_state_dict
 
     torch.set_num_threads(2)
     base, tokenizer = space.load_model("smollm2")

@@ -19,12 +19,12 @@ from space.decoding.sampling import Sampler
 from space.decoding.tree_shape import (EXPLORE_EVERY, AcceptanceRates, ShapeConfig, next_chain_source, plan_tree,
                                        record_outcome)
 from space.decoding.verify import accept_tree
-from space.layout import ChunkLayout
-from space.retrieval import NgramIndex
+
+from space.decoding.retrieval import NgramIndex
 from space.testing import DraftOracle, chi_square_p_value, tiny_llama
-from space.tree_layout import tree_layout
+from space.decoding.tree_layout import tree_layout
 from tests.conftest import random_prompt
-from tests.paper_chain import paper_chain
+from tests.paper_chain import ChunkLayout, paper_chain
 
 FREE_ROWS = {1: 1.0, 512: 1.0}  # every row free: the planner takes every candidate
 

@@ -6,7 +6,7 @@ here: no GPU was lent). The decoder prices
 rows with the device's default curve (`DEVICE_CURVES`), with a curve measured on the model itself when
 asked (`SpaceOptions.cost_curve="measure"`: `measured_curve`, the median of 5 forwards per size after 256
 cached tokens, once per model, device and dtype; about 4 s on that CPU), or with one the caller gives
-(`{rows: ms}`, or the `CostCurve` that `space.eval.roofline.load_cost_curve` reads from a
+(`{rows: ms}`, or the `CostCurve` that `space.bench.roofline.load_cost_curve` reads from a
 `scripts/bench_roofline.py` report). The defaults are fixed so that a run
 is repeatable: a measured curve moves by 10% from one measurement to the next on a busy machine, and with
 it the trees.
@@ -32,7 +32,7 @@ REPEATS = 5
 @dataclass
 class CostCurve:
     """Measured ms of one forward of N rows (`rows` ascending, `measured_ms` per row count); the reader of
-    `scripts/bench_roofline.py`'s reports (`space.eval.roofline.load_cost_curve`) returns one too."""
+    `scripts/bench_roofline.py`'s reports (`space.bench.roofline.load_cost_curve`) returns one too."""
 
     rows: list[int]
     measured_ms: list[float]

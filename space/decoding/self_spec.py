@@ -2,7 +2,7 @@
 
 One model plays both roles. Each round:
 
-1. draft: the same model with the sub-blocks in `skip_layers` bypassed (`space.skip_layers`) proposes
+1. draft: the same model with the sub-blocks in `skip_layers` bypassed (`space.decoding.skip_layers`) proposes
    tokens one at a time from the last committed token, until its top-1 probability falls below γ
    (the low-confidence token is kept), `max_draft` tokens, EOS, or the remaining budget;
 2. verify: one full-model forward over `[x_last, d_1..d_n]` scores every draft;
@@ -35,7 +35,7 @@ from space.decoding.sampling import Sampler
 from space.decoding.threshold import DEFAULT_AUTO_PARAMETERS, AutoParameters, ThresholdState, update_threshold
 from space.decoding.verify import accept
 from space.errors import SpaceError
-from space.skip_layers import check_skippable, resolve_skip_layers, skipping_forward
+from space.decoding.skip_layers import check_skippable, resolve_skip_layers, skipping_forward
 
 DEFAULT_THRESHOLD = {False: 0.8, True: 0.5}  # γ0 of the reference's greedy (essg) and sampling (sss) loops
 

@@ -1,9 +1,9 @@
 """SPACE's decoding loop: verify a tree of candidates and draft the next chain, in one forward per step.
 
-Each step (shape from `space.decoding.tree_shape`, rows from `space.tree_layout`):
+Each step (shape from `space.decoding.tree_shape`, rows from `space.decoding.tree_layout`):
 
 1. plan the tree under the last committed token from the chain the previous step drafted, each chain slot's
-   runners-up, the copies that continue the longest n-gram match of the context (`space.retrieval`), and the
+   runners-up, the copies that continue the longest n-gram match of the context (`space.decoding.retrieval`), and the
    measured acceptance;
 2. one forward over the tree's nodes and its mask groups, after the prefix the cache has not seen;
 3. accept the longest path the target agrees with and the next token after it;
@@ -31,8 +31,8 @@ from space.decoding.sampling import Sampler
 from space.decoding.tree_shape import (DEVICE_MAX_ROWS, AcceptanceRates, DraftTree, ShapeConfig, next_chain_source,
                                        plan_tree, record_outcome)
 from space.decoding.verify import accept, accept_tree
-from space.retrieval import NgramIndex
-from space.tree_layout import TreeLayout, tree_layout
+from space.decoding.retrieval import NgramIndex
+from space.decoding.tree_layout import TreeLayout, tree_layout
 
 FP16_MAX = 65504.0  # the paper's draft probability for the first step's mask ids: its rule always rejects them
 

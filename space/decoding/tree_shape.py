@@ -7,7 +7,7 @@ token:
 * `chain`: the k tokens SPACE's mask group drafted (slot i predicts i+1 tokens ahead);
 * `topk`: the runners-up of each slot, as alternatives beside the chain token;
 * `copy`: the tokens that followed the latest earlier occurrence of the context's longest suffix match
-  (`space.retrieval`), after the root and after each prefix of the chain;
+  (`space.decoding.retrieval`), after the root and after each prefix of the chain;
 * a `group` of k masks on a node, which drafts the next step's chain when the accepted path ends there.
 
 Each arrives as a `space.decoding.drafts.Drafts` whose `after` says how many chain tokens precede it.

@@ -5,12 +5,11 @@ self-speculative skip-layer search.
 command line, `flags.EvalArgs` its settings). The pieces: `datasets` (prompts to evaluate and the
 vendored HumanEval-X), `prompts` (model input text per prompt style), `harness` (interleaved, timed
 runs), `results` (the run directory: resumable, locked, settings checked), `metrics` (speed and the original SPACE metrics), `code` (code execution and pass@k),
-`rouge` (ROUGE-L), `divergence` (why a greedy answer left AR's), `report` (tables, figure, versions),
+`rouge` (ROUGE-L), `divergence` (why a greedy answer left AR's), `report` (the summary tables and figure),
 `skip_search` (the skip-set optimiser), `skip_pipeline` (the search on a model:
-`search_skip_layers(args)`), `compare` (one prompt, several methods: `scripts/generate.py`), `quality`
-(batched greedy answers scored without timing: `scripts/eval_quality.py`), and the measurements behind
-`scripts/bench_step.py` (`step_cost`), `scripts/bench_roofline.py` (`roofline`: bandwidth, bytes per
-token, the forward cost curve) and `scripts/measure_logit_noise.py` (`logit_noise`).
+`search_skip_layers(args)`), `compare` (one prompt, several methods: `scripts/generate.py`) and `quality`
+(batched greedy answers scored without timing: `scripts/eval_quality.py`). The measurements behind the
+benchmark scripts are `space.bench`.
 
 `run_program(program, language, timeout=...)` runs one test program in the sandbox (`code.sandbox`,
 `code.isolation`) and returns its `ExecutionResult` (passed / failed / timeout / error / skipped).

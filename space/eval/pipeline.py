@@ -35,9 +35,9 @@ from space.eval.divergence import explain, near_tie_threshold
 from space.eval.flags import EvalArgs, check_eval_args
 from space.eval.metrics import split_label, summarize
 from space.eval.rouge import rouge_l
-from space.io import write_json
+from space.io import markdown_table, versions, write_json
 from space.models import BASE_MODEL_ALIASES, model_dtype
-from space.skip_layers import check_skippable, load_skip_file, select_entry
+from space.decoding.skip_layers import check_skippable, load_skip_file, select_entry
 from space.tokens import resolve_mask_spec, resolve_sat_spec
 
 # The flag a `space@K` / `sdsat@K` label sets; every other option comes from the flag of the same name
@@ -88,7 +88,7 @@ def evaluate(args: EvalArgs) -> dict:
             summary["partial"] = (f"stopped by --time_limit: {len(prompts)} of {requested} prompts answered by "
                                   "every method; the same command resumes")
             print(summary["partial"], file=sys.stderr)
-        summary["versions"] = report.versions()
+        summary["versions"] = versions()
         if not args.do_sample and "ar" in methods:
             summary["divergences"] = explain_divergences(model, tokenizer, records, prompts, style, args.model_type)
         write_outputs(store.dir, summary, records, args.save_data)
@@ -288,7 +288,7 @@ def divergence_table(summary: dict) -> str:
         return ""
     return (f"\n{len(rows)} answer(s) differ from AR; at the first differing step, AR's logit gap between its token "
             "and the method's (near-tie: below the dtype's threshold):\n\n"
-            + report.markdown_table(rows, ["id", "method", "position", "ar_token", "method_token", "logit_gap",
+            + markdown_table(rows, ["id", "method", "position", "ar_token", "method_token", "logit_gap",
                                            "near_tie_threshold", "near_tie"])
             + "\n")
 

@@ -11,12 +11,17 @@
 from __future__ import annotations
 
 from space.errors import SpaceError
-from space.training.templates import VICUNA_SYSTEM
 
 MODEL_TYPES = ("llama", "llama-2-chat", "qwen", "chatglm")
 PROMPT_STYLES = ("original", "chat_template")
 LLAMA2_SYSTEM = (
     "You are a helpful, respectful and honest assistant. Always answer as helpfully as possible, while being safe."
+)
+
+# The Vicuna system sentence: the original eval string's and the training templates' (`space.training.templates`)
+VICUNA_SYSTEM = (
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions."
 )
 
 

@@ -31,7 +31,7 @@ from space.eval.datasets import default_max_new_tokens, load_eval_dataset
 from space.eval.flags import _flag
 from space.eval.harness import first_turn_ids
 from space.eval.pipeline import add_quality, check_execution, prompt_style, run_config
-from space.io import write_json
+from space.io import versions, write_json
 from space.models import model_dtype
 
 METHOD = "greedy_batched"
@@ -93,7 +93,7 @@ def evaluate_quality(args: QualityArgs) -> dict:
                                      dtype=args.dtype, model=args.llm_dir or "embedded SmolLM2-135M-Instruct",
                                      adapter=args.adapter),
                        note="batched greedy answers: a quality run, no speed is measured",
-                       versions=report.versions())
+                       versions=versions())
         write_json(store.dir / "summary.json", summary)
         (store.dir / "summary.md").write_text(quality_table(summary))
     return summary

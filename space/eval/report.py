@@ -1,46 +1,14 @@
-"""Reports: markdown tables, the evaluation summary table (and its per-category one), the figure
-(tokens/step and speedup), and the versions a result was measured with.
-
-`markdown_table` is shared by every script that prints results. The figure needs matplotlib (an
-`eval` extra); without it the PNG is skipped with a note, never the run.
+"""The evaluation's reports: the summary table (and its per-category one) and the figure (tokens/step and
+speedup). The figure needs matplotlib (an `eval` extra); without it the PNG is skipped with a note, never the
+run. The markdown table itself is `space.io.markdown_table`, shared by every report.
 """
 
 from __future__ import annotations
 
-import platform
-from importlib import metadata
 from pathlib import Path
 
 from space.eval.metrics import BASELINES
-
-MEASURED_PACKAGES = ("torch", "transformers", "peft", "accelerate", "deepspeed", "tokenizers", "numpy")
-
-
-def versions() -> dict[str, str | None]:
-    """Python and the installed versions of the packages a measurement depends on (None: not installed)."""
-    found = {"python": platform.python_version()}
-    for package in MEASURED_PACKAGES:
-        try:
-            found[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            found[package] = None
-    return found
-
-
-def markdown_table(rows: list[dict], columns: list[str], headers: list[str] | None = None) -> str:
-    headers = headers or columns
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(_cell(row.get(column)) for column in columns) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def _cell(value) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
-    return str(value)
-
+from space.io import markdown_table
 
 def summary_table(summary: dict) -> str:
     """One row per method: speed, acceptance, identity and quality."""

@@ -35,7 +35,7 @@ import space
 from space.decoding.threshold import ThresholdState
 from space.eval.skip_search import CALIBRATION_PROMPTS, SHIPPED_SKIP_FILE, TrialLog, search
 from space.models import synchronize
-from space.skip_layers import SkipLayers, check_skippable, load_skip_file, model_key, save_skip_file
+from space.decoding.skip_layers import SkipLayers, check_skippable, load_skip_file, model_key, save_skip_file
 
 
 def _flag(default, help: str | None = None):

@@ -39,12 +39,12 @@ from typing import Callable
 from tqdm.auto import tqdm
 
 from space.errors import SpaceError
-from space.io import JsonlLog, write_json
-from space.skip_layers import SkipLayers
+from space.io import JsonlLog, shipped, write_json
+from space.decoding.skip_layers import SkipLayers
 
 # The shipped self_spec configs of a repository checkout (the package is installed with `pip install -e .`):
 # the calibration prompts and the skip sets, which the search writes into and the evaluation reads.
-SELF_SPEC_CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "self_spec"
+SELF_SPEC_CONFIGS = shipped("configs", "self_spec")
 SHIPPED_SKIP_FILE = SELF_SPEC_CONFIGS / "skip_layers.json"
 CALIBRATION_PROMPTS = SELF_SPEC_CONFIGS / "calibration_prompts.json"
 VALUE = "tokens_per_second"  # the key of the objective's record that is maximised

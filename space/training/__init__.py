@@ -10,7 +10,8 @@
 * `export`: what leaves a run: a LoRA adapter merged into its base (`merge_adapter`), or exported as the
   compact shipped model (`export_adapter`);
 * `default_model`: the shipped default model's recipe, distill -> train -> export (`make_default_model`);
-* `throughput`: training throughput of each sample mode (`scripts/bench_train.py`).
+* `sampler_head`: a sampler head's mask rows from training samples, and `scripts/train_sampler_head.py`'s run
+  (the head itself and how it learns are `space.adapters`).
 
 `from space.training import train` imports no DeepSpeed, peft or transformers Trainer; they load with a run.
 """

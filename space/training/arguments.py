@@ -1,7 +1,7 @@
 """What a SAR-SFT run is given: its argument dataclasses and the one parser for flags, config files and dicts.
 
 `parse_train_args(argv)` reads the flags of `scripts/train_sft.py`; a `.yaml`/`.json` first argument is
-a config file whose keys are flag names, and flags after it win (`configs/sft/`, `configs/default_model/`).
+a config file whose keys are flag names, and flags after it win (`configs/sft/`, `space/configs/default_model/`).
 `parse_flags` is the same HfArgumentParser call for the wing's other entry points (distill, export,
 default model), so every script reports an unknown flag in one line instead of argparse's usage dump.
 

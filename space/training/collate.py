@@ -10,7 +10,7 @@ mask of the model's dtype:
   tokens of block b up to itself;
 * a padding row sees only itself (a fully blocked row would give NaN in softmax); its labels are -100.
 
-With `split_prefix` (gated adapters, `space.gated`) each sample is laid out as its real tokens padded to the
+With `split_prefix` (gated adapters, `space.adapters.gated`) each sample is laid out as its real tokens padded to the
 batch's longest real part, then its mask blocks padded to the longest block part, and `prefix_length` says
 where the blocks start: the trainer runs the real part once without gradients as a KV cache and the blocks
 on top of it. The real tokens' labels are dropped (a gated model's real rows are the frozen base's).

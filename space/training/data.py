@@ -90,6 +90,14 @@ def _read_hub(name: str, entry: DatasetEntry, local: Path) -> list[dict]:
     return [{entry.columns.get(key, key): value for key, value in row.items()} for row in rows]
 
 
+def load_conversations_of(records: list[dict], source: str) -> list:
+    """The records as conversations (alpaca, with history and the unfinished mark), one per record."""
+    conversations = parse_records(records, source)
+    if len(conversations) != len(records):
+        raise SpaceError(f"{source}: {len(records) - len(conversations)} records have an empty prompt or answer")
+    return conversations
+
+
 def parse_records(records: list, source: str) -> list[Conversation]:
     conversations = []
     for index, record in enumerate(records):

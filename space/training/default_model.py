@@ -3,7 +3,7 @@
 Steps (each skipped or resumed when its output exists):
 1. `make_distill_data`: the base model's greedy answers to the project's prompts (resumed answer by answer);
    one answer in 25 (by a hash of its id) is then held out of training (`held_out.jsonl`) for the masks' accuracy;
-2. `train` with `configs/default_model/sft.yaml`: gated LoRA SAR-SFT (`space.gated`) in multi-block mode,
+2. `train` with `space/configs/default_model/sft.yaml`: gated LoRA SAR-SFT (`space.adapters.gated`) in multi-block mode,
    resumed from the newest complete checkpoint if one exists (one half-written by a kill is skipped), skipped
    once finished;
 3. `export_adapter`: float16 adapter + SPACE fields into `space/default_model/`.
@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from space.errors import SpaceError
-from space.io import read_records, write_atomic, write_json
+from space.io import read_records, shipped, write_atomic, write_json
 from space.models import SHIPPED_MODEL_DIR, is_adapter_dir
 from space.training.arguments import parse_flags, parse_train_args
 from space.training.checkpoints import last_complete_checkpoint
@@ -39,7 +39,7 @@ from space.training.distill_prompts import root_id
 from space.training.export import export_adapter, parse_export_args
 from space.training.recipe import check_arguments, train
 
-CONFIG = Path(__file__).resolve().parents[2] / "configs" / "default_model" / "sft.yaml"
+CONFIG = shipped("configs", "default_model", "sft.yaml")
 DECODE_MASK_NUM = 3  # chosen by the k sweeps on the shipped model (docs/benchmarks.md): this CPU
 DECODE_MASK_NUM_CUDA = 6  # and an H100, where a wider step costs about what a narrow one does
 # the flags that shape the data and the trained adapter (batch size and the export's k do not)

@@ -5,9 +5,9 @@ verify. The prompts never contain benchmark problems:
 
 * `coding`: requests built from the signatures and docstrings of Python standard-library functions
   (PSF-licensed text), phrased like the HumanEval instruction so the answers have the same shape, and a
-  short list of general and coding instructions written for this project (`configs/distill/instructions.json`);
+  short list of general and coding instructions written for this project (`space/configs/distill/instructions.json`);
 * `instructions`, `math`: general requests and word problems from project-written templates
-  (`space.training.distill_prompts`, `configs/distill/families.json`);
+  (`space.training.distill_prompts`, `space/configs/distill/families.json`);
 * `summary`, `passage_qa`, `translation`, `two_turn`: built from the base model's finished answers of the
   first three families, so they are answered in a second stage.
 
@@ -41,7 +41,7 @@ import space
 from space.decoding.common import eos_ids
 from space.errors import SpaceError
 from space.eval.datasets import ORIGINAL_HUMANEVAL_INSTRUCTION, load_eval_dataset
-from space.io import JsonlLog, write_json
+from space.io import JsonlLog, shipped, write_json
 from space.training.arguments import parse_flags
 from space.training.distill_prompts import (
     COUNTS,
@@ -63,7 +63,7 @@ STDLIB_MODULES = (
     "timeit trace tracemalloc"
 ).split()
 MAX_DOC_CHARS = 700
-PROJECT_INSTRUCTIONS = Path(__file__).resolve().parents[2] / "configs" / "distill" / "instructions.json"
+PROJECT_INSTRUCTIONS = shipped("configs", "distill", "instructions.json")
 FIRST_STAGE = ("coding", "instructions", "math")
 FAMILIES = FIRST_STAGE + DERIVED_FAMILIES  # the second stage's are built from the first stage's answers
 

@@ -1,6 +1,6 @@
 """The self-distillation prompt families beyond coding: the kinds of request a chat model gets.
 
-Every prompt is built here from project-written word lists and templates (`configs/distill/families.json`),
+Every prompt is built here from project-written word lists and templates (`space/configs/distill/families.json`),
 never taken from a benchmark. Two stages, because some families need text to work on:
 
 * stage one (`instruction_prompts`, `math_prompts`): explanations, tips, pros and cons, short writing,
@@ -23,8 +23,9 @@ import re
 from pathlib import Path
 
 from space.errors import SpaceError
+from space.io import shipped
 
-FAMILIES_FILE = Path(__file__).resolve().parents[2] / "configs" / "distill" / "families.json"
+FAMILIES_FILE = shipped("configs", "distill", "families.json")
 # stage-one families whose answers become passages (prose, not code or arithmetic)
 INSTRUCTION_FAMILIES = ("explain", "tips", "pros_cons", "writing", "email", "compare", "howto", "passages")
 DERIVED_FAMILIES = ("summary", "passage_qa", "translation", "two_turn")
@@ -93,6 +94,16 @@ def math_prompts(families: dict, seed: int = 0, count: int = COUNTS["math"]) -> 
             seen.add(text)
             prompts.append(dict(id=f"math/{t}/{i}", prompt=text, entry_point=None, family="math"))
     return prompts
+
+
+CODE_PREFIXES = ("stdlib/", "instructions/")  # the coding family's ids (space.training.distill)
+GROUPS = ("code", "general")  # how held-out measurements split the answers (`prompt_group`)
+
+
+def prompt_group(record_id: str) -> str:
+    """`code` for the coding family (stdlib requests and the project's instruction list) and everything built on
+    its answers, `general` for the rest."""
+    return "code" if root_id(record_id).startswith(CODE_PREFIXES) else "general"
 
 
 def root_id(record_id: str) -> str:

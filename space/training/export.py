@@ -1,13 +1,13 @@
 """What leaves a LoRA SAR-SFT run: the adapter folded into its base, or the adapter exported as the shipped model.
 
-A gated adapter (`space.gated`) is exported the same way (its `gated_adapter.safetensors` and `space.json`)
+A gated adapter (`space.adapters.gated`) is exported the same way (its `gated_adapter.safetensors` and `space.json`)
 and is never merged: merged, it would change every token.
 
 `merge_adapter` saves a plain model (merged weights, tokenizer with the mask tokens, SPACE fields in
 its config), so `space.decode` needs no flags. `export_adapter` writes the compact form kept in
 `space/default_model/`: the adapter config, the SPACE fields (`space.json`, with the default decoding
 k on CPU and on a GPU) and the adapter weights (LoRA matrices and trained mask-token rows) cast to
-float16 (and a sampler head, `space.sampler_head`, when `space.json` names one); the tokenizer is not copied,
+float16 (and a sampler head, `space.adapters.sampler_head`, when `space.json` names one); the tokenizer is not copied,
 since `space.load_model()` rebuilds the mask tokens from `space.json`. A merged model has no place for a sampler
 head: merging one warns.
 """
@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 import space
 from space.errors import SpaceError, SpaceWarning
 from space.io import write_atomic
-from space.gated import GATED_WEIGHTS
+from space.adapters.gated import GATED_WEIGHTS
 from space.models import (
     ADAPTER_FIELDS_FILE,
     adapter_base,
@@ -37,7 +37,7 @@ from space.models import (
     unwrap,
     write_space_json,
 )
-from space.sampler_head import HEAD_FIELD, HEAD_WEIGHTS, attached
+from space.adapters.sampler_head import HEAD_FIELD, HEAD_WEIGHTS, attached
 from space.training.arguments import parse_flags
 
 WEIGHTS = "adapter_model.safetensors"

@@ -15,7 +15,7 @@ Every check that can fail runs before the model is loaded (flags, output dir and
 files), except those that need the model itself (mask ids, `--lora_target`), which run right after it loads
 and before the samples are built. Nothing in the output dir changes until training starts.
 
-`--finetuning_type gated_lora` trains a gated adapter (`space.gated`): LoRA deltas and mask embeddings that
+`--finetuning_type gated_lora` trains a gated adapter (`space.adapters.gated`): LoRA deltas and mask embeddings that
 act only at mask rows, so the trained model's real tokens are the base model's own. Its batches put the real
 tokens first and the trainer runs them without gradients (`SarTrainer.gated_loss`); the run saves the adapter
 alone with `space.json` naming it, which `space.load_model` reads.
@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 
 import space
 from space.errors import SpaceError
-from space.gated import GATED_KIND, GatedConfig, add_gated_lora, names_module
+from space.adapters.gated import GATED_KIND, GatedConfig, add_gated_lora, names_module
 from space.models import peft_without_alias_warning, space_json_fields, write_space_json
 from space.tokens import SatSpec, add_sat_tokens, read_mask_spec, read_sat_spec, record_mask_spec, record_sat_spec
 from space.training.arguments import (

@@ -18,11 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from space.errors import SpaceError
+from space.eval.prompts import VICUNA_SYSTEM
 
-VICUNA_SYSTEM = (
-    "A chat between a curious user and an artificial intelligence assistant. "
-    "The assistant gives helpful, detailed, and polite answers to the user's questions."
-)
 
 Turn = tuple[str, str]  # (query, response)
 EncodedTurn = tuple[list[int], list[int]]  # (source_ids, target_ids)

@@ -8,7 +8,7 @@ interval (one sync per log line, not per step) and adds `mask_loss_j` / `mask_ac
 Under data parallelism each rank sees its own share of the batch, so the numerators and the counts
 are summed over ranks (one all_reduce per log line) before dividing: the logged means are global.
 
-With a gated adapter (`gated=True`, `space.gated`) the real tokens are the frozen base's: they have no loss to
+With a gated adapter (`gated=True`, `space.adapters.gated`) the real tokens are the frozen base's: they have no loss to
 learn and no parameter to reach, so `compute_loss` runs them once under `torch.no_grad()` into a KV cache
 (lm_head on one row) and feeds only the mask blocks with gradients, on top of that cache. Checkpoints then
 hold the adapter's tensors alone (`GATED_WEIGHTS`), not a copy of the base.
@@ -23,7 +23,7 @@ import torch.distributed as dist
 from transformers import DynamicCache, Trainer, TrainerCallback
 
 from space.cache import cache_argument
-from space.gated import GATED_WEIGHTS, gated_state_dict, load_gated_weights
+from space.adapters.gated import GATED_WEIGHTS, gated_state_dict, load_gated_weights
 
 from space.training.loss import MaskMetrics, sar_loss
 from space.models import unwrap

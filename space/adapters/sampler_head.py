@@ -16,8 +16,9 @@ Drafting is then sequential over the slots, so lm_head is applied only to a shor
 `candidates` best tokens of the slot's plain mask logits (which the decoder computes anyway). Outside that list a
 refined slot has no probability. Drafts only propose tokens, so every decoder stays exact with or without it.
 
-Trained by `space.training.sampler_head` on the frozen model's mask hidden states (teacher forcing: slot j
-sees the true `x_{p+j-1}`, which is what it sees at decoding whenever the slots before it were accepted).
+Trained by `space.adapters.sampler_head_training` (rows from `space.training.sampler_head`) on the frozen model's
+mask hidden states (teacher forcing: slot j sees the true `x_{p+j-1}`, which is what it sees at decoding whenever
+the slots before it were accepted).
 Saved as `HEAD_WEIGHTS` beside a model's `space.json` (field `sampler_head`), loaded by `space.load_model`.
 """
 

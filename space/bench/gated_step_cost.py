@@ -1,6 +1,6 @@
 """What a gated adapter adds to a decoding step: the same model with and without one, timed side by side.
 
-Owns the measurement behind `scripts/bench_gated_step.py`. A gated adapter (`space.gated`) leaves AR alone and
+Owns the measurement behind `scripts/bench_gated_step.py`. A gated adapter (`space.adapters.gated`) leaves AR alone and
 adds its low-rank deltas to the mask rows of every SPACE step; what that costs depends on the adapter's shape
 (rank, targets) and the step's rows, not on what the adapter learnt. So this needs no trained adapter: it installs
 one of the given shape with random weights on a copy of the base (`random_gated_twin`) and decodes one prompt
@@ -25,12 +25,11 @@ from transformers import HfArgumentParser
 
 import space
 from space.errors import SpaceError
-from space.eval import report
-from space.eval.roofline import machine
-from space.io import write_atomic
-from space.fast_linear import use_fast_linear
-from space.gated import GatedConfig, add_gated_lora
-from space.lean_layers import use_lean_layers
+from space.bench.roofline import machine
+from space.io import markdown_table, write_atomic
+from space.kernels.fast_linear import use_fast_linear
+from space.adapters.gated import GatedConfig, add_gated_lora
+from space.kernels.lean_layers import use_lean_layers
 
 # A HumanEval-sized coding prompt (157 tokens in SmolLM2's chat format): steps then read a cache of 150-350 tokens.
 PROMPT = (
@@ -137,4 +136,4 @@ def run_gated_step(args: GatedStepArgs, command: str) -> dict:
 
 def gated_step_table(rows: list[dict]) -> str:
     """The report's rows as a markdown table (as quoted in docs/benchmarks.md)."""
-    return report.markdown_table(rows, COLUMNS, HEADERS)
+    return markdown_table(rows, COLUMNS, HEADERS)

@@ -43,9 +43,8 @@ import space
 from space.cache import CompactCache
 from space.decoding.common import Model
 from space.errors import SpaceError
-from space.eval import report as report_tables
-from space.eval.step_cost import PROMPT  # the prompt of scripts/bench_step.py, so the two reports compare
-from space.io import write_json
+from space.bench.step_cost import PROMPT  # the prompt of scripts/bench_step.py, so the two reports compare
+from space.io import markdown_table, write_json
 from space.decoding.row_cost import CostCurve
 from space.models import dtype_name, resolve_device, synchronize
 
@@ -353,7 +352,7 @@ def measure_roofline(args: RooflineArgs, command: str) -> dict:
 
 def roofline_table(report: dict) -> str:
     """The report as a markdown table, one row per dtype."""
-    return report_tables.markdown_table(report["rows"], COLUMNS, HEADERS)
+    return markdown_table(report["rows"], COLUMNS, HEADERS)
 
 
 # --- the cost curve, for other code ------------------------------------------------------------

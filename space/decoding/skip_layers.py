@@ -96,7 +96,7 @@ def resolve_skip_layers(value, model) -> SkipLayers:
     """The `skip_layers` decode option (a `SkipLayers` or a dict) validated against `model`."""
     if value is None:
         raise SpaceError("self_spec needs skip_layers: a {'attention': [...], 'mlp': [...]} dict, a SkipLayers, or an "
-                         "entry of a skip_layers.json (space.skip_layers.load_skip_file); search one with "
+                         "entry of a skip_layers.json (space.decoding.skip_layers.load_skip_file); search one with "
                          "scripts/search_skip_layers.py")
     skip = value if isinstance(value, SkipLayers) else SkipLayers.from_dict(value)
     return skip.validate(model.config.num_hidden_layers)

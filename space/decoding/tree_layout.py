@@ -15,7 +15,7 @@ ends at that node. Rows are laid out node by node, each node followed by its gro
 So every node sees exactly its AR context (its logits verify its children), and a group sees the prefix
 plus the path to its node, then masks at consecutive positions, as in training. For a chain whose every
 node carries a group (the paper's chain) the layout is the §3.2 table's row for row (tested against
-`space.layout.ChunkLayout`).
+`tests/paper_chain.py`'s `ChunkLayout`).
 """
 
 from __future__ import annotations

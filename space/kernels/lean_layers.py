@@ -5,7 +5,7 @@ products and some 2,200 aten calls per one-row forward (issue 18). `use_lean_lay
 `LlamaDecoderLayer` to `LeanLlamaDecoderLayer`, whose forward computes the same layer with
 
 * one product for q, k and v and one for gate and up, on the projections' weights concatenated along the
-  output dimension: on CPU the packed oneDNN product `space.fast_linear.RowsLinear` uses, on a packed copy
+  output dimension: on CPU the packed oneDNN product `space.kernels.fast_linear.RowsLinear` uses, on a packed copy
   of the fused weight; elsewhere (another device, fp16, no oneDNN) `F.linear` on the fused weight. The
   copy is taken on first use and retaken when a source weight is replaced or changed in place;
 * RMSNorm as `torch.nn.functional.rms_norm` (one op for HF's five, bit-equal to `LlamaRMSNorm`);
@@ -22,7 +22,7 @@ hooks on `self_attn`, `mlp` or the norms do not run on the lean path.
 It applies to LLaMA layers without projection biases, with SiLU MLPs and eager or sdpa attention
 (other models are left untouched and counted 0), and only at inference: in training mode, with
 gradients to compute, with attention weights requested, or once a fused projection is wrapped (a LoRA
-layer, a hook), a layer takes transformers' own forward. A gated adapter (`space.gated`) is the exception:
+layer, a hook), a layer takes transformers' own forward. A gated adapter (`space.adapters.gated`) is the exception:
 its deltas are added to the fused products' mask rows here, as the projections' hooks would. The fused
 copies hold the q/k/v and gate/up weights once more in memory, as `use_fast_linear` does for every linear layer. `space.load_model`
 applies it where it applies `use_fast_linear` (on CPU by default).
@@ -39,8 +39,8 @@ from torch import nn
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, eager_attention_forward
 
 from space.cache import passed_cache
-from space.fast_linear import PACKED_DTYPES, RowsLinear, packed_product, packed_products_available, packed_weight
-from space.gated import add_at_rows, gated_lora_of, group_deltas, is_gated_hook
+from space.kernels.fast_linear import PACKED_DTYPES, RowsLinear, packed_product, packed_products_available, packed_weight
+from space.adapters.gated import add_at_rows, gated_lora_of, group_deltas, is_gated_hook
 from space.weights import derived
 
 ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa")
@@ -122,7 +122,7 @@ class LeanLlamaDecoderLayer(LlamaDecoderLayer):
 
 
 def _add_gated_deltas(linears: tuple[nn.Linear, ...], x: torch.Tensor, out: torch.Tensor, cache: dict) -> torch.Tensor:
-    """The fused product `out` plus the gated adapters' deltas on the mask rows (`space.gated`), which the
+    """The fused product `out` plus the gated adapters' deltas on the mask rows (`space.adapters.gated`), which the
     projections' own hooks would have added, computed as one group (`group_deltas`, its copies in `cache`);
     real rows are not touched."""
     adapters = tuple(gated_lora_of(linear) for linear in linears)

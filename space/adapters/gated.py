@@ -16,7 +16,7 @@ Pieces (nothing is wrapped, so module names, the state dict's base keys, tied we
   `inputs_embeds` therefore runs with no mask rows, which is the base model.
 * `GatedLoRA`: the `lora_A`/`lora_B` pair of one linear layer (a child module `gated_lora`); a forward hook
   adds `scaling * B A x` at the gate's rows (`index_add` on a flat view: the other rows are not touched).
-  `space.lean_layers` adds the same deltas after its fused products.
+  `space.kernels.lean_layers` adds the same deltas after its fused products.
 * `MaskEmbeddings`: the trainable input rows of the mask ids (child `gated_masks` of the embedding); the
   shared embedding table, and so a tied lm_head, keep the rows `add_mask_tokens` gave them.
 
@@ -201,7 +201,7 @@ def _embedding_hook(module: nn.Module, args: tuple, output: torch.Tensor) -> tor
 
 
 def is_gated_hook(hook) -> bool:
-    """Whether a forward hook is the gated adapter's (`space.lean_layers` computes it itself)."""
+    """Whether a forward hook is the gated adapter's (`space.kernels.lean_layers` computes it itself)."""
     return hook is _linear_hook
 
 

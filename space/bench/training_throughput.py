@@ -21,8 +21,7 @@ import torch
 from transformers import HfArgumentParser
 
 import space
-from space.eval import report
-from space.io import write_atomic
+from space.io import markdown_table, write_atomic
 from space.training import train
 
 MODES = {
@@ -31,7 +30,7 @@ MODES = {
     "SAR multi-block (k=5, 4 blocks)": ["--mask_num", "5", "--mask_prob", "1.0", "--mask_efficient_train", "true", "--mask_blocks", "4"],
     "SAR multi-block (k=5, 8 blocks)": ["--mask_num", "5", "--mask_prob", "1.0", "--mask_efficient_train", "true", "--mask_blocks", "8"],
 }
-# the shipped model's recipe (configs/default_model/sft.yaml) as LoRA and as a gated adapter
+# the shipped model's recipe (space/configs/default_model/sft.yaml) as LoRA and as a gated adapter
 _RECIPE_BLOCKS = ["--mask_num", "6", "--mask_diff", "true", "--mask_random", "true", "--mask_prob", "1.0",
                   "--mask_efficient_train", "true", "--mask_blocks", "64", "--lora_rank", "32", "--lora_alpha", "64"]
 MODES["LoRA multi-block (k=6, 64 blocks)"] = ["--finetuning_type", "lora", *_RECIPE_BLOCKS]
@@ -110,7 +109,7 @@ def measure_training_throughput(args: ThroughputArgs, command: str) -> dict:
 
 def throughput_table(rows: list[dict]) -> str:
     """The report's rows as a markdown table (as quoted in docs/benchmarks.md)."""
-    return report.markdown_table(rows, COLUMNS)
+    return markdown_table(rows, COLUMNS)
 
 
 class StepTimer:

@@ -30,8 +30,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 from transformers import HfArgumentParser
 
 import space
-from space.eval import report
-from space.io import write_atomic
+from space.io import markdown_table, write_atomic
 
 PROMPT = "Complete the following python code.\n\ndef running_mean(values: list[float]) -> list[float]:\n    \"\"\"Return the running mean of values.\"\"\"\n"
 DECODE_RANGE = "bench_step.decode"
@@ -101,7 +100,7 @@ def measure_step_costs(args: StepCostArgs, command: str) -> dict:
 
 def step_cost_table(rows: list[dict]) -> str:
     """The report's rows as a markdown table (as quoted in docs/benchmarks.md)."""
-    return report.markdown_table(rows, COLUMNS, HEADERS)
+    return markdown_table(rows, COLUMNS, HEADERS)
 
 
 def measure(model, prompt_ids, method: str, repeats: int, **options) -> dict:

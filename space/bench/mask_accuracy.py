@@ -21,18 +21,15 @@ from tqdm.auto import tqdm
 
 import space
 from space.errors import SpaceError
-from space.eval import report
-from space.io import read_records, write_atomic
+from space.io import markdown_table, read_records, write_atomic
 from space.window import batch_masks
 from space.training.arguments import parse_flags
 from space.training.collate import SarCollator
-from space.training.data import parse_records
-from space.training.distill_prompts import root_id
+from space.training.data import load_conversations_of
+from space.training.distill_prompts import GROUPS, prompt_group
 from space.training.samples import MaskingConfig, build_sample
 from space.training.templates import get_template
 
-CODE_PREFIXES = ("stdlib/", "instructions/")  # the coding family's ids (space.training.distill)
-GROUPS = ("code", "general")
 
 
 @dataclass
@@ -53,12 +50,6 @@ def parse_mask_accuracy_args(argv: list[str] | None = None) -> MaskAccuracyArgum
     (args,) = parse_flags((MaskAccuracyArguments,), argv, "eval_mask_accuracy.py",
                           description="Top-1 accuracy of the mask predictions per offset on held-out answers.")
     return args
-
-
-def prompt_group(record_id: str) -> str:
-    """`code` for the coding family (stdlib requests and the project's instruction list) and everything built on
-    its answers, `general` for the rest."""
-    return "code" if root_id(record_id).startswith(CODE_PREFIXES) else "general"
 
 
 def mask_accuracy(args: MaskAccuracyArguments) -> dict:
@@ -113,14 +104,6 @@ def score_answers(model, tokenizer, records: list[dict], masking: MaskingConfig,
     return correct, count
 
 
-def load_conversations_of(records: list[dict], source: str) -> list:
-    """The records as conversations (alpaca, with history and the unfinished mark), one per record."""
-    conversations = parse_records(records, source)
-    if len(conversations) != len(records):
-        raise SpaceError(f"{source}: {len(records) - len(conversations)} records have an empty prompt or answer")
-    return conversations
-
-
 def accuracy_table(result: dict) -> str:
     columns = ["group", "answers"] + [f"offset {j}" for j in range(1, result["mask_num"] + 1)]
-    return report.markdown_table(result["rows"], columns)
+    return markdown_table(result["rows"], columns)
