@@ -1,5 +1,6 @@
 """The decoder registry: each method's own options, the error for an option it does not take, the state an
-evaluation carries from prompt to prompt, and the per-answer record every method's stats give."""
+evaluation carries from prompt to prompt, each method's preparation step, and the per-answer record every
+method's stats give."""
 
 from dataclasses import fields
 
@@ -30,8 +31,8 @@ OWN_OPTIONS = {
     "ar": [], "hf": [], "prompt_lookup": ["prompt_lookup_num_tokens"],
     "space": ["mask_num", "mask_id", "mask_diff", "sampling_mode", "tree", "copy_tokens", "copy_ngram", "branch_width",
               "cost_curve", "max_tree_rows", "acceptance", "sampler_head"],
-    "self_spec": ["skip_layers", "max_draft", "draft_threshold", "adaptive_threshold", "auto_parameters",
-                  "threshold_state"],
+    "self_spec": ["skip_layers", "skip_layers_key", "max_draft", "draft_threshold", "adaptive_threshold",
+                  "auto_parameters", "threshold_state"],
     "sdsat": ["sat_num", "sat_id", "sampling_mode"],
 }
 
@@ -196,3 +197,61 @@ def test_self_spec_gamma_carries_across_prompts_through_the_generic_path(tmp_pat
     assert all(s is state for s, _ in states)  # one state for the whole run
     assert states[0][1] is None and 0.3 < states[1][1] < states[2][1] < state.gamma  # each prompt starts where the last ended
     assert state.drafted == sum(sum(r["drafted_per_step"]) for r in records if r["method"] == "self_spec")
+
+
+# --- each method's preparation step ------------------------------------------------------------------
+
+
+def test_space_prepares_untrained_masks_only_where_allowed_and_checks_every_k():
+    """A model without masks: refused unless untrained ones may be added, then wide enough for every run's k."""
+    model, tokenizer = tiny_llama(seed=3), tiny_tokenizer()
+    del model.config.mask_id  # a base without mask tokens
+    assert space.read_mask_spec(model.config) is None
+    with pytest.raises(space.SpaceError, match="mask"):
+        space.decoding.prepare("space", model, tokenizer, [{}], untrained=False)
+    runs = [{}, {"mask_num": 5}]
+    note = space.decoding.prepare("space", model, tokenizer, runs, untrained=True)
+    assert note and "untrained" in note and runs == [{}, {"mask_num": 5}]
+    assert model.config.mask_num == 5 and space.read_mask_spec(model.config).mask_num == 3  # width 5, decoding k 3
+    reference = space.decode(model, PROMPT, "ar", max_new_tokens=12, eos_token_id=[]).tokens.tolist()
+    for options in runs:
+        assert space.decode(model, PROMPT, "space", max_new_tokens=12, eos_token_id=[], **options).tokens.tolist() == reference
+    assert space.decoding.prepare("space", model, tokenizer, runs, untrained=True) is None  # masks are there now
+    with pytest.raises(space.SpaceError, match="mask_num 7"):  # a k wider than the masks is named before decoding
+        space.decoding.prepare("space", model, tokenizer, [{"mask_num": 7}], untrained=True)
+
+
+def test_sdsat_prepares_an_untrained_adaptive_token_only_where_allowed():
+    model, tokenizer = tiny_llama(seed=4), tiny_tokenizer()
+    with pytest.raises(space.SpaceError):
+        space.decoding.prepare("sdsat", model, tokenizer, [{}], untrained=False)
+    assert "adaptive token" in space.decoding.prepare("sdsat", model, tokenizer, [{"sat_num": 6}], untrained=True)
+    assert model.config.sat_num == 6
+
+
+def test_self_spec_prepares_its_skip_set_from_a_file_once(tmp_path):
+    """A skip-set file (option `skip_layers`, entry `skip_layers_key`) is read once and replaced by its entry; the
+    same file also works as a plain decode option."""
+    from space.decoding.skip_layers import SkipLayers, save_skip_file
+
+    model, tokenizer = tiny_llama(seed=5, num_layers=4), tiny_tokenizer()
+    path = tmp_path / "skip.json"
+    save_skip_file(path, {"a": SkipLayers((1,), (2,)), "b": SkipLayers((), (3,))})
+    runs = [{"skip_layers": str(path), "skip_layers_key": "b", "max_draft": 3}]
+    assert space.decoding.prepare("self_spec", model, tokenizer, runs) is None
+    assert runs == [{"skip_layers": {"attention": [], "mlp": [3], "num_layers": 4}, "max_draft": 3}]
+    reference = space.decode(model, PROMPT, "ar", max_new_tokens=10, eos_token_id=[]).tokens.tolist()
+    direct = space.decode(model, PROMPT, "self_spec", max_new_tokens=10, eos_token_id=[], skip_layers=str(path),
+                          skip_layers_key="a")
+    assert direct.tokens.tolist() == reference
+    with pytest.raises(space.SpaceError, match="has no entry 'c'"):
+        space.decoding.prepare("self_spec", model, tokenizer, [{"skip_layers": str(path), "skip_layers_key": "c"}])
+
+
+def test_a_method_without_a_preparation_step_leaves_model_and_options_alone():
+    model, tokenizer = tiny_llama(seed=6), tiny_tokenizer()
+    vocab, runs = model.config.vocab_size, [{"max_new_tokens": 4}]
+    for method in ("ar", "hf", "prompt_lookup"):
+        assert DECODERS[method].prepare is None
+        assert space.decoding.prepare(method, model, tokenizer, runs, untrained=True) is None
+    assert runs == [{"max_new_tokens": 4}] and model.config.vocab_size == vocab

@@ -440,9 +440,10 @@ def test_method_options_follow_each_decoders_options_class():
     from space.eval.flags import EvalArgs
     from space.eval.pipeline import method_options
 
-    args = EvalArgs(mask_num=4, sat_num=2, max_draft=3, sampling_mode="original", do_sample=True, seed=7)
+    args = EvalArgs(mask_num=4, sat_num=2, max_draft=3, sampling_mode="original", do_sample=True, seed=7,
+                    skip_layers="SKIP")
     labels = ["ar", "hf", "prompt_lookup", "space", "space@2", "self_spec", "sdsat"]
-    options = method_options(args, labels, max_new_tokens=9, skip_layers="SKIP")
+    options = method_options(args, labels, max_new_tokens=9)
     for label in labels:
         name = label.split("@")[0]
         assert set(options[label]) <= set(option_names(name)), label

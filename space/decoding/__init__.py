@@ -1,10 +1,13 @@
 """The decoder registry and the public entry point `decode`.
 
 Each method lives in a module of its own with a plain function `generate(model, input_ids, options) ->
-DecodeResult` and its own options dataclass (a subclass of `DecodeOptions`, which holds what every method
-reads). `DECODERS` maps a method name to `Decoder(generate, Options)`; adding a method is one module and
-one line here. The option names, their validation, the error for an option a method does not take, the
-state an evaluation carries from prompt to prompt and `decode`'s docstring all come from the Options class.
+DecodeResult`, its own options dataclass (a subclass of `DecodeOptions`, which holds what every method
+reads) and, where the method needs something on the model first, a preparation step
+`prepare(model, tokenizer, options, untrained) -> note` (SPACE's mask tokens, SDSAT's adaptive token,
+self_spec's skip set). `DECODERS` maps a method name to `Decoder(generate, Options, prepare)`; adding a method
+is one module and one line here. The option names, their validation, the error for an option a method does
+not take, the state an evaluation carries from prompt to prompt and `decode`'s docstring all come from the
+Options class; `prepare` runs a method's step, so a harness loops over methods without knowing them.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ class Decoder:
 
     generate: Callable[..., DecodeResult]  # generate(model, input_ids, options: Options) -> DecodeResult
     Options: type[DecodeOptions] = DecodeOptions
+    # prepare(model, tokenizer, options: list[dict], untrained: bool) -> a note or None (see `prepare`)
+    prepare: Callable[..., str | None] | None = None
 
     def option_names(self) -> list[str]:
         return self.Options.option_names()
@@ -36,11 +41,11 @@ class Decoder:
 
 DECODERS: dict[str, Decoder] = {
     "ar": Decoder(ar.generate),
-    "space": Decoder(space_decoding.generate, space_decoding.SpaceOptions),
+    "space": Decoder(space_decoding.generate, space_decoding.SpaceOptions, space_decoding.prepare),
     "hf": Decoder(hf.generate),
     "prompt_lookup": Decoder(hf.generate_prompt_lookup, hf.PromptLookupOptions),
-    "self_spec": Decoder(self_spec.generate, self_spec.SelfSpecOptions),
-    "sdsat": Decoder(sdsat.generate, sdsat.SdsatOptions),
+    "self_spec": Decoder(self_spec.generate, self_spec.SelfSpecOptions, self_spec.prepare),
+    "sdsat": Decoder(sdsat.generate, sdsat.SdsatOptions, sdsat.prepare),
 }
 
 
@@ -59,6 +64,16 @@ def session_options(method: str) -> dict:
     """Fresh values of the options `method` carries from prompt to prompt of one run (self_spec: its
     threshold state, so γ carries over as in the paper's evaluation); {} for most methods."""
     return decoder(method).session_options()
+
+
+def prepare(method: str, model, tokenizer, options: list[dict], untrained: bool = False) -> str | None:
+    """Get `model` ready for `method` before anything is timed: add or check what the method needs on it, and
+    rewrite `options` (one dict of `decode` options per run of the method, e.g. one per k) in place where
+    something is resolved once for every call (self_spec's skip-set file becomes its entry). `untrained`: the
+    model is a base shipped without trained draft tokens, to which untrained ones may be added (lossless, just
+    slow). Returns a note for the user, or None; a method that cannot run is one clear `SpaceError`."""
+    step = decoder(method).prepare
+    return None if step is None else step(model, tokenizer, options, untrained)
 
 
 def parse_options(method: str, options: dict) -> DecodeOptions:
@@ -106,4 +121,4 @@ decode.__doc__ = f"""Generate from a `[1, n]` prompt with `method` (one of `DECO
 
 
 __all__ = ["DECODERS", "DecodeOptions", "DecodeResult", "DecodeStats", "Decoder", "decode", "option_names",
-           "parse_options", "session_options"]
+           "parse_options", "prepare", "session_options"]

@@ -44,7 +44,7 @@ from space.decoding.drafts import Drafts
 from space.decoding.sampling import Sampler
 from space.decoding.verify import accept, check_sampling_mode
 from space.errors import SpaceError
-from space.tokens import resolve_sat_spec
+from space.tokens import add_sat_tokens, read_sat_spec, resolve_sat_spec
 
 # The reference's tree templates (decoders/model/utils.py, `tree_depth_{5,7,9,11,13}`), one string per
 # depth. Entry "21" at depth 4 is the path [0, 0, 2, 1] (left-padded with zeros): candidate 1 of depth 4
@@ -59,6 +59,7 @@ TREE_LEVELS = {
     13: _FIRST + [_WIDE, _WIDE, _WIDE, _SIX, _SIX, _SIX, "0 1 2 10 11", "0 1 2 10", "0 1 2", "0 1"],
 }
 MAX_TREE_DEPTH = max(TREE_LEVELS)
+UNTRAINED_SAT_NUM = 5  # the k of an untrained adaptive token added to a model that has none (`prepare`)
 
 
 @dataclass
@@ -136,6 +137,22 @@ def build_tree(depth: int) -> Tree:
         paths=torch.tensor([r + [-1] * (width - len(r)) for r in rows]),
         needed=needed,
     )
+
+
+def prepare(model, tokenizer, options: list[dict], untrained: bool = False) -> str | None:
+    """Before any timed decode: SDSAT needs its adaptive token. With `untrained` (a base model shipped without a
+    trained one) and no SAT id asked for, an untrained one for every run's k is added: SDSAT stays lossless but
+    few drafts are accepted, which the returned note says. Then each run's SAT id and k are checked."""
+    added = read_sat_spec(model.config) is None and untrained and all(o.get("sat_id") is None for o in options)
+    if added:
+        widths = [o["sat_num"] for o in options if o.get("sat_num") is not None]
+        add_sat_tokens(model, tokenizer, sat_num=max([UNTRAINED_SAT_NUM] + widths))
+    for o in options:
+        resolve_sat_spec(model.config, o.get("sat_id"), o.get("sat_num"))
+    if added:
+        return ("note: the model has no trained SDSAT adaptive token here; an untrained one was added, so SDSAT "
+                "output equals AR but few drafts are accepted")
+    return None
 
 
 @torch.inference_mode()

@@ -44,7 +44,8 @@ DEFAULT_THRESHOLD = {False: 0.8, True: 0.5}  # γ0 of the reference's greedy (es
 class SelfSpecOptions(DecodeOptions):
     """Self-speculative decoding's options (Draft & Verify)."""
 
-    skip_layers: object = None  # SkipLayers or {"attention": [...], "mlp": [...]}; required
+    skip_layers: object = None  # SkipLayers, {"attention": [...], "mlp": [...]} or a skip_layers.json; required
+    skip_layers_key: str | None = None  # the entry of a skip_layers.json file (None: the one for the model's name)
     max_draft: int = 8  # K_max: drafts per round at most
     draft_threshold: float | None = None  # γ0; None: 0.8 greedy, 0.5 sampling (the reference's defaults)
     adaptive_threshold: bool = True
@@ -62,6 +63,15 @@ class SelfSpecOptions(DecodeOptions):
             raise SpaceError(f"max_draft must be >= 1 (got {self.max_draft})")
         if self.draft_threshold is not None and not 0 <= self.draft_threshold <= 1:
             raise SpaceError(f"draft_threshold must be in [0, 1] (got {self.draft_threshold})")
+
+
+def prepare(model, tokenizer, options: list[dict], untrained: bool = False) -> None:
+    """Before any timed decode: the model must be a LLaMA-style layer loop, and each run's skip set (a file is
+    read once here: its entry replaces it) must fit it."""
+    check_skippable(model)
+    for run_options in options:
+        skip = resolve_skip_layers(run_options.get("skip_layers"), model, run_options.pop("skip_layers_key", None))
+        run_options["skip_layers"] = skip.to_dict()
 
 
 @dataclass
@@ -82,7 +92,7 @@ class SelfSpecStats(DecodeStats):
 def generate(model, input_ids: torch.Tensor, options: SelfSpecOptions) -> DecodeResult:
     target = Model(model)
     check_skippable(target.model)
-    skip = resolve_skip_layers(options.skip_layers, target.model)
+    skip = resolve_skip_layers(options.skip_layers, target.model, options.skip_layers_key)
     masks = skip.masks(target.config.num_hidden_layers)
     params = AutoParameters.from_list(options.auto_parameters)
     state = options.threshold_state if options.threshold_state is not None else ThresholdState()

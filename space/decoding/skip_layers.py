@@ -92,12 +92,15 @@ class SkipLayers:
         return (len(self.attention) + len(self.mlp)) / (2 * num_layers)
 
 
-def resolve_skip_layers(value, model) -> SkipLayers:
-    """The `skip_layers` decode option (a `SkipLayers` or a dict) validated against `model`."""
+def resolve_skip_layers(value, model, key: str | None = None) -> SkipLayers:
+    """The `skip_layers` decode option validated against `model`: a `SkipLayers`, a dict, or the path of a
+    skip_layers.json, whose entry `key` (default: the one for the model's name, `select_entry`) is taken."""
     if value is None:
-        raise SpaceError("self_spec needs skip_layers: a {'attention': [...], 'mlp': [...]} dict, a SkipLayers, or an "
-                         "entry of a skip_layers.json (space.decoding.skip_layers.load_skip_file); search one with "
+        raise SpaceError("self_spec needs skip_layers: a {'attention': [...], 'mlp': [...]} dict, a SkipLayers, or a "
+                         "skip_layers.json file (with skip_layers_key to pick its entry); search one with "
                          "scripts/search_skip_layers.py")
+    if isinstance(value, (str, Path)):
+        return select_entry(load_skip_file(value), model, key, source=f"skip_layers {value}")[1]
     skip = value if isinstance(value, SkipLayers) else SkipLayers.from_dict(value)
     return skip.validate(model.config.num_hidden_layers)
 

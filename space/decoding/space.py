@@ -35,11 +35,12 @@ from space.decoding.tree import generate_tree
 from space.decoding.tree_shape import AcceptanceRates
 from space.decoding.verify import check_sampling_mode
 from space.errors import SpaceError
-from space.tokens import resolve_mask_spec
+from space.tokens import add_mask_tokens, read_mask_spec, resolve_mask_spec
 # One step's attention mask is `rows x keys` with rows = 1 + k(k+2): quartic in k. 2^26 entries (256 MiB
 # as an fp32 mask, before the attention itself) allows k up to 89 for a short prompt, far past any
 # trained width, and refuses before a runaway k (200: 1.6e9 entries) exhausts the machine's memory.
 MAX_STEP_ENTRIES = 2**26
+UNTRAINED_MASK_NUM = 3  # the decoding k of untrained masks added to a model that has none (`prepare`)
 
 
 @dataclass
@@ -112,6 +113,24 @@ def check_step_size(k: int, length: int) -> None:
         f"attention mask has {step_entries(k, length):,} entries, above the memory bound "
         f"space.decoding.space.MAX_STEP_ENTRIES = {MAX_STEP_ENTRIES:,}; {fix}"
     )
+
+
+def prepare(model, tokenizer, options: list[dict], untrained: bool = False) -> str | None:
+    """Before any timed decode: SPACE needs mask tokens. With `untrained` (a base model shipped without trained
+    ones, such as the embedded SmolLM2) and no mask id asked for, untrained masks wide enough for every run's k
+    are added: SPACE stays lossless but few drafts are accepted, which the returned note says. Then each run's
+    mask id and k (`options`, one dict per run) are checked against the model's masks."""
+    added = read_mask_spec(model.config) is None and untrained and all(o.get("mask_id") is None for o in options)
+    if added:
+        widths = [o["mask_num"] for o in options if o.get("mask_num") is not None]
+        add_mask_tokens(model, tokenizer, mask_num=max([UNTRAINED_MASK_NUM] + widths))
+        model.config.decode_mask_num = UNTRAINED_MASK_NUM
+    for o in options:
+        resolve_mask_spec(model.config, o.get("mask_id"), o.get("mask_num"), o.get("mask_diff"))
+    if added:
+        return ("note: the model has no trained mask tokens here; untrained ones were added, so SPACE output equals "
+                "AR but few drafts are accepted")
+    return None
 
 
 @torch.inference_mode()

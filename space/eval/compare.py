@@ -14,7 +14,7 @@ from typing import Literal
 from transformers import HfArgumentParser
 
 import space
-from space.decoding import option_names
+from space.decoding import option_names, prepare
 from space.io import write_json
 
 
@@ -61,10 +61,11 @@ def compare(args: GenerateArguments) -> dict:
         if method not in space.DECODERS:
             raise space.SpaceError(f"unknown method {method!r} in --methods; available: {sorted(space.DECODERS)}")
     model, tokenizer = space.load_model(args.llm_dir, adapter=args.adapter, dtype=args.dtype, device=args.device)
-    if "space" in methods and space.read_mask_spec(model.config) is None and args.llm_dir in (None, "smollm2"):
-        space.add_mask_tokens(model, tokenizer, mask_num=args.mask_num or 3)
-        print("note: the embedded model has no trained mask tokens; untrained ones were added "
-              "(output is identical to AR, but few drafts are accepted)", file=sys.stderr)
+    options = {method: decode_options(args, method) for method in methods}
+    for method in methods:  # what each method needs on the model (the embedded base gets untrained masks)
+        note = prepare(method, model, tokenizer, [options[method]], untrained=args.llm_dir in (None, "smollm2"))
+        if note:
+            print(note, file=sys.stderr)
     text = args.prompt
     if args.chat and tokenizer.chat_template:
         text = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
@@ -72,10 +73,9 @@ def compare(args: GenerateArguments) -> dict:
 
     results = {}
     for method in methods:
-        options = decode_options(args, method)
-        space.decode(model, input_ids, method, **dict(options, max_new_tokens=4))  # warm-up
+        space.decode(model, input_ids, method, **dict(options[method], max_new_tokens=4))  # warm-up
         start = time.perf_counter()
-        result = space.decode(model, input_ids, method, **options)
+        result = space.decode(model, input_ids, method, **options[method])
         seconds = time.perf_counter() - start
         results[method] = dict(
             text=tokenizer.decode(result.tokens, skip_special_tokens=True),

@@ -2,8 +2,8 @@
 
 Every method answers every prompt in the same process and model (`space.eval.harness` keeps the
 timing fair and the run resumable). Steps: parse the method labels (`space@K` / `sdsat@K` run with
-k = K), load the prompts and the model, check each method can run before any timing (masks,
-adaptive tokens, the self_spec skip set), build each method's options, run, add quality (pass@1 by
+k = K), load the prompts and the model, build each method's options, run each method's preparation step
+before any timing (`space.decoding.prepare`: draft tokens, skip sets), run, add quality (pass@1 by
 execution, ROUGE-L), summarize, explain greedy answers that differ from AR, write the outputs.
 
 Outputs in `args.output_dir` (default `outputs/eval/<dataset>`), the only files a run writes, replaces or
@@ -27,7 +27,7 @@ from pathlib import Path
 from statistics import mean
 
 import space
-from space.decoding import option_names
+from space.decoding import option_names, prepare
 from space.eval import harness, report, results
 from space.eval.code import check_completion, check_isolation
 from space.eval.datasets import default_max_new_tokens, load_eval_dataset
@@ -37,8 +37,6 @@ from space.eval.metrics import split_label, summarize
 from space.eval.rouge import rouge_l
 from space.io import markdown_table, versions, write_json
 from space.models import BASE_MODEL_ALIASES, model_dtype
-from space.decoding.skip_layers import check_skippable, load_skip_file, select_entry
-from space.tokens import resolve_mask_spec, resolve_sat_spec
 
 # The flag a `space@K` / `sdsat@K` label sets; every other option comes from the flag of the same name
 # (`method_options`, driven by each decoder's Options class).
@@ -56,11 +54,9 @@ def evaluate(args: EvalArgs) -> dict:
     check_execution(args, prompts)  # before hours of decoding: one clear error if programs cannot be isolated
     model, tokenizer = space.load_model(args.llm_dir, adapter=args.adapter, dtype=args.dtype, device=args.device)
     args = replace(args, dtype=model_dtype(model))  # `auto` recorded as what it chose: a resume compares real dtypes
-    note = " ".join(filter(None, [prepare_masks(model, tokenizer, args, methods),
-                                  prepare_sats(model, tokenizer, args, methods)])) or None
-    skip_layers = prepare_skip_layers(model, args, methods)
     style = prompt_style(args)
-    options = method_options(args, methods, max_new_tokens, skip_layers)
+    options = method_options(args, methods, max_new_tokens)
+    note = prepare_methods(model, tokenizer, methods, options, untrained=is_embedded(args.llm_dir))
     with results.ResultStore(output_dir(args), run_config(args, methods, options, style, model),
                              overwrite=args.overwrite) as store:  # the run's lock is held until the outputs are written
         if note:
@@ -126,77 +122,27 @@ def _valid_label(label: str) -> bool:
     return name in space.DECODERS and (k is None or name in VARIANT_OPTION)
 
 
-def prepare_masks(model, tokenizer, args: EvalArgs, methods: list[str]) -> str | None:
-    """Check SPACE can run before any timing; give the embedded base model untrained masks if needed."""
-    return _prepare_draft_tokens(
-        model, "space", methods, recorded=space.read_mask_spec(model.config), requested=args.mask_id,
-        add=lambda: _add_untrained_masks(model, tokenizer, args.mask_num or 3, _sweep(methods, "space")),
-        check=lambda: [resolve_mask_spec(model.config, args.mask_id, k, args.mask_diff)
-                       for k in [args.mask_num] + _sweep(methods, "space")],
-        embedded=is_embedded(args.llm_dir),
-        note="the embedded SmolLM2-135M-Instruct has no trained mask tokens here; untrained ones were added, "
-             "so SPACE output equals AR but few drafts are accepted")
+def prepare_methods(model, tokenizer, methods: list[str], options: dict[str, dict], untrained: bool) -> str | None:
+    """Each method's preparation step (`space.decoding.prepare`: draft tokens, skip sets) on the options of all its
+    labels, before any timing; the notes they return, joined."""
+    notes = []
+    for name in space.DECODERS:
+        labels = [label for label in methods if harness.decoder_name(label) == name]
+        if labels:
+            notes.append(prepare(name, model, tokenizer, [options[label] for label in labels], untrained))
+    return " ".join(filter(None, notes)) or None
 
 
-def prepare_sats(model, tokenizer, args: EvalArgs, methods: list[str]) -> str | None:
-    """Check SDSAT can run before any timing; give the embedded model an untrained adaptive token if needed."""
-    return _prepare_draft_tokens(
-        model, "sdsat", methods, recorded=space.read_sat_spec(model.config), requested=args.sat_id,
-        add=lambda: space.add_sat_tokens(model, tokenizer, sat_num=max([args.sat_num or 5] + _sweep(methods, "sdsat"))),
-        check=lambda: [resolve_sat_spec(model.config, args.sat_id, k)
-                       for k in [args.sat_num] + _sweep(methods, "sdsat")],
-        embedded=is_embedded(args.llm_dir),
-        note="the embedded model has no trained SDSAT adaptive token here; an untrained one was added, "
-             "so SDSAT output equals AR but few drafts are accepted")
-
-
-def _add_untrained_masks(model, tokenizer, k: int, sweep: list[int]) -> None:
-    """Masks wide enough for every `space@K`; plain `space` keeps decoding with k (the decoding default)."""
-    space.add_mask_tokens(model, tokenizer, mask_num=max([k] + sweep))
-    model.config.decode_mask_num = k
-
-
-def _sweep(methods: list[str], name: str) -> list[int]:
-    """The k of each `name@K` label: untrained tokens are added wide enough for all, each k is checked up front."""
-    return [k for label in methods for method, k in [split_label(label)] if method == name and k is not None]
-
-
-def _prepare_draft_tokens(model, method: str, methods: list[str], recorded, requested, add, check, embedded: bool,
-                          note: str) -> str | None:
-    """The tokens `method` drafts with: untrained ones for the embedded base when it has none and no id was
-    given (lossless, just slow; the returned note says so), then one clear error if they are unusable."""
-    if not any(harness.decoder_name(m) == method for m in methods):
-        return None
-    added = recorded is None and embedded and requested is None
-    if added:
-        add()
-    check()
-    return f"note: {note}" if added else None
-
-
-def prepare_skip_layers(model, args: EvalArgs, methods: list[str]) -> dict | None:
-    """self_spec's skip set, chosen from --skip_layers and checked against the model before any timing."""
-    if not any(harness.decoder_name(m) == "self_spec" for m in methods):
-        return None
-    check_skippable(model)
-    entries = load_skip_file(args.skip_layers)
-    _, skip = select_entry(entries, model, args.skip_layers_key, source=f"--skip_layers {args.skip_layers}")
-    return skip.to_dict()
-
-
-def method_options(args: EvalArgs, methods: list[str], max_new_tokens: int,
-                   skip_layers: dict | None = None) -> dict[str, dict]:
+def method_options(args: EvalArgs, methods: list[str], max_new_tokens: int) -> dict[str, dict]:
     """Per method label, the keyword options `space.decode` gets: every flag named like one of the method's
-    options (`space.decoding.option_names`; unset ones keep the method's default), the `@K` of a k sweep,
-    and self_spec's skip set (its flag is a file, resolved before any timing)."""
+    options (`space.decoding.option_names`; unset ones keep the method's default) and the `@K` of a k sweep.
+    A method's preparation step may resolve some of them once (self_spec's skip-set file: `prepare_methods`)."""
     options = {}
     for method in methods:
         name, k = split_label(method)
         taken = option_names(name)
         chosen = {option: getattr(args, option) for option in taken if getattr(args, option, None) is not None}
         chosen["max_new_tokens"] = max_new_tokens
-        if "skip_layers" in taken:
-            chosen["skip_layers"] = skip_layers
         if k is not None:  # space@K, sdsat@K
             chosen[VARIANT_OPTION[name]] = k
         options[method] = chosen
