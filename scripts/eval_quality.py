@@ -9,18 +9,12 @@ CPU. Interrupted runs keep finished batches; the same command resumes.
 
 from __future__ import annotations
 
-import argparse
-
-from transformers import HfArgumentParser
-
 from space.cli import run
-from space.eval.quality import QualityArgs, evaluate_quality, quality_table
+from space.eval.quality import evaluate_quality, parse_quality_args, quality_table
 
 
 def main(argv=None) -> dict:
-    parser = HfArgumentParser(QualityArgs, description=__doc__.split("\n\n")[0], formatter_class=argparse.HelpFormatter)
-    (args,) = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
-    summary = evaluate_quality(args)
+    summary = evaluate_quality(parse_quality_args(argv, description=__doc__.split("\n\n")[0]))
     print(quality_table(summary))
     return summary
 

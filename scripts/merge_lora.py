@@ -9,24 +9,14 @@ the merged weights, the tokenizer (with the mask tokens) and the SPACE fields in
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from space.cli import run
-from space.training.export import merge_adapter
-
-
-def parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--adapter_dir", required=True)
-    parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--base", default=None, help="base model (default: the one recorded with the adapter)")
-    parser.add_argument("--dtype", default="float32")
-    return parser.parse_args(argv)
+from space.training.export import merge_adapter, parse_merge_args
 
 
 def main(argv=None) -> Path:
-    args = parse_args(argv)
+    args = parse_merge_args(argv, description=__doc__.split("\n\n")[0])
     merged = merge_adapter(args.adapter_dir, args.output_dir, base=args.base, dtype=args.dtype)
     print(merged)
     return merged.path

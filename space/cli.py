@@ -1,9 +1,16 @@
-"""What every script shares: one-line errors instead of tracebacks, and a resume hint on Ctrl-C."""
+"""What every script shares: one flag parser, one-line errors instead of tracebacks, a resume hint on Ctrl-C.
+
+`parse_flags` is how every entry point reads its command line: `HfArgumentParser` over the script's argument
+dataclasses (booleans take `true/false`, a bare `--flag` means true), and an unknown flag, a value of the
+wrong type or a missing required flag is one `SpaceError` line naming it, never argparse's usage dump (for
+`train_sft.py` that is hundreds of lines). `run` prints such a line as `error: ...` and exits with status 1.
+"""
 
 from __future__ import annotations
 
+import argparse
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 
 from space.errors import SpaceError
 
@@ -27,3 +34,33 @@ def run(main, resume_hint: Callable[[], str] | None = None) -> None:
             except Exception:  # noqa: BLE001 - a hint that fails must not hide the interruption
                 pass
         sys.exit(f"interrupted: finished results are kept; {hint}")
+
+
+def parse_flags(types: Sequence[type], argv: Sequence[str] | None, program: str, description: str | None = None,
+                defaults: Mapping | None = None, show_defaults: bool = True) -> tuple:
+    """One instance of each dataclass in `types` from `argv` (None: the command line). `defaults` replace the
+    dataclasses' own (converted exactly like flag values). `show_defaults`: `--help` appends each default; off
+    where the help texts say what a None default means."""
+    from transformers import HfArgumentParser
+
+    class Parser(HfArgumentParser):
+        def error(self, message: str):  # argparse's contract: raise or exit, never return
+            raise SpaceError(f"{program}: {message}; see --help")
+
+    formatter = argparse.ArgumentDefaultsHelpFormatter if show_defaults else argparse.HelpFormatter
+    parser = Parser(list(types), prog=program, description=description, formatter_class=formatter)
+    if defaults:
+        # argparse converts string defaults exactly like flag values; scalars from a config file go the same way
+        parser.set_defaults(**{key: str(value) if isinstance(value, (bool, int, float)) else value
+                               for key, value in defaults.items()})
+    try:
+        return tuple(parser.parse_args_into_dataclasses(args=None if argv is None else list(argv),
+                                                        look_for_args_file=False))
+    except ValueError as error:
+        if isinstance(error, SpaceError):
+            raise
+        message = " ".join(str(error).split())
+        if "arguments are not used by the HfArgumentParser" in message:
+            unknown = message.rsplit(":", 1)[-1].strip()
+            raise SpaceError(f"unknown flag(s) for {program}: {unknown}; see --help") from None
+        raise SpaceError(f"{program}: {message}") from None

@@ -9,8 +9,8 @@ does not parse as a JSON object and keeps all the others, so one bad line costs 
 lines before anything is appended after them. Whole-file outputs (`summary.json`, `space.json`,
 reports) go through `write_atomic`, so a reader never sees half a file.
 
-Reports share `markdown_table` (every printed and written results table) and `versions` (what a result was
-measured with).
+Reports share `markdown_table` (every printed and written results table) and `provenance` (what a result was
+measured with and on: versions, device, threads, date, commit), which every benchmark writes.
 """
 
 from __future__ import annotations
@@ -19,10 +19,14 @@ import gzip
 import json
 import os
 import platform
+import subprocess
 import zlib
+from datetime import datetime, timezone
 from importlib import metadata, resources
 from pathlib import Path
 from typing import Iterable
+
+import torch
 
 from space.errors import SpaceError
 
@@ -157,3 +161,42 @@ def _cell(value) -> str:
     if isinstance(value, float):
         return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
     return str(value)
+
+
+def device_name(device: str | torch.device | None = None) -> dict:
+    """The device a measurement ran on: its type, its name (the GPU's, else the CPU model) and the architecture.
+    The CPU model matters: this project's figures move with it (AMD EPYC Zen 4 and Intel Xeon differ)."""
+    device = torch.device(device if device is not None else "cpu")
+    name = None
+    if device.type == "cuda" and torch.cuda.is_available():
+        name = torch.cuda.get_device_name(device)
+    else:
+        try:
+            for line in Path("/proc/cpuinfo").read_text().splitlines():
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+        except OSError:
+            pass
+        name = name or platform.processor() or None
+    return dict(type=device.type, name=name, arch=platform.machine())
+
+
+def source_commit() -> str | None:
+    """The project's git commit, with `+changes` when the checkout differs from it; None outside a checkout."""
+    folder = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        changed = subprocess.run(["git", "-C", str(folder), "status", "--porcelain", "--untracked-files=no"],
+                                 capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("+changes" if changed else "") if commit else None
+
+
+def provenance(device: str | torch.device | None = None) -> dict:
+    """What and where a measurement was made with: package versions, the device, torch's CPU threads, the date
+    (UTC) and the project's commit. Every benchmark report carries one under `provenance`."""
+    return dict(versions=versions(), device=device_name(device), threads=torch.get_num_threads(),
+                date=datetime.now(timezone.utc).isoformat(timespec="seconds"), commit=source_commit())

@@ -22,7 +22,7 @@ from space.adapters.gated import GATED_WEIGHTS, GatedConfig, GatedLoRA, MaskEmbe
 from space.kernels.lean_layers import use_lean_layers
 from space.testing import tiny_llama, tiny_sft_base as make_base, tiny_sft_data as make_dataset, tiny_sft_flags
 from space.training import train
-from space.training.collate import SarCollator, block_attention
+from space.training.collate import SarCollator
 from space.training.export import ExportArguments, export_adapter, merge_adapter
 from space.training.loss import sar_loss
 from space.training.samples import MaskingConfig, build_sample
@@ -483,3 +483,21 @@ def test_a_bf16_model_with_an_fp32_adapter_keeps_the_base_rows_and_adds_the_same
 def test_the_gated_step_benchmark_refuses_a_count_below_one_in_one_line(flag):
     with pytest.raises(SpaceError, match=f"{flag} must be a positive integer \\(got 0\\)"):
         parse_gated_step_args([flag, "0"])
+
+
+def test_add_ons_are_found_through_one_accessor_and_nothing_is_stashed_on_the_model():
+    from space.adapters import addons
+    from space.adapters.sampler_head import SamplerHead, attach
+
+    model = tiny_llama(seed=7, mask_num=2)
+    before = set(vars(model))
+    assert addons(model).gate is None and addons(model).sampler_head is None and addons(model).input_only is None
+    gate = add_gated_lora(model, model.config.mask_id, 1, GatedConfig(rank=4))
+    head = SamplerHead(model.config.hidden_size)
+    attach(model, head)
+    found = addons(model)
+    assert found.gate is gate and found.sampler_head is head
+    assert found.input_only == slice(model.config.mask_id, model.config.mask_id + 1)
+    assert set(vars(model)) == before  # no attribute of the model's own was added
+    with pytest.raises(SpaceError, match="already carries a gated adapter"):
+        add_gated_lora(model, model.config.mask_id, 1, GatedConfig(rank=4))

@@ -87,3 +87,26 @@ def test_read_records_names_a_file_that_is_not_utf8_or_not_gzip(tmp_path):
     (tmp_path / "cut.jsonl.gz").write_bytes(data[: len(data) // 2])
     with pytest.raises(SpaceError, match="cut.jsonl.gz: not a complete gzip file"):
         read_records(tmp_path / "cut.jsonl.gz")
+
+
+def test_the_provenance_record_says_what_and_where_a_measurement_ran():
+    import re
+    from datetime import datetime
+
+    import torch
+
+    from space.io import provenance
+
+    record = provenance("cpu")
+    assert set(record) == {"versions", "device", "threads", "date", "commit"}
+    assert record["versions"]["torch"] == torch.__version__ and record["threads"] == torch.get_num_threads()
+    assert record["device"]["type"] == "cpu" and record["device"]["arch"]
+    assert datetime.fromisoformat(record["date"]).tzinfo is not None
+    assert record["commit"] is None or re.fullmatch(r"[0-9a-f]{40}(\+changes)?", record["commit"])
+
+
+def test_no_commit_outside_a_checkout(monkeypatch, tmp_path):
+    import space.io as io_module
+
+    monkeypatch.setattr(io_module, "__file__", str(tmp_path / "io.py"))  # a package outside any git checkout
+    assert io_module.source_commit() is None

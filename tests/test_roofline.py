@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers
 
 import space
 from space.bench import roofline
@@ -140,8 +141,9 @@ def test_bench_roofline_script_end_to_end(tmp_path, monkeypatch, capsys):
     written = main(["--model", str(model_dir), "--dtypes", "float32,bf16", "--rows", "1-3,6", "--context_tokens",
                     "8", "--repeats", "1", "--max_new_tokens", "4", "--output", str(output)])
     assert json.loads(output.read_text()) == written
-    assert {"command", "machine", "torch", "transformers", "date", "bandwidth_gb_s", "rows", "dtypes",
-            "cost_curves"} <= set(written)
+    assert {"command", "provenance", "bandwidth_gb_s", "rows", "dtypes", "cost_curves"} <= set(written)
+    assert set(written["provenance"]) == {"versions", "device", "threads", "date", "commit"}
+    assert written["provenance"]["versions"]["transformers"] == transformers.__version__
     assert written["command"].startswith("python scripts/bench_roofline.py --model")
     assert [row["dtype"] for row in written["rows"]] == ["float32", "bfloat16"]
     for row in written["rows"]:

@@ -42,7 +42,7 @@ def test_generate_rejects_unknown_method_and_bad_boolean(tiny_dir):
 
     with pytest.raises(space.SpaceError, match="unknown method 'foo'"):
         generate.main(["--llm_dir", str(tiny_dir), "--methods", "space,foo"])
-    with pytest.raises(SystemExit):
+    with pytest.raises(space.SpaceError, match="generate.py: argument --use_cache"):
         generate.main(["--llm_dir", str(tiny_dir), "--use_cache", "maybe"])
 
 
@@ -53,3 +53,43 @@ def test_generate_script_is_the_library_comparison(tiny_dir, capsys):
     from_script = generate.main(argv)
     assert {m: r["tokens"] for m, r in from_library.items()} == {m: r["tokens"] for m, r in from_script.items()}
     assert "=== space: 6 tokens" in capsys.readouterr().out
+
+
+# --- what every entry point shares --------------------------------------------------------------------
+
+SCRIPTS = sorted((Path(__file__).resolve().parents[1] / "scripts").glob("*.py"))
+REQUIRED = {  # scripts with required flags: given, so that the unknown flag is the one thing wrong
+    "bench_train.py": ["--dataset", "d.json"], "eval_mask_accuracy.py": ["--data", "d.jsonl"],
+    "export_default_model.py": ["--adapter_dir", "a"], "merge_lora.py": ["--adapter_dir", "a", "--output_dir", "o"],
+    "train_sampler_head.py": ["--model", "m", "--train_data", "t", "--held_out", "h", "--output_dir", "o"],
+}
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda path: path.name)
+def test_every_entry_point_refuses_an_unknown_flag_in_one_line(script, no_model_loading):
+    """One flag parser (`space.cli.parse_flags`) for every script: an unknown flag is the same one-line error,
+    before anything is loaded."""
+    import space
+
+    main = runpy.run_path(str(script), run_name=script.stem)["main"]
+    with pytest.raises(space.SpaceError, match=rf"unknown flag\(s\) for {script.name}: \['--no_such_flag', '1'\]; "
+                                               "see --help") as error:
+        main(REQUIRED.get(script.name, []) + ["--no_such_flag", "1"])
+    assert "\n" not in str(error.value)
+
+
+def test_decodes_are_timed_through_timed_decode_only():
+    """Every decode timing waits for the device the same way (`space.eval.harness.timed_decode`): no other function
+    of the library both reads the clock and decodes."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1] / "space"
+    offenders = []
+    for path in root.rglob("*.py"):
+        for function in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)) or function.name == "timed_decode":
+                continue
+            calls = {ast.unparse(node.func) for node in ast.walk(function) if isinstance(node, ast.Call)}
+            if {"time.perf_counter", "time.monotonic", "time.time"} & calls and "space.decode" in calls:
+                offenders.append(f"{path.relative_to(root)}:{function.name}")
+    assert not offenders, offenders

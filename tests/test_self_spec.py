@@ -529,7 +529,7 @@ def test_search_flags_keep_their_defaults_and_true_false_values():
     assert Path(args.output) == ROOT / "space" / "configs" / "self_spec" / "skip_layers.json"
     assert Path(args.prompts) == ROOT / "space" / "configs" / "self_spec" / "calibration_prompts.json"
     assert parse_search_args(["--chat", "true", "--progress", "False"]).chat is True
-    with pytest.raises(SystemExit):
+    with pytest.raises(space.SpaceError, match="search_skip_layers.py: argument --chat"):
         parse_search_args(["--chat", "maybe"])
 
 

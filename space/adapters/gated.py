@@ -229,7 +229,7 @@ def add_gated_lora(model: nn.Module, mask_id: int, num_ids: int, config: GatedCo
 
     Returns the shared gate. The adapter starts as the identity (`lora_B` zero, mask rows as they are).
     """
-    if getattr(model, "_space_gate", None) is not None:
+    if gate_of(model) is not None:
         raise SpaceError("this model already carries a gated adapter")
     for parameter in model.parameters():
         parameter.requires_grad_(False)
@@ -243,19 +243,14 @@ def add_gated_lora(model: nn.Module, mask_id: int, num_ids: int, config: GatedCo
     for _, linear in target_linears(model, config.targets):
         linear.add_module(LORA_CHILD, GatedLoRA(linear.in_features, linear.out_features, config, gate).to(device))
         linear.register_forward_hook(_linear_hook)
-    model._space_gate = gate
     model.config.space_adapter = GATED_KIND  # the decoders and reports can tell a gated model
     return gate
 
 
-def input_only_ids(model: nn.Module) -> slice | None:
-    """The ids a gated model reads but must never emit: its mask tokens (None for a model without a gated adapter).
-
-    The base model it reproduces has no such tokens; their logit columns come from the rows `add_mask_tokens` gave
-    them. The decoders leave these columns out (`space.decoding.common.Model.logits`), so greedy and sampled
-    tokens follow the base's own distribution over its vocabulary."""
-    gate = getattr(model, "_space_gate", None)
-    return None if gate is None else slice(gate.mask_id, gate.mask_id + gate.num_ids)
+def gate_of(model: nn.Module) -> RowGate | None:
+    """The gate of the gated adapter `model` carries (its mask embeddings hold it), or None."""
+    masks = getattr(model.get_input_embeddings(), MASKS_CHILD, None)
+    return masks.gate if isinstance(masks, MaskEmbeddings) else None
 
 
 def gated_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

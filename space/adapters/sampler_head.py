@@ -24,6 +24,7 @@ Saved as `HEAD_WEIGHTS` beside a model's `space.json` (field `sampler_head`), lo
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -36,7 +37,6 @@ from space.errors import SpaceError
 
 HEAD_WEIGHTS = "sampler_head.safetensors"
 HEAD_FIELD = "sampler_head"  # space.json's field holding `SamplerHeadConfig`
-MODEL_ATTRIBUTE = "_space_sampler_head"  # on the loaded model, outside its modules (not in its state dict)
 
 
 @dataclass(frozen=True)
@@ -98,13 +98,17 @@ class SamplerHead(nn.Module):
         return refined, tokens[1:]
 
 
+# model -> its head, kept outside the model: its modules, state dict and `save_pretrained` stay the base's
+_ATTACHED: "weakref.WeakKeyDictionary[nn.Module, SamplerHead]" = weakref.WeakKeyDictionary()
+
+
 def attach(model: nn.Module, head: SamplerHead) -> None:
-    """Give `model` its head, outside its modules: the model's state dict and `save_pretrained` stay the base's."""
-    model.__dict__[MODEL_ATTRIBUTE] = head
+    """Give `model` its head (found again with `attached`, or `space.adapters.addons`)."""
+    _ATTACHED[model] = head
 
 
 def attached(model: nn.Module) -> SamplerHead | None:
-    return model.__dict__.get(MODEL_ATTRIBUTE)
+    return _ATTACHED.get(model)
 
 
 def save_head(head: SamplerHead, directory: Path, dtype: torch.dtype = torch.bfloat16) -> None:

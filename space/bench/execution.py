@@ -1,19 +1,50 @@
 """What the sandbox costs: seconds per problem of canonical solutions, isolated and not, per language.
 
+Owns the measurement behind `scripts/bench_execution.py`: its flags (`ExecutionArgs`) and the JSON report.
 Interleaves the two modes problem by problem (drift hits both alike) after one untimed warm-up run per
-language and mode (Go's build cache, the JIT's and the page cache's first-use costs). Behind
-`scripts/bench_execution.py`; it writes nothing itself.
+language and mode (Go's build cache, the JIT's and the page cache's first-use costs).
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from statistics import mean
 
+from space.cli import parse_flags
+from space.errors import SpaceError
 from space.eval.code.programs import build_program
 from space.eval.code.sandbox import run_program
 from space.eval.code.toolchains import toolchain_available
 from space.eval.datasets import HUMANEVAL_LANGUAGES, load_problems
+from space.io import provenance, write_json
+
+
+@dataclass
+class ExecutionArgs:
+    """The flags of `scripts/bench_execution.py`."""
+
+    languages: str = ",".join(HUMANEVAL_LANGUAGES)
+    problems: int = field(default=20, metadata={"help": "the first N problems of each language"})
+    output: str = "outputs/execution_time.json"
+
+
+def parse_execution_args(argv: list[str] | None = None, description: str | None = None) -> ExecutionArgs:
+    (args,) = parse_flags((ExecutionArgs,), argv, "bench_execution.py", description)
+    unknown = sorted(set(args.languages.split(",")) - set(HUMANEVAL_LANGUAGES) - {""})
+    if unknown or args.problems < 1:
+        raise SpaceError(f"--languages takes {', '.join(HUMANEVAL_LANGUAGES)} (got {unknown}) and --problems at "
+                         f"least 1 (got {args.problems})")
+    return args
+
+
+def measure_execution(args: ExecutionArgs) -> dict:
+    """`time_execution` over the flags' languages and problems; the report (with its provenance) goes to
+    `args.output`."""
+    results = time_execution([x for x in args.languages.split(",") if x], args.problems)
+    report = dict(results=results, provenance=provenance())
+    write_json(args.output, report)
+    return report
 
 
 def time_execution(languages: list[str] = list(HUMANEVAL_LANGUAGES), problems: int = 20,

@@ -13,20 +13,18 @@ A step's time includes its share of the prompt's prefill, as in `space.decode`'s
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import statistics
-import time
 from dataclasses import dataclass, field
 
 import torch
-from transformers import HfArgumentParser
 
+from space.cli import parse_flags
 import space
+from space.eval.harness import timed_decode
 from space.errors import SpaceError
-from space.bench.roofline import machine
-from space.io import markdown_table, write_atomic
+from space.io import markdown_table, provenance, write_atomic
 from space.kernels.fast_linear import use_fast_linear
 from space.adapters.gated import GatedConfig, add_gated_lora
 from space.kernels.lean_layers import use_lean_layers
@@ -59,9 +57,8 @@ class GatedStepArgs:
 
 
 def parse_gated_step_args(argv: list[str] | None = None, description: str | None = None) -> GatedStepArgs:
-    """`argv` (default: the command line) -> `GatedStepArgs`; a bad flag exits with argparse's message."""
-    parser = HfArgumentParser(GatedStepArgs, description=description, formatter_class=argparse.HelpFormatter)
-    args = GatedStepArgs(**vars(parser.parse_args(argv)))
+    """`argv` (default: the command line) -> `GatedStepArgs`; a bad flag is one `SpaceError` line."""
+    (args,) = parse_flags((GatedStepArgs,), argv, "bench_gated_step.py", description, show_defaults=False)
     for name in ("rank", "mask_num", "max_new_tokens", "repeats"):  # before minutes of loading and decoding
         if getattr(args, name) < 1:
             raise SpaceError(f"--{name} must be a positive integer (got {getattr(args, name)})")
@@ -98,10 +95,8 @@ def measure_gated_step(model, prompt_ids: torch.Tensor, args: GatedStepArgs) -> 
         for method, (decoder, options) in METHODS.items():
             options = dict(options, mask_num=args.mask_num) if decoder == "space" else options
             for name, each in models.items():
-                started = time.perf_counter()
-                result = space.decode(each, prompt_ids, decoder, max_new_tokens=args.max_new_tokens, eos_token_id=[],
-                                      **options)
-                elapsed = time.perf_counter() - started
+                result, elapsed = timed_decode(each, prompt_ids, decoder,
+                                               dict(options, max_new_tokens=args.max_new_tokens, eos_token_id=[]))
                 reference = reference if reference is not None else result.tokens.tolist()
                 if result.tokens.tolist() != reference:
                     raise RuntimeError(f"{name} {method} differs from the base model's AR output")
@@ -128,8 +123,7 @@ def run_gated_step(args: GatedStepArgs, command: str) -> dict:
     rows = measure_gated_step(model, prompt_ids, args)
     written = dict(command=command, model="SmolLM2-135M-Instruct (GGUF, fp32) + a random gated adapter",
                    rank=args.rank, mask_num=args.mask_num, seed=args.seed, prompt_tokens=prompt_ids.shape[1],
-                   max_new_tokens=args.max_new_tokens, repeats=args.repeats, machine=machine(),
-                   torch=torch.__version__, rows=rows)
+                   max_new_tokens=args.max_new_tokens, repeats=args.repeats, provenance=provenance(), rows=rows)
     write_atomic(args.output, json.dumps(written, indent=2))
     return written
 

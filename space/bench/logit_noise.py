@@ -11,20 +11,18 @@ from it; it does not own them.
 
 from __future__ import annotations
 
-import argparse
-import platform
 from dataclasses import dataclass, field
 
 import torch
-import transformers
 from tqdm import tqdm
-from transformers import HfArgumentParser
 
+from space.cli import parse_flags
+from space.errors import SpaceError
 import space
 from space.cache import CompactCache
 from space.decoding.common import Model
 from space.eval.datasets import load_eval_dataset
-from space.io import write_json
+from space.io import provenance, write_json
 
 
 @dataclass
@@ -38,11 +36,10 @@ class LogitNoiseArgs:
 
 
 def parse_logit_noise_args(argv: list[str] | None = None, description: str | None = None) -> LogitNoiseArgs:
-    """`argv` (default: the command line) -> `LogitNoiseArgs`; a bad flag or value exits with argparse's message."""
-    parser = HfArgumentParser(LogitNoiseArgs, description=description, formatter_class=argparse.HelpFormatter)
-    args = LogitNoiseArgs(**vars(parser.parse_args(argv)))
+    """`argv` (default: the command line) -> `LogitNoiseArgs`; a bad flag or value is one `SpaceError` line."""
+    (args,) = parse_flags((LogitNoiseArgs,), argv, "measure_logit_noise.py", description, show_defaults=False)
     if args.num_samples < 1:
-        parser.error("--num_samples must be >= 1")
+        raise SpaceError(f"--num_samples must be >= 1 (got {args.num_samples})")
     return args
 
 
@@ -61,8 +58,7 @@ def measure_logit_noise(args: LogitNoiseArgs) -> dict:
         results[dtype] = dict(positions=noise.numel(), max=float(noise.max()),
                               p99=float(noise.quantile(0.99)), mean=float(noise.mean()))
     record = dict(model=args.model or "shipped SPACE model", num_samples=args.num_samples, noise=results,
-                  torch=torch.__version__, transformers=transformers.__version__, machine=platform.processor() or platform.machine(),
-                  threads=torch.get_num_threads())
+                  provenance=provenance())
     write_json(args.output, record)
     return record
 

@@ -23,7 +23,7 @@ import space
 from space.errors import SpaceError
 from space.io import markdown_table, read_records, write_atomic
 from space.window import batch_masks
-from space.training.arguments import parse_flags
+from space.cli import parse_flags
 from space.training.collate import SarCollator
 from space.training.data import load_conversations_of
 from space.training.distill_prompts import GROUPS, prompt_group

@@ -24,27 +24,24 @@ The cost curves are saved under `cost_curves["<device>/<dtype>"]` in the JSON an
 
 from __future__ import annotations
 
-import argparse
 import gc
 import json
-import platform
 import statistics
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-import transformers
 from torch.profiler import ProfilerActivity, profile
-from transformers import HfArgumentParser
 
+from space.cli import parse_flags
 import space
+from space.eval.harness import timed_decode
 from space.cache import CompactCache
 from space.decoding.common import Model
 from space.errors import SpaceError
 from space.bench.step_cost import PROMPT  # the prompt of scripts/bench_step.py, so the two reports compare
-from space.io import markdown_table, write_json
+from space.io import markdown_table, provenance, write_json
 from space.decoding.row_cost import CostCurve
 from space.models import dtype_name, resolve_device, synchronize
 
@@ -74,9 +71,9 @@ class RooflineArgs:
 
 
 def parse_roofline_args(argv: list[str] | None = None, description: str | None = None) -> RooflineArgs:
-    """`argv` (default: the command line) -> `RooflineArgs`; a bad flag exits with argparse's message."""
-    parser = HfArgumentParser(RooflineArgs, description=description, formatter_class=argparse.HelpFormatter)
-    return RooflineArgs(**vars(parser.parse_args(argv)))
+    """`argv` (default: the command line) -> `RooflineArgs`; a bad flag is one `SpaceError` line."""
+    (args,) = parse_flags((RooflineArgs,), argv, "bench_roofline.py", description, show_defaults=False)
+    return args
 
 
 def parse_rows(text: str) -> list[int]:
@@ -196,7 +193,6 @@ def cost_curve(model, rows=None, context_tokens: int = 256, repeats: int = 5, se
 def plain_and_default_ar(model, plain, prompt_ids: torch.Tensor, max_new_tokens: int = 64, repeats: int = 3) -> dict:
     """AR ms per step of the default load (`model`) and of a plain HF load of the same weights (`plain`: no
     packed products, no lean layers), decoded by the same AR loop, runs alternating so drift hits both."""
-    device = Model(model).device
     options = dict(max_new_tokens=max_new_tokens, eos_token_id=[])
     loads = {"default": model, "plain": plain}
     for loaded in loads.values():
@@ -204,11 +200,8 @@ def plain_and_default_ar(model, plain, prompt_ids: torch.Tensor, max_new_tokens:
     per_step = {name: [] for name in loads}
     for repeat in range(repeats):
         for name in (("default", "plain") if repeat % 2 == 0 else ("plain", "default")):
-            synchronize(device)
-            start = time.perf_counter()
-            result = space.decode(loads[name], prompt_ids, "ar", **options)
-            synchronize(device)
-            per_step[name].append((time.perf_counter() - start) * 1000 / result.stats.steps)
+            result, seconds = timed_decode(loads[name], prompt_ids, "ar", options)
+            per_step[name].append(seconds * 1000 / result.stats.steps)
     return {name: statistics.median(values) for name, values in per_step.items()}
 
 
@@ -218,18 +211,14 @@ def step_times(model, prompt_ids: torch.Tensor, methods=("ar", "space"), max_new
     and tokens per step. EOS is off, so every run decodes `max_new_tokens` tokens. ms/step is a
     decode's wall time over its steps, the first of which also prefills the prompt (as in
     `scripts/bench_step.py`), so a short decode overstates the per-step cost."""
-    device = Model(model).device
     measured = {}
     for method in methods:
         options = dict(max_new_tokens=max_new_tokens, eos_token_id=[])
         space.decode(model, prompt_ids, method, **options)
         per_step, result = [], None
         for _ in range(repeats):
-            synchronize(device)
-            start = time.perf_counter()
-            result = space.decode(model, prompt_ids, method, **options)
-            synchronize(device)
-            per_step.append((time.perf_counter() - start) * 1000 / result.stats.steps)
+            result, seconds = timed_decode(model, prompt_ids, method, options)
+            per_step.append(seconds * 1000 / result.stats.steps)
         measured[method] = dict(ms_per_step=statistics.median(per_step), steps=result.stats.steps,
                                 tokens_per_step=result.stats.mean_tokens_per_step)
     return measured
@@ -263,20 +252,6 @@ def profile_step(model, context_tokens: int = 256, steps: int = 8, top: int = 10
 
 
 # --- the report --------------------------------------------------------------------------------
-
-
-def machine() -> dict:
-    """The machine a report was measured on: architecture, CPU model (Linux), torch threads, GPU name."""
-    cpu = platform.processor() or None
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
-    return dict(arch=platform.machine(), cpu=cpu, threads=torch.get_num_threads(), gpu=gpu)
 
 
 def _prompt_ids(tokenizer) -> torch.Tensor:
@@ -333,10 +308,7 @@ def measure_roofline(args: RooflineArgs, command: str) -> dict:
         command=command,
         model=args.model or DEFAULT_MODEL,
         device=str(device),
-        machine=machine(),
-        torch=torch.__version__,
-        transformers=transformers.__version__,
-        date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        provenance=provenance(device),
         bandwidth_gb_s=bandwidth,
         context_tokens=args.context_tokens,
         prompt_tokens=prompt_tokens,

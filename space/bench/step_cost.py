@@ -18,19 +18,17 @@ must earn back with accepted drafts.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
-import platform
 import statistics
 from dataclasses import dataclass, field
 
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
-from transformers import HfArgumentParser
 
+from space.cli import parse_flags
 import space
-from space.io import markdown_table, write_atomic
+from space.io import markdown_table, provenance, write_atomic
 
 PROMPT = "Complete the following python code.\n\ndef running_mean(values: list[float]) -> list[float]:\n    \"\"\"Return the running mean of values.\"\"\"\n"
 DECODE_RANGE = "bench_step.decode"
@@ -55,9 +53,9 @@ class StepCostArgs:
 
 
 def parse_step_cost_args(argv: list[str] | None = None, description: str | None = None) -> StepCostArgs:
-    """`argv` (default: the command line) -> `StepCostArgs`; a bad flag exits with argparse's message."""
-    parser = HfArgumentParser(StepCostArgs, description=description, formatter_class=argparse.HelpFormatter)
-    return StepCostArgs(**vars(parser.parse_args(argv)))
+    """`argv` (default: the command line) -> `StepCostArgs`; a bad flag is one `SpaceError` line."""
+    (args,) = parse_flags((StepCostArgs,), argv, "bench_step.py", description, show_defaults=False)
+    return args
 
 
 def measure_step_costs(args: StepCostArgs, command: str) -> dict:
@@ -89,9 +87,7 @@ def measure_step_costs(args: StepCostArgs, command: str) -> dict:
         model=args.model or "SmolLM2-135M-Instruct (GGUF, fp32), untrained mask tokens",
         prompt_tokens=prompt_ids.shape[1],
         max_new_tokens=args.max_new_tokens,
-        threads=torch.get_num_threads(),
-        machine=f"{platform.machine()}, {torch.get_num_threads()} threads",
-        torch=torch.__version__,
+        provenance=provenance(),
         rows=rows,
     )
     write_atomic(args.output, json.dumps(written, indent=2))

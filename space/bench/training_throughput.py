@@ -9,7 +9,6 @@ tokens per second, mask predictions per sample, and the cost relative to plain S
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import tempfile
@@ -17,11 +16,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-from transformers import HfArgumentParser
 
+from space.cli import parse_flags
 import space
-from space.io import markdown_table, write_atomic
+from space.io import markdown_table, provenance, write_atomic
 from space.training import train
 
 MODES = {
@@ -54,9 +52,9 @@ class ThroughputArgs:
 
 
 def parse_throughput_args(argv: list[str] | None = None, description: str | None = None) -> ThroughputArgs:
-    """`argv` (default: the command line) -> `ThroughputArgs`; a bad or missing flag exits with argparse's message."""
-    parser = HfArgumentParser(ThroughputArgs, description=description, formatter_class=argparse.HelpFormatter)
-    return ThroughputArgs(**vars(parser.parse_args(argv)))
+    """`argv` (default: the command line) -> `ThroughputArgs`; a bad or missing flag is one `SpaceError` line."""
+    (args,) = parse_flags((ThroughputArgs,), argv, "bench_train.py", description, show_defaults=False)
+    return args
 
 
 def measure_training_throughput(args: ThroughputArgs, command: str) -> dict:
@@ -101,8 +99,7 @@ def measure_training_throughput(args: ThroughputArgs, command: str) -> dict:
     for row in rows:
         row["cost_vs_plain"] = row["seconds_per_sample"] / plain
     rows = [{k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()} for row in rows]
-    written = dict(command=command, threads=torch.get_num_threads(), torch=torch.__version__,
-                   cutoff_len=args.cutoff_len, steps=args.steps, train_args=args.train_args, rows=rows)
+    written = dict(command=command, provenance=provenance(), cutoff_len=args.cutoff_len, steps=args.steps, train_args=args.train_args, rows=rows)
     write_atomic(args.output, json.dumps(written, indent=2))
     return written
 

@@ -35,8 +35,7 @@ import torch
 from space.cache import CompactCache, cache_kwargs
 from space.decoding.sampling import Sampler
 from space.errors import SpaceError, SpaceWarning
-from space.adapters.gated import input_only_ids
-from space.adapters.sampler_head import attached
+from space.adapters import addons
 from space.models import unwrap
 from space.weights import derived
 from space.window import AttentionMasks
@@ -253,8 +252,9 @@ class Model:
         self.head = model.get_output_embeddings()
         self.device = model.get_input_embeddings().weight.device
         self.dtype = model.get_input_embeddings().weight.dtype
-        self.input_only = input_only_ids(model)
-        self.sampler_head = attached(model)  # space.adapters.sampler_head, when the model has one
+        carried = addons(model)
+        self.input_only = carried.input_only
+        self.sampler_head = carried.sampler_head
         if self.sampler_head is not None and self.sampler_head.up.weight.device != self.device:
             self.sampler_head.to(self.device)  # not one of the model's modules: a later model.to() left it behind
 

@@ -7,13 +7,13 @@ interleaved and resumable). Timing lives here, never in a decoder.
 from __future__ import annotations
 
 import sys
-import time
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-from transformers import HfArgumentParser
 
+from space.cli import parse_flags
 import space
+from space.eval.harness import timed_decode
 from space.decoding import option_names, prepare
 from space.io import write_json
 
@@ -40,9 +40,9 @@ class GenerateArguments:
 
 
 def parse_compare_args(argv=None, description: str | None = None) -> GenerateArguments:
-    """`--flag value` (booleans as true/false); an unknown flag exits with argparse's usage line."""
-    parser = HfArgumentParser(GenerateArguments, description=description)
-    return GenerateArguments(**vars(parser.parse_args(argv)))
+    """`--flag value` (booleans as true/false); a bad flag is one `SpaceError` line."""
+    (args,) = parse_flags((GenerateArguments,), argv, "generate.py", description)
+    return args
 
 
 def decode_options(args: GenerateArguments, method: str) -> dict:
@@ -74,9 +74,7 @@ def compare(args: GenerateArguments) -> dict:
     results = {}
     for method in methods:
         space.decode(model, input_ids, method, **dict(options[method], max_new_tokens=4))  # warm-up
-        start = time.perf_counter()
-        result = space.decode(model, input_ids, method, **options[method])
-        seconds = time.perf_counter() - start
+        result, seconds = timed_decode(model, input_ids, method, options[method])
         results[method] = dict(
             text=tokenizer.decode(result.tokens, skip_special_tokens=True),
             tokens=result.tokens.tolist(),

@@ -1,7 +1,7 @@
 """The evaluation's flags as data: `EvalArgs` (what `space.eval.evaluate` reads) and its command line.
 
 Two groups, as the help shows them: `OriginalFlags` keep the original SPACE eval flags with their
-meanings (booleans as `true/false`), `ToolkitFlags` are ours. `HfArgumentParser` turns the
+meanings (booleans as `true/false`), `ToolkitFlags` are ours. `space.cli.parse_flags` turns the
 dataclasses into the parser, so a boolean takes `true/false` (also `yes/no`, `1/0`) and a bare
 `--overwrite` means true. `EvalArgs(...)` can also be built directly, with every default.
 `check_eval_args` turns a count or time out of range into one clear error before anything runs.
@@ -9,12 +9,11 @@ dataclasses into the parser, so a boolean takes `true/false` (also `yes/no`, `1/
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import asdict, dataclass, field
 
-from transformers import HfArgumentParser
 
 from space.decoding import DECODERS
+from space.cli import parse_flags
 from space.errors import SpaceError
 from space.eval.datasets import dataset_names
 from space.eval.prompts import MODEL_TYPES
@@ -96,19 +95,10 @@ class EvalArgs(ToolkitFlags, OriginalFlags):
     """Every flag of the evaluation, as `space.eval.evaluate` reads them."""
 
 
-def build_parser(description: str | None = None) -> HfArgumentParser:
-    # the plain formatter: the help texts already say what a None default means
-    return HfArgumentParser([OriginalFlags, ToolkitFlags], description=description,
-                            formatter_class=argparse.HelpFormatter)
-
-
 def parse_eval_args(argv: list[str] | None = None, description: str | None = None) -> EvalArgs:
-    """`argv` (default: the command line) -> `EvalArgs`; a bad flag or value exits with argparse's message."""
-    parser = build_parser(description)
-    *groups, unknown = parser.parse_args_into_dataclasses(
-        args=argv, return_remaining_strings=True, look_for_args_file=False)
-    if unknown:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    """`argv` (default: the command line) -> `EvalArgs`; a bad flag or value is one `SpaceError` line."""
+    # no defaults in --help: the help texts already say what a None default means
+    groups = parse_flags((OriginalFlags, ToolkitFlags), argv, "eval_infer.py", description, show_defaults=False)
     return EvalArgs(**{name: value for group in groups for name, value in asdict(group).items()})
 
 

@@ -35,7 +35,7 @@ from space.eval.divergence import explain, near_tie_threshold
 from space.eval.flags import EvalArgs, check_eval_args
 from space.eval.metrics import split_label, summarize
 from space.eval.rouge import rouge_l
-from space.io import markdown_table, versions, write_json
+from space.io import markdown_table, provenance, versions, write_json
 from space.models import BASE_MODEL_ALIASES, model_dtype
 
 # The flag a `space@K` / `sdsat@K` label sets; every other option comes from the flag of the same name
@@ -85,6 +85,7 @@ def evaluate(args: EvalArgs) -> dict:
                                   "every method; the same command resumes")
             print(summary["partial"], file=sys.stderr)
         summary["versions"] = versions()
+        summary["provenance"] = provenance(model.device)
         if not args.do_sample and "ar" in methods:
             summary["divergences"] = explain_divergences(model, tokenizer, records, prompts, style, args.model_type)
         write_outputs(store.dir, summary, records, args.save_data)

@@ -23,15 +23,16 @@ from dataclasses import dataclass, replace
 import torch
 from tqdm.auto import tqdm
 
+from space.cli import parse_flags
 import space
 from space.decoding.common import eos_ids
 from space.errors import SpaceError
-from space.eval import report, results
+from space.eval import results
 from space.eval.datasets import default_max_new_tokens, load_eval_dataset
 from space.eval.flags import _flag
 from space.eval.harness import first_turn_ids
 from space.eval.pipeline import add_quality, check_execution, prompt_style, run_config
-from space.io import versions, write_json
+from space.io import provenance, versions, write_json
 from space.models import model_dtype
 
 METHOD = "greedy_batched"
@@ -59,6 +60,12 @@ class QualityArgs:
     exec_timeout: float = _flag(10.0, "seconds per executed program")
     unsafe_execution: bool = _flag(False, "run generated code WITHOUT the bubblewrap sandbox (your rights; warns)")
     progress: bool = _flag(True)
+
+
+def parse_quality_args(argv: list[str] | None = None, description: str | None = None) -> QualityArgs:
+    """`argv` (default: the command line) -> `QualityArgs`; a bad flag is one `SpaceError` line."""
+    (args,) = parse_flags((QualityArgs,), argv, "eval_quality.py", description, show_defaults=False)
+    return args
 
 
 def evaluate_quality(args: QualityArgs) -> dict:
@@ -93,7 +100,7 @@ def evaluate_quality(args: QualityArgs) -> dict:
                                      dtype=args.dtype, model=args.llm_dir or "embedded SmolLM2-135M-Instruct",
                                      adapter=args.adapter),
                        note="batched greedy answers: a quality run, no speed is measured",
-                       versions=versions())
+                       versions=versions(), provenance=provenance(model.device))
         write_json(store.dir / "summary.json", summary)
         (store.dir / "summary.md").write_text(quality_table(summary))
     return summary

@@ -19,22 +19,21 @@ decode on, with the dtype and device you will use.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
-import platform
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import HfArgumentParser
 
+from space.cli import parse_flags
 import space
+from space.eval.harness import timed_decode
 from space.decoding.threshold import ThresholdState
+from space.io import device_name
 from space.eval.skip_search import CALIBRATION_PROMPTS, SHIPPED_SKIP_FILE, TrialLog, search
-from space.models import synchronize
 from space.decoding.skip_layers import SkipLayers, check_skippable, load_skip_file, model_key, save_skip_file
 
 
@@ -66,11 +65,7 @@ class SearchArgs:
 
 def parse_search_args(argv: list[str] | None = None, description: str | None = None) -> SearchArgs:
     """`argv` (default: the command line) -> `SearchArgs`; booleans take `true/false`."""
-    parser = HfArgumentParser(SearchArgs, description=description, formatter_class=argparse.HelpFormatter)
-    args, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True,
-                                                       look_for_args_file=False)
-    if unknown:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    (args,) = parse_flags((SearchArgs,), argv, "search_skip_layers.py", description, show_defaults=False)
     return args
 
 
@@ -99,9 +94,7 @@ def search_skip_layers(args: SearchArgs) -> dict:
         return dict(common, max_draft=args.max_draft, draft_threshold=args.draft_threshold, threshold_state=state)
 
     # warm-up (first-call costs), then the AR baseline: the speedup reference and the cost of one trial
-    warm = SkipLayers((), (), num_layers).to_dict()
-    space.decode(model, prompts[0], "ar", **dict(common, max_new_tokens=4))
-    space.decode(model, prompts[0], "self_spec", **dict(options(), max_new_tokens=4, skip_layers=warm))
+    warm_up(model, prompts[0], options())
     baseline = timed_pass(model, prompts, "ar", common)
     print(f"AR baseline: {baseline['tokens_per_second']:.2f} tokens/s on {len(prompts)} prompts", file=sys.stderr)
 
@@ -138,20 +131,7 @@ def search_settings(args: SearchArgs, model, prompts: list) -> dict:
     return dict(llm_dir=args.llm_dir, adapter=args.adapter, dtype=args.dtype, device=str(device),
                 prompts=f"{len(prompts)} prompts, sha256 {digest}", chat=args.chat,
                 max_new_tokens=args.max_new_tokens, max_draft=args.max_draft, draft_threshold=args.draft_threshold,
-                hardware=hardware_name(device), torch=torch.__version__)
-
-
-def hardware_name(device) -> str:
-    """The accelerator's name, or the CPU model: tokens/s measured on one do not rank points on another."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+                hardware=device_name(device)["name"], torch=torch.__version__)
 
 
 def load_prompts(path: str, tokenizer, chat: bool, device) -> list:
@@ -168,19 +148,23 @@ def load_prompts(path: str, tokenizer, chat: bool, device) -> list:
     return [tokenizer(t, return_tensors="pt").input_ids.to(device) for t in texts]
 
 
+def warm_up(model, prompt, options: dict) -> None:
+    """Untimed short decodes of AR and of self_spec (skipping nothing): first-call costs are paid here."""
+    space.decode(model, prompt, "ar", max_new_tokens=4, eos_token_id=[])
+    skip_nothing = SkipLayers((), (), model.config.num_hidden_layers).to_dict()
+    space.decode(model, prompt, "self_spec", **dict(options, max_new_tokens=4, skip_layers=skip_nothing))
+
+
 def timed_pass(model, prompts, method: str, options: dict) -> dict:
     """Decode every prompt once; tokens/s over the whole pass (one token count for every method)."""
-    device = model.get_input_embeddings().weight.device
     tokens = drafted = accepted = 0
-    synchronize(device)
-    start = time.perf_counter()
+    seconds = 0.0
     for ids in prompts:
-        result = space.decode(model, ids, method, **options)
+        result, elapsed = timed_decode(model, ids, method, options)
+        seconds += elapsed
         tokens += len(result.tokens)
         drafted += sum(getattr(result.stats, "drafted_per_step", []))
         accepted += sum(result.stats.accepted_per_step)
-    synchronize(device)
-    seconds = time.perf_counter() - start
     record = {"tokens_per_second": round(tokens / seconds, 4)}
     if drafted:
         record["acceptance"] = round(accepted / drafted, 4)

@@ -1,7 +1,7 @@
 """The training wing: SAR-SFT and what is built around it.
 
 * `recipe`: `train(args) -> Trainer`, the whole SAR-SFT run (SPACE masks or SDSAT adaptive tokens);
-* `arguments`: what a run is given (`parse_train_args`, config files, `parse_flags` for the other entry points);
+* `arguments`: what a run is given (`parse_train_args`, config files);
 * `data`, `templates`: SFT records (alpaca / sharegpt) and chat templates;
 * `samples`, `collate`: mask blocks (truncating and multi-block modes), SDSAT spans, batches with 4D masks;
 * `loss`, `trainer`: the SAR loss with per-offset metrics, and `SarTrainer` (HF Trainer + `compute_loss`);

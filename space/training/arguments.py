@@ -1,9 +1,8 @@
 """What a SAR-SFT run is given: its argument dataclasses and the one parser for flags, config files and dicts.
 
-`parse_train_args(argv)` reads the flags of `scripts/train_sft.py`; a `.yaml`/`.json` first argument is
-a config file whose keys are flag names, and flags after it win (`configs/sft/`, `space/configs/default_model/`).
-`parse_flags` is the same HfArgumentParser call for the wing's other entry points (distill, export,
-default model), so every script reports an unknown flag in one line instead of argparse's usage dump.
+`parse_train_args(argv)` reads the flags of `scripts/train_sft.py` with the one flag parser of every entry point
+(`space.cli.parse_flags`); a `.yaml`/`.json` first argument is a config file whose keys are flag names, and
+flags after it win (`configs/sft/`, `space/configs/default_model/`).
 
 Transformers' training arguments import peft and accelerate, so they are imported only when parsing:
 `import space.training` stays light.
@@ -18,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
+from space.cli import parse_flags
 from space.errors import SpaceError
 
 if TYPE_CHECKING:
@@ -111,26 +111,6 @@ def train_args_from(values: Mapping, flags: Sequence[str] = (), source: str = "t
     defaults = {key: _auto_id(key, value) for key, value in values.items()}
     flags, auto = _without_auto_ids(list(flags))
     return TrainArguments(*parse_flags(types, flags, "train_sft.py", defaults={**defaults, **auto}))
-
-
-def parse_flags(types: tuple, argv: Sequence[str] | None, program: str, description: str | None = None,
-                defaults: Mapping | None = None) -> tuple:
-    """HfArgumentParser over `types` (argv None: sys.argv); an unknown flag is one SpaceError line."""
-    from transformers import HfArgumentParser
-
-    parser = HfArgumentParser(types, description=description)
-    if defaults:
-        # argparse converts string defaults exactly like flag values; scalars from a config file go the same way
-        parser.set_defaults(**{key: str(value) if isinstance(value, (bool, int, float)) else value
-                               for key, value in defaults.items()})
-    try:
-        return tuple(parser.parse_args_into_dataclasses(args=None if argv is None else list(argv), look_for_args_file=False))
-    except ValueError as error:
-        message = " ".join(str(error).split())
-        if "arguments are not used by the HfArgumentParser" in message:
-            unknown = message.rsplit(":", 1)[-1].strip()
-            raise SpaceError(f"unknown flag(s) for {program}: {unknown}; see --help") from error
-        raise SpaceError(f"{program}: {message}") from error
 
 
 def read_config(path: Path) -> dict:

@@ -42,7 +42,7 @@ from space.decoding.common import eos_ids
 from space.errors import SpaceError
 from space.eval.datasets import ORIGINAL_HUMANEVAL_INSTRUCTION, load_eval_dataset
 from space.io import JsonlLog, shipped, write_json
-from space.training.arguments import parse_flags
+from space.cli import parse_flags
 from space.training.distill_prompts import (
     COUNTS,
     DERIVED_FAMILIES,

@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 import space
 from space.errors import SpaceError, SpaceWarning
 from space.io import write_atomic
+from space.adapters import addons
 from space.adapters.gated import GATED_WEIGHTS
 from space.models import (
     ADAPTER_FIELDS_FILE,
@@ -37,8 +38,8 @@ from space.models import (
     unwrap,
     write_space_json,
 )
-from space.adapters.sampler_head import HEAD_FIELD, HEAD_WEIGHTS, attached
-from space.training.arguments import parse_flags
+from space.adapters.sampler_head import HEAD_FIELD, HEAD_WEIGHTS
+from space.cli import parse_flags
 
 WEIGHTS = "adapter_model.safetensors"
 
@@ -67,7 +68,7 @@ def merge_adapter(adapter_dir: str | Path, output_dir: str | Path, base: str | N
     output = Path(output_dir)
     model.save_pretrained(output)
     tokenizer.save_pretrained(output)
-    if attached(unwrap(model)) is not None:  # not a module of the model: a merged model directory has no place for it
+    if addons(unwrap(model)).sampler_head is not None:  # not a module of the model: a merged model directory has no place for it
         warnings.warn(f"{adapter_dir}'s sampler head is not part of the merged model in {output}; decode with the "
                       "adapter directory to use it", SpaceWarning, stacklevel=2)
     return MergedModel(output, adapter_dir, base)
@@ -91,6 +92,21 @@ class ExportArguments:
 def parse_export_args(argv: list[str] | None = None) -> ExportArguments:
     (args,) = parse_flags((ExportArguments,), argv, "export_default_model.py",
                           description="Export a LoRA SAR-SFT run as the compact shipped default model.")
+    return args
+
+
+@dataclass
+class MergeArguments:
+    """The flags of `scripts/merge_lora.py`."""
+
+    adapter_dir: str = field(metadata={"help": "the LoRA adapter directory scripts/train_sft.py saved"})
+    output_dir: str = field(metadata={"help": "where the merged model goes"})
+    base: str | None = field(default=None, metadata={"help": "base model (default: the one recorded with the adapter)"})
+    dtype: str = "float32"
+
+
+def parse_merge_args(argv: list[str] | None = None, description: str | None = None) -> MergeArguments:
+    (args,) = parse_flags((MergeArguments,), argv, "merge_lora.py", description)
     return args
 
 

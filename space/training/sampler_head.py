@@ -109,7 +109,7 @@ class SamplerHeadArguments:
 
 
 def parse_sampler_head_args(argv: list[str] | None = None) -> SamplerHeadArguments:
-    from space.training.arguments import parse_flags
+    from space.cli import parse_flags
 
     (args,) = parse_flags((SamplerHeadArguments,), argv, "train_sampler_head.py",
                           description="Train a sampler head on a SPACE model's mask rows and add it to a copy.")
