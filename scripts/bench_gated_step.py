@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import sys
 
-from space.cli import run
 from space.bench.gated_step_cost import gated_step_table, parse_gated_step_args, run_gated_step
+from space.cli import run
 
 
 def main(argv=None) -> dict:

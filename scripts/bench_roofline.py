@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import sys
 
-from space.cli import run
 from space.bench.roofline import measure_roofline, parse_roofline_args, roofline_table
+from space.cli import run
 
 
 def main(argv=None) -> dict:

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import sys
 
-from space.cli import run
 from space.bench.step_cost import measure_step_costs, parse_step_cost_args, step_cost_table
+from space.cli import run
 
 
 def main(argv=None) -> dict:

@@ -13,8 +13,8 @@ from __future__ import annotations
 import shlex
 import sys
 
-from space.cli import run
 from space.bench.training_throughput import measure_training_throughput, parse_throughput_args, throughput_table
+from space.cli import run
 
 
 def main(argv=None) -> dict:

@@ -9,8 +9,8 @@ markdown table. The measurement is `space.bench.mask_accuracy`.
 
 from __future__ import annotations
 
-from space.cli import run
 from space.bench.mask_accuracy import accuracy_table, mask_accuracy, parse_mask_accuracy_args
+from space.cli import run
 
 
 def main(argv=None) -> dict:

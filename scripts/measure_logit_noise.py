@@ -12,8 +12,8 @@ The work is `space.bench.logit_noise.measure_logit_noise`.
 
 from __future__ import annotations
 
-from space.cli import run
 from space.bench.logit_noise import measure_logit_noise, parse_logit_noise_args
+from space.cli import run
 
 
 def main(argv=None) -> dict:

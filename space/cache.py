@@ -25,7 +25,6 @@ import inspect
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
-
 CACHE_ARGUMENT_NAMES = ("cache", "past_key_values")  # transformers >= 5.24, then 5.0 - 5.23
 
 

@@ -32,11 +32,11 @@ from pathlib import Path
 
 import torch
 
-from space.kernels.fast_linear import use_fast_linear
-from space.errors import SpaceError, SpaceWarning
 from space.adapters.gated import GATED_KIND, GATED_WEIGHTS, GatedConfig, add_gated_lora, load_gated_weights
 from space.adapters.sampler_head import HEAD_FIELD, HEAD_WEIGHTS, SamplerHeadConfig, attach, load_head
+from space.errors import SpaceError, SpaceWarning
 from space.io import write_json
+from space.kernels.fast_linear import use_fast_linear
 from space.tokens import (
     CONFIG_FIELDS,
     DECODE_MASK_NUM_FIELD,
@@ -162,7 +162,8 @@ def load_model(
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from space.kernels.lean_layers import use_lean_layers  # imports transformers' modeling code: seconds, so not with `space`
+    # imports transformers' modeling code: seconds, so not with `space`
+    from space.kernels.lean_layers import use_lean_layers
 
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)

@@ -5,9 +5,9 @@ import json
 import pytest
 
 import space
+from space.testing import tiny_text_tokenizer
 from space.training.data import load_conversations
 from space.training.templates import VICUNA_SYSTEM, get_template
-from space.testing import tiny_text_tokenizer
 
 
 @pytest.fixture(scope="module")

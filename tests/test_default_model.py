@@ -10,14 +10,13 @@ import pytest
 import torch
 
 import space
+from space.adapters.gated import GATED_KIND, GATED_WEIGHTS
 from space.decoding.common import eos_ids
 from space.eval.datasets import load_eval_dataset
-from space.adapters.gated import GATED_KIND, GATED_WEIGHTS
 from space.models import has_shipped_model
-from space.training import default_model
 from space.testing import tiny_llama, tiny_text_tokenizer
+from space.training import default_model
 from space.training.default_model import DECODE_MASK_NUM_CUDA, make_default_model, parse_default_model_args
-
 
 ROOT = Path(__file__).resolve().parents[1]
 

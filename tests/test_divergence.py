@@ -5,9 +5,9 @@ import json
 import torch
 
 import space
+from space.bench.logit_noise import measure_logit_noise, parse_logit_noise_args
 from space.decoding.common import Model
 from space.eval.divergence import NEAR_TIE, explain, first_difference, near_tie_threshold
-from space.bench.logit_noise import measure_logit_noise, parse_logit_noise_args
 from space.testing import tiny_llama, tiny_text_tokenizer
 
 

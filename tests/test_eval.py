@@ -12,10 +12,10 @@ import transformers
 import space
 from space.eval import evaluate
 from space.eval.datasets import ORIGINAL_HUMANEVAL_INSTRUCTION, load_eval_dataset
+from space.eval.flags import EvalArgs, parse_eval_args
 from space.eval.metrics import method_summary, original_metrics, repetition_ratio, summarize
 from space.eval.prompts import render
 from space.eval.report import summary_table
-from space.eval.flags import EvalArgs, parse_eval_args
 from space.eval.rouge import rouge_l
 from space.testing import tiny_llama, tiny_text_tokenizer
 

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from space.errors import SpaceError
-from space.eval.code import sandbox, toolchains
 from space.eval.code import (
     LANGUAGES,
     ExecutionResult,
@@ -24,7 +23,9 @@ from space.eval.code import (
     load_problems,
     pass_at_k,
     run_program,
+    sandbox,
     toolchain_available,
+    toolchains,
 )
 
 PROBLEMS = {language: {p["task_id"].split("/")[1]: p for p in load_problems(language)} for language in LANGUAGES}

@@ -15,12 +15,14 @@ import torch
 from transformers import DynamicCache
 
 import space
+from space.adapters.gated import GATED_WEIGHTS, GatedConfig, GatedLoRA, MaskEmbeddings, add_gated_lora, gated_state_dict
+from space.bench.gated_step_cost import GatedStepArgs, measure_gated_step, parse_gated_step_args, random_gated_twin
 from space.errors import SpaceError
 from space.kernels.fast_linear import use_fast_linear
-from space.bench.gated_step_cost import GatedStepArgs, measure_gated_step, parse_gated_step_args, random_gated_twin
-from space.adapters.gated import GATED_WEIGHTS, GatedConfig, GatedLoRA, MaskEmbeddings, add_gated_lora, gated_state_dict
 from space.kernels.lean_layers import use_lean_layers
-from space.testing import tiny_llama, tiny_sft_base as make_base, tiny_sft_data as make_dataset, tiny_sft_flags
+from space.testing import tiny_llama, tiny_sft_flags
+from space.testing import tiny_sft_base as make_base
+from space.testing import tiny_sft_data as make_dataset
 from space.training import train
 from space.training.collate import SarCollator
 from space.training.export import ExportArguments, export_adapter, merge_adapter

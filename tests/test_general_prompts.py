@@ -2,15 +2,14 @@
 
 import fnmatch
 import json
-import tomllib
 from collections import Counter
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from space.eval import evaluate
-from space.eval.datasets import (GENERAL_PATH, dataset_names, default_max_new_tokens, load_eval_dataset,
-                                 load_problems)
+from space.eval.datasets import GENERAL_PATH, dataset_names, default_max_new_tokens, load_eval_dataset, load_problems
 from space.eval.flags import parse_eval_args
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 
 import space
-from space.kernels.fast_linear import use_fast_linear
 from space.decoding.common import Model, fp32_head
+from space.kernels.fast_linear import use_fast_linear
 from space.testing import tiny_llama
 
 

@@ -50,8 +50,8 @@ def test_offsets_are_scored_against_the_right_targets_per_group():
 def test_flags_and_missing_data_get_one_line(tmp_path):
     import pytest
 
-    from space.errors import SpaceError
     from space.bench.mask_accuracy import mask_accuracy
+    from space.errors import SpaceError
 
     with pytest.raises(SpaceError, match="--data .*held_out.jsonl not found; the default-model recipe writes"):
         mask_accuracy(parse_mask_accuracy_args(["--data", str(tmp_path / "held_out.jsonl")]))

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import space
-from space.eval.quality import METHOD, QualityArgs, cut_at_stop, evaluate_quality, left_pad
-from space.eval.flags import parse_eval_args
 from space.eval import evaluate
+from space.eval.flags import parse_eval_args
+from space.eval.quality import METHOD, QualityArgs, cut_at_stop, evaluate_quality, left_pad
 from space.testing import tiny_llama, tiny_text_tokenizer
 
 

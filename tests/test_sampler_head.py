@@ -14,13 +14,13 @@ import torch
 
 import space
 import space.decoding.tree as tree_decoder
+from space.adapters.sampler_head import HEAD_WEIGHTS, SamplerHead, SamplerHeadConfig, attach, attached, save_head
+from space.adapters.sampler_head_training import HeadTraining, MaskRows, measure, train_head
 from space.decoding.common import Model
 from space.errors import SpaceError
-from space.adapters.sampler_head import HEAD_WEIGHTS, SamplerHead, SamplerHeadConfig, attach, attached, save_head
 from space.testing import chi_square_p_value, exact_joint, tiny_llama
-from space.training.export import ExportArguments, export_adapter
-from space.adapters.sampler_head_training import HeadTraining, MaskRows, measure, train_head
 from space.training.distill_prompts import GROUPS
+from space.training.export import ExportArguments, export_adapter
 from space.training.sampler_head import SamplerHeadArguments, run_sampler_head
 from tests.test_gated import base_and_gated, fast, trained  # noqa: F401  (trained: a module fixture)
 

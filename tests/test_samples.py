@@ -5,10 +5,10 @@ import torch
 import torch.nn.functional as F
 
 import space
+from space.testing import tiny_llama
 from space.training.collate import SarCollator, block_attention
 from space.training.loss import sar_loss
 from space.training.samples import IGNORE, MaskingConfig, build_sample, truncate_turns
-from space.testing import tiny_llama
 
 M = 90  # mask id in these examples
 

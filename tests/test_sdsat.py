@@ -9,15 +9,15 @@ import torch
 
 import space
 from space.cache import CompactCache
-from space.training.collate import SarCollator
 from space.decoding.common import Model
 from space.decoding.sdsat import build_tree
-from space.training.samples import IGNORE, MaskingConfig, build_sample
-from space.testing import DraftOracle, chi_square_p_value, exact_joint, tiny_llama, tiny_text_tokenizer
-from space.tokens import SAT_TOKEN, SatSpec, add_sat_tokens, read_sat_spec
 from space.eval import evaluate
 from space.eval.flags import parse_eval_args
+from space.testing import DraftOracle, chi_square_p_value, exact_joint, tiny_llama, tiny_text_tokenizer
+from space.tokens import SAT_TOKEN, SatSpec, add_sat_tokens, read_sat_spec
 from space.training import train
+from space.training.collate import SarCollator
+from space.training.samples import IGNORE, MaskingConfig, build_sample
 from tests.conftest import capture_caches, random_prompt
 from tests.test_samples import ScriptedRandom, model_logits
 from tests.test_train import make_base, make_dataset

@@ -14,13 +14,13 @@ from space.cache import CompactCache
 from space.decoding import self_spec, verify
 from space.decoding.common import Model, Output
 from space.decoding.sampling import Sampler
+from space.decoding.skip_layers import SkipLayers, load_skip_file, save_skip_file, select_entry, skipping_forward
 from space.decoding.threshold import GAMMA_MAX, AutoParameters, ThresholdState, update_threshold
 from space.decoding.verify import original_accept
 from space.eval import evaluate
 from space.eval.flags import parse_eval_args
 from space.eval.skip_pipeline import parse_search_args, search_skip_layers
 from space.eval.skip_search import TrialLog, search
-from space.decoding.skip_layers import SkipLayers, load_skip_file, save_skip_file, select_entry, skipping_forward
 from space.testing import chi_square_p_value, exact_joint, tiny_llama, tiny_text_tokenizer, tiny_tokenizer
 from tests.conftest import capture_caches, random_prompt
 

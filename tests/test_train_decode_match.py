@@ -20,11 +20,11 @@ import torch
 from transformers import TrainingArguments
 
 import space
-from space.training.collate import SarCollator
 from space.decoding import tree as tree_decoder
 from space.decoding import verify
-from space.training.samples import MaskingConfig, build_sample
 from space.testing import tiny_llama
+from space.training.collate import SarCollator
+from space.training.samples import MaskingConfig, build_sample
 from space.training.trainer import SarTrainer
 from tests.conftest import random_prompt
 from tests.test_samples import ScriptedRandom

@@ -13,10 +13,10 @@ import torch
 import torch.distributed as dist
 
 import space
-from space.training.collate import SarCollator
-from space.training.loss import MaskMetrics, sar_loss
 from space.testing import tiny_llama, tiny_text_tokenizer
 from space.training import parse_train_args
+from space.training.collate import SarCollator
+from space.training.loss import MaskMetrics, sar_loss
 from space.training.recipe import build_dataset, masking_config
 from space.training.trainer import MaskMetricsLogger, MetricsAccumulator, means_from_sums
 from space.window import additive_mask

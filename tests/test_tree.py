@@ -10,19 +10,24 @@ import pytest
 import torch
 
 import space
+from space.decoding import tree as tree_decoder
 from space.decoding import verify
 from space.decoding.common import Model
-from space.decoding.row_cost import CostCurve, device_curve, measured_curve
-from space.decoding import tree as tree_decoder
 from space.decoding.drafts import Drafts
-from space.decoding.sampling import Sampler
-from space.decoding.tree_shape import (EXPLORE_EVERY, AcceptanceRates, ShapeConfig, next_chain_source, plan_tree,
-                                       record_outcome)
-from space.decoding.verify import accept_tree
-
 from space.decoding.retrieval import NgramIndex
-from space.testing import DraftOracle, chi_square_p_value, tiny_llama
+from space.decoding.row_cost import CostCurve, device_curve, measured_curve
+from space.decoding.sampling import Sampler
 from space.decoding.tree_layout import tree_layout
+from space.decoding.tree_shape import (
+    EXPLORE_EVERY,
+    AcceptanceRates,
+    ShapeConfig,
+    next_chain_source,
+    plan_tree,
+    record_outcome,
+)
+from space.decoding.verify import accept_tree
+from space.testing import DraftOracle, chi_square_p_value, tiny_llama
 from tests.conftest import random_prompt
 from tests.paper_chain import ChunkLayout, paper_chain
 

@@ -20,13 +20,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from space.cli import parse_flags
 import space
-from space.eval.harness import timed_decode
+from space.adapters.gated import GatedConfig, add_gated_lora
+from space.cli import parse_flags
 from space.errors import SpaceError
+from space.eval.harness import timed_decode
 from space.io import markdown_table, provenance, write_atomic
 from space.kernels.fast_linear import use_fast_linear
-from space.adapters.gated import GatedConfig, add_gated_lora
 from space.kernels.lean_layers import use_lean_layers
 
 # A HumanEval-sized coding prompt (157 tokens in SmolLM2's chat format): steps then read a cache of 150-350 tokens.

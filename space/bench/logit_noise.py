@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 import torch
 from tqdm import tqdm
 
-from space.cli import parse_flags
-from space.errors import SpaceError
 import space
 from space.cache import CompactCache
+from space.cli import parse_flags
 from space.decoding.common import Model
+from space.errors import SpaceError
 from space.eval.datasets import load_eval_dataset
 from space.io import provenance, write_json
 

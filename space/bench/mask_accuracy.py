@@ -20,16 +20,15 @@ import torch
 from tqdm.auto import tqdm
 
 import space
+from space.cli import parse_flags
 from space.errors import SpaceError
 from space.io import markdown_table, read_records, write_atomic
-from space.window import batch_masks
-from space.cli import parse_flags
 from space.training.collate import SarCollator
 from space.training.data import load_conversations_of
 from space.training.distill_prompts import GROUPS, prompt_group
 from space.training.samples import MaskingConfig, build_sample
 from space.training.templates import get_template
-
+from space.window import batch_masks
 
 
 @dataclass

@@ -34,15 +34,15 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from space.cli import parse_flags
 import space
-from space.eval.harness import timed_decode
-from space.cache import CompactCache
-from space.decoding.common import Model
-from space.errors import SpaceError
 from space.bench.step_cost import PROMPT  # the prompt of scripts/bench_step.py, so the two reports compare
-from space.io import markdown_table, provenance, write_json
+from space.cache import CompactCache
+from space.cli import parse_flags
+from space.decoding.common import Model
 from space.decoding.row_cost import CostCurve
+from space.errors import SpaceError
+from space.eval.harness import timed_decode
+from space.io import markdown_table, provenance, write_json
 from space.models import dtype_name, resolve_device, synchronize
 
 SCRIPT = "python scripts/bench_roofline.py"

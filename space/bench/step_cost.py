@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from space.cli import parse_flags
 import space
+from space.cli import parse_flags
 from space.io import markdown_table, provenance, write_atomic
 
 PROMPT = "Complete the following python code.\n\ndef running_mean(values: list[float]) -> list[float]:\n    \"\"\"Return the running mean of values.\"\"\"\n"

@@ -16,9 +16,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
-from space.cli import parse_flags
 import space
+from space.cli import parse_flags
 from space.io import markdown_table, provenance, write_atomic
 from space.training import train
 

@@ -32,10 +32,10 @@ from dataclasses import asdict, dataclass, field, fields, replace
 
 import torch
 
+from space.adapters import addons
 from space.cache import CompactCache, cache_kwargs
 from space.decoding.sampling import Sampler
 from space.errors import SpaceError, SpaceWarning
-from space.adapters import addons
 from space.models import unwrap
 from space.weights import derived
 from space.window import AttentionMasks

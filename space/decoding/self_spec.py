@@ -32,10 +32,10 @@ from space.cache import CompactCache
 from space.decoding.common import DecodeOptions, DecodeResult, DecodeStats, Model, Output, Run
 from space.decoding.drafts import Drafts
 from space.decoding.sampling import Sampler
+from space.decoding.skip_layers import check_skippable, resolve_skip_layers, skipping_forward
 from space.decoding.threshold import DEFAULT_AUTO_PARAMETERS, AutoParameters, ThresholdState, update_threshold
 from space.decoding.verify import accept
 from space.errors import SpaceError
-from space.decoding.skip_layers import check_skippable, resolve_skip_layers, skipping_forward
 
 DEFAULT_THRESHOLD = {False: 0.8, True: 0.5}  # γ0 of the reference's greedy (essg) and sampling (sss) loops
 

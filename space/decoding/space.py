@@ -36,6 +36,7 @@ from space.decoding.tree_shape import AcceptanceRates
 from space.decoding.verify import check_sampling_mode
 from space.errors import SpaceError
 from space.tokens import add_mask_tokens, read_mask_spec, resolve_mask_spec
+
 # One step's attention mask is `rows x keys` with rows = 1 + k(k+2): quartic in k. 2^26 entries (256 MiB
 # as an fp32 mask, before the attention itself) allows k up to 89 for a short prompt, far past any
 # trained width, and refuses before a runaway k (200: 1.6e9 entries) exhausts the machine's memory.

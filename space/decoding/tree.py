@@ -26,13 +26,20 @@ import torch
 
 from space.decoding.common import DecodeStats, Model, Run
 from space.decoding.drafts import Drafts
+from space.decoding.retrieval import NgramIndex
 from space.decoding.row_cost import CostCurve, device_curve, measured_curve
 from space.decoding.sampling import Sampler
-from space.decoding.tree_shape import (DEVICE_MAX_ROWS, AcceptanceRates, DraftTree, ShapeConfig, next_chain_source,
-                                       plan_tree, record_outcome)
-from space.decoding.verify import accept, accept_tree
-from space.decoding.retrieval import NgramIndex
 from space.decoding.tree_layout import TreeLayout, tree_layout
+from space.decoding.tree_shape import (
+    DEVICE_MAX_ROWS,
+    AcceptanceRates,
+    DraftTree,
+    ShapeConfig,
+    next_chain_source,
+    plan_tree,
+    record_outcome,
+)
+from space.decoding.verify import accept, accept_tree
 
 FP16_MAX = 65504.0  # the paper's draft probability for the first step's mask ids: its rule always rejects them
 

@@ -10,11 +10,10 @@ import sys
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-
-from space.cli import parse_flags
 import space
-from space.eval.harness import timed_decode
+from space.cli import parse_flags
 from space.decoding import option_names, prepare
+from space.eval.harness import timed_decode
 from space.io import write_json
 
 

@@ -21,8 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from space.io import read_records
 from space.errors import SpaceError
+from space.io import read_records
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 HUMANEVAL_DIR = DATA_DIR / "humaneval-x"

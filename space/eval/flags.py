@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-
-from space.decoding import DECODERS
 from space.cli import parse_flags
+from space.decoding import DECODERS
 from space.errors import SpaceError
 from space.eval.datasets import dataset_names
 from space.eval.prompts import MODEL_TYPES

@@ -18,8 +18,8 @@ from space.decoding import session_options
 from space.eval.datasets import EvalPrompt
 from space.eval.metrics import split_label
 from space.eval.prompts import add_special_tokens, render
-from space.models import synchronize
 from space.eval.results import ResultStore
+from space.models import synchronize
 
 
 def decoder_name(label: str) -> str:

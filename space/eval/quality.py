@@ -23,8 +23,8 @@ from dataclasses import dataclass, replace
 import torch
 from tqdm.auto import tqdm
 
-from space.cli import parse_flags
 import space
+from space.cli import parse_flags
 from space.decoding.common import eos_ids
 from space.errors import SpaceError
 from space.eval import results

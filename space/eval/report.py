@@ -10,6 +10,7 @@ from pathlib import Path
 from space.eval.metrics import BASELINES
 from space.io import markdown_table
 
+
 def summary_table(summary: dict) -> str:
     """One row per method: speed, acceptance, identity and quality."""
     methods = summary["methods"]

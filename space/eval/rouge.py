@@ -1,4 +1,4 @@
-"""ROUGE-L F-measure (Lin 2004) on lower-cased word tokens (`\w+`, any script), without external dependencies.
+r"""ROUGE-L F-measure (Lin 2004) on lower-cased word tokens (`\w+`, any script), without external dependencies.
 
 Why not the `rouge-score` package (0.1.2): its default tokenizer keeps only `[a-z0-9]` runs, so it
 scores other text differently, checked on these pairs (ours vs rouge-score's rougeL F):

@@ -28,13 +28,13 @@ from pathlib import Path
 
 import torch
 
-from space.cli import parse_flags
 import space
-from space.eval.harness import timed_decode
-from space.decoding.threshold import ThresholdState
-from space.io import device_name
-from space.eval.skip_search import CALIBRATION_PROMPTS, SHIPPED_SKIP_FILE, TrialLog, search
+from space.cli import parse_flags
 from space.decoding.skip_layers import SkipLayers, check_skippable, load_skip_file, model_key, save_skip_file
+from space.decoding.threshold import ThresholdState
+from space.eval.harness import timed_decode
+from space.eval.skip_search import CALIBRATION_PROMPTS, SHIPPED_SKIP_FILE, TrialLog, search
+from space.io import device_name
 
 
 def _flag(default, help: str | None = None):

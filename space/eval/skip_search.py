@@ -38,9 +38,9 @@ from typing import Callable
 
 from tqdm.auto import tqdm
 
+from space.decoding.skip_layers import SkipLayers
 from space.errors import SpaceError
 from space.io import JsonlLog, shipped, write_json
-from space.decoding.skip_layers import SkipLayers
 
 # The shipped self_spec configs of a repository checkout (the package is installed with `pip install -e .`):
 # the calibration prompts and the skip sets, which the search writes into and the evaluation reads.

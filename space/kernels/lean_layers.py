@@ -38,9 +38,15 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, eager_attention_forward
 
-from space.cache import passed_cache
-from space.kernels.fast_linear import PACKED_DTYPES, RowsLinear, packed_product, packed_products_available, packed_weight
 from space.adapters.gated import add_at_rows, gated_lora_of, group_deltas, is_gated_hook
+from space.cache import passed_cache
+from space.kernels.fast_linear import (
+    PACKED_DTYPES,
+    RowsLinear,
+    packed_product,
+    packed_products_available,
+    packed_weight,
+)
 from space.weights import derived
 
 ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa")

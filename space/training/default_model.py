@@ -29,10 +29,10 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from space.cli import parse_flags
 from space.errors import SpaceError
 from space.io import read_records, shipped, write_atomic, write_json
 from space.models import SHIPPED_MODEL_DIR, is_adapter_dir
-from space.cli import parse_flags
 from space.training.arguments import parse_train_args
 from space.training.checkpoints import last_complete_checkpoint
 from space.training.distill import FAMILIES, check_distill_args, make_distill_data, parse_distill_args

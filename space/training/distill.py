@@ -38,11 +38,11 @@ import torch
 from tqdm.auto import tqdm
 
 import space
+from space.cli import parse_flags
 from space.decoding.common import eos_ids
 from space.errors import SpaceError
 from space.eval.datasets import ORIGINAL_HUMANEVAL_INSTRUCTION, load_eval_dataset
 from space.io import JsonlLog, shipped, write_json
-from space.cli import parse_flags
 from space.training.distill_prompts import (
     COUNTS,
     DERIVED_FAMILIES,

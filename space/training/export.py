@@ -25,10 +25,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import space
-from space.errors import SpaceError, SpaceWarning
-from space.io import write_atomic
 from space.adapters import addons
 from space.adapters.gated import GATED_WEIGHTS
+from space.adapters.sampler_head import HEAD_FIELD, HEAD_WEIGHTS
+from space.cli import parse_flags
+from space.errors import SpaceError, SpaceWarning
+from space.io import write_atomic
 from space.models import (
     ADAPTER_FIELDS_FILE,
     adapter_base,
@@ -38,8 +40,6 @@ from space.models import (
     unwrap,
     write_space_json,
 )
-from space.adapters.sampler_head import HEAD_FIELD, HEAD_WEIGHTS
-from space.cli import parse_flags
 
 WEIGHTS = "adapter_model.safetensors"
 

@@ -32,18 +32,18 @@ from __future__ import annotations
 
 import os
 import random
-from dataclasses import replace
 import shlex
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tqdm.auto import tqdm
 
 import space
-from space.errors import SpaceError
 from space.adapters.gated import GATED_KIND, GatedConfig, add_gated_lora, names_module
+from space.errors import SpaceError
 from space.models import peft_without_alias_warning, space_json_fields, write_space_json
 from space.tokens import SatSpec, add_sat_tokens, read_mask_spec, read_sat_spec, record_mask_spec, record_sat_spec
 from space.training.arguments import (

@@ -123,9 +123,9 @@ def run_sampler_head(args: SamplerHeadArguments) -> dict:
     import zlib
 
     import space
+    from space.adapters.sampler_head import HEAD_FIELD, HEAD_WEIGHTS, save_head
     from space.io import read_records
     from space.models import ADAPTER_FIELDS_FILE, read_space_json
-    from space.adapters.sampler_head import HEAD_FIELD, HEAD_WEIGHTS, save_head
 
     source, output = Path(args.model), Path(args.output_dir)
     for flag, path in (("--train_data", args.train_data), ("--held_out", args.held_out)):

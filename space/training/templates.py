@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from space.errors import SpaceError
 from space.eval.prompts import VICUNA_SYSTEM
 
-
 Turn = tuple[str, str]  # (query, response)
 EncodedTurn = tuple[list[int], list[int]]  # (source_ids, target_ids)
 

@@ -22,11 +22,10 @@ import torch
 import torch.distributed as dist
 from transformers import DynamicCache, Trainer, TrainerCallback
 
-from space.cache import cache_argument
 from space.adapters.gated import GATED_WEIGHTS, gated_state_dict, load_gated_weights
-
-from space.training.loss import MaskMetrics, sar_loss
+from space.cache import cache_argument
 from space.models import unwrap
+from space.training.loss import MaskMetrics, sar_loss
 from space.window import batch_masks
 
 

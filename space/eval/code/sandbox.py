@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from space.eval.code.extract import extract_code
-from space.eval.code.programs import build_program
 from space.eval.code.isolation import give_to_sandbox_user, isolated_argv, process_limit, sandbox_python
+from space.eval.code.programs import build_program
 from space.eval.code.toolchains import TOOLS, Step, environment, prepare, toolchain_available
 from space.eval.datasets import check_language
 
