@@ -1,7 +1,7 @@
 """Training throughput of SAR-SFT (truncating and multi-block modes) against plain SFT on the same data.
 
-Runs `space.training.train` (the recipe of `scripts/train_sft.py`) in-process for a few optimizer steps per mode on the same records
-(batch 1, same seed) and reports seconds per sample, real tokens per second, mask predictions per
+Runs `space.training.train` (the recipe of `scripts/train_sft.py`) in-process for a few optimizer steps per mode on
+the same records (batch 1, same seed) and reports seconds per sample, real tokens per second, mask predictions per
 sample, and the cost of each mode relative to plain SFT. The work is
 `space.bench.training_throughput.measure_training_throughput`. Writes JSON and prints a markdown table.
 

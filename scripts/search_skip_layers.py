@@ -6,7 +6,8 @@ finish, so the same command resumes an interrupted search. The best set is writt
 (the original `skip_layers.json` format; other entries are kept); a one-line JSON summary is printed.
 
     python scripts/search_skip_layers.py --llm_dir path/to/model --time_budget 3600
-    python scripts/eval_infer.py --llm_dir path/to/model --methods self_spec,ar --skip_layers space/configs/self_spec/skip_layers.json
+    python scripts/eval_infer.py --llm_dir path/to/model --methods self_spec,ar \\
+        --skip_layers space/configs/self_spec/skip_layers.json
 
 The optimum depends on the hardware and software stack (docs/spec/SELF_SPECULATIVE.md §8.3):
 search on the machine you will decode on, with the dtype and device you will use.

@@ -328,7 +328,8 @@ def _locate(name_or_path) -> tuple[str, dict]:
         return str(path.parent), {"gguf_file": path.name}
     if path.exists():
         if not path.is_dir() or not (path / "config.json").is_file():
-            raise SpaceError(f"{path} is not a model directory (no config.json); pass a HF model dir, hub name or .gguf file")
+            raise SpaceError(f"{path} is not a model directory (no config.json); pass a HF model dir, hub name or "
+                             ".gguf file")
         return str(path), {}
     name = str(name_or_path)
     if name.startswith((".", "/", "~")) or name.count("/") > 1:  # hub names are "org/name" at most

@@ -335,7 +335,8 @@ def resolve_sat_spec(config, sat_id: int | None = None, sat_num: int | None = No
     if recorded is not None:
         _check_trained_width("sat_num", sat_num, getattr(config, "sat_num", None), sat_id, recorded.sat_id,
                              "the number of adaptive tokens this model was trained with", "an untrained token",
-                             "more", f"space.add_sat_tokens(model, tokenizer, sat_num={sat_num}, sat_id={recorded.sat_id})")
+                             "more",
+                             f"space.add_sat_tokens(model, tokenizer, sat_num={sat_num}, sat_id={recorded.sat_id})")
     if sat_id is None and recorded is None:
         raise SpaceError(
             "this model has no SDSAT adaptive token recorded in its config: add one with "

@@ -97,8 +97,8 @@ class AttentionMasks:
 
     def build(self, allowed: torch.Tensor, query_positions: torch.Tensor, key_positions: torch.Tensor,
               dtype: torch.dtype) -> torch.Tensor | dict[str, torch.Tensor]:
-        """`allowed` `[q, kv]` or `[B, 1, q, kv]` (keys at `key_positions`, queries at `query_positions`, `[..., kv]` and
-        `[..., q]` broadcasting against it) as the backbone's mask."""
+        """`allowed` `[q, kv]` or `[B, 1, q, kv]` (keys at `key_positions`, queries at `query_positions`,
+        `[..., kv]` and `[..., q]` broadcasting against it) as the backbone's mask."""
         if self.layer_types is None:
             return additive_mask(in_window(allowed, query_positions, key_positions, self.windows[0]), dtype)
         masks = {}

@@ -176,8 +176,8 @@ def paper_chain(model, input_ids: torch.Tensor, **options) -> DecodeResult:
             base = n - 1
         hidden = target.hidden(ids, positions, mask, cache)
         chunk_logits = target.logits(hidden[base:])
-        accepted, bonus = accept(chunk_logits[layout.verify_rows], candidates.tokens, sampler, q=candidates.q, draft_probs=candidates.token_probs,
-                                 sampling_mode=options.sampling_mode)
+        accepted, bonus = accept(chunk_logits[layout.verify_rows], candidates.tokens, sampler, q=candidates.q,
+                                 draft_probs=candidates.token_probs, sampling_mode=options.sampling_mode)
         run.commit(candidates.tokens[:accepted].tolist() + [bonus], accepted)
         if out.finished:
             return run.result()

@@ -148,7 +148,8 @@ def test_cache_argument_is_read_off_the_signature():
 def test_installed_llama_takes_the_name_we_pass():
     backbone = tiny_llama(seed=0).get_decoder()
     assert cache_argument(backbone) in inspect.signature(backbone.forward).parameters
-    assert cache_argument(backbone.layers[0].self_attn) in inspect.signature(backbone.layers[0].self_attn.forward).parameters
+    assert cache_argument(backbone.layers[0].self_attn) in \
+        inspect.signature(backbone.layers[0].self_attn.forward).parameters
 
 
 def test_passed_cache_reads_either_name():

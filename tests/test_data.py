@@ -22,9 +22,11 @@ def enc(tokenizer, text):
 def test_default_template_matches_spec_1_3(tokenizer):
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     pairs = get_template("default").encode(tokenizer, [("q1", "r1"), ("q2", "r2")])
-    first_source = [bos] + enc(tokenizer, VICUNA_SYSTEM) + enc(tokenizer, "\n") + enc(tokenizer, "Human: q1\nAssistant: ")
+    first_source = ([bos] + enc(tokenizer, VICUNA_SYSTEM) + enc(tokenizer, "\n")
+                    + enc(tokenizer, "Human: q1\nAssistant: "))
     assert pairs[0] == (first_source, enc(tokenizer, "r1") + [eos])
-    assert pairs[1] == (enc(tokenizer, "\n") + [bos] + enc(tokenizer, "Human: q2\nAssistant: "), enc(tokenizer, "r2") + [eos])
+    assert pairs[1] == (enc(tokenizer, "\n") + [bos] + enc(tokenizer, "Human: q2\nAssistant: "),
+                        enc(tokenizer, "r2") + [eos])
 
 
 def test_vicuna_template_and_custom_system(tokenizer):
@@ -64,7 +66,8 @@ def test_alpaca_input_and_history(tmp_path):
 
 def test_sharegpt_variants_and_jsonl(tmp_path):
     path = write(tmp_path / "s.jsonl", [
-        {"conversations": [{"from": "system", "value": "S"}, {"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]},
+        {"conversations": [{"from": "system", "value": "S"}, {"from": "human", "value": "q"},
+                           {"from": "gpt", "value": "a"}]},
         {"conversations": [{"role": "user", "content": "q2"}, {"role": "assistant", "content": "a2"}]},
         {"conversations": ["q3", "a3", "q4", "a4"]},
     ], jsonl=True)
@@ -104,7 +107,8 @@ def test_missing_file_and_unknown_name(tmp_path):
 def test_registry_name_without_local_file_and_no_hub_gives_one_line(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(space.SpaceError, match=r"alpaca_gpt4_data_en\.json does not exist and the hub dataset") as error:
+    with pytest.raises(space.SpaceError,
+                       match=r"alpaca_gpt4_data_en\.json does not exist and the hub dataset") as error:
         load_conversations("alpaca_gpt4_en", tmp_path)
     assert "\n" not in str(error.value)
 

@@ -67,7 +67,8 @@ def test_unknown_option_and_unknown_method():
         parse_options("ar", dict(mask_nums=3))
     with pytest.raises(space.SpaceError, match=r"method 'hf' takes no options \['mask_num', 'sat_num'\]"):
         parse_options("hf", dict(mask_num=3, sat_num=2))
-    for call in (lambda: option_names("medusa"), lambda: session_options("medusa"), lambda: parse_options("medusa", {})):
+    for call in (lambda: option_names("medusa"), lambda: session_options("medusa"),
+                 lambda: parse_options("medusa", {})):
         with pytest.raises(space.SpaceError, match="unknown method 'medusa'; available: "):
             call()
 
@@ -139,7 +140,8 @@ def test_session_options_are_fresh_per_run_and_only_self_spec_and_space_have_any
 
 def test_record_fields_take_every_per_step_and_per_round_list():
     assert list(DecodeStats().record_fields()) == ["steps", "tokens_per_step", "accepted_per_step"]
-    assert list(SelfSpecStats().record_fields()) == ["steps", "tokens_per_step", "accepted_per_step", "drafted_per_step"]
+    assert list(SelfSpecStats().record_fields()) == ["steps", "tokens_per_step", "accepted_per_step",
+                                                     "drafted_per_step"]
     assert list(TreeStats().record_fields()) == ["steps", "tokens_per_step", "accepted_per_step", "rows_per_step",
                                                  "copy_accepted_per_step", "topk_accepted_per_step"]
     assert list(SdsatStats().record_fields()) == ["steps", "tokens_per_step", "accepted_per_step",
@@ -163,7 +165,8 @@ def test_sdsat_records_carry_per_round_stats_and_other_records_keep_their_keys(t
     methods = ["sdsat", "ar", "space"]
     records = answer(tmp_path, model, methods, {method: common for method in methods})
     by_method = {record["method"]: record for record in records if record["id"] == "0"}
-    assert list(by_method["space"]) == RECORD_KEYS + ["rows_per_step", "copy_accepted_per_step", "topk_accepted_per_step"]
+    assert list(by_method["space"]) == RECORD_KEYS + ["rows_per_step", "copy_accepted_per_step",
+                                                      "topk_accepted_per_step"]
     assert list(by_method["ar"]) == RECORD_KEYS
     record = by_method["sdsat"]
     assert list(record) == RECORD_KEYS + ["tokens_per_round", "drafted_per_round"]
@@ -195,7 +198,8 @@ def test_self_spec_gamma_carries_across_prompts_through_the_generic_path(tmp_pat
     assert len(states) == 3 and all(method == "self_spec" or state is None for method, state, _ in calls)
     state = states[0][0]
     assert all(s is state for s, _ in states)  # one state for the whole run
-    assert states[0][1] is None and 0.3 < states[1][1] < states[2][1] < state.gamma  # each prompt starts where the last ended
+    # each prompt starts where the last ended
+    assert states[0][1] is None and 0.3 < states[1][1] < states[2][1] < state.gamma
     assert state.drafted == sum(sum(r["drafted_per_step"]) for r in records if r["method"] == "self_spec")
 
 
@@ -215,7 +219,8 @@ def test_space_prepares_untrained_masks_only_where_allowed_and_checks_every_k():
     assert model.config.mask_num == 5 and space.read_mask_spec(model.config).mask_num == 3  # width 5, decoding k 3
     reference = space.decode(model, PROMPT, "ar", max_new_tokens=12, eos_token_id=[]).tokens.tolist()
     for options in runs:
-        assert space.decode(model, PROMPT, "space", max_new_tokens=12, eos_token_id=[], **options).tokens.tolist() == reference
+        assert space.decode(model, PROMPT, "space", max_new_tokens=12, eos_token_id=[],
+                            **options).tokens.tolist() == reference
     assert space.decoding.prepare("space", model, tokenizer, runs, untrained=True) is None  # masks are there now
     with pytest.raises(space.SpaceError, match="mask_num 7"):  # a k wider than the masks is named before decoding
         space.decoding.prepare("space", model, tokenizer, [{"mask_num": 7}], untrained=True)

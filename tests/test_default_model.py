@@ -50,7 +50,8 @@ def finished(tmp_path_factory, base):
 def test_recipe_runs_end_to_end_on_a_tiny_model(tmp_path, base, finished):
     base_model, _ = space.load_model(base)
     exported = finished / "export"
-    assert {p.name for p in exported.iterdir()} == {GATED_WEIGHTS, "space.json"}  # a gated adapter (space.adapters.gated)
+    # a gated adapter (space.adapters.gated)
+    assert {p.name for p in exported.iterdir()} == {GATED_WEIGHTS, "space.json"}
     log = json.loads((finished / "work" / "recipe_log.json").read_text())
     assert set(log) == {"settings", "distill", "train", "export"}
     assert all(log[step]["finished"] for step in ("distill", "train", "export"))
@@ -82,7 +83,8 @@ def test_recipe_runs_end_to_end_on_a_tiny_model(tmp_path, base, finished):
 
 def test_the_lora_recipe_of_the_earlier_default_still_runs(tmp_path, base):
     exported = make_default_model(parse_default_model_args(recipe_argv(
-        tmp_path, base, "--config", str(ROOT / "space" / "configs" / "default_model" / "lora.yaml"), "--families", "coding")))
+        tmp_path, base, "--config", str(ROOT / "space" / "configs" / "default_model" / "lora.yaml"),
+        "--families", "coding")))
     assert {p.name for p in exported.iterdir()} == {"adapter_config.json", "adapter_model.safetensors", "space.json"}
     modules = json.loads((exported / "adapter_config.json").read_text())["target_modules"]
     assert modules == sorted(modules) and len(modules) > 1

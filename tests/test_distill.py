@@ -31,7 +31,8 @@ def run(base, output, *extra):
     (["--batch_size", "0"], r"--batch_size must be a positive integer \(got 0\)"),
     (["--max_new_tokens", "0"], r"--max_new_tokens must be a positive integer \(got 0\)"),
     (["--output", "DIR"], r"--output .* is a directory; name a .jsonl file \(e.g. .*distill.jsonl\)"),
-    (["--instructions", "BAD_JSON"], r"--instructions .*bad.json: not valid UTF-8 JSON .*; it must be a JSON list of strings"),
+    (["--instructions", "BAD_JSON"],
+     r"--instructions .*bad.json: not valid UTF-8 JSON .*; it must be a JSON list of strings"),
     (["--instructions", "NOT_A_LIST"], r"--instructions .*list.json: expected a JSON list of non-empty strings"),
     (["--instructions", "NOT_UTF8"], r"--instructions .*latin.json: not valid UTF-8 JSON"),
     (["--instructions", "MISSING"], r"--instructions: file not found: .*missing.json"),
@@ -98,7 +99,8 @@ def test_first_stage_families_are_thousands_of_distinct_prompts_with_stable_ids(
     assert first == again  # a rerun builds the same prompts under the same ids: the answer file resumes
     ids = [p["id"] for p in first]
     assert len(set(ids)) == len(ids) and len({p["prompt"] for p in first}) == len(first)
-    made = {family: sum(p["family"] == family for p in first) for family in (*distill_prompts.INSTRUCTION_FAMILIES, "math")}
+    made = {family: sum(p["family"] == family for p in first)
+            for family in (*distill_prompts.INSTRUCTION_FAMILIES, "math")}
     assert all(0 < made[family] <= distill_prompts.COUNTS[family] for family in made)
     assert not any("{" in p["prompt"] for p in first)  # every slot was filled
     prompts, dropped = build_prompts([], families=list(FIRST_STAGE))
@@ -107,7 +109,8 @@ def test_first_stage_families_are_thousands_of_distinct_prompts_with_stable_ids(
 
 def test_second_stage_is_built_from_finished_prose_answers():
     def record(id, text, tokens=100, unfinished=False):
-        return dict(id=id, instruction=f"request {id}", output=text, output_ids=list(range(tokens)), unfinished=unfinished)
+        return dict(id=id, instruction=f"request {id}", output=text, output_ids=list(range(tokens)),
+                    unfinished=unfinished)
 
     prose = "Tides rise twice a day. The moon pulls the sea. The sun helps a little. Storms change it too."
     records = [record(f"passages/0/{i}", prose) for i in range(4)]

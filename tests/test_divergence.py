@@ -79,8 +79,9 @@ def test_logit_noise_measures_fp32_noise_below_the_near_tie_threshold(tmp_path):
     tokenizer = tiny_text_tokenizer()
     tiny_llama(seed=5, vocab_size=len(tokenizer)).save_pretrained(tmp_path / "model")
     tokenizer.save_pretrained(tmp_path / "model")
-    record = measure_logit_noise(parse_logit_noise_args(["--model", str(tmp_path / "model"), "--dtypes", "float32",
-                                                         "--num_samples", "1", "--output", str(tmp_path / "noise.json")]))
+    record = measure_logit_noise(parse_logit_noise_args(["--model", str(tmp_path / "model"),
+                                                         "--dtypes", "float32", "--num_samples", "1",
+                                                         "--output", str(tmp_path / "noise.json")]))
     assert json.loads((tmp_path / "noise.json").read_text()) == record
     noise = record["noise"]["float32"]
     assert noise["positions"] > 10 and 0 <= noise["p99"] <= noise["max"] < NEAR_TIE

@@ -16,26 +16,40 @@ def no_masks():
 
 
 CASES = [
-    ("mask id out of vocabulary", lambda: (tiny_llama(), PROMPT, "space", dict(mask_id=96)), "outside the model vocabulary"),
-    ("mask_diff ids past the end", lambda: (tiny_llama(), PROMPT, "space", dict(mask_id=94, mask_diff=True)), "outside the model vocabulary"),
+    ("mask id out of vocabulary", lambda: (tiny_llama(), PROMPT, "space", dict(mask_id=96)),
+     "outside the model vocabulary"),
+    ("mask_diff ids past the end", lambda: (tiny_llama(), PROMPT, "space", dict(mask_id=94, mask_diff=True)),
+     "outside the model vocabulary"),
     ("model without mask tokens", lambda: (no_masks(), PROMPT, "space", {}), "no SPACE mask tokens"),
     ("batch of two", lambda: (tiny_llama(), PROMPT.repeat(2, 1), "space", {}), "batch size 2 is not supported"),
-    ("prompt longer than context", lambda: (tiny_llama(max_position_embeddings=16), torch.full((1, 20), 5), "space", {}), "context is 16"),
+    ("prompt longer than context",
+     lambda: (tiny_llama(max_position_embeddings=16), torch.full((1, 20), 5), "space", {}), "context is 16"),
     ("mask_num zero", lambda: (tiny_llama(), PROMPT, "space", dict(mask_num=0)), "mask_num must be >= 1"),
     ("unknown method", lambda: (tiny_llama(), PROMPT, "medusa", {}), "unknown method 'medusa'"),
-    ("unknown sampling mode", lambda: (tiny_llama(), PROMPT, "space", dict(sampling_mode="residual2")), "unknown sampling_mode"),
-    ("unknown option", lambda: (tiny_llama(), PROMPT, "space", dict(mask_nums=3)), r"unknown option\(s\) \['mask_nums'\]"),
+    ("unknown sampling mode", lambda: (tiny_llama(), PROMPT, "space", dict(sampling_mode="residual2")),
+     "unknown sampling_mode"),
+    ("unknown option", lambda: (tiny_llama(), PROMPT, "space", dict(mask_nums=3)),
+     r"unknown option\(s\) \['mask_nums'\]"),
     ("float prompt", lambda: (tiny_llama(), PROMPT.float(), "ar", {}), r"\[1, n\] LongTensor"),
     ("token out of vocabulary", lambda: (tiny_llama(), torch.tensor([[5, 500]]), "ar", {}), "outside the vocabulary"),
-    ("zero temperature", lambda: (tiny_llama(), PROMPT, "space", dict(do_sample=True, temperature=0)), "temperature must be > 0"),
-    ("top_p above one", lambda: (tiny_llama(), PROMPT, "space", dict(do_sample=True, top_p=1.5)), r"top_p must be in \(0, 1\]"),
-    ("max_new_tokens zero", lambda: (tiny_llama(), PROMPT, "ar", dict(max_new_tokens=0)), "max_new_tokens must be >= 1"),
-    ("max_new_tokens a float", lambda: (tiny_llama(), PROMPT, "ar", dict(max_new_tokens=2.5)), r"max_new_tokens must be an integer \(got 2.5\)"),
-    ("max_new_tokens a string", lambda: (tiny_llama(), PROMPT, "space", dict(max_new_tokens="4")), r"max_new_tokens must be an integer \(got '4'\)"),
-    ("max_new_tokens None", lambda: (tiny_llama(), PROMPT, "hf", dict(max_new_tokens=None)), r"max_new_tokens must be an integer \(got None\)"),
-    ("top_k a float", lambda: (tiny_llama(), PROMPT, "ar", dict(do_sample=True, top_k=2.5)), r"top_k must be an integer \(got 2.5\)"),
-    ("eos a string", lambda: (tiny_llama(), PROMPT, "ar", dict(eos_token_id="x")), r"eos_token_id must be an integer or a list of integers or None \(got 'x'\)"),
-    ("do_sample a string", lambda: (tiny_llama(), PROMPT, "space", dict(do_sample="false")), r"do_sample must be True or False \(got 'false'\)"),
+    ("zero temperature", lambda: (tiny_llama(), PROMPT, "space", dict(do_sample=True, temperature=0)),
+     "temperature must be > 0"),
+    ("top_p above one", lambda: (tiny_llama(), PROMPT, "space", dict(do_sample=True, top_p=1.5)),
+     r"top_p must be in \(0, 1\]"),
+    ("max_new_tokens zero", lambda: (tiny_llama(), PROMPT, "ar", dict(max_new_tokens=0)),
+     "max_new_tokens must be >= 1"),
+    ("max_new_tokens a float", lambda: (tiny_llama(), PROMPT, "ar", dict(max_new_tokens=2.5)),
+     r"max_new_tokens must be an integer \(got 2.5\)"),
+    ("max_new_tokens a string", lambda: (tiny_llama(), PROMPT, "space", dict(max_new_tokens="4")),
+     r"max_new_tokens must be an integer \(got '4'\)"),
+    ("max_new_tokens None", lambda: (tiny_llama(), PROMPT, "hf", dict(max_new_tokens=None)),
+     r"max_new_tokens must be an integer \(got None\)"),
+    ("top_k a float", lambda: (tiny_llama(), PROMPT, "ar", dict(do_sample=True, top_k=2.5)),
+     r"top_k must be an integer \(got 2.5\)"),
+    ("eos a string", lambda: (tiny_llama(), PROMPT, "ar", dict(eos_token_id="x")),
+     r"eos_token_id must be an integer or a list of integers or None \(got 'x'\)"),
+    ("do_sample a string", lambda: (tiny_llama(), PROMPT, "space", dict(do_sample="false")),
+     r"do_sample must be True or False \(got 'false'\)"),
     ("mask_num above the trained width", lambda: (tiny_llama(mask_num=3), PROMPT, "space", dict(mask_num=6)),
      r"mask_num 6 is above the width this model's masks were trained with \(config mask_num 3\); pass mask_num <= 3"),
     ("sat_num above the trained number", lambda: (tiny_llama(sat_num=3), PROMPT, "sdsat", dict(sat_num=9)),
@@ -80,7 +94,8 @@ def test_the_trained_width_binds_only_the_recorded_masks():
     """Up to the trained width decodes; another mask id (or SAT id) than the recorded one is not bound by it."""
     model = tiny_llama(seed=1, mask_num=3, sat_num=2)
     reference = space.decode(model, PROMPT, "ar", max_new_tokens=8, eos_token_id=[]).tokens.tolist()
-    assert space.decode(model, PROMPT, "space", max_new_tokens=8, eos_token_id=[], mask_num=3).tokens.tolist() == reference
+    assert space.decode(model, PROMPT, "space", max_new_tokens=8, eos_token_id=[],
+                        mask_num=3).tokens.tolist() == reference
     assert space.decode(model, PROMPT, "space", max_new_tokens=8, eos_token_id=[], mask_num=5,
                         mask_id=50).tokens.tolist() == reference
     assert space.decode(model, PROMPT, "sdsat", max_new_tokens=8, eos_token_id=[], sat_num=4,
@@ -106,7 +121,8 @@ def test_a_huge_draft_length_reserves_no_more_cache_than_the_budget(monkeypatch,
     monkeypatch.setattr(CompactCache, "for_model", classmethod(for_model))
     model = tiny_llama(seed=2, sat_num=3)
     reference = space.decode(model, PROMPT, "ar", max_new_tokens=10, eos_token_id=[]).tokens.tolist()
-    assert space.decode(model, PROMPT, method, max_new_tokens=10, eos_token_id=[], **options).tokens.tolist() == reference
+    assert space.decode(model, PROMPT, method, max_new_tokens=10, eos_token_id=[],
+                        **options).tokens.tolist() == reference
     assert capacities
 
 
@@ -120,7 +136,8 @@ def test_decoding_is_cut_to_the_room_the_context_leaves_with_a_warning(method):
         result = space.decode(model, PROMPT, method, max_new_tokens=40, eos_token_id=[])
     assert len([w for w in caught if issubclass(w.category, space.SpaceWarning)]) == 1
     assert result.tokens.numel() == 13
-    assert result.tokens.tolist() == space.decode(model, PROMPT, "ar", max_new_tokens=13, eos_token_id=[]).tokens.tolist()
+    assert result.tokens.tolist() == space.decode(model, PROMPT, "ar", max_new_tokens=13,
+                                                  eos_token_id=[]).tokens.tolist()
 
 
 def test_decoding_within_the_context_says_nothing():

@@ -65,8 +65,8 @@ def test_tree_records_report_rows_and_the_branch_of_each_accepted_token():
 
 def test_original_metrics_on_synthetic_records():
     count = lambda text: len(text.split()) + 1  # noqa: E731  (stands in for len(encode(text)) + 1)
-    report = original_metrics([r for r in RECORDS if r["method"] == "space"], [r for r in RECORDS if r["method"] == "ar"],
-                              count, max_steps=4)
+    report = original_metrics([r for r in RECORDS if r["method"] == "space"],
+                              [r for r in RECORDS if r["method"] == "ar"], count, max_steps=4)
     assert report["time_percentage"] == round(1.5 / 3.0, 4)
     assert report["speedup_sum"] == round((8 / 3) / (8 / 6), 4)
     assert report["speedup_avg"] == round(((4 / 1 + 4 / 2) / 2) / ((4 / 4 + 4 / 2) / 2), 4)
@@ -113,7 +113,8 @@ def test_humaneval_loaders_use_vendored_files():
 
 
 def test_other_loaders_read_local_files(tmp_path):
-    (tmp_path / "mt.jsonl").write_text(json.dumps({"question_id": 81, "category": "writing", "turns": ["a", "b"]}) + "\n")
+    (tmp_path / "mt.jsonl").write_text(json.dumps({"question_id": 81, "category": "writing",
+                                                   "turns": ["a", "b"]}) + "\n")
     (tmp_path / "cip.jsonl").write_text("\n".join(json.dumps({"prompt": f"p{i}"}) for i in range(150)))
     (tmp_path / "xsum.json").write_text(json.dumps([{"id": "x1", "document": "long text", "summary": "short"}]))
     [mt] = load_eval_dataset("mt-bench", str(tmp_path / "mt.jsonl"))
@@ -172,7 +173,8 @@ def test_cli_writes_well_formed_outputs_and_resumes(tiny_dir, tmp_path):
         for key in ("tokens_per_second", "speedup_vs_ar", "avg_tokens_per_step", "identity_rate", "pass@1"):
             assert key in values, (method, key)
         assert values["identity_rate"] == 1.0  # greedy: every method reproduces AR
-    assert saved["methods"]["space"]["avg_rows_per_step"] >= 1 and "accepted_per_step_by_branch" in saved["methods"]["space"]
+    assert saved["methods"]["space"]["avg_rows_per_step"] >= 1 and \
+        "accepted_per_step_by_branch" in saved["methods"]["space"]
     assert summary["original"]["space_vs_ar"]["time_percentage"] > 0
     lines = (tmp_path / "run" / "samples.jsonl").read_text().splitlines()
     assert len(lines) == 8 and all("passed" in json.loads(line) for line in lines)
@@ -221,7 +223,8 @@ def test_time_limit_stops_starting_prompts_and_summarizes_the_finished_ones(tiny
 def test_cli_finishes_an_interrupted_run(tiny_dir, tmp_path):
     run_eval(cli(tiny_dir, tmp_path / "run", "--num_samples", "1"))
     lines = (tmp_path / "run" / "samples.jsonl").read_text().splitlines()
-    (tmp_path / "run" / "samples.jsonl").write_text("\n".join(lines) + "\n" + lines[0][: len(lines[0]) // 2])  # torn line
+    (tmp_path / "run" / "samples.jsonl").write_text("\n".join(lines) + "\n"
+                                                    + lines[0][: len(lines[0]) // 2])  # torn line
     run_eval(cli(tiny_dir, tmp_path / "run", "--num_samples", "2"))
     records = [json.loads(line) for line in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
     assert sorted({r["id"] for r in records}) == ["Python/0", "Python/1"] and len(records) == 8
@@ -261,7 +264,8 @@ def test_cli_redoes_exactly_the_damaged_prompts_and_counts_each_answer_once(tiny
 
 
 def test_flag_parsing_takes_original_true_false_strings(tiny_dir):
-    args = parse_eval_args(["--do_sample", "True", "--use_cache", "false", "--mask_diff", "FALSE", "--save_data", "true"])
+    args = parse_eval_args(["--do_sample", "True", "--use_cache", "false", "--mask_diff", "FALSE",
+                            "--save_data", "true"])
     assert (args.do_sample, args.use_cache, args.mask_diff, args.save_data) == (True, False, False, True)
     with pytest.raises(space.SpaceError, match=r"eval_infer.py: argument --use_cache.*got maybe"):
         parse_eval_args(["--use_cache", "maybe"])
@@ -273,7 +277,8 @@ def test_flag_defaults_are_the_original_parsers():
     assert (args.llm_dir, args.mask_id, args.dataset, args.mask_num, args.do_sample, args.use_cache, args.model_type,
             args.mask_diff, args.save_data) == (None, None, "human_eval", None, False, True, "llama", None, True)
     assert (args.methods, args.num_samples, args.max_new_tokens, args.output_dir, args.overwrite, args.data_path,
-            args.prompt_style, args.warmup, args.seed, args.temperature, args.top_p, args.top_k, args.sampling_mode) == \
+            args.prompt_style, args.warmup, args.seed, args.temperature, args.top_p, args.top_k,
+            args.sampling_mode) == \
         ("space,ar,hf,prompt_lookup", None, None, None, False, None, "auto", 1, 0, 1.0, 1.0, 0, "exact")
     assert Path(args.skip_layers) == ROOT / "space" / "configs" / "self_spec" / "skip_layers.json"
     assert (args.skip_layers_key, args.max_draft, args.draft_threshold, args.sat_num, args.sat_id, args.dtype,

@@ -247,7 +247,8 @@ def test_python_memory_hog_is_stopped():
 
 def test_cpp_memory_hog_is_stopped():
     needs("cpp")
-    program = "#include <vector>\nint main() { std::vector<std::vector<char>> v; while (true) v.emplace_back(100000000, 1); }\n"
+    program = ("#include <vector>\nint main() { std::vector<std::vector<char>> v; "
+               "while (true) v.emplace_back(100000000, 1); }\n")
     result = run_program(program, "cpp", memory_mb=512)
     assert result.status == "failed" and "bad_alloc" in result.detail
 

@@ -1,4 +1,5 @@
-"""Gated adapters (`space.adapters.gated`, `--finetuning_type gated_lora`): every real token is the base model's, exactly.
+"""Gated adapters (`space.adapters.gated`, `--finetuning_type gated_lora`): every real token is the base model's,
+exactly.
 
 Checked on tiny random models in fp32: logits and KV entries of non-mask rows equal the base's bit for bit (causal,
 multi-block and decoding layouts; HF's forward and the lean CPU forward), SPACE on a gated model reproduces the
@@ -134,9 +135,9 @@ def _mask_row_logits(model, ids, train_mode: bool):
 @pytest.mark.parametrize("lean", [False, True])
 @pytest.mark.parametrize("targets", [TARGETS, ("q_proj", "v_proj", "up_proj", "down_proj")])
 def test_inference_deltas_equal_each_adapters_own(lean, targets):
-    """Inference computes a group's deltas from stacked, transposed copies (`space.adapters.gated.group_deltas`); training
-    takes each adapter's own product. Both give the same mask rows, also for a group where one projection has
-    no adapter (k_proj, gate_proj above)."""
+    """Inference computes a group's deltas from stacked, transposed copies (`space.adapters.gated.group_deltas`);
+    training takes each adapter's own product. Both give the same mask rows, also for a group where one projection
+    has no adapter (k_proj, gate_proj above)."""
     base, _, spec = base_and_gated(seed=7)
     gated = copy.deepcopy(base)
     add_gated_lora(gated, spec.mask_id, spec.num_ids, GatedConfig(rank=4, alpha=8.0, targets=targets))
@@ -344,9 +345,11 @@ def test_resuming_a_gated_run_loads_the_adapter_from_the_checkpoint(trained, tmp
 
 @pytest.mark.parametrize("extra,message", [
     (["--sdsat", "true"], "trains SPACE mask tokens; SDSAT's adaptive tokens"),
-    (["--gradient_checkpointing", "true"], "--gradient_checkpointing is not supported with --finetuning_type gated_lora"),
+    (["--gradient_checkpointing", "true"],
+     "--gradient_checkpointing is not supported with --finetuning_type gated_lora"),
     (["--mask_num", "0"], "needs --mask_num >= 1"),
-    (["--attn_implementation", "flash_attention_2"], "cannot take the 4D attention mask of --finetuning_type gated_lora"),
+    (["--attn_implementation", "flash_attention_2"],
+     "cannot take the 4D attention mask of --finetuning_type gated_lora"),
     (["--lora_rank", "0"], "--lora_rank must be a positive integer"),
     (["--deepspeed", "configs/deepspeed/zero3.json"], "under ZeRO-3 is not supported"),
 ])
@@ -435,7 +438,8 @@ def test_the_gated_step_benchmark_times_both_models_on_identical_outputs(monkeyp
                                                  gated_state_dict(random_gated_twin(base, rank=4, seed=0)).values()))
     delta_calls = []
     real_group_deltas = space.kernels.lean_layers.group_deltas
-    monkeypatch.setattr("space.kernels.lean_layers.group_deltas", lambda *args: delta_calls.append(1) or real_group_deltas(*args))
+    monkeypatch.setattr("space.kernels.lean_layers.group_deltas",
+                        lambda *args: delta_calls.append(1) or real_group_deltas(*args))
     rows = measure_gated_step(base, torch.tensor([[1, 5, 6, 7]]),
                               GatedStepArgs(rank=4, mask_num=2, max_new_tokens=10, repeats=1))
     assert delta_calls  # the gated twin was decoded, through the lean layers' deltas

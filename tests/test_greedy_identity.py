@@ -27,7 +27,8 @@ def case_id(case):
 
 @pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_space_equals_ar_and_hf(case):
-    model = tiny_llama(seed=case["seed"], num_kv_heads=case["kv_heads"], mask_num=case["k"], mask_diff=case["mask_diff"])
+    model = tiny_llama(seed=case["seed"], num_kv_heads=case["kv_heads"], mask_num=case["k"],
+                       mask_diff=case["mask_diff"])
     prompt = random_prompt(case["prompt_length"], seed=100 + case["seed"])
     common = dict(max_new_tokens=40, use_cache=case["use_cache"], eos_token_id=[])
     reference = space.decode(model, prompt, "ar", **common).tokens

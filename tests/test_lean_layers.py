@@ -1,4 +1,5 @@
-"""`space.kernels.lean_layers`: the lean LLaMA layer computes what transformers' layer does, and decoders stay lossless on it."""
+"""`space.kernels.lean_layers`: the lean LLaMA layer computes what transformers' layer does, and decoders stay
+lossless on it."""
 
 import copy
 import inspect
@@ -14,9 +15,9 @@ from space.cache import CompactCache
 from space.kernels.lean_layers import LeanLlamaDecoderLayer, use_lean_layers
 from space.testing import tiny_llama, tiny_tokenizer
 
-# Logits of these tiny models reach about 6.6 (hidden states are of the same scale); the fused products sum in another order than F.linear, which
-# left differences up to 1.7e-5 (35 ulp at that scale) on an Intel Xeon with AMX where an AMD EPYC stayed under
-# 1e-5. A wrong mask, position or rotary sign moves logits by 1e-1 or more.
+# Logits of these tiny models reach about 6.6 (hidden states are of the same scale); the fused products sum in another
+# order than F.linear, which left differences up to 1.7e-5 (35 ulp at that scale) on an Intel Xeon with AMX where an
+# AMD EPYC stayed under 1e-5. A wrong mask, position or rotary sign moves logits by 1e-1 or more.
 TOLERANCE = dict(rtol=1e-5, atol=1e-4)
 
 
@@ -239,7 +240,8 @@ def test_bf16_logits_stay_close_to_the_plain_bf16_model():
     cache = CompactCache.for_model(lean, 16), CompactCache.for_model(plain, 16)
     with torch.no_grad():
         for chunk in (prompt[:, :8], prompt[:, 8:9], prompt[:, 9:]):
-            got, expected = (model(chunk, cache=c, use_cache=True).logits.float() for model, c in zip((lean, plain), cache))
+            got, expected = (model(chunk, cache=c, use_cache=True).logits.float()
+                             for model, c in zip((lean, plain), cache))
             assert got.dtype == expected.dtype
             scale = expected.abs().max()
             torch.testing.assert_close(got / scale, expected / scale, rtol=0, atol=1e-2)

@@ -21,6 +21,7 @@ USED_WITHOUT_IMPORT = {
     "gguf": "transformers reads the embedded SmolLM2 GGUF file with it",
     "accelerate": "transformers' Trainer and DeepSpeed integration require it",
     "pytest": "the test runner",
+    "ruff": "the linter .ci/run runs",
 }
 
 
@@ -90,7 +91,8 @@ def test_library_imports_need_only_what_their_group_declares():
                 module = node.names[0].name if isinstance(node, ast.Import) else (node.module or "")
                 top = module.split(".")[0]
                 if node_is_third_party(top):
-                    assert _distribution(top) in core, f"{path.name} imports {top} at module level; not a core dependency"
+                    assert _distribution(top) in core, \
+                        f"{path.name} imports {top} at module level; not a core dependency"
 
 
 def node_is_third_party(top: str) -> bool:
@@ -273,3 +275,17 @@ def test_every_shipped_file_is_package_data(tmp_path):
         for path in (PACKAGE / folder).rglob("*"):
             if path.is_file() and path.suffix in (".json", ".yaml", ".gz", ".safetensors", ".jsonl"):
                 assert str(path.relative_to(ROOT)) in packed, f"{path.relative_to(ROOT)} is not in the wheel"
+
+
+def test_a_deprecation_the_project_triggers_fails_the_tests():
+    """A DeprecationWarning or FutureWarning attributed to the project's own code is an error under the test
+    configuration (the warnings that announce the next transformers break); third-party ones are ignored only by
+    name in pyproject.toml."""
+    import pytest
+
+    for category in (DeprecationWarning, FutureWarning):
+        with pytest.raises(category):
+            exec(compile(f"import warnings\nwarnings.warn('old API', {category.__name__})", "space/deprecated.py",
+                         "exec"), {"__name__": "space.deprecated"})
+    filters = PYPROJECT["tool"]["pytest"]["ini_options"]["filterwarnings"]
+    assert not [f for f in filters if f.startswith("ignore::")], "a whole warning category is ignored"

@@ -1,4 +1,5 @@
-"""Sampler head (`space.adapters.sampler_head`): each draft conditioned on the token before it; every decoder stays exact.
+"""Sampler head (`space.adapters.sampler_head`): each draft conditioned on the token before it; every decoder stays
+exact.
 
 On tiny random models in fp32: SPACE (chain and tree, with and without the KV cache) with a random head equals AR
 token for token, on plain and gated models; the first slot is conditioned on the last committed token and each
@@ -76,7 +77,8 @@ def test_each_slot_is_conditioned_on_the_token_picked_before_it():
     floor = torch.finfo(refined.dtype).min
     for slot, token in enumerate(tokens):
         ranked = refined[slot] > floor
-        assert int(ranked.sum()) == 5 and set(ranked.nonzero()[:, 0].tolist()) == set(plain[slot].topk(5).indices.tolist())
+        assert int(ranked.sum()) == 5 and \
+            set(ranked.nonzero()[:, 0].tolist()) == set(plain[slot].topk(5).indices.tolist())
         assert token == int(refined[slot].argmax())
     assert tokens != plain.argmax(-1).tolist()  # this head overrules the plain masks somewhere
 

@@ -80,7 +80,8 @@ def test_efficient_mode_cut_points_keep_every_target_in_one_response():
     import random
 
     sample = build_sample(pairs, config, random.Random(0))
-    starts = [p for p, s, o in zip(sample["position_ids"], sample["segment_ids"], sample["mask_offsets"]) if s and o == 1]
+    starts = [p for p, s, o in zip(sample["position_ids"], sample["segment_ids"], sample["mask_offsets"])
+              if s and o == 1]
     assert sorted(starts) == [2, 3, 7]  # x_p .. x_{p+2} all inside one response
 
 

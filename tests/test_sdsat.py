@@ -254,7 +254,8 @@ def test_exact_mode_reproduces_the_model_distribution_and_original_does_not(proc
     here (a random row): exactness must not depend on draft quality. The first two tokens are where the
     tree's sample-and-match favours drafted tokens (docs/spec/SDSAT.md §5.4), so the original rule fails there."""
     model = tiny_llama(seed=5, vocab_size=VOCAB, hidden_size=32, sat_num=2)
-    truth = exact_joint(model, PROMPT, LENGTH, **{key: value for key, value in processing.items() if key != "use_cache"})
+    truth = exact_joint(model, PROMPT, LENGTH,
+                        **{key: value for key, value in processing.items() if key != "use_cache"})
     exact = sampled_counts(model, "exact", processing)
     for n in (2, 3, 4):
         assert chi_square_p_value(prefixes(truth, n), prefixes(exact, n), DRAWS) > 1e-4

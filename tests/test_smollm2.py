@@ -29,7 +29,8 @@ def smollm2():
 @pytest.mark.parametrize("prompt", PROMPTS)
 def test_space_equals_ar_and_hf_on_smollm2(smollm2, prompt):
     model, tokenizer = smollm2
-    text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+    text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                         add_generation_prompt=True)
     ids = tokenizer(text, return_tensors="pt").input_ids
     reference = space.decode(model, ids, "ar", max_new_tokens=40).tokens
     assert space.decode(model, ids, "hf", max_new_tokens=40).tokens.tolist() == reference.tolist()

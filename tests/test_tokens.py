@@ -49,7 +49,8 @@ def test_llama_vocab_mask_id_32002_with_fillers_survives_save_and_reload(tmp_pat
     model, tokenizer = fresh(vocab_size=32000, hidden_size=16, num_heads=2, num_kv_heads=1)
     spec = space.add_mask_tokens(model, tokenizer, mask_num=5, mask_id=32002)
     assert spec.mask_id == 32002 and model.config.vocab_size == 32003
-    assert tokenizer.convert_ids_to_tokens([32000, 32001, 32002]) == ["<space_filler_32000>", "<space_filler_32001>", "<space_mask_0>"]
+    assert tokenizer.convert_ids_to_tokens([32000, 32001, 32002]) == ["<space_filler_32000>", "<space_filler_32001>",
+                                                                      "<space_mask_0>"]
     model.save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
     reloaded = LlamaForCausalLM.from_pretrained(tmp_path)

@@ -30,8 +30,8 @@ make_base, make_dataset = tiny_sft_base, tiny_sft_data
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     root = tmp_path_factory.mktemp("sft")
-    return dict(base=make_base(root / "base"), tied=make_base(root / "tied", tie=True), data=make_dataset(root / "data.json"),
-                root=root)
+    return dict(base=make_base(root / "base"), tied=make_base(root / "tied", tie=True),
+                data=make_dataset(root / "data.json"), root=root)
 
 
 def args(workdir, output, *extra):
@@ -236,7 +236,8 @@ def test_ctrl_c_names_the_command_that_resumes(workdir, tmp_path, monkeypatch):
     message = str(stop.value.code)
     assert message.startswith("interrupted: ") and f"{output / 'checkpoint-2'} is kept: resume with python " in message
     command = shlex.split(message.split("resume with ", 1)[1])
-    assert command[0] == "python" and command[1].endswith("scripts/train_sft.py") and command[-2:] == ["--resume_from_checkpoint", "last"]
+    assert command[0] == "python" and command[1].endswith("scripts/train_sft.py") and \
+        command[-2:] == ["--resume_from_checkpoint", "last"]
     monkeypatch.setattr(SarTrainer, "compute_loss", compute_loss)
     with pytest.raises(space.SpaceError, match="already holds checkpoints"):  # the same command is refused
         train(flags)
@@ -256,8 +257,10 @@ def test_ctrl_c_names_the_command_that_resumes(workdir, tmp_path, monkeypatch):
     (["--mask_id", "10"], "mask id 10 is the token .*, which the tokenizer uses for text"),
     (["--mask_id", "2"], r"uses for text \(its eos token\)"),
     (["--attn_implementation", "flash_attention_2", "--mask_efficient_train", "true"],
-     "flash_attention_2 cannot take the 4D attention mask of --mask_efficient_train samples; use --attn_implementation sdpa"),
-    (["--attn_implementation", "flash_attention_3", "--sdsat", "true"], "flash_attention_3 cannot take .* --sdsat samples"),
+     "flash_attention_2 cannot take the 4D attention mask of --mask_efficient_train samples; "
+     "use --attn_implementation sdpa"),
+    (["--attn_implementation", "flash_attention_3", "--sdsat", "true"],
+     "flash_attention_3 cannot take .* --sdsat samples"),
     (["--attn_implementation", "flex_attention", "--mask_efficient_train", "true"], "use --attn_implementation sdpa"),
     (["--stage", "rm"], "--stage rm is not supported"),
     (["--mask_nums", "3"], r"unknown flag\(s\) for train_sft.py: \['--mask_nums'"),
@@ -335,7 +338,8 @@ def test_adapter_without_tokenizer_recreates_mask_tokens_or_is_refused(workdir, 
 def test_real_launcher_two_rank_deepspeed_zero2_on_cpu(workdir, tmp_path):
     output = tmp_path / "ds"
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", MODEL=str(workdir["base"]),
-               OUTPUT_DIR=str(output), NPROC_PER_NODE="2", MASTER_PORT=str(29600 + os.getpid() % 300), OMP_NUM_THREADS="1")
+               OUTPUT_DIR=str(output), NPROC_PER_NODE="2", MASTER_PORT=str(29600 + os.getpid() % 300),
+               OMP_NUM_THREADS="1")
     # the published recipe (configs/sft/llama2_7b.yaml), changed by flags after the launcher
     recipe_flags = ["--dataset", str(workdir["data"]), "--bf16", "false", "--gradient_checkpointing", "true",
                     "--cutoff_len", "128", "--mask_id", "auto", "--mask_prob", "1.0", "--mask_num", "3",
@@ -381,8 +385,8 @@ ON_CPU = ["--use_cpu", "true"]  # bf16 is refused without a GPU unless the run i
 def test_recipe_file_parses_into_the_old_launcher_defaults(monkeypatch):
     monkeypatch.chdir(ROOT)  # the DeepSpeed config path is relative, as the launcher passes it
     old = parse_train_args(OLD_LAUNCHER_FLAGS + ON_CPU)
-    new = parse_train_args([str(RECIPE), "--dataset_dir", "data", "--output_dir", "OUT", "--model_name_or_path", "MODEL",
-                            "--deepspeed", "configs/deepspeed/zero2.json", *ON_CPU])
+    new = parse_train_args([str(RECIPE), "--dataset_dir", "data", "--output_dir", "OUT",
+                            "--model_name_or_path", "MODEL", "--deepspeed", "configs/deepspeed/zero2.json", *ON_CPU])
     assert new == old  # every dataclass field, TrainingArguments included
     assert new.training.learning_rate == 5e-5 and new.data.mask_id == 32002 and new.finetuning.plot_loss
     assert parse_train_args([str(RECIPE), *ON_CPU]).model.model_name_or_path == "meta-llama/Llama-2-7b-hf"
@@ -417,8 +421,9 @@ def test_launcher_passes_the_recipe_file_then_extra_flags(tmp_path, monkeypatch,
         assert argv[:script] == ["--num_gpus", "8", "--master_port", "29500"]
     else:
         assert argv[:script] == ["-m", "accelerate.commands.launch", "--config_file",
-                                 "configs/accelerate/deepspeed_zero2_8gpu.yaml", "--num_machines", "1", "--machine_rank",
-                                 "0", "--num_processes", "8", "--main_process_ip", "127.0.0.1", "--main_process_port", "29500"]
+                                 "configs/accelerate/deepspeed_zero2_8gpu.yaml", "--num_machines", "1",
+                                 "--machine_rank", "0", "--num_processes", "8", "--main_process_ip", "127.0.0.1",
+                                 "--main_process_port", "29500"]
     assert argv[script + 1] == "configs/sft/llama2_7b.yaml"
     parsed = parse_train_args(argv[script + 1:] + ON_CPU)
     expected = parse_train_args(OLD_LAUNCHER_FLAGS + ON_CPU + ["--finetuning_type", "lora", "--lora_rank", "32",
@@ -428,7 +433,8 @@ def test_launcher_passes_the_recipe_file_then_extra_flags(tmp_path, monkeypatch,
     if launcher == "accelerate":  # accelerate takes DeepSpeed's settings from its own config file
         assert "--deepspeed" not in argv
         expected = parse_train_args([str(RECIPE), *ON_CPU, "--finetuning_type", "lora", "--lora_rank", "32",
-                                     "--model_name_or_path", "/models/llama", "--output_dir", "/tmp/out", "--mask_id", "auto"])
+                                     "--model_name_or_path", "/models/llama", "--output_dir", "/tmp/out",
+                                     "--mask_id", "auto"])
     assert parsed == expected
     assert parsed.finetuning.finetuning_type == "lora" and parsed.finetuning.lora_rank == 32
 
@@ -459,9 +465,9 @@ def test_config_file_values_are_defaults_that_flags_override(tmp_path):
     assert parsed.training.local_rank == 0  # DeepSpeed's launcher puts --local_rank first
     assert parsed.data.mask_num == 4 and parsed.data.mask_id is None and parsed.data.mask_efficient_train is True
     # converted exactly like the same flags (YAML reads 5e-5 as a string and 1, 64 as ints)
-    as_flags = parse_train_args(["--output_dir", "out", "--mask_num", "4", "--learning_rate", "5e-5", "--num_train_epochs",
-                                 "1", "--report_to", "none", "--mask_efficient_train", "true", "--lora_alpha", "64",
-                                 "--local_rank=0", *ON_CPU])
+    as_flags = parse_train_args(["--output_dir", "out", "--mask_num", "4", "--learning_rate", "5e-5",
+                                 "--num_train_epochs", "1", "--report_to", "none", "--mask_efficient_train", "true",
+                                 "--lora_alpha", "64", "--local_rank=0", *ON_CPU])
     assert parsed == as_flags and isinstance(parsed.training.num_train_epochs, float)
     json_config = tmp_path / "run.json"
     json_config.write_text(json.dumps({"mask_num": 4, "learning_rate": 5e-5, "num_train_epochs": 1, "report_to": "none",
@@ -473,7 +479,8 @@ def test_config_file_values_are_defaults_that_flags_override(tmp_path):
 
 
 @pytest.mark.parametrize("content,message", [
-    ("mask_nums: 3\nstage: sft\n", r"unknown key\(s\) in .*run.yaml: \['mask_nums'\]; keys are train_sft.py flag names"),
+    ("mask_nums: 3\nstage: sft\n",
+     r"unknown key\(s\) in .*run.yaml: \['mask_nums'\]; keys are train_sft.py flag names"),
     ("- stage\n", "run.yaml: expected a mapping of flag names to values"),
 ])
 def test_bad_config_file_gets_one_clear_line(tmp_path, content, message):
@@ -487,14 +494,16 @@ def test_bad_config_file_gets_one_clear_line(tmp_path, content, message):
 def test_train_sft_script_takes_a_config_file_and_flags_after_it(workdir, tmp_path):
     config = tmp_path / "run.yaml"
     flags = args(workdir, tmp_path / "out", "--max_steps", "50")[3:]  # after --stage sft --do_train
-    config.write_text("stage: sft\ndo_train: true\n" + "".join(f"{key[2:]}: {json.dumps(value)}\n" for key, value in zip(flags[::2], flags[1::2])))
+    config.write_text("stage: sft\ndo_train: true\n" + "".join(f"{key[2:]}: {json.dumps(value)}\n"
+                                                               for key, value in zip(flags[::2], flags[1::2])))
     main = runpy.run_path(str(ROOT / "scripts" / "train_sft.py"))["main"]
     trainer = main([str(config), "--max_steps", "2", "--mask_num", "2"])
     assert trainer.state.global_step == 2
     assert space.read_mask_spec(space.load_model(tmp_path / "out")[0].config) == space.MaskSpec(320, 2, False)
 
 
-WING_SCRIPTS = ["train_sft", "bench_train", "make_default_model", "make_distill_data", "merge_lora", "export_default_model"]
+WING_SCRIPTS = ["train_sft", "bench_train", "make_default_model", "make_distill_data", "merge_lora",
+                "export_default_model"]
 
 
 @pytest.mark.parametrize("name", WING_SCRIPTS)
@@ -502,7 +511,8 @@ def test_training_scripts_import_the_library_only(name):
     path = ROOT / "scripts" / f"{name}.py"
     source = path.read_text()
     assert "sys.path" not in source
-    imported = {alias.name for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Import) for alias in node.names}
+    imported = {alias.name for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Import)
+                for alias in node.names}
     imported |= {node.module for node in ast.walk(ast.parse(source)) if isinstance(node, ast.ImportFrom)}
     assert not imported & set(WING_SCRIPTS)
     assert callable(runpy.run_path(str(path))["main"])
@@ -512,6 +522,7 @@ def test_importing_the_training_entry_point_loads_no_deepspeed_or_peft():
     code = ("import sys; from space.training import train, parse_train_args; "
             "print(sorted(m for m in ('deepspeed', 'peft', 'transformers.trainer') if m in sys.modules))")
     completed = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                               env=dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])))
+                               env=dict(os.environ,
+                                        PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])))
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.strip() == "[]"

@@ -8,9 +8,9 @@ of the block must give the decoder's draft logits, in the truncating mode (one b
 sample, 2D padding mask) and in the multi-block mode (private blocks after the whole conversation,
 4D mask from the collator), through the trainer's own forward (`SarTrainer.compute_loss`).
 
-The decoder's draft logits are recorded at its drafting step (`space.decoding.tree.draft_chain`). A random model rejects almost every
-candidate (group 0 only), so a scripted acceptance rule also forces every group 0 .. k to draft: the
-committed tokens are then whatever was accepted, and the group still saw exactly those.
+The decoder's draft logits are recorded at its drafting step (`space.decoding.tree.draft_chain`). A random model
+rejects almost every candidate (group 0 only), so a scripted acceptance rule also forces every group 0 .. k to
+draft: the committed tokens are then whatever was accepted, and the group still saw exactly those.
 """
 
 import itertools
@@ -44,7 +44,8 @@ def decode_recording_drafts(monkeypatch, model, prompt, use_cache, decoding):
 
     monkeypatch.setattr(tree_decoder, "draft_chain", recording)
     k = model.config.mask_num
-    options = dict(max_new_tokens=MAX_NEW_TOKENS, eos_token_id=[], use_cache=use_cache, tree=False)  # the chain's groups
+    options = dict(max_new_tokens=MAX_NEW_TOKENS, eos_token_id=[], use_cache=use_cache,
+                   tree=False)  # the chain's groups
     if decoding == "scripted":
         script = itertools.cycle([0, k, 1, max(k - 1, 0), 2 % (k + 1)])
         next(script)  # the first step's dummy candidates (mask ids) are never accepted

@@ -93,7 +93,8 @@ def make_base(path: Path, rows: int = 320) -> Path:
 
 
 def launch(base: Path, data: Path, output: Path, *extra) -> tuple[dict, list[str]]:
-    """`deepspeed --num_gpus 2 scripts/train_sft.py` on CPU (DeepSpeed's CPU accelerator, gloo); the trainer state and flags."""
+    """`deepspeed --num_gpus 2 scripts/train_sft.py` on CPU (DeepSpeed's CPU accelerator, gloo); the trainer state and
+    flags."""
     argv = ["--stage", "sft", "--do_train", "--model_name_or_path", str(base), "--dataset", str(data),
             "--output_dir", str(output), "--overwrite_output_dir", "--per_device_train_batch_size", "4",
             "--save_strategy", "no", "--mask_num", "3", "--mask_prob", "1.0", "--cutoff_len", "128",
@@ -130,7 +131,8 @@ def test_zero3_two_ranks_add_mean_initialised_mask_rows_and_log_global_metrics(t
     base, data = make_base(tmp_path / "base", rows), make_dataset(tmp_path / "data.json")
     # learning rate 0 and one epoch (32 samples = 4 steps x 2 ranks x 4) in one log line: the saved weights are
     # the initial ones, and the logged metrics must be those of every sample, not of one rank's half
-    state, argv = launch(base, data, tmp_path / "out", "--learning_rate", "0", "--max_steps", "4", "--logging_steps", "4")
+    state, argv = launch(base, data, tmp_path / "out", "--learning_rate", "0", "--max_steps", "4",
+                         "--logging_steps", "4")
     model, tokenizer = space.load_model(tmp_path / "out")
     plain, _ = space.load_model(base)
     assert space.read_mask_spec(model.config) == space.MaskSpec(320, 3, False)

@@ -48,7 +48,8 @@ def chain_and_runners_up(tokens: list[int], alternatives: list[list[int]] = (), 
     runners_up = []
     for i, best in enumerate(alternatives):
         others = [token for token in best if token != tokens[i]][: len(best) - 1]
-        runners_up += [Drafts([token], origin="topk", slot=i, rank=rank, after=i) for rank, token in enumerate(others, 1)]
+        runners_up += [Drafts([token], origin="topk", slot=i, rank=rank, after=i)
+                       for rank, token in enumerate(others, 1)]
     return Drafts(list(tokens), q, origin="chain"), runners_up
 
 
@@ -137,7 +138,8 @@ def test_the_copy_index_agrees_with_a_brute_force_search():
         index.extend(tokens[split:])
         assert index.lookup(max_tokens) == naive_lookup(tokens, max_ngram, max_tokens), (trial, tokens)
         drafted = tuple(rng.randrange(4) for _ in range(rng.randrange(1, 4)))
-        assert index.lookup(max_tokens, drafted) == naive_lookup(tokens, max_ngram, max_tokens, drafted), (trial, drafted)
+        assert index.lookup(max_tokens, drafted) == naive_lookup(tokens, max_ngram, max_tokens, drafted), \
+            (trial, drafted)
 
 
 # --- tree acceptance -------------------------------------------------------------------------------
@@ -273,7 +275,8 @@ def test_free_rows_take_every_candidate_and_a_group_wherever_a_path_may_end():
 
 
 def test_a_price_of_one_forward_per_row_takes_nothing():
-    tree = plan(0, [5, 6], [[5, 8], [6, 3]], [Copy((5, 7), 3)], AcceptanceRates(), shape(price=lambda rows: float(rows)))
+    tree = plan(0, [5, 6], [[5, 8], [6, 3]], [Copy((5, 7), 3)], AcceptanceRates(),
+                shape(price=lambda rows: float(rows)))
     assert tree.tokens == [0] and tree.grouped == [False]
 
 
@@ -412,7 +415,8 @@ def test_the_faithful_tree_is_the_chain_step_for_step(k, use_cache, monkeypatch)
     oracle.set_reference(torch.cat([prompt[0], reference]))
     sizes = []
     layout_on = tree_decoder.layout_on
-    monkeypatch.setattr(tree_decoder, "layout_on", lambda *args: sizes.append(layout_on(*args).size) or layout_on(*args))
+    monkeypatch.setattr(tree_decoder, "layout_on",
+                        lambda *args: sizes.append(layout_on(*args).size) or layout_on(*args))
     for model in (inner, oracle):
         options = dict(max_new_tokens=30, eos_token_id=[], use_cache=use_cache)
         chain = paper_chain(model, prompt, **options)

@@ -77,8 +77,9 @@ class SamplerHead(nn.Module):
         features = torch.cat([hidden, previous_embeds.to(hidden.dtype)], dim=-1)
         return hidden + self.down(F.silu(self.up(features)))
 
-    def refine_chain(self, hidden_rows: torch.Tensor, logits: torch.Tensor, previous_token: int, embed_weight: torch.Tensor,
-                     head_weight: torch.Tensor, pick: Callable[[torch.Tensor], int]) -> tuple[torch.Tensor, list[int]]:
+    def refine_chain(self, hidden_rows: torch.Tensor, logits: torch.Tensor, previous_token: int,
+                     embed_weight: torch.Tensor, head_weight: torch.Tensor,
+                     pick: Callable[[torch.Tensor], int]) -> tuple[torch.Tensor, list[int]]:
         """Slot by slot, the head's logits `[m, V]` over each slot's `candidates` best plain tokens (the rest at the
         dtype's minimum) and the token `pick` chose from them, each slot conditioned on the token chosen for the slot
         before (the first slot on `previous_token`). `hidden_rows` `[m, H]` and `logits` `[m, V]` are the slots' mask

@@ -151,7 +151,8 @@ def measure(rows: MaskRows, head_weight, embed_weight, head: SamplerHead | None,
     chain of `width` accepts per step (the bonus token not counted)."""
     plain, refined = predictions(rows, head_weight, embed_weight, head, candidates)
     report = []
-    for name, guess in (("masks", plain), ("masks + sampler head", refined)) if head is not None else (("masks", plain),):
+    for name, guess in ((("masks", plain), ("masks + sampler head", refined)) if head is not None
+                        else (("masks", plain),)):
         for group, table in block_table(rows, guess == rows.target, width, groups).items():
             reach = table.long().cumprod(dim=1).float().mean(dim=0)  # [width]: the chain's first j slots all right
             report.append(dict(group=group, drafter=name, blocks=table.shape[0],

@@ -70,7 +70,8 @@ def mask_accuracy(args: MaskAccuracyArguments) -> dict:
     masking.validate()
     correct, count = score_answers(model, tokenizer, records, masking, args.template, args.seed, str(path))
     rows = [dict(group=group, answers=sum(prompt_group(r["id"]) == group for r in records),
-                 **{f"offset {j}": round(correct[group][j - 1] / count[group][j - 1], 3) if count[group][j - 1] else None
+                 **{f"offset {j}": (round(correct[group][j - 1] / count[group][j - 1], 3) if count[group][j - 1]
+                                    else None)
                     for j in range(1, k + 1)}) for group in GROUPS]
     result = dict(model=args.model or "shipped default", data=str(path), mask_num=k, blocks=args.blocks,
                   seed=args.seed, rows=rows, predictions=count)

@@ -4,8 +4,8 @@ Owns the measurement behind `scripts/bench_step.py`: its flags (`StepCostArgs`),
 decodes, the JSON report it writes and its markdown table. It does not own the decoders (`space.decode`).
 
 For AR and for SPACE's chain (`tree=False`: the paper's step of 1 + k(k+2) rows) at each k it decodes the same
-prompt and splits the wall time of every step into the model's own work (backbone forward + lm_head) and everything else (input and mask
-building, verification, cache compaction, Python): `overhead_ms`. Both parts are measured in the
+prompt and splits the wall time of every step into the model's own work (backbone forward + lm_head) and everything
+else (input and mask building, verification, cache compaction, Python): `overhead_ms`. Both parts are measured in the
 same run, so machine noise cannot make one look cheaper than the other: `torch.profiler` records the
 decode call and the model's parts as `record_function` ranges (opened and closed by forward hooks
 on the backbone and lm_head, so nothing is patched) and its key averages give their times. The
@@ -30,13 +30,15 @@ import space
 from space.cli import parse_flags
 from space.io import markdown_table, provenance, write_atomic
 
-PROMPT = "Complete the following python code.\n\ndef running_mean(values: list[float]) -> list[float]:\n    \"\"\"Return the running mean of values.\"\"\"\n"
+PROMPT = ("Complete the following python code.\n\ndef running_mean(values: list[float]) -> list[float]:\n"
+          "    \"\"\"Return the running mean of values.\"\"\"\n")
 DECODE_RANGE = "bench_step.decode"
 # The model's own work: the profiler range each part's forward runs in.
 MODEL_RANGES = {"bench_step.backbone": lambda model: model.get_decoder(),
                 "bench_step.lm_head": lambda model: model.get_output_embeddings()}
 COLUMNS = ["method", "k", "fed_tokens", "ms_per_step", "model_ms", "overhead_ms", "step_cost_vs_ar", "tokens_per_step"]
-HEADERS = ["method", "k", "fed tokens", "ms/step", "model ms/step", "overhead ms/step", "step cost vs AR", "tokens/step"]
+HEADERS = ["method", "k", "fed tokens", "ms/step", "model ms/step", "overhead ms/step", "step cost vs AR",
+           "tokens/step"]
 
 
 @dataclass
@@ -59,14 +61,16 @@ def parse_step_cost_args(argv: list[str] | None = None, description: str | None 
 
 
 def measure_step_costs(args: StepCostArgs, command: str) -> dict:
-    """Profile AR and SPACE at each k of `args.ks`; writes the report (`command` names how it was made) to `args.output`."""
+    """Profile AR and SPACE at each k of `args.ks`; writes the report (`command` names how it was made) to
+    `args.output`."""
     if args.threads:
         torch.set_num_threads(args.threads)
     ks = [int(k) for k in args.ks.split(",")]
     model, tokenizer = space.load_model(args.model or "smollm2")
     if space.read_mask_spec(model.config) is None:
         space.add_mask_tokens(model, tokenizer, mask_num=max(ks))
-    text = tokenizer.apply_chat_template([{"role": "user", "content": PROMPT}], tokenize=False, add_generation_prompt=True)
+    text = tokenizer.apply_chat_template([{"role": "user", "content": PROMPT}], tokenize=False,
+                                         add_generation_prompt=True)
     prompt_ids = tokenizer(text, return_tensors="pt").input_ids
     common = dict(max_new_tokens=args.max_new_tokens, eos_token_id=[])  # AR and the chain: fixed rows per step
 

@@ -24,8 +24,10 @@ from space.training import train
 MODES = {
     "plain SFT": ["--mask_num", "0"],
     "SAR truncating (k=5, p=1)": ["--mask_num", "5", "--mask_prob", "1.0"],
-    "SAR multi-block (k=5, 4 blocks)": ["--mask_num", "5", "--mask_prob", "1.0", "--mask_efficient_train", "true", "--mask_blocks", "4"],
-    "SAR multi-block (k=5, 8 blocks)": ["--mask_num", "5", "--mask_prob", "1.0", "--mask_efficient_train", "true", "--mask_blocks", "8"],
+    "SAR multi-block (k=5, 4 blocks)": ["--mask_num", "5", "--mask_prob", "1.0", "--mask_efficient_train", "true",
+                                        "--mask_blocks", "4"],
+    "SAR multi-block (k=5, 8 blocks)": ["--mask_num", "5", "--mask_prob", "1.0", "--mask_efficient_train", "true",
+                                        "--mask_blocks", "8"],
 }
 # the shipped model's recipe (space/configs/default_model/sft.yaml) as LoRA and as a gated adapter
 _RECIPE_BLOCKS = ["--mask_num", "6", "--mask_diff", "true", "--mask_random", "true", "--mask_prob", "1.0",
@@ -41,7 +43,8 @@ class ThroughputArgs:
     """The measurement's settings (the flags of `scripts/bench_train.py`)."""
 
     dataset: str = field(metadata={"help": "a .json/.jsonl SFT file or registry name"})
-    model: str | None = field(default=None, metadata={"help": "HF dir, hub name or .gguf (default: embedded SmolLM2-135M)"})
+    model: str | None = field(default=None, metadata={
+        "help": "HF dir, hub name or .gguf (default: embedded SmolLM2-135M)"})
     dataset_dir: str = "data"
     steps: int = field(default=12, metadata={"help": "timed optimizer steps per mode (batch 1)"})
     cutoff_len: int = 512
@@ -76,8 +79,9 @@ def measure_training_throughput(args: ThroughputArgs, command: str) -> dict:
             k = int(flags[flags.index("--mask_num") + 1])
             common = ["--stage", "sft", "--do_train", "--model_name_or_path", model_dir, "--dataset", args.dataset,
                       "--dataset_dir", args.dataset_dir, "--output_dir", str(Path(scratch) / "out"),
-                      "--overwrite_output_dir", "--per_device_train_batch_size", "1", "--max_steps", str(args.steps + 1),
-                      "--max_samples", str(args.steps + 1), "--learning_rate", "1e-5", "--save_strategy", "no",
+                      "--overwrite_output_dir", "--per_device_train_batch_size", "1",
+                      "--max_steps", str(args.steps + 1), "--max_samples", str(args.steps + 1),
+                      "--learning_rate", "1e-5", "--save_strategy", "no",
                       "--logging_steps", "1000", "--cutoff_len", str(args.cutoff_len), "--use_cpu", "true",
                       "--report_to", "none", "--seed", "42", "--dataloader_drop_last", "false"]
             timer = StepTimer()
@@ -98,7 +102,8 @@ def measure_training_throughput(args: ThroughputArgs, command: str) -> dict:
     for row in rows:
         row["cost_vs_plain"] = row["seconds_per_sample"] / plain
     rows = [{k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()} for row in rows]
-    written = dict(command=command, provenance=provenance(), cutoff_len=args.cutoff_len, steps=args.steps, train_args=args.train_args, rows=rows)
+    written = dict(command=command, provenance=provenance(), cutoff_len=args.cutoff_len, steps=args.steps,
+                   train_args=args.train_args, rows=rows)
     write_atomic(args.output, json.dumps(written, indent=2))
     return written
 

@@ -104,7 +104,8 @@ def _options_doc() -> str:
     for method, entry in DECODERS.items():
         own = [f.name for f in fields(entry.Options) if f.name not in shared]
         where = f"{entry.Options.__module__}.{entry.Options.__qualname__}"
-        lines.append(f"    {method}: {', '.join(own) if own else '(the shared ones only)'}" + (f" ({where})" if own else ""))
+        lines.append(f"    {method}: {', '.join(own) if own else '(the shared ones only)'}"
+                     + (f" ({where})" if own else ""))
     return "\n".join(lines)
 
 

@@ -393,7 +393,8 @@ class Run:
     def start(cls, target: Model, input_ids: torch.Tensor, options: DecodeOptions, stats: DecodeStats,
               cache_slack: int = 0) -> "Run":
         """The preamble: the prompt on the model's device, the output buffer, a cache with room for the
-        output plus `cache_slack` uncommitted rows (drafts, masks), the sampler (with a seeded generator when sampling)."""
+        output plus `cache_slack` uncommitted rows (drafts, masks), the sampler (with a seeded generator when
+        sampling)."""
         out = Output(input_ids.to(target.device), options.max_new_tokens, eos_ids(target.model, options.eos_token_id))
         cache = CompactCache.for_model(target.model, out.ids.numel() + cache_slack) if options.use_cache else None
         generator = make_generator(options.seed, target.device) if options.do_sample else None

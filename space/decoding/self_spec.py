@@ -153,7 +153,8 @@ def _draft(target: Model, masks, out: Output, room: int, gamma: float, sampler: 
         else:  # the whole sequence, causally masked: its last token after all before it, nothing cached
             sequence = torch.cat([out.committed(), torch.tensor(tokens, dtype=torch.long, device=device)])
             one = torch.ones(1, 1, dtype=torch.bool, device=device)
-            inputs = target.chunk_inputs(sequence[:-1], 0, sequence[-1:], one, torch.zeros(1, dtype=torch.long, device=device))
+            inputs = target.chunk_inputs(sequence[:-1], 0, sequence[-1:], one,
+                                         torch.zeros(1, dtype=torch.long, device=device))
             ids, positions, mask = inputs.ids, inputs.positions, inputs.mask
         hidden = skipping_forward(target.model, ids, positions, masks, cache, mask)
         stats.draft_forwards += 1

@@ -44,7 +44,8 @@ class SkipLayers:
     @classmethod
     def from_dict(cls, entry: dict, name: str = "skip_layers") -> "SkipLayers":
         if not isinstance(entry, dict):
-            raise SpaceError(f"{name} must be an object {{'attention': [...], 'mlp': [...]}}, got {type(entry).__name__}")
+            raise SpaceError(f"{name} must be an object {{'attention': [...], 'mlp': [...]}}, got "
+                             f"{type(entry).__name__}")
         unknown = sorted(set(entry) - ENTRY_KEYS)
         if unknown:
             raise SpaceError(f"{name} has unknown key(s) {unknown}; allowed: {sorted(ENTRY_KEYS)}")

@@ -60,7 +60,8 @@ class SpaceOptions(DecodeOptions):
     cost_curve: object = None  # None: the device's default; "measure": measured on the model; or {rows: ms}
     max_tree_rows: int | None = None  # most rows per step; None: the device's default
     acceptance: object = None  # an AcceptanceRates carried across calls; None: measured afresh per call
-    sampler_head: bool = True  # refine the drafts with the model's sampler head when it has one (space.adapters.sampler_head)
+    sampler_head: bool = True  # refine the drafts with the model's sampler head when it has one
+                               # (space.adapters.sampler_head)
 
     @classmethod
     def session_options(cls) -> dict:

@@ -67,7 +67,8 @@ def shape_config(target: Model, options, k: int) -> ShapeConfig:
     elif options.cost_curve == "measure":
         curve = measured_curve(target, max_rows)
     else:
-        curve = options.cost_curve if isinstance(options.cost_curve, CostCurve) else CostCurve.from_points(options.cost_curve)
+        curve = (options.cost_curve if isinstance(options.cost_curve, CostCurve)
+                 else CostCurve.from_points(options.cost_curve))
     return ShapeConfig(k=k, price=curve.price, max_rows=max_rows, copy=not faithful and options.copy_tokens > 0,
                        topk=not faithful and options.branch_width > 0, faithful=faithful)
 
@@ -162,7 +163,8 @@ def generate_tree(target: Model, input_ids: torch.Tensor, options, k: int, group
 
         # 2. one forward: the tree and its groups (rooted at x_{n-1}), after the prefix the cache has not seen
         inputs = target.chunk_inputs(out.ids[: n - 1], run.seen, chunk_ids, layout.allowed, layout.position_offsets)
-        hidden = target.hidden(inputs.ids, inputs.positions, inputs.mask, cache)[inputs.unseen :]  # [rows, H]: the chunk's
+        # [rows, H]: the chunk's
+        hidden = target.hidden(inputs.ids, inputs.positions, inputs.mask, cache)[inputs.unseen :]
         logits = target.logits(hidden)  # [rows, V]
 
         # 3. verify
@@ -192,5 +194,6 @@ def generate_tree(target: Model, input_ids: torch.Tensor, options, k: int, group
         else:
             node, first_slot = source
             rows = layout.group_rows[node]
-            chain, runners_up = draft_chain(target, hidden[rows], logits[rows], first_slot, int(out.ids[out.length - 1]),
-                                            run.sampler, use_head, 0 if config.faithful else options.branch_width)
+            chain, runners_up = draft_chain(target, hidden[rows], logits[rows], first_slot,
+                                            int(out.ids[out.length - 1]), run.sampler, use_head,
+                                            0 if config.faithful else options.branch_width)

@@ -120,7 +120,8 @@ def accept_tree(node_logits: torch.Tensor, tokens: list[int], candidates: list[l
 
 
 def _recursive_rejection(p: torch.Tensor, tokens: list[int], children, generator):
-    """The accepted child's node index, or (every child refused) a 0-d tensor holding the token drawn from the residual."""
+    """The accepted child's node index, or (every child refused) a 0-d tensor holding the token drawn from the
+    residual."""
     for child, q in children:
         x = tokens[child]
         u = float(torch.rand((), generator=generator, device=p.device))

@@ -4,8 +4,9 @@ self-speculative skip-layer search.
 `evaluate(args) -> summary` runs a whole evaluation (`pipeline`; `scripts/eval_infer.py` is its
 command line, `flags.EvalArgs` its settings). The pieces: `datasets` (prompts to evaluate and the
 vendored HumanEval-X), `prompts` (model input text per prompt style), `harness` (interleaved, timed
-runs), `results` (the run directory: resumable, locked, settings checked), `metrics` (speed and the original SPACE metrics), `code` (code execution and pass@k),
-`rouge` (ROUGE-L), `divergence` (why a greedy answer left AR's), `report` (the summary tables and figure),
+runs), `results` (the run directory: resumable, locked, settings checked), `metrics` (speed and the original SPACE
+metrics), `code` (code execution and pass@k), `rouge` (ROUGE-L), `divergence` (why a greedy answer left AR's),
+`report` (the summary tables and figure),
 `skip_search` (the skip-set optimiser), `skip_pipeline` (the search on a model:
 `search_skip_layers(args)`), `compare` (one prompt, several methods: `scripts/generate.py`) and `quality`
 (batched greedy answers scored without timing: `scripts/eval_quality.py`). The measurements behind the

@@ -19,7 +19,8 @@ from space.io import write_json
 
 @dataclass
 class GenerateArguments:
-    llm_dir: str | None = field(default=None, metadata={"help": "HF dir, hub name or .gguf file (default: embedded SmolLM2-135M)"})
+    llm_dir: str | None = field(default=None, metadata={
+        "help": "HF dir, hub name or .gguf file (default: embedded SmolLM2-135M)"})
     adapter: str | None = field(default=None, metadata={"help": "peft adapter directory applied on top of --llm_dir"})
     prompt: str = "Write a Python function that checks whether a number is prime."
     chat: bool = field(default=True, metadata={"help": "wrap the prompt in the tokenizer's chat template"})
@@ -67,7 +68,8 @@ def compare(args: GenerateArguments) -> dict:
             print(note, file=sys.stderr)
     text = args.prompt
     if args.chat and tokenizer.chat_template:
-        text = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
+        text = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                             add_generation_prompt=True)
     input_ids = tokenizer(text, return_tensors="pt").input_ids
 
     results = {}

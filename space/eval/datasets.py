@@ -7,7 +7,7 @@
 | `mt-bench` | FastChat `question.jsonl` (`--data_path`) or a hub name | 2 | per-category speed |
 | `cip` | chatbot instruction prompts, first 100 `prompt`s (`--data_path` or hub) | 1 | - |
 | `xsum` | `document` / `summary` (`--data_path` or hub) | 1 | ROUGE-L |
-| `general` | vendored, the project's own (`data/general/`): 72 prompts, 12 in each of 6 categories | 1 (chat: 2) | per-category speed |
+| `general` | the project's own (`data/general/`): 72 prompts, 12 in each of 6 categories | 1 (chat: 2) | per category |
 
 `--data_path` may be a local `.json`/`.jsonl`(`.gz`) file or a hub dataset name (read with `datasets`).
 This module also owns the vendored HumanEval-X files (`load_problems`) and their language list, which
@@ -77,7 +77,8 @@ def load_eval_dataset(name: str, data_path: str | None = None, num_samples: int 
     elif name == "mt-bench":
         prompts = _conversations(_records(name, data_path), name)
     elif name == "cip":
-        prompts = [EvalPrompt(id=str(i), turns=[_field(r, "prompt", name, i)]) for i, r in enumerate(_records(name, data_path)[:100])]
+        prompts = [EvalPrompt(id=str(i), turns=[_field(r, "prompt", name, i)])
+                   for i, r in enumerate(_records(name, data_path)[:100])]
     elif name == "xsum":
         prompts = [EvalPrompt(id=str(r.get("id", i)), turns=[XSUM_INSTRUCTION + _field(r, "document", name, i)],
                               reference=_field(r, "summary", name, i)) for i, r in enumerate(_records(name, data_path))]

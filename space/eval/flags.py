@@ -78,7 +78,8 @@ class ToolkitFlags:
     sat_num: int | None = _flag(None, "sdsat: adaptive tokens per draft step k (default: the model config)")
     sat_id: int | None = _flag(None, "sdsat: adaptive token id (default: the model config; 32011 for the released "
                                      "CodeLlama SDSAT models)")
-    dtype: str = _flag("auto", "float32, bfloat16, float16 or auto (the fastest dtype measured to keep identity on the device)")
+    dtype: str = _flag("auto", "float32, bfloat16, float16 or auto (the fastest dtype measured to keep identity on the "
+                               "device)")
     device: str = _flag("cpu", "cpu, cuda or auto")
     adapter: str | None = _flag(None, "peft adapter directory on top of --llm_dir")
     pass_at_k: bool = _flag(True, "execute generated code (HumanEval datasets)")

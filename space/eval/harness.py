@@ -91,7 +91,8 @@ def run_prompts(
             for method in order:
                 text = render(histories[method] + [(user, None)], style, model_type, tokenizer)
                 input_ids = encode(tokenizer, text, style, device)
-                result, seconds = timed_decode(model, input_ids, method, dict(options[method], **sessions[method]), device)
+                result, seconds = timed_decode(model, input_ids, method, dict(options[method], **sessions[method]),
+                                               device)
                 answer = tokenizer.decode(result.tokens, skip_special_tokens=True)
                 histories[method].append((user, answer))
                 records.append(dict(

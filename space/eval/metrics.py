@@ -63,7 +63,8 @@ def tree_summary(records: list[dict], steps: int) -> dict:
     return dict(
         avg_rows_per_step=round(sum(sum(r["rows_per_step"]) for r in records) / steps, 3),
         accepted_per_step_by_branch={name: round(count / steps, 4) for name, count in
-                                     [("chain", accepted - copied - runners_up), ("copy", copied), ("topk", runners_up)]},
+                                     [("chain", accepted - copied - runners_up), ("copy", copied),
+                                      ("topk", runners_up)]},
     )
 
 

@@ -151,7 +151,8 @@ def method_options(args: EvalArgs, methods: list[str], max_new_tokens: int) -> d
 
 
 def prompt_style(args) -> str:
-    """`--prompt_style`, with `auto` resolved: the chat template for the embedded model, the original string otherwise."""
+    """`--prompt_style`, with `auto` resolved: the chat template for the embedded model, the original string
+    otherwise."""
     if args.prompt_style != "auto":
         return args.prompt_style
     return "chat_template" if is_embedded(args.llm_dir) else "original"
@@ -242,7 +243,8 @@ def divergence_table(summary: dict) -> str:
 
 def write_outputs(directory: Path, summary: dict, records: list[dict], save_data: bool) -> None:
     if not save_data:
-        summary["original"] = {name: {k: v for k, v in values.items() if k in ("time_percentage", "speedup_sum", "speedup_avg")}
+        summary["original"] = {name: {k: v for k, v in values.items()
+                                      if k in ("time_percentage", "speedup_sum", "speedup_avg")}
                                for name, values in summary["original"].items()}
     write_json(directory / "summary.json", summary)
     partial = f"\n{summary['partial']}\n" if summary.get("partial") else ""

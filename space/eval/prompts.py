@@ -29,7 +29,8 @@ def render(turns: list[tuple[str, str | None]], style: str, model_type: str = "l
     """Text for `turns` = [(user, assistant), ..., (user, None)]: the prompt for the last answer."""
     if style == "chat_template":
         if tokenizer is None or not getattr(tokenizer, "chat_template", None):
-            raise SpaceError("prompt style chat_template needs a tokenizer with a chat template; use --prompt_style original")
+            raise SpaceError("prompt style chat_template needs a tokenizer with a chat template; "
+                             "use --prompt_style original")
         messages = []
         for user, assistant in turns:
             messages.append({"role": "user", "content": user})

@@ -13,8 +13,8 @@ model, dtype, device, calibration prompts, tokens per prompt, draft settings, th
 they are checked right after the model is loaded, before the baseline, and a rerun with other ones is
 refused naming the flag.
 
-The optimum depends on the hardware and software stack (docs/spec/SELF_SPECULATIVE.md §8.3): search on the machine you will
-decode on, with the dtype and device you will use.
+The optimum depends on the hardware and software stack (docs/spec/SELF_SPECULATIVE.md §8.3): search on the machine
+you will decode on, with the dtype and device you will use.
 """
 
 from __future__ import annotations

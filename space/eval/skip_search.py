@@ -124,7 +124,8 @@ def _short(value) -> str:
 
 def skip_to_params(skip: SkipLayers, num_layers: int) -> dict[str, int]:
     attention, mlp = skip.masks(num_layers)
-    return {**{f"attention_{i}": int(b) for i, b in enumerate(attention)}, **{f"mlp_{i}": int(b) for i, b in enumerate(mlp)}}
+    return {**{f"attention_{i}": int(b) for i, b in enumerate(attention)},
+            **{f"mlp_{i}": int(b) for i, b in enumerate(mlp)}}
 
 
 def params_to_skip(params: dict, num_layers: int) -> SkipLayers:
@@ -210,7 +211,8 @@ def search(
         bar.set_postfix_str(f"trials {len(records)}, best {best[VALUE]:.2f} tok/s")
     bar.close()
     if not records:
-        raise SpaceError(f"time budget {time_budget:.0f}s ran out before one skip set was evaluated; raise --time_budget")
+        raise SpaceError(f"time budget {time_budget:.0f}s ran out before one skip set was evaluated; "
+                         "raise --time_budget")
     best = max(records, key=lambda r: r[VALUE])
     best_skip = SkipLayers.from_dict({k: best[k] for k in ("attention", "mlp", "num_layers")})
     return SearchResult(best_skip, float(best[VALUE]), records, new)

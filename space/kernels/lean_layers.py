@@ -24,8 +24,8 @@ It applies to LLaMA layers without projection biases, with SiLU MLPs and eager o
 gradients to compute, with attention weights requested, or once a fused projection is wrapped (a LoRA
 layer, a hook), a layer takes transformers' own forward. A gated adapter (`space.adapters.gated`) is the exception:
 its deltas are added to the fused products' mask rows here, as the projections' hooks would. The fused
-copies hold the q/k/v and gate/up weights once more in memory, as `use_fast_linear` does for every linear layer. `space.load_model`
-applies it where it applies `use_fast_linear` (on CPU by default).
+copies hold the q/k/v and gate/up weights once more in memory, as `use_fast_linear` does for every linear layer.
+`space.load_model` applies it where it applies `use_fast_linear` (on CPU by default).
 """
 
 from __future__ import annotations
@@ -77,7 +77,8 @@ class LeanLlamaDecoderLayer(LlamaDecoderLayer):
         head_dim = attn.head_dim
         heads, kv_heads = attn.q_proj.out_features // head_dim, attn.k_proj.out_features // head_dim
 
-        qkv = self._fused_product("qkv", (attn.q_proj, attn.k_proj, attn.v_proj), _rms_norm(self.input_layernorm, hidden_states))
+        qkv = self._fused_product("qkv", (attn.q_proj, attn.k_proj, attn.v_proj),
+                                  _rms_norm(self.input_layernorm, hidden_states))
         qkv = qkv.view(batch, rows, heads + 2 * kv_heads, head_dim)  # [b, q, H + 2 KV, d]
         qk = _rotary(qkv[:, :, : heads + kv_heads], *position_embeddings)  # [b, q, H + KV, d]
         query = qk[:, :, :heads].transpose(1, 2)  # [b, H, q, d]
@@ -106,7 +107,8 @@ class LeanLlamaDecoderLayer(LlamaDecoderLayer):
             return False
         if torch.is_grad_enabled() and (hidden_states.requires_grad or any(p.requires_grad for p in self.parameters())):
             return False
-        return all(_plain(linear) for linear in (attn.q_proj, attn.k_proj, attn.v_proj, self.mlp.gate_proj, self.mlp.up_proj))
+        return all(_plain(linear) for linear in (attn.q_proj, attn.k_proj, attn.v_proj, self.mlp.gate_proj,
+                                                 self.mlp.up_proj))
 
     def _fused_product(self, name: str, linears: tuple[nn.Linear, ...], x: torch.Tensor) -> torch.Tensor:
         """`x` times the weights of `linears` stacked along the output dimension, as one product."""

@@ -24,14 +24,20 @@ if TYPE_CHECKING:
     from transformers import Seq2SeqTrainingArguments
 
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
+# Training arguments transformers renamed (5.24: `gradient_checkpointing*` became `activation_checkpointing*`; the old
+# names warn and go in v6). Recipes and flags keep the original SPACE names; they reach the installed ones.
+RENAMED_TRAINING_ARGUMENTS = {"gradient_checkpointing": "activation_checkpointing",
+                              "gradient_checkpointing_kwargs": "activation_checkpointing_kwargs"}
 AUTO_IDS = ("mask_id", "sat_id")  # `auto`: the model's recorded id, else the first free one (argparse takes ints only)
 
 
 @dataclass
 class ModelArguments:
-    model_name_or_path: str | None = field(default=None, metadata={"help": "HF dir, hub name or .gguf (default: the embedded SmolLM2-135M base)"})
+    model_name_or_path: str | None = field(default=None, metadata={
+        "help": "HF dir, hub name or .gguf (default: the embedded SmolLM2-135M base)"})
     attn_implementation: str = field(default="sdpa", metadata={
-        "help": "sdpa or eager; flash_attention_2 and others only in the truncating mode (the other modes need a 4D mask)"})
+        "help": "sdpa or eager; flash_attention_2 and others only in the truncating mode "
+                "(the other modes need a 4D mask)"})
 
 
 @dataclass
@@ -41,18 +47,22 @@ class DataArguments:
     template: str = field(default="default", metadata={"help": "default, vicuna or chat_template"})
     cutoff_len: int = field(default=1024, metadata={"help": "max tokens per sample (mask blocks included)"})
     max_samples: int | None = field(default=None, metadata={"help": "use only the first N records"})
-    overwrite_cache: bool = field(default=False, metadata={"help": "accepted for compatibility; samples are always rebuilt"})
+    overwrite_cache: bool = field(default=False, metadata={
+        "help": "accepted for compatibility; samples are always rebuilt"})
     mask_num: int = field(default=5, metadata={"help": "k: future tokens predicted in parallel (0 = plain SFT)"})
     mask_id: int | None = field(default=None, metadata={
         "help": "mask token id, or auto (default: the model's, else first free id)"})
     mask_prob: float = field(default=0.5, metadata={"help": "probability that a sample gets mask blocks"})
     mask_random: bool = field(default=False, metadata={"help": "efficient mode: block size uniform in 1..k"})
-    mask_efficient_train: bool = field(default=False, metadata={"help": "multi-block mode instead of the faithful truncating mode"})
+    mask_efficient_train: bool = field(default=False, metadata={
+        "help": "multi-block mode instead of the faithful truncating mode"})
     mask_blocks: int = field(default=4, metadata={"help": "efficient mode: mask blocks per sample"})
     mask_diff: bool = field(default=False, metadata={"help": "distinct ids mask_id + j per slot"})
     mask_loss_weight: float = field(default=1.0, metadata={"help": "loss weight of the mask (or SAT) predictions"})
-    sdsat: bool = field(default=False, metadata={"help": "SDSAT sample mode: adaptive-token spans instead of SPACE masks"})
-    sat_num: int = field(default=5, metadata={"help": "sdsat: longest span K_train (span sizes uniform in 1..K); the decoding k"})
+    sdsat: bool = field(default=False, metadata={
+        "help": "SDSAT sample mode: adaptive-token spans instead of SPACE masks"})
+    sat_num: int = field(default=5, metadata={
+        "help": "sdsat: longest span K_train (span sizes uniform in 1..K); the decoding k"})
     sat_id: int | None = field(default=None, metadata={
         "help": "sdsat: adaptive token id, or auto (default: the model's, else a new token)"})
     sat_every: int = field(default=64, metadata={"help": "sdsat: one span per this many real tokens"})
@@ -108,9 +118,20 @@ def train_args_from(values: Mapping, flags: Sequence[str] = (), source: str = "t
     unknown = sorted(set(values) - known)
     if unknown:
         raise SpaceError(f"unknown key(s) in {source}: {unknown}; keys are train_sft.py flag names (see --help)")
-    defaults = {key: _auto_id(key, value) for key, value in values.items()}
-    flags, auto = _without_auto_ids(list(flags))
+    renames = {old: new for old, new in RENAMED_TRAINING_ARGUMENTS.items() if new in known}
+    defaults = {renames.get(key, key): _auto_id(key, value) for key, value in values.items()}
+    flags, auto = _without_auto_ids(_renamed_flags(list(flags), renames))
     return TrainArguments(*parse_flags(types, flags, "train_sft.py", defaults={**defaults, **auto}))
+
+
+def _renamed_flags(flags: list[str], renames: dict[str, str]) -> list[str]:
+    """`flags` with every `--old` (or `--old=value`, `--o-l-d`) of `renames` given under its new name."""
+    renamed = []
+    for flag in flags:
+        name, separator, value = flag.partition("=")
+        key = name.removeprefix("--").replace("-", "_") if name.startswith("--") else None
+        renamed.append(f"--{renames[key]}{separator}{value}" if key in renames else flag)
+    return renamed
 
 
 def read_config(path: Path) -> dict:

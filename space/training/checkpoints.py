@@ -41,7 +41,8 @@ CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")  # transformers' PREFIX_CHECKPOIN
 RUN_FILES = (
     "config.json", "generation_config.json", "model.safetensors", "model-*-of-*.safetensors",
     "model.safetensors.index.json", "pytorch_model*.bin", "pytorch_model.bin.index.json", "adapter_config.json",
-    "adapter_model.safetensors", "adapter_model.bin", "gated_adapter.safetensors", "space.json", "tokenizer.json", "tokenizer_config.json",
+    "adapter_model.safetensors", "adapter_model.bin", "gated_adapter.safetensors", "space.json", "tokenizer.json",
+    "tokenizer_config.json",
     "special_tokens_map.json", "added_tokens.json", "chat_template.jinja", "chat_template.json", "tokenizer.model",
     "vocab.json", "merges.txt", "training_args.bin", "trainer_state.json", "train_results.json", "all_results.json",
     "eval_results.json", "training_loss.png",
@@ -145,7 +146,8 @@ def plan_output_dir(output_dir: str | Path, resume_from_checkpoint: str | None, 
     output_dir = Path(output_dir)
     blocking = next((parent for parent in (output_dir, *output_dir.parents) if parent.exists()), None)
     if blocking is not None and not blocking.is_dir():
-        raise SpaceError(f"--output_dir {output_dir}: {blocking} is a file; name a directory (it is created if missing)")
+        raise SpaceError(f"--output_dir {output_dir}: {blocking} is a file; name a directory "
+                         "(it is created if missing)")
     value = resume_from_checkpoint
     if value is None:
         return _fresh_start(output_dir, overwrite)
@@ -154,9 +156,9 @@ def plan_output_dir(output_dir: str | Path, resume_from_checkpoint: str | None, 
         if last is None:
             if skipped:
                 names = ", ".join(f"{path.name} ({problem})" for path, problem in skipped)
-                raise SpaceError(f"--resume_from_checkpoint {value}: {output_dir} holds no complete checkpoint (incomplete: "
-                                 f"{names}; a run interrupted while saving); drop the flag and pass --overwrite_output_dir "
-                                 "to start afresh")
+                raise SpaceError(f"--resume_from_checkpoint {value}: {output_dir} holds no complete checkpoint "
+                                 f"(incomplete: {names}; a run interrupted while saving); drop the flag and pass "
+                                 "--overwrite_output_dir to start afresh")
             raise SpaceError(f"--resume_from_checkpoint {value}: no checkpoint-* folder in {output_dir}")
         for path, problem in skipped:
             print(f"[train_sft] skipping {path} ({problem}: interrupted while saving)", file=sys.stderr)
@@ -177,12 +179,13 @@ def _fresh_start(output_dir: Path, overwrite: bool) -> OutputPlan:
     if checkpoints:
         last, skipped = last_complete_checkpoint(output_dir)
         if last is None:
-            raise SpaceError(f"{output_dir} holds only incomplete checkpoints ({', '.join(p.name for p, _ in skipped)}) "
+            raise SpaceError(f"{output_dir} holds only incomplete checkpoints "
+                             f"({', '.join(p.name for p, _ in skipped)}) "
                              "of an interrupted run: pass --overwrite_output_dir to start afresh")
         raise SpaceError(f"{output_dir} already holds checkpoints (newest complete: {last.name}): pass "
                          "--resume_from_checkpoint last to continue, or --overwrite_output_dir to start afresh")
     if files:
         names = ", ".join(path.name for path in files[:3]) + (", ..." if len(files) > 3 else "")
-        raise SpaceError(f"{output_dir} already holds a trained model ({names}): pass --overwrite_output_dir to replace "
-                         "it, or choose another --output_dir")
+        raise SpaceError(f"{output_dir} already holds a trained model ({names}): pass --overwrite_output_dir to "
+                         "replace it, or choose another --output_dir")
     return OutputPlan()

@@ -52,11 +52,13 @@ SETTINGS = ("model", "families", "limit", "max_new_tokens", "config", "max_steps
 class DefaultModelArguments:
     """The flags of `scripts/make_default_model.py`."""
 
-    model: str | None = field(default=None, metadata={"help": "base model (default: the embedded SmolLM2-135M-Instruct)"})
+    model: str | None = field(default=None, metadata={
+        "help": "base model (default: the embedded SmolLM2-135M-Instruct)"})
     work_dir: str = "runs/default_model"
     export_dir: str = str(SHIPPED_MODEL_DIR)
     config: str = str(CONFIG)
-    families: str = field(default=",".join(FAMILIES), metadata={"help": "prompt families of the self-distillation data"})
+    families: str = field(default=",".join(FAMILIES), metadata={
+        "help": "prompt families of the self-distillation data"})
     limit: int | None = field(default=None, metadata={"help": "prompts for the self-distillation data"})
     max_new_tokens: int = field(default=256, metadata={"help": "answer length of the self-distillation data"})
     batch_size: int = field(default=32, metadata={"help": "generation batch size"})
@@ -83,8 +85,8 @@ def make_default_model(args: DefaultModelArguments) -> Path:
                              + ("; leave it out for the default" if name in ("limit", "max_steps") else ""))
     work = Path(args.work_dir)
     data, output = work / "distill.jsonl", work / "sft"
-    distill = ["--output", str(data), "--max_new_tokens", str(args.max_new_tokens), "--batch_size", str(args.batch_size),
-               "--families", args.families]
+    distill = ["--output", str(data), "--max_new_tokens", str(args.max_new_tokens),
+               "--batch_size", str(args.batch_size), "--families", args.families]
     distill += (["--model", args.model] if args.model else []) + (["--limit", str(args.limit)] if args.limit else [])
     train_data, held_out = work / "train.jsonl", work / "held_out.jsonl"
     training = [args.config, "--dataset", str(train_data), "--output_dir", str(output)]
@@ -120,7 +122,8 @@ def make_default_model(args: DefaultModelArguments) -> Path:
 
     step("distill", lambda flags: make_distill_data(parse_distill_args(flags)), distill)
     kept, left_out = split_held_out(data, train_data, held_out)
-    print(f"[recipe] {kept} answers to train on, {left_out} held out for the mask accuracy ({held_out})", file=sys.stderr)
+    print(f"[recipe] {kept} answers to train on, {left_out} held out for the mask accuracy ({held_out})",
+          file=sys.stderr)
 
     if "train" in log and log["train"].get("finished", True) and is_adapter_dir(output):
         print(f"[recipe] train: finished in an earlier run ({output}), skipped", file=sys.stderr)
@@ -189,5 +192,6 @@ def check_recipe_settings(recorded: dict | None, settings: dict, log_path: Path)
         return
     for name in SETTINGS:
         if name in recorded and recorded[name] != settings[name]:  # a setting added later: not recorded, not checked
-            raise SpaceError(f"--{name} {settings[name]}: {log_path.parent} was made with --{name} {recorded.get(name)} "
-                             f"({log_path.name}); pass the same flags to resume it, or another --work_dir to start afresh")
+            raise SpaceError(f"--{name} {settings[name]}: {log_path.parent} was made with "
+                             f"--{name} {recorded.get(name)} ({log_path.name}); pass the same flags to resume it, or "
+                             "another --work_dir to start afresh")

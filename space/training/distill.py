@@ -72,13 +72,16 @@ FAMILIES = FIRST_STAGE + DERIVED_FAMILIES  # the second stage's are built from t
 class DistillArguments:
     """The flags of `scripts/make_distill_data.py`."""
 
-    model: str = field(default="smollm2", metadata={"help": "base model (default: the embedded SmolLM2-135M-Instruct base)"})
+    model: str = field(default="smollm2", metadata={
+        "help": "base model (default: the embedded SmolLM2-135M-Instruct base)"})
     output: str = field(default="runs/default_model/distill.jsonl")
     instructions: str = field(default=str(PROJECT_INSTRUCTIONS),
                               metadata={"help": "comma list of JSON files with project-written instructions"})
-    families: str = field(default=",".join(FAMILIES), metadata={"help": f"comma list of prompt families: {', '.join(FAMILIES)}"})
+    families: str = field(default=",".join(FAMILIES), metadata={
+        "help": f"comma list of prompt families: {', '.join(FAMILIES)}"})
     limit: int | None = field(default=None, metadata={
-        "help": "use only the first N prompts of the first stage (after shuffling), and at most N per family of the second"})
+        "help": "use only the first N prompts of the first stage (after shuffling), and at most N per family of "
+                "the second"})
     batch_size: int = 32
     max_new_tokens: int = 256
     seed: int = 0
@@ -87,7 +90,8 @@ class DistillArguments:
 
 def parse_distill_args(argv: list[str] | None = None) -> DistillArguments:
     (args,) = parse_flags((DistillArguments,), argv, "make_distill_data.py",
-                          description="Build the self-distillation SFT data: project-built prompts answered by the base model (greedy).")
+                          description="Build the self-distillation SFT data: project-built prompts answered by the "
+                                      "base model (greedy).")
     return args
 
 
@@ -131,7 +135,8 @@ def check_distill_args(args: DistillArguments) -> None:
         if getattr(args, name) < 1:
             raise SpaceError(f"--{name} must be a positive integer (got {getattr(args, name)})")
     if args.limit is not None and args.limit < 1:
-        raise SpaceError(f"--limit must be a positive number of prompts (got {args.limit}); leave it out to use them all")
+        raise SpaceError(f"--limit must be a positive number of prompts (got {args.limit}); "
+                         "leave it out to use them all")
     output = Path(args.output)
     if output.is_dir():
         raise SpaceError(f"--output {output} is a directory; name a .jsonl file (e.g. {output / 'distill.jsonl'})")

@@ -68,7 +68,8 @@ def merge_adapter(adapter_dir: str | Path, output_dir: str | Path, base: str | N
     output = Path(output_dir)
     model.save_pretrained(output)
     tokenizer.save_pretrained(output)
-    if addons(unwrap(model)).sampler_head is not None:  # not a module of the model: a merged model directory has no place for it
+    # not a module of the model: a merged model directory has no place for it
+    if addons(unwrap(model)).sampler_head is not None:
         warnings.warn(f"{adapter_dir}'s sampler head is not part of the merged model in {output}; decode with the "
                       "adapter directory to use it", SpaceWarning, stacklevel=2)
     return MergedModel(output, adapter_dir, base)
@@ -81,7 +82,8 @@ class ExportArguments:
     adapter_dir: str
     output: str = "space/default_model"
     dtype: Literal["float16", "bfloat16", "float32"] = "float16"
-    base_model: str | None = field(default=None, metadata={"help": "recorded base (default: none = the embedded SmolLM2)"})
+    base_model: str | None = field(default=None, metadata={
+        "help": "recorded base (default: none = the embedded SmolLM2)"})
     mask_num: int | None = field(default=None, metadata={
         "help": "default decoding k recorded as decode_mask_num (at most the trained mask_num)"})
     cuda_mask_num: int | None = field(default=None, metadata={
@@ -150,7 +152,8 @@ def export_adapter(args: ExportArguments) -> ExportedAdapter:
     # every check has passed: only now is the output touched
     output.mkdir(parents=True, exist_ok=True)
     save_file(tensors, output / weights)
-    for stale in ((WEIGHTS, "adapter_config.json") if gated else (GATED_WEIGHTS,)):  # an earlier export of the other kind
+    # an earlier export of the other kind
+    for stale in ((WEIGHTS, "adapter_config.json") if gated else (GATED_WEIGHTS,)):
         (output / stale).unlink(missing_ok=True)
     if head is not None and head.resolve() != (output / HEAD_WEIGHTS).resolve():
         shutil.copyfile(head, output / HEAD_WEIGHTS)

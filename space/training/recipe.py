@@ -88,12 +88,13 @@ def train(args: TrainArguments | Sequence[str] | Mapping | str | os.PathLike, ca
     start_zero3_comm(training_args, finetune_args)
 
     # no path: the embedded base itself ("smollm2"), never the shipped SPACE model built on it
-    model, tokenizer = space.load_model(model_args.model_name_or_path or "smollm2", attn_implementation=model_args.attn_implementation,
-                                        fast_cpu_linear=False)
+    model, tokenizer = space.load_model(model_args.model_name_or_path or "smollm2",
+                                        attn_implementation=model_args.attn_implementation, fast_cpu_linear=False)
     if finetune_args.finetuning_type in ADAPTER_TYPES:
         lora_targets(model, finetune_args.lora_target)  # needs the model's module names; before the samples are built
     tokenizer.padding_side = "right"
-    spec = ensure_sat_tokens(model, tokenizer, data_args) if data_args.sdsat else ensure_mask_tokens(model, tokenizer, data_args)
+    spec = (ensure_sat_tokens(model, tokenizer, data_args) if data_args.sdsat
+            else ensure_mask_tokens(model, tokenizer, data_args))
     masking = masking_config(data_args, spec)
     masking.validate()
     train_dataset = build_dataset(tokenizer, data_args, masking, training_args.seed, conversations)
@@ -132,7 +133,8 @@ def train(args: TrainArguments | Sequence[str] | Mapping | str | os.PathLike, ca
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(training_args.output_dir)
         if finetune_args.finetuning_type == "lora":
-            if not trainer.is_deepspeed_enabled or trainer.accelerator.deepspeed_config["zero_optimization"]["stage"] < 3:
+            if not trainer.is_deepspeed_enabled \
+                    or trainer.accelerator.deepspeed_config["zero_optimization"]["stage"] < 3:
                 # peft saves the whole resized embedding by default; the mask rows are already in the
                 # adapter (trainable tokens) and the rest is rebuilt at load time, so keep it small.
                 unwrapped = trainer.accelerator.unwrap_model(trainer.model)
@@ -176,7 +178,8 @@ def check_arguments(data_args: DataArguments, finetune_args: FinetuningArguments
 
 def check_lora(finetune_args: FinetuningArguments) -> None:
     if finetune_args.lora_rank < 1:
-        raise SpaceError(f"--lora_rank must be a positive integer (got {finetune_args.lora_rank}); the recipes use 8 to 32")
+        raise SpaceError(f"--lora_rank must be a positive integer (got {finetune_args.lora_rank}); "
+                         "the recipes use 8 to 32")
     if not 0.0 <= finetune_args.lora_dropout < 1.0:
         raise SpaceError(f"--lora_dropout must be in [0, 1) (got {finetune_args.lora_dropout})")
     if not lora_target_names(finetune_args.lora_target):
@@ -247,8 +250,8 @@ def lora_targets(model, lora_target: str) -> list[str] | str:
     unknown = [target for target in names if not any(names_module(name, [target]) for name in linear)]
     if unknown:
         leaves = sorted({name.rsplit(".", 1)[-1] for name in linear} - {"lm_head"})
-        raise SpaceError(f"--lora_target: no linear module named {', '.join(unknown)} in this model; its linear modules "
-                         f"are {','.join(leaves)} (or pass --lora_target all-linear)")
+        raise SpaceError(f"--lora_target: no linear module named {', '.join(unknown)} in this model; "
+                         f"its linear modules are {','.join(leaves)} (or pass --lora_target all-linear)")
     return names
 
 
@@ -352,7 +355,8 @@ def ensure_sat_tokens(model, tokenizer, data_args: DataArguments):
 
 
 def read_conversations(data_args: DataArguments) -> list:
-    """The run's records (`--dataset`, cut to `--max_samples`); read before the model loads, so a bad file fails early."""
+    """The run's records (`--dataset`, cut to `--max_samples`); read before the model loads, so a bad file fails
+    early."""
     if data_args.max_samples is not None and data_args.max_samples < 1:
         raise SpaceError(f"--max_samples must be a positive number of records (got {data_args.max_samples}); "
                          "leave it out to use every record")

@@ -162,7 +162,8 @@ def run_sampler_head(args: SamplerHeadArguments) -> dict:
         rows[name].save(cached)
     embed = model.get_input_embeddings().weight.detach()
     head_weight = model.get_output_embeddings().weight.detach()
-    settings = HeadTraining(args.inner, args.candidates, args.epochs, args.batch_size, args.learning_rate, seed=args.seed)
+    settings = HeadTraining(args.inner, args.candidates, args.epochs, args.batch_size, args.learning_rate,
+                            seed=args.seed)
     start = time.perf_counter()
     head = train_head(rows["train"], embed, head_weight.to(torch.bfloat16), settings)
     seconds = time.perf_counter() - start

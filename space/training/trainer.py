@@ -2,7 +2,8 @@
 
 DeepSpeed, bf16, gradient checkpointing, checkpointing and resuming all come from
 `TrainingArguments`. `compute_loss` feeds the batch (turning the collator's boolean 4D pattern into
-the backbone's mask with `space.window.batch_masks`, the decoders' own builder), computes `space.training.loss.sar_loss`, and accumulates per-offset
+the backbone's mask with `space.window.batch_masks`, the decoders' own builder), computes
+`space.training.loss.sar_loss`, and accumulates per-offset
 mask metrics on the device; `MaskMetricsLogger` converts them to floats only at the logging
 interval (one sync per log line, not per step) and adds `mask_loss_j` / `mask_acc_j` to the log.
 Under data parallelism each rank sees its own share of the batch, so the numerators and the counts

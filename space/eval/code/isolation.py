@@ -105,7 +105,8 @@ def _probe(executable: str) -> str | None:
     with tempfile.TemporaryDirectory(prefix="space-probe-") as root:
         give_to_sandbox_user(Path(root))
         try:
-            argv = isolated_argv([executable, "-I", "-c", "import os; open('probe', 'w').write('ok')"], Path(root), Path(root))
+            argv = isolated_argv([executable, "-I", "-c", "import os; open('probe', 'w').write('ok')"], Path(root),
+                                 Path(root))
         except SpaceError as error:
             return str(error)
         try:
