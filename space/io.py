@@ -183,9 +183,14 @@ def device_name(device: str | torch.device | None = None) -> dict:
 
 
 def source_commit() -> str | None:
-    """The project's git commit, with `+changes` when the checkout differs from it; None outside a checkout."""
+    """The project's git commit, with `+changes` when the checkout differs from it; None where the package is not
+    in a checkout of its own (an install inside another project's checkout is not this project's commit)."""
     folder = Path(__file__).resolve().parent
     try:
+        top = subprocess.run(["git", "-C", str(folder), "rev-parse", "--show-toplevel"], capture_output=True,
+                             text=True, timeout=10, check=True).stdout.strip()
+        if Path(top).resolve() != folder.parent:
+            return None
         commit = subprocess.run(["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True,
                                 timeout=10, check=True).stdout.strip()
         changed = subprocess.run(["git", "-C", str(folder), "status", "--porcelain", "--untracked-files=no"],

@@ -15,16 +15,18 @@ from typing import TypeVar
 import torch
 
 T = TypeVar("T")
+KEYS = "_derived_keys"  # store[KEYS][name]: what store[name] was made from
 
 
 def derived(store: dict, name: str, sources: Sequence[torch.Tensor], make: Callable[[], T], *settings) -> T:
     """`store[name]`, made by `make()` on first use and again whenever a tensor of `sources` or one of `settings`
-    (anything else the copy depends on, such as a layout choice) is not what it was made from (`store[name +
-    "_key"]` records that). Made as a normal tensor outside inference mode, so it can be used (and its version
-    read) in and out of it."""
-    key = (settings, *((t.data_ptr(), t._version, tuple(t.shape), t.dtype, t.device) for t in sources))
-    if name not in store or store.get(f"{name}_key") != key:
+    (anything else the copy depends on, such as a layout choice) is not what it was made from (`store[KEYS]`
+    records that; a storage's address also tells its device). Made as a normal tensor outside inference mode, so
+    it can be used (and its version read) in and out of it."""
+    key = (settings, *((t.data_ptr(), t._version, tuple(t.shape), t.dtype) for t in sources))
+    keys = store.setdefault(KEYS, {})
+    if keys.get(name) != key or name not in store:
         with torch.inference_mode(False), torch.no_grad():
             store[name] = make()
-        store[f"{name}_key"] = key
+        keys[name] = key
     return store[name]

@@ -481,6 +481,15 @@ def test_rates_carried_across_calls_learn_and_change_nothing_in_the_output():
     assert sum(offered for _, offered in rates.counts.values()) > 30
 
 
+def test_the_papers_chain_leaves_carried_rates_alone():
+    """The rates plan trees; the paper's chain feeds everything and neither reads nor writes them."""
+    model = tiny_llama(seed=2, mask_num=2)
+    rates = AcceptanceRates()
+    space.decode(model, repeated_prompt(5, seed=1), "space", max_new_tokens=20, eos_token_id=[], acceptance=rates,
+                 tree=False)
+    assert rates.counts == {} and rates.steps_without_root_group == 0
+
+
 def test_the_papers_sampling_rule_runs_on_the_chain():
     model = tiny_llama(seed=3, mask_num=2)
     prompt = random_prompt(5, seed=3)

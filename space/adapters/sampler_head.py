@@ -104,7 +104,8 @@ _ATTACHED: "weakref.WeakKeyDictionary[nn.Module, SamplerHead]" = weakref.WeakKey
 
 
 def attach(model: nn.Module, head: SamplerHead) -> None:
-    """Give `model` its head (found again with `attached`, or `space.adapters.addons`)."""
+    """Give `model` its head (found again with `attached`, or `space.adapters.addons`). A copy of the model
+    (`copy.deepcopy`, pickling) does not carry it: attach it to the copy too."""
     _ATTACHED[model] = head
 
 

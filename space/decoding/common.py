@@ -277,8 +277,7 @@ class Model:
         chunk simply continues the prefix (consecutive positions, causal) and the model builds its own mask."""
         device = self.device
         base, unseen = prefix.shape[0], prefix.shape[0] - seen
-        chunk = prefix.new_zeros(0) if chunk is None else chunk
-        ids = torch.cat([prefix[seen:], chunk])
+        ids = prefix[seen:] if chunk is None else torch.cat([prefix[seen:], chunk])
         if allowed is None:
             return ForwardInputs(ids, torch.arange(seen, seen + ids.shape[0], device=device), None, unseen)
         positions = torch.cat([torch.arange(seen, base, device=device), offsets + base])

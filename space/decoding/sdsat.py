@@ -200,10 +200,9 @@ def generate(model, input_ids: torch.Tensor, options: SdsatOptions) -> DecodeRes
             accepted_tokens, bonus, kept = _verify_tree(target, tree, candidates, out, n, run.seen, cache, sampler)
             accepted = len(accepted_tokens)
         else:
-            draft_ids = drafts.ids(device)
-            hidden = run.forward(draft_ids)
+            hidden = run.forward(drafted)  # the drafts' ids, as drawn
             verify_logits = target.logits(hidden[-(width + 1):])  # [w+1, V]
-            accepted, bonus = accept(verify_logits, draft_ids, sampler, q=drafts.q)
+            accepted, bonus = accept(verify_logits, drafted, sampler, q=drafts.q)
             accepted_tokens = drafts.tokens[:accepted]
         verified = run.commit(accepted_tokens + [bonus], accepted)
         stats.tokens_per_round.append(emitted + verified)

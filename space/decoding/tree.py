@@ -115,16 +115,16 @@ def layout_on(parents: tuple[int, ...], grouped: tuple[bool, ...], k: int, devic
                       {node: rows.to(device) for node, rows in layout.group_rows.items()}, layout.depths)
 
 
-def verify(node_logits: torch.Tensor, tree: DraftTree, chain: Drafts, config: ShapeConfig, sampler: Sampler,
-           sampling_mode: str) -> tuple[list[int], int]:
-    """The accepted path (nodes after the root) and the next token. A tree by multi-candidate acceptance
-    (`accept_tree`); the paper's chain by the chain's rules, with the first step's mask ids at the paper's
-    draft probability under its own sampling rule."""
+def verify(node_logits: torch.Tensor, tree: DraftTree, tokens: list[int], chain: Drafts, config: ShapeConfig,
+           sampler: Sampler, sampling_mode: str) -> tuple[list[int], int]:
+    """The accepted path (nodes after the root) and the next token; `tokens` are the tree's. A tree by
+    multi-candidate acceptance (`accept_tree`); the paper's chain by the chain's rules, with the first step's mask
+    ids at the paper's draft probability under its own sampling rule."""
     if not config.faithful:
-        return accept_tree(node_logits, tree.tokens, tree.candidates, sampler)
+        return accept_tree(node_logits, tokens, tree.candidates, sampler)
     drafts = chain.ids(node_logits.device)
     draft_probs = None
-    if chain.q is not None:
+    if chain.q is not None and sampling_mode == "original":  # the exact rule reads q itself
         draft_probs = (torch.full(drafts.shape, FP16_MAX, device=drafts.device) if chain.origin == "masks"
                        else chain.q.gather(1, drafts[:, None])[:, 0])
     accepted, token = accept(node_logits, drafts, sampler, q=chain.q, draft_probs=draft_probs,
@@ -139,7 +139,9 @@ def generate_tree(target: Model, input_ids: torch.Tensor, options, k: int, group
     config = shape_config(target, options, k)
     rates = options.acceptance if options.acceptance is not None else AcceptanceRates()
     stats = DecodeStats() if config.faithful else TreeStats()
-    run = Run.start(target, input_ids, options, stats, cache_slack=config.max_rows + k * (k + 2) + 1)
+    # room for the step's uncommitted rows: the paper's step has 1 + k(k+2), a tree at most max_rows and its groups
+    rows = 1 + k * (k + 2) if config.faithful else config.max_rows + k * (k + 2) + 1
+    run = Run.start(target, input_ids, options, stats, cache_slack=rows)
     out, cache = run.out, run.cache
     index = None
     if config.copy:
@@ -168,16 +170,17 @@ def generate_tree(target: Model, input_ids: torch.Tensor, options, k: int, group
         logits = target.logits(hidden)  # [rows, V]
 
         # 3. verify
-        path, token = verify(logits[layout.node_rows], tree, chain, config, run.sampler, options.sampling_mode)
+        path, token = verify(logits[layout.node_rows], tree, tokens, chain, config, run.sampler,
+                             options.sampling_mode)
 
-        # 4. commit (cut at EOS and at max_new_tokens), learn the rates
+        # 4. commit (cut at EOS and at max_new_tokens), learn the rates (the tree's)
         emitted = run.commit([tokens[u] for u in path] + [token], len(path))
-        if not config.faithful:  # the tree's own statistics
+        if not config.faithful:  # the tree's own statistics, and the rates its shape is planned from
             kinds = [tree.nodes[u].kind for u in path[: min(len(path), emitted)]]
             stats.rows_per_step.append(layout.size)
             stats.copy_accepted_per_step.append(kinds.count("copy"))
             stats.topk_accepted_per_step.append(kinds.count("topk"))
-        record_outcome(tree, path, rates)
+            record_outcome(tree, path, rates)
         if out.finished:
             return run
         if index is not None:

@@ -20,7 +20,7 @@ time of a forward of that many rows over that of one row (`space.decoding.row_co
 ordered greedily by value per row, each after its parent, and the step takes the prefix of that order with
 the most tokens per unit price (EAGLE-2's and Sequoia's budgeted trees, with the budget set by the device's
 measured costs instead of by hand). Where the path ends at a node without a group, the
-next step drafts from the remaining slots of the nearest grouped ancestor (`next_chain`).
+next step drafts from the remaining slots of the nearest grouped ancestor (`next_chain_source`).
 """
 
 from __future__ import annotations
@@ -119,15 +119,15 @@ def acceptance_key(drafts: Drafts, i: int) -> tuple:
 
 
 def _trie(root_token: int, chain: Drafts, runners_up: list[Drafts], copies: list[Drafts], rates: AcceptanceRates,
-          config: ShapeConfig, by_key: bool = False) -> list[Node]:
-    """Every candidate node, merged into one trie (parents first): at each chain depth the runners-up beside the
-    chain token, then the chain token; then the copies. Proposals of the same token under the same parent merge,
-    or with `by_key` those of the same acceptance key (a plan that must not look at the tokens)."""
+          config: ShapeConfig, merge: bool = True) -> list[Node]:
+    """Every candidate node in one trie (parents first): at each chain depth the runners-up beside the chain
+    token, then the chain token; then the copies. Proposals of the same token under the same parent merge; with
+    `merge=False` none does (a plan that must not look at the tokens)."""
     nodes = [Node(root_token, -1, 1.0, "root")]
     children: dict[tuple, int] = {}
 
     def add(parent: int, token: int, reach: float, kind: str, key: tuple, q=None) -> int:
-        identity = (parent, key if by_key else token)
+        identity = (parent, token) if merge else (len(nodes),)  # a fresh identity never matches
         index = children.get(identity)
         if index is None:
             index = len(nodes)
@@ -175,7 +175,7 @@ def plan_tree(root_token: int, chain: Drafts, runners_up: list[Drafts], copies: 
     `sampled`: the chain's tokens were drawn from their slots' distributions. Multi-candidate sampling is exact
     only if whether a drawn token is fed does not depend on the value drawn, and merges with copies and
     runners-up would make it so. So the chain's depth, its groups and the runners-up per slot are chosen
-    first on the acceptance keys alone (a trie that merges nothing, from the rates, the price and the cap);
+    first on a trie that merges nothing (from the acceptance keys' rates, the price and the cap alone);
     copies, which are deterministic drafts, then fill what still pays."""
     if config.faithful:  # the paper's chain: everything, a group on the root and every chain node
         nodes = _trie(root_token, chain, runners_up, copies, rates, config)
@@ -187,7 +187,7 @@ def plan_tree(root_token: int, chain: Drafts, runners_up: list[Drafts], copies: 
         chosen, grouped = _select(nodes, rates, config)
         return _tree(nodes, chosen, grouped)
 
-    skeleton = _trie(root_token, chain, runners_up, [], rates, config, by_key=True)
+    skeleton = _trie(root_token, chain, runners_up, [], rates, config, merge=False)
     fixed, fixed_groups = _select(skeleton, rates, config)
     fed_keys = {skeleton[u].keys[0] for u in fixed[1:]}
     grouped_keys = {skeleton[u].keys[0] if u else "root" for u in fixed_groups}

@@ -157,7 +157,7 @@ def derived_prompts(records: list[dict], families: dict, seed: int = 0, counts: 
         prompts.append(dict(id=f"translation/{record['id']}/{language}", family="translation",
                             prompt=template.format(passage=text, language=language)))
     spec = families["two_turn"]
-    firsts = [r for r in by_id if _usable(r, HISTORY_TOKENS) or (r["id"].startswith(("stdlib/", "instructions/"))
+    firsts = [r for r in by_id if _usable(r, HISTORY_TOKENS) or (r["id"].startswith(CODE_PREFIXES)
                                                                and not r.get("unfinished")
                                                                and len(r["output_ids"]) <= HISTORY_TOKENS)]
     for n, record in enumerate(pick("two_turn", firsts)):
