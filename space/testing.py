@@ -44,11 +44,13 @@ def tiny_llama(
     architecture: str = "llama",
     sliding_window: int | None = None,
     max_window_layers: int = 0,
+    rope_parameters: dict | None = None,
 ):
     """A random LLaMA (or Mistral, Qwen2) whose last ids are mask tokens recorded in its config (fp32, CPU, eval mode).
 
     `sliding_window`: Mistral's window; Qwen2's on every layer (`use_sliding_window`); None: full attention.
     `max_window_layers` (Qwen2): the first that many layers keep full attention (mixed full and sliding layers).
+    `rope_parameters`: the RoPE scaling (`{"rope_type": "longrope", ...}`); None: plain RoPE.
     """
     import transformers
     from transformers import GenerationConfig
@@ -82,6 +84,7 @@ def tiny_llama(
         bos_token_id=1,
         eos_token_id=eos_token_id,
         pad_token_id=0,
+        **({} if rope_parameters is None else dict(rope_parameters=dict(rope_parameters))),
     )
     torch.manual_seed(seed)
     model = model_class(config).float().eval()

@@ -75,6 +75,18 @@ def test_original_metrics_on_synthetic_records():
     assert report["filtered"]["kept"] == 2
 
 
+def test_the_original_histogram_lists_every_step_a_tree_makes():
+    """A tree step can emit more than k+1 tokens (a copy runs on past the chain): the histogram lists it too, so
+    the fractions sum to one."""
+    space_records = [dict(r, tokens_per_step=[1, 7]) if r["method"] == "space" and r["id"] == "p1" else r
+                     for r in RECORDS if r["method"] == "space"]
+    report = original_metrics(space_records, [r for r in RECORDS if r["method"] == "ar"],
+                              lambda text: len(text.split()) + 1, max_steps=4)
+    counts = {int(n): count for n, (count, _) in report["histogram"].items()}
+    assert sum(counts.values()) == report["num_infer"] and counts[7] == 1 and sorted(counts) == list(range(1, 8))
+    assert sum(fraction for _, fraction in report["histogram"].values()) == pytest.approx(1.0)
+
+
 def test_repetition_filter_drops_degenerate_baseline_answers():
     assert repetition_ratio("the the the the the the the the") > 3.5
     assert repetition_ratio("a quick brown fox jumps") < 3.5

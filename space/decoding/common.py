@@ -259,6 +259,34 @@ class Model:
             self.sampler_head.to(self.device)  # not one of the model's modules: a later model.to() left it behind
 
     @functools.cached_property
+    def rope_thresholds(self) -> tuple[int, ...]:
+        """The lengths at which the model's RoPE frequencies change with the longest position in a forward:
+        `longrope` switches to its long factors past `original_max_position_embeddings`, `dynamic` rescales past
+        `max_position_embeddings` (transformers' `dynamic_rope_update`). Empty for RoPE that does not."""
+        parameters = getattr(self.config, "rope_parameters", None) or {}
+        per_type = parameters.values() if all(isinstance(v, dict) for v in parameters.values()) and parameters \
+            else [parameters]
+        thresholds = set()
+        for entry in per_type:
+            kind = entry.get("rope_type", entry.get("type"))
+            if kind == "longrope":
+                thresholds.add(int(entry["original_max_position_embeddings"]))
+            elif kind is not None and "dynamic" in kind:
+                thresholds.add(int(self.config.max_position_embeddings))
+        return tuple(sorted(thresholds))
+
+    def position_limit(self, committed: int) -> int | None:
+        """The highest position a forward may feed while `committed` tokens are committed (its first new row at
+        `committed - 1`), so that its RoPE frequencies are the ones AR uses for every row it computes; None: any.
+
+        Frequencies that depend on the longest position in a forward are picked once for all its rows. AR
+        computes the row at position p in a forward whose longest position is p (or, in the prefill, the
+        prompt's last), so while `committed` has not passed a threshold T, every row of the forward must sit
+        below T; once it has, every row AR computes is past T too."""
+        limits = [threshold - 1 for threshold in self.rope_thresholds if committed <= threshold]
+        return min(limits) if limits else None
+
+    @functools.cached_property
     def attention(self) -> AttentionMasks:
         """The layers' sliding windows, read when a decoder first builds a mask of its own (AR never does)."""
         return AttentionMasks.for_config(self.config)

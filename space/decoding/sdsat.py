@@ -171,7 +171,10 @@ def generate(model, input_ids: torch.Tensor, options: SdsatOptions) -> DecodeRes
 
     while not out.finished:
         n = out.length  # x_0 .. x_{n-1} committed; the cache holds x_0 .. x_{n-2} (nothing before the first round)
-        width = max(0, min(k, out.max_new_tokens - out.generated - 2))  # room left after t and the bonus
+        # room left after t and the bonus, and under the RoPE position limit of both forwards (the draft forward
+        # feeds up to n - 1 + width, the verify forward, after t, up to n + width)
+        width = max(0, min(k, out.max_new_tokens - out.generated - 2, *_rows_below(target.position_limit(n), n - 1),
+                           *_rows_below(target.position_limit(n + 1), n)))
 
         # 1. draft forward: [what the cache has not seen, SAT x width]
         sats = torch.full((width,), spec.sat_id, dtype=torch.long, device=device)
@@ -213,6 +216,11 @@ def generate(model, input_ids: torch.Tensor, options: SdsatOptions) -> DecodeRes
             else:
                 cache.truncate(n + 1 + accepted)  # t and the accepted drafts
     return run.result()
+
+
+def _rows_below(limit: int | None, first: int) -> tuple[int, ...]:
+    """How many rows may follow one at position `first` without passing `limit` (none given when unlimited)."""
+    return () if limit is None else (limit - first,)
 
 
 def _candidates(probs: torch.Tensor, count: int, generator) -> torch.Tensor:

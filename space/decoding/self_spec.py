@@ -108,6 +108,8 @@ def generate(model, input_ids: torch.Tensor, options: SelfSpecOptions) -> Decode
         committed = out.length  # x_0 .. x_{committed-1}; the cache holds all but x_last (none before prefill)
         # 1. draft, except in the prefill round, and never more than the budget leaves room for (+1 bonus)
         room = min(options.max_draft, out.max_new_tokens - out.generated - 1)
+        limit = target.position_limit(committed)  # verification feeds x_last at committed - 1, then the drafts
+        room = room if limit is None else min(room, limit - (committed - 1))
         if stats.steps > 0 and room > 0:
             drafts = _draft(target, masks, out, room, state.gamma, run.sampler, cache, stats)
         else:

@@ -122,13 +122,14 @@ def verify(node_logits: torch.Tensor, tree: DraftTree, tokens: list[int], chain:
     ids at the paper's draft probability under its own sampling rule."""
     if not config.faithful:
         return accept_tree(node_logits, tokens, tree.candidates, sampler)
-    drafts = chain.ids(node_logits.device)
+    fed = len(tokens) - 1  # the chain's first `fed` tokens (all of them unless positions were limited)
+    drafts = chain.ids(node_logits.device)[:fed]
+    q = None if chain.q is None else chain.q[:fed]
     draft_probs = None
-    if chain.q is not None and sampling_mode == "original":  # the exact rule reads q itself
+    if q is not None and sampling_mode == "original":  # the exact rule reads q itself
         draft_probs = (torch.full(drafts.shape, FP16_MAX, device=drafts.device) if chain.origin == "masks"
-                       else chain.q.gather(1, drafts[:, None])[:, 0])
-    accepted, token = accept(node_logits, drafts, sampler, q=chain.q, draft_probs=draft_probs,
-                             sampling_mode=sampling_mode)
+                       else q.gather(1, drafts[:, None])[:, 0])
+    accepted, token = accept(node_logits, drafts, sampler, q=q, draft_probs=draft_probs, sampling_mode=sampling_mode)
     return list(range(1, accepted + 1)), token  # the chain's nodes are 1..k in order
 
 
@@ -155,7 +156,9 @@ def generate_tree(target: Model, input_ids: torch.Tensor, options, k: int, group
         # 1. plan: copies from the root and after each prefix of the chain
         copies = [] if index is None else [index.lookup(options.copy_tokens, tuple(chain.tokens[:depth]))
                                             for depth in range(len(chain) + 1)]
-        tree = plan_tree(int(out.ids[n - 1]), chain, runners_up, copies, rates, config, sampled=chain.q is not None)
+        limit = target.position_limit(n)  # the root sits at n - 1: no row deeper than the limit allows
+        tree = plan_tree(int(out.ids[n - 1]), chain, runners_up, copies, rates, config, sampled=chain.q is not None,
+                         max_depth=None if limit is None else limit - (n - 1))
         tokens = tree.tokens  # a property that builds the list: read once
         layout = layout_on(tuple(tree.parents), tuple(tree.grouped), k, device)
         chunk_ids = torch.zeros(layout.size, dtype=torch.long, device=device)

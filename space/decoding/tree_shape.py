@@ -167,7 +167,8 @@ def _trie(root_token: int, chain: Drafts, runners_up: list[Drafts], copies: list
 
 
 def plan_tree(root_token: int, chain: Drafts, runners_up: list[Drafts], copies: list[Drafts],
-              rates: AcceptanceRates, config: ShapeConfig, sampled: bool = False) -> DraftTree:
+              rates: AcceptanceRates, config: ShapeConfig, sampled: bool = False,
+              max_depth: int | None = None) -> DraftTree:
     """The step's tree: the candidates (and groups) that maximise expected tokens per unit price. `runners_up`
     (origin "topk") stand beside the chain token their `after` names, `copies` (origin "copy") continue the
     context followed by the chain's first `after` tokens.
@@ -176,19 +177,24 @@ def plan_tree(root_token: int, chain: Drafts, runners_up: list[Drafts], copies: 
     only if whether a drawn token is fed does not depend on the value drawn, and merges with copies and
     runners-up would make it so. So the chain's depth, its groups and the runners-up per slot are chosen
     first on a trie that merges nothing (from the acceptance keys' rates, the price and the cap alone);
-    copies, which are deterministic drafts, then fill what still pays."""
-    if config.faithful:  # the paper's chain: everything, a group on the root and every chain node
+    copies, which are deterministic drafts, then fill what still pays.
+
+    `max_depth`: no row may sit deeper than this below the root (a node at depth d, a group's masks at d+1 .. d+k;
+    `space.decoding.common.Model.position_limit`), whatever it would be worth."""
+    if config.faithful:  # the paper's chain: everything (that fits), a group on the root and every chain node
         nodes = _trie(root_token, chain, runners_up, copies, rates, config)
-        chosen = list(range(len(nodes)))
-        grouped = {u for u in chosen if config.k and nodes[u].kind in ("root", "chain", "masks")}
+        depths = _depths(nodes)
+        chosen = [u for u in range(len(nodes)) if _fits(depths[u], 0, max_depth)]
+        grouped = {u for u in chosen if config.k and nodes[u].kind in ("root", "chain", "masks")
+                   and _fits(depths[u], config.k, max_depth)}
         return _tree(nodes, chosen, grouped)
     if not sampled:
         nodes = _trie(root_token, chain, runners_up, copies, rates, config)
-        chosen, grouped = _select(nodes, rates, config)
+        chosen, grouped = _select(nodes, rates, config, max_depth=max_depth)
         return _tree(nodes, chosen, grouped)
 
     skeleton = _trie(root_token, chain, runners_up, [], rates, config, merge=False)
-    fixed, fixed_groups = _select(skeleton, rates, config)
+    fixed, fixed_groups = _select(skeleton, rates, config, max_depth=max_depth)
     fed_keys = {skeleton[u].keys[0] for u in fixed[1:]}
     grouped_keys = {skeleton[u].keys[0] if u else "root" for u in fixed_groups}
     nodes = _trie(root_token, chain, runners_up, copies, rates, config)
@@ -198,16 +204,32 @@ def plan_tree(root_token: int, chain: Drafts, runners_up: list[Drafts], copies: 
         if u not in forced:
             node.q = None  # a drawn token fed only through a copy it equals is tested as that copy: one-hot
     chosen, grouped = _select(nodes, rates, config, forced, forced_groups,
-                              lambda u: any(key[0] == "copy" for key in nodes[u].keys))
+                              lambda u: any(key[0] == "copy" for key in nodes[u].keys), max_depth)
     return _tree(nodes, chosen, grouped)
 
 
+def _depths(nodes: list[Node]) -> list[int]:
+    depths = [0] * len(nodes)
+    for u, node in enumerate(nodes[1:], start=1):  # parents first
+        depths[u] = depths[node.parent] + 1
+    return depths
+
+
+def _fits(depth: int, below: int, max_depth: int | None) -> bool:
+    """Whether rows `below` levels under a node at `depth` stay within `max_depth` (None: no limit)."""
+    return max_depth is None or depth + below <= max_depth
+
+
 def _select(nodes: list[Node], rates: AcceptanceRates, config: ShapeConfig, forced: list[int] | None = None,
-            forced_groups: set[int] | None = None, allowed: Callable[[int], bool] = lambda u: True):
+            forced_groups: set[int] | None = None, allowed: Callable[[int], bool] = lambda u: True,
+            max_depth: int | None = None):
     """Which nodes and groups to feed: `forced` ones (parents first) and their groups, then, in greedy order of
-    expected tokens per row (a node only after its parent, a group only on a fed node), the `allowed` ones
-    for as long as the prefix of that order raises expected tokens per unit price. The price can jump (a row
-    past a kernel's block), so a prefix may pay only once several rows are in."""
+    expected tokens per row (a node only after its parent, a group only on a fed node), the `allowed` ones that
+    fit within `max_depth`, for as long as the prefix of that order raises expected tokens per unit price. The
+    price can jump (a row past a kernel's block), so a prefix may pay only once several rows are in."""
+    depths = _depths(nodes)
+    node_fits = [_fits(depth, 0, max_depth) for depth in depths]
+    group_fits = [_fits(depth, config.k, max_depth) for depth in depths]
     children_reach = [0.0] * len(nodes)
     for node in nodes[1:]:
         children_reach[node.parent] = max(children_reach[node.parent], node.reach)
@@ -219,7 +241,7 @@ def _select(nodes: list[Node], rates: AcceptanceRates, config: ShapeConfig, forc
 
     forced = forced or [0]
     forced_groups = set(forced_groups or ())
-    if config.k and rates.steps_without_root_group >= EXPLORE_EVERY:
+    if config.k and rates.steps_without_root_group >= EXPLORE_EVERY and group_fits[0]:
         forced_groups.add(0)  # an unused chain is measured again now and then
     selected, grouped = set(forced), set(forced_groups)
     rows = len(forced) + config.k * len(forced_groups)
@@ -230,12 +252,12 @@ def _select(nodes: list[Node], rates: AcceptanceRates, config: ShapeConfig, forc
         best, best_density = None, 0.0
         for u in range(1, len(nodes)):
             if (u not in selected and nodes[u].parent in selected and rows + 1 <= config.max_rows and allowed(u)
-                    and nodes[u].reach > best_density):
+                    and node_fits[u] and nodes[u].reach > best_density):
                 best, best_density = ("node", u), nodes[u].reach
         if config.k and rows + config.k <= config.max_rows:
             for u in selected - grouped:
                 density = group_gain(u) / config.k
-                if allowed(u) and density > best_density:
+                if allowed(u) and group_fits[u] and density > best_density:
                     best, best_density = ("group", u), density
         if best is None:
             break

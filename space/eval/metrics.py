@@ -116,7 +116,8 @@ def _original(pairs: list[tuple[dict, dict]], count_tokens, max_steps: int | Non
     tokens_base = [count_tokens(b["text"]) for _, b in pairs]
     per_step = [n for m, _ in pairs for n in m["tokens_per_step"]]
     histogram = Counter(per_step)
-    top = max_steps or max(histogram)
+    # 1..k+1 as the original lists them, and past k+1 where a step emitted more (a tree's copy runs on)
+    top = max(max_steps or 0, max(histogram))
     return dict(
         time_percentage=round(mean(time_method) / mean(time_base), 4),
         speedup_sum=round((sum(tokens_method) / sum(time_method)) / (sum(tokens_base) / sum(time_base)), 4),
