@@ -210,6 +210,28 @@ def test_a_gated_model_never_emits_a_mask_id_and_decodes_as_the_original_vocabul
         assert space.decode(gated, prompt, method, max_new_tokens=24, **options).tokens.tolist() == expected
 
 
+@pytest.mark.parametrize("seed", range(2))
+def test_the_hf_baselines_on_a_gated_model_never_emit_a_mask_id(seed):
+    """HF `generate` and prompt lookup on a gated model suppress its mask ids, as the project's decoders leave their
+    columns out: the output is the original vocabulary's, even where the mask columns would win."""
+    original, gated, spec = _original_and_loud_masks(seed)
+    prompt = torch.randint(3, 80, (1, 6), generator=torch.Generator().manual_seed(seed))
+    expected = space.decode(original, prompt, "ar", max_new_tokens=24).tokens.tolist()
+    for method in ("hf", "prompt_lookup"):
+        assert space.decode(gated, prompt, method, max_new_tokens=24).tokens.tolist() == expected, method
+    drawn = [space.decode(gated, prompt, "hf", max_new_tokens=8, do_sample=True, temperature=1.5, seed=s).tokens
+             for s in range(6)]
+    assert all(int(token) < spec.mask_id for tokens in drawn for token in tokens)
+
+
+def test_a_prompt_with_a_mask_id_is_refused_on_a_gated_model():
+    _, gated, spec = base_and_gated(seed=2)
+    prompt = torch.tensor([[1, 5, spec.mask_id, 7]])
+    for method in ("ar", "space", "hf", "prompt_lookup", "sdsat"):
+        with pytest.raises(SpaceError, match="the prompt contains a mask id"):
+            space.decode(gated, prompt, method, max_new_tokens=4)
+
+
 def test_sampling_from_a_gated_model_never_draws_a_mask_id():
     _, gated, spec = _original_and_loud_masks(seed=1)
     prompt = torch.tensor([[1, 5, 6, 7]])

@@ -161,6 +161,11 @@ def check_prompt(model, input_ids: torch.Tensor) -> None:
     vocab = model.config.vocab_size
     if int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab:
         raise SpaceError(f"input_ids contain ids outside the vocabulary [0, {vocab})")
+    masks = addons(unwrap(model)).input_only
+    if masks is not None and bool(((input_ids >= masks.start) & (input_ids < masks.stop)).any()):
+        raise SpaceError(f"the prompt contains a mask id ({masks.start}..{masks.stop - 1}) of this gated model: its "
+                         "adapter would act on that row, and the output would no longer be the base model's; remove "
+                         "the mask tokens from the prompt")
 
 
 def fit_context(model, input_ids: torch.Tensor, options: DecodeOptions) -> DecodeOptions:

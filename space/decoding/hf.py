@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from transformers import GenerationConfig
 
+from space.adapters import addons
 from space.cache import passed_cache
 from space.decoding.common import DecodeOptions, DecodeResult, DecodeStats, check_prompt, eos_ids
 from space.decoding.sampling import Sampler
@@ -33,7 +34,9 @@ class PromptLookupOptions(DecodeOptions):
 
 
 def _generation_config(model, options: DecodeOptions, **extra) -> GenerationConfig:
-    """An explicit config: HF fills every field left None from the checkpoint's generation config."""
+    """An explicit config: HF fills every field left None from the checkpoint's generation config. A gated model's
+    mask ids are suppressed (as the project's own decoders leave their columns out): one emitted and fed back
+    would turn the adapter on for its row, and the baseline would no longer be the base model."""
     eos = eos_ids(model, options.eos_token_id)
     pad = getattr(model.generation_config, "pad_token_id", None)
     if pad is None:
@@ -50,9 +53,15 @@ def _generation_config(model, options: DecodeOptions, **extra) -> GenerationConf
         pad_token_id=pad,
         repetition_penalty=1.0,
         no_repeat_ngram_size=0,
+        suppress_tokens=_input_only(model),
         **(sampling if options.do_sample else {}),  # greedy applies no warpers; HF warns if they are set
         **extra,
     )
+
+
+def _input_only(model) -> list[int] | None:
+    ids = addons(model).input_only
+    return None if ids is None else list(range(ids.start, ids.stop))
 
 
 class _ForwardLog:
