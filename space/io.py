@@ -9,12 +9,18 @@ does not parse as a JSON object and keeps all the others, so one bad line costs 
 lines before anything is appended after them. Whole-file outputs (`summary.json`, `space.json`,
 reports) go through `write_atomic`, so a reader never sees half a file.
 
+One rule keeps two processes from writing one resumable output at once: the writer holds an `OutputLock` for
+the whole run, an exclusive `flock` on a lock file (a directory output's own, inside it: `eval.lock`,
+`train.lock`, ...; a file output's `<name>.lock` beside it). The kernel drops it when the process ends, however
+it ends, so a killed run never leaves a stale lock; a second writer is refused with the first one's pid.
+
 Reports share `markdown_table` (every printed and written results table) and `provenance` (what a result was
 measured with and on: versions, device, threads, date, commit), which every benchmark writes.
 """
 
 from __future__ import annotations
 
+import fcntl
 import gzip
 import json
 import os
@@ -205,3 +211,50 @@ def provenance(device: str | torch.device | None = None) -> dict:
     (UTC) and the project's commit. Every benchmark report carries one under `provenance`."""
     return dict(versions=versions(), device=device_name(device), threads=torch.get_num_threads(),
                 date=datetime.now(timezone.utc).isoformat(timespec="seconds"), commit=source_commit())
+
+
+class OutputLock:
+    """The one writer of an output (see the module docstring): `OutputLock(lock_file, "--output_dir runs/x")`,
+    held from `acquire()` (or `with`) to `release()`. `what` names the output in the refusal, flag first."""
+
+    def __init__(self, lock_file: str | Path, what: str):
+        self.path, self.what = Path(lock_file), what
+        self.handle = None
+
+    @classmethod
+    def beside(cls, output: str | Path, flag: str) -> "OutputLock":
+        """The lock of a file output: `<output>.lock` next to it."""
+        output = Path(output)
+        return cls(output.with_name(output.name + ".lock"), f"{flag} {output}")
+
+    def acquire(self) -> "OutputLock":
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            handle = self.path.open("a+")
+        except OSError as error:
+            raise SpaceError(f"cannot write {self.what} ({error.strerror}): choose another") from None
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise SpaceError(f"{self.what} is in use by another run (pid {holder}); wait for it to finish or choose "
+                             f"another {self.what.split()[0]}") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        self.handle = handle
+        return self
+
+    def release(self) -> None:
+        if self.handle is not None:
+            self.handle.close()  # closing the file drops the lock
+            self.handle = None
+
+    def __enter__(self) -> "OutputLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()

@@ -77,7 +77,7 @@ def test_one_run_at_a_time_the_second_is_refused_with_the_first_ones_pid(tmp_pat
     run = tmp_path / "run"
     first = ResultStore(run, CONFIG)
     first.add_prompt("a", [answer("a", "space"), answer("a", "ar")])
-    message = rf"in use by another evaluation \(pid {os.getpid()}\); wait for it to finish or choose another " \
+    message = rf"in use by another run \(pid {os.getpid()}\); wait for it to finish or choose another " \
               "--output_dir"
     for config, overwrite in [(CONFIG, False), (OTHER, True)]:
         with pytest.raises(SpaceError, match=message):

@@ -11,15 +11,13 @@ whole run, so two runs never write into one directory at once.
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import sys
 from pathlib import Path
 
 from space.errors import SpaceError
 from space.eval.datasets import EvalPrompt
-from space.io import JsonlLog, write_json
+from space.io import JsonlLog, OutputLock, write_json
 
 CONFIG_FILE = "run_config.json"
 SAMPLES_FILE = "samples.jsonl"
@@ -54,42 +52,11 @@ def check_output_dir(directory: str | Path) -> None:
         shown = ", ".join(strangers[:3]) + (", ..." if len(strangers) > 3 else "")
         raise SpaceError(f"--output_dir {directory} is not empty ({shown}) and holds no evaluation run (no "
                          f"{CONFIG_FILE}); choose a new or empty directory (--overwrite never adopts one)")
-    _RunLock(directory).acquire().release()  # in use now: say so before the model is loaded
+    run_lock(directory).acquire().release()  # in use now: say so before the model is loaded
 
 
-class _RunLock:
-    """An exclusive `flock` on `eval.lock` in the run directory, held while the run lasts; the kernel
-    drops it when the process ends, however it ends, so a killed run never leaves a stale lock."""
-
-    def __init__(self, directory: Path):
-        self.path = directory / LOCK_FILE
-        self.handle = None
-
-    def acquire(self) -> "_RunLock":
-        try:
-            handle = self.path.open("a+")
-        except OSError as error:
-            raise SpaceError(f"cannot write in --output_dir {self.path.parent} ({error.strerror}): "
-                             "choose another") from error
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "unknown"
-            handle.close()
-            raise SpaceError(f"--output_dir {self.path.parent} is in use by another evaluation (pid {holder}); "
-                             "wait for it to finish or choose another --output_dir") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
-        self.handle = handle
-        return self
-
-    def release(self) -> None:
-        if self.handle is not None:
-            self.handle.close()  # closing the file drops the lock
-            self.handle = None
+def run_lock(directory: Path) -> OutputLock:
+    return OutputLock(directory / LOCK_FILE, f"--output_dir {directory}")
 
 
 class ResultStore:
@@ -106,7 +73,7 @@ class ResultStore:
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise SpaceError(f"cannot create --output_dir {self.dir} ({error.strerror}): choose another") from error
-        self._lock = _RunLock(self.dir).acquire()
+        self._lock = run_lock(self.dir).acquire()
         try:
             self._start(overwrite)
         except BaseException:

@@ -34,7 +34,7 @@ from space.decoding.skip_layers import SkipLayers, check_skippable, load_skip_fi
 from space.decoding.threshold import ThresholdState
 from space.eval.harness import timed_decode
 from space.eval.skip_search import CALIBRATION_PROMPTS, SHIPPED_SKIP_FILE, TrialLog, search
-from space.io import device_name
+from space.io import OutputLock, device_name
 
 
 def _flag(default, help: str | None = None):
@@ -87,40 +87,41 @@ def search_skip_layers(args: SearchArgs) -> dict:
     log = Path(args.log) if args.log else Path("outputs") / "self_spec" / f"search_{key}.jsonl"
     num_layers = model.config.num_hidden_layers
     settings = search_settings(args, model, prompts)
-    TrialLog(log, num_layers, settings).load()  # a log measured otherwise: refused before the baseline runs
-    common = dict(max_new_tokens=args.max_new_tokens, eos_token_id=[])  # always the same token count
+    with OutputLock.beside(log, "--log"):  # one search per log: two would measure and append the same trials
+        TrialLog(log, num_layers, settings).load()  # a log measured otherwise: refused before the baseline runs
+        common = dict(max_new_tokens=args.max_new_tokens, eos_token_id=[])  # always the same token count
 
-    def options(state=None) -> dict:
-        return dict(common, max_draft=args.max_draft, draft_threshold=args.draft_threshold, threshold_state=state)
+        def options(state=None) -> dict:
+            return dict(common, max_draft=args.max_draft, draft_threshold=args.draft_threshold, threshold_state=state)
 
-    # warm-up (first-call costs), then the AR baseline: the speedup reference and the cost of one trial
-    warm_up(model, prompts[0], options())
-    baseline = timed_pass(model, prompts, "ar", common)
-    print(f"AR baseline: {baseline['tokens_per_second']:.2f} tokens/s on {len(prompts)} prompts", file=sys.stderr)
+        # warm-up (first-call costs), then the AR baseline: the speedup reference and the cost of one trial
+        warm_up(model, prompts[0], options())
+        baseline = timed_pass(model, prompts, "ar", common)
+        print(f"AR baseline: {baseline['tokens_per_second']:.2f} tokens/s on {len(prompts)} prompts", file=sys.stderr)
 
-    def objective(skip: SkipLayers) -> dict:
-        return timed_pass(model, prompts, "self_spec", dict(options(ThresholdState()), skip_layers=skip))
+        def objective(skip: SkipLayers) -> dict:
+            return timed_pass(model, prompts, "self_spec", dict(options(ThresholdState()), skip_layers=skip))
 
-    spent = time.perf_counter() - start
-    remaining = args.time_budget - spent
-    if remaining < baseline["pass_seconds"]:
-        raise space.SpaceError(
-            f"--time_budget {args.time_budget:g}s is too small to evaluate one skip set: loading and the AR baseline "
-            f"took {spent:.1f}s and one evaluation takes about {baseline['pass_seconds']:.1f}s; "
-            f"raise it to at least {spent + 2 * baseline['pass_seconds'] + 1:.0f}s")
-    result = search(num_layers, objective, remaining, n_trials=args.n_trials, log=log,
-                    probes=probes_for(model, output, key), seed=args.seed,
-                    first_trial_seconds=baseline["pass_seconds"], progress=args.progress, settings=settings)
+        spent = time.perf_counter() - start
+        remaining = args.time_budget - spent
+        if remaining < baseline["pass_seconds"]:
+            raise space.SpaceError(
+                f"--time_budget {args.time_budget:g}s is too small to evaluate one skip set: loading and the AR "
+                f"baseline took {spent:.1f}s and one evaluation takes about {baseline['pass_seconds']:.1f}s; "
+                f"raise it to at least {spent + 2 * baseline['pass_seconds'] + 1:.0f}s")
+        result = search(num_layers, objective, remaining, n_trials=args.n_trials, log=log,
+                        probes=probes_for(model, output, key), seed=args.seed,
+                        first_trial_seconds=baseline["pass_seconds"], progress=args.progress, settings=settings)
 
-    entries = load_skip_file(output) if output.is_file() else {}
-    entries[key] = result.best
-    save_skip_file(output, entries)
-    return dict(key=key, num_layers=num_layers, best=result.best.to_dict(),
-                tokens_per_second=round(result.best_value, 2),
-                ar_tokens_per_second=round(baseline["tokens_per_second"], 2),
-                speedup=round(result.best_value / baseline["tokens_per_second"], 3),
-                skipped_fraction=round(result.best.fraction(num_layers), 3),
-                trials=len(result.trials), new_trials=result.new_trials, output=str(output), log=str(log))
+        entries = load_skip_file(output) if output.is_file() else {}
+        entries[key] = result.best
+        save_skip_file(output, entries)
+        return dict(key=key, num_layers=num_layers, best=result.best.to_dict(),
+                    tokens_per_second=round(result.best_value, 2),
+                    ar_tokens_per_second=round(baseline["tokens_per_second"], 2),
+                    speedup=round(result.best_value / baseline["tokens_per_second"], 3),
+                    skipped_fraction=round(result.best.fraction(num_layers), 3),
+                    trials=len(result.trials), new_trials=result.new_trials, output=str(output), log=str(log))
 
 
 def search_settings(args: SearchArgs, model, prompts: list) -> dict:

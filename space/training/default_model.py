@@ -31,7 +31,7 @@ from pathlib import Path
 
 from space.cli import parse_flags
 from space.errors import SpaceError
-from space.io import read_records, shipped, write_atomic, write_json
+from space.io import OutputLock, read_records, shipped, write_atomic, write_json
 from space.models import SHIPPED_MODEL_DIR, is_adapter_dir
 from space.training.arguments import parse_train_args
 from space.training.checkpoints import last_complete_checkpoint
@@ -99,47 +99,52 @@ def make_default_model(args: DefaultModelArguments) -> Path:
     model_args, data_args, finetune_args, _ = parse_train_args(training)
     check_arguments(data_args, finetune_args, model_args)
 
-    work.mkdir(parents=True, exist_ok=True)
-    log_path = work / "recipe_log.json"
-    log = json.loads(log_path.read_text()) if log_path.is_file() else {}
-    settings = recipe_settings(args)
-    check_recipe_settings(log.get("settings"), settings, log_path)
-    log["settings"] = settings
-    write_json(log_path, log)
+    log_path, settings = work / "recipe_log.json", recipe_settings(args)
 
-    def step(name, function, command):
-        print(f"[recipe] {name}: {' '.join(command)}", file=sys.stderr)
-        start, finished = time.perf_counter(), False
-        try:
-            with terminate_as_interrupt():
-                result = function(command)
-            finished = True
-        finally:  # an interrupted piece's time counts too: the total is the whole run's, done in pieces
-            spent = round(time.perf_counter() - start + log.get(name, {}).get("seconds", 0), 1)
-            log[name] = dict(command=command, seconds=spent, finished=finished)
-            write_json(log_path, log)
-        return result
+    def read_log() -> dict:
+        log = json.loads(log_path.read_text()) if log_path.is_file() else {}
+        check_recipe_settings(log.get("settings"), settings, log_path)
+        return log
 
-    step("distill", lambda flags: make_distill_data(parse_distill_args(flags)), distill)
-    kept, left_out = split_held_out(data, train_data, held_out)
-    print(f"[recipe] {kept} answers to train on, {left_out} held out for the mask accuracy ({held_out})",
-          file=sys.stderr)
+    read_log()  # a work dir made otherwise is refused before anything there is touched
+    with OutputLock(work / "recipe.lock", f"--work_dir {work}"):  # one recipe per work dir
+        log = read_log()  # again, now that no other run can write it
+        log["settings"] = settings
+        write_json(log_path, log)
 
-    if "train" in log and log["train"].get("finished", True) and is_adapter_dir(output):
-        print(f"[recipe] train: finished in an earlier run ({output}), skipped", file=sys.stderr)
-    else:
-        last, _ = last_complete_checkpoint(output)
-        # the sft folder is the recipe's own: without a complete checkpoint, what is there is a start cut short
-        training += ["--resume_from_checkpoint", "last"] if last else ["--overwrite_output_dir", "true"]
-        step("train", train, training)
+        def step(name, function, command):
+            print(f"[recipe] {name}: {' '.join(command)}", file=sys.stderr)
+            start, finished = time.perf_counter(), False
+            try:
+                with terminate_as_interrupt():
+                    result = function(command)
+                finished = True
+            finally:  # an interrupted piece's time counts too: the total is the whole run's, done in pieces
+                spent = round(time.perf_counter() - start + log.get(name, {}).get("seconds", 0), 1)
+                log[name] = dict(command=command, seconds=spent, finished=finished)
+                write_json(log_path, log)
+            return result
 
-    export = ["--adapter_dir", str(output), "--output", args.export_dir, "--mask_num", str(args.decode_mask_num),
-              "--cuda_mask_num", str(args.decode_mask_num_cuda)]
-    exported = step("export", lambda flags: export_adapter(parse_export_args(flags)), export)
-    print(exported)
-    total = sum(entry["seconds"] for key, entry in log.items() if key in ("distill", "train"))
-    print(f"[recipe] data + training took {total / 60:.1f} min; model exported to {exported.path}", file=sys.stderr)
-    return exported.path
+        step("distill", lambda flags: make_distill_data(parse_distill_args(flags)), distill)
+        kept, left_out = split_held_out(data, train_data, held_out)
+        print(f"[recipe] {kept} answers to train on, {left_out} held out for the mask accuracy ({held_out})",
+              file=sys.stderr)
+
+        if "train" in log and log["train"].get("finished", True) and is_adapter_dir(output):
+            print(f"[recipe] train: finished in an earlier run ({output}), skipped", file=sys.stderr)
+        else:
+            last, _ = last_complete_checkpoint(output)
+            # the sft folder is the recipe's own: without a complete checkpoint, what is there is a start cut short
+            training += ["--resume_from_checkpoint", "last"] if last else ["--overwrite_output_dir", "true"]
+            step("train", train, training)
+
+        export = ["--adapter_dir", str(output), "--output", args.export_dir, "--mask_num", str(args.decode_mask_num),
+                  "--cuda_mask_num", str(args.decode_mask_num_cuda)]
+        exported = step("export", lambda flags: export_adapter(parse_export_args(flags)), export)
+        print(exported)
+        total = sum(entry["seconds"] for key, entry in log.items() if key in ("distill", "train"))
+        print(f"[recipe] data + training took {total / 60:.1f} min; model exported to {exported.path}", file=sys.stderr)
+        return exported.path
 
 
 @contextlib.contextmanager

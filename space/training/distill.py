@@ -42,7 +42,7 @@ from space.cli import parse_flags
 from space.decoding.common import eos_ids
 from space.errors import SpaceError
 from space.eval.datasets import ORIGINAL_HUMANEVAL_INSTRUCTION, load_eval_dataset
-from space.io import JsonlLog, shipped, write_json
+from space.io import JsonlLog, OutputLock, shipped, write_json
 from space.training.distill_prompts import (
     COUNTS,
     DERIVED_FAMILIES,
@@ -106,7 +106,15 @@ def make_distill_data(args: DistillArguments) -> list[dict]:
           file=sys.stderr)
     output = Path(args.output)
     settings = distill_settings(args)
-    check_settings(output, settings)
+    check_settings(output, settings)  # answers made otherwise are refused before anything is touched
+    with OutputLock.beside(output, "--output"):  # one writer: two would append every answer twice
+        return _answer_all(args, output, settings, prompts, families, filters)
+
+
+def _answer_all(args: DistillArguments, output: Path, settings: dict, prompts: list[dict], families: list[str],
+                filters) -> list[dict]:
+    """Both stages' answers into `output` (under the caller's lock)."""
+    check_settings(output, settings)  # again, now that no other run can write them
     model, tokenizer = space.load_model(args.model)
     output.parent.mkdir(parents=True, exist_ok=True)
     write_json(settings_path(output), settings)  # before the first answer, so no answer is ever without its settings

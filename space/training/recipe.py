@@ -30,6 +30,7 @@ DeepSpeed and peft are imported only by the runs that use them.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shlex
@@ -44,6 +45,7 @@ from tqdm.auto import tqdm
 import space
 from space.adapters.gated import GATED_KIND, GatedConfig, add_gated_lora, names_module
 from space.errors import SpaceError
+from space.io import OutputLock
 from space.models import peft_without_alias_warning, space_json_fields, write_space_json
 from space.tokens import SatSpec, add_sat_tokens, read_mask_spec, read_sat_spec, record_mask_spec, record_sat_spec
 from space.training.arguments import (
@@ -63,6 +65,7 @@ from space.training.templates import get_template
 if TYPE_CHECKING:
     from transformers import Trainer
 
+TRAIN_LOCK = "train.lock"  # in the output dir while a run writes there (`space.io.OutputLock`)
 ADAPTER_TYPES = ("lora", GATED_KIND)  # the fine-tuning types that train a LoRA adapter (--lora_* flags)
 MASK_4D_ATTENTION = ("sdpa", "eager")  # the attention implementations that take a 4D additive float mask
 
@@ -83,69 +86,73 @@ def train(args: TrainArguments | Sequence[str] | Mapping | str | os.PathLike, ca
     training_args.remove_unused_columns = False  # mask_offsets / position and segment ids reach compute_loss
     plan = plan_output_dir(training_args.output_dir, training_args.resume_from_checkpoint,
                            finetune_args.overwrite_output_dir)
-    conversations = read_conversations(data_args)
-    set_seed(training_args.seed)
-    start_zero3_comm(training_args, finetune_args)
+    # one run at a time in an output dir (the main process holds the lock; the other ranks are the same run)
+    lock = OutputLock(Path(training_args.output_dir) / TRAIN_LOCK, f"--output_dir {training_args.output_dir}")
+    with lock if int(os.environ.get("RANK", "0")) == 0 else contextlib.nullcontext():
+        conversations = read_conversations(data_args)
+        set_seed(training_args.seed)
+        start_zero3_comm(training_args, finetune_args)
 
-    # no path: the embedded base itself ("smollm2"), never the shipped SPACE model built on it
-    model, tokenizer = space.load_model(model_args.model_name_or_path or "smollm2",
-                                        attn_implementation=model_args.attn_implementation, fast_cpu_linear=False)
-    if finetune_args.finetuning_type in ADAPTER_TYPES:
-        lora_targets(model, finetune_args.lora_target)  # needs the model's module names; before the samples are built
-    tokenizer.padding_side = "right"
-    spec = (ensure_sat_tokens(model, tokenizer, data_args) if data_args.sdsat
-            else ensure_mask_tokens(model, tokenizer, data_args))
-    masking = masking_config(data_args, spec)
-    masking.validate()
-    train_dataset = build_dataset(tokenizer, data_args, masking, training_args.seed, conversations)
+        # no path: the embedded base itself ("smollm2"), never the shipped SPACE model built on it
+        model, tokenizer = space.load_model(model_args.model_name_or_path or "smollm2",
+                                            attn_implementation=model_args.attn_implementation, fast_cpu_linear=False)
+        if finetune_args.finetuning_type in ADAPTER_TYPES:
+            # needs the model's module names; before the samples are built
+            lora_targets(model, finetune_args.lora_target)
+        tokenizer.padding_side = "right"
+        spec = (ensure_sat_tokens(model, tokenizer, data_args) if data_args.sdsat
+                else ensure_mask_tokens(model, tokenizer, data_args))
+        masking = masking_config(data_args, spec)
+        masking.validate()
+        train_dataset = build_dataset(tokenizer, data_args, masking, training_args.seed, conversations)
 
-    model.config.use_cache = False
-    gated = finetune_args.finetuning_type == GATED_KIND
-    if finetune_args.finetuning_type == "lora":
-        model = wrap_lora(model, finetune_args, spec)
-    elif gated:
-        model, adapter_config = wrap_gated(model, finetune_args, spec)
-    else:
-        model = model.float()  # fp32 master weights; bf16 comes from the Trainer / DeepSpeed
-    if training_args.gradient_checkpointing:
-        model.enable_input_require_grads()
-    model.train()
-
-    trainer = SarTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=train_dataset,
-        data_collator=SarCollator(pad_token_id=tokenizer.pad_token_id, split_prefix=gated),
-        callbacks=callbacks,
-        mask_num=masking.mask_num,
-        mask_loss_weight=data_args.mask_loss_weight,
-        gated=gated,
-    )
-    # --overwrite_output_dir: the earlier run's checkpoints and files go only now, once every check has passed
-    with training_args.main_process_first(local=training_args.save_on_each_node, desc="clearing the output dir"):
-        if training_args.should_save:
-            plan.clear()
-    result = trainer.train(resume_from_checkpoint=plan.resume)
-    trainer.save_model(training_args.output_dir)
-    trainer.save_state()
-    trainer.log_metrics("train", result.metrics)
-    trainer.save_metrics("train", result.metrics)
-    if trainer.is_world_process_zero():
-        tokenizer.save_pretrained(training_args.output_dir)
+        model.config.use_cache = False
+        gated = finetune_args.finetuning_type == GATED_KIND
         if finetune_args.finetuning_type == "lora":
-            if not trainer.is_deepspeed_enabled \
-                    or trainer.accelerator.deepspeed_config["zero_optimization"]["stage"] < 3:
-                # peft saves the whole resized embedding by default; the mask rows are already in the
-                # adapter (trainable tokens) and the rest is rebuilt at load time, so keep it small.
-                unwrapped = trainer.accelerator.unwrap_model(trainer.model)
-                unwrapped.save_pretrained(training_args.output_dir, save_embedding_layers=False)
-            write_adapter_fields(training_args.output_dir, model_args.model_name_or_path, spec)
+            model = wrap_lora(model, finetune_args, spec)
         elif gated:
-            write_space_json(training_args.output_dir, dict(space_json_fields(model_args.model_name_or_path, spec),
-                                                            adapter=GATED_KIND, gated=adapter_config.to_json()))
-        if finetune_args.plot_loss:
-            plot_loss(trainer.state.log_history, Path(training_args.output_dir) / "training_loss.png")
-    return trainer
+            model, adapter_config = wrap_gated(model, finetune_args, spec)
+        else:
+            model = model.float()  # fp32 master weights; bf16 comes from the Trainer / DeepSpeed
+        if training_args.gradient_checkpointing:
+            model.enable_input_require_grads()
+        model.train()
+
+        trainer = SarTrainer(
+            model=model,
+            args=training_args,
+            train_dataset=train_dataset,
+            data_collator=SarCollator(pad_token_id=tokenizer.pad_token_id, split_prefix=gated),
+            callbacks=callbacks,
+            mask_num=masking.mask_num,
+            mask_loss_weight=data_args.mask_loss_weight,
+            gated=gated,
+        )
+        # --overwrite_output_dir: the earlier run's checkpoints and files go only now, once every check has passed
+        with training_args.main_process_first(local=training_args.save_on_each_node, desc="clearing the output dir"):
+            if training_args.should_save:
+                plan.clear()
+        result = trainer.train(resume_from_checkpoint=plan.resume)
+        trainer.save_model(training_args.output_dir)
+        trainer.save_state()
+        trainer.log_metrics("train", result.metrics)
+        trainer.save_metrics("train", result.metrics)
+        if trainer.is_world_process_zero():
+            tokenizer.save_pretrained(training_args.output_dir)
+            if finetune_args.finetuning_type == "lora":
+                if not trainer.is_deepspeed_enabled \
+                        or trainer.accelerator.deepspeed_config["zero_optimization"]["stage"] < 3:
+                    # peft saves the whole resized embedding by default; the mask rows are already in the
+                    # adapter (trainable tokens) and the rest is rebuilt at load time, so keep it small.
+                    unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+                    unwrapped.save_pretrained(training_args.output_dir, save_embedding_layers=False)
+                write_adapter_fields(training_args.output_dir, model_args.model_name_or_path, spec)
+            elif gated:
+                write_space_json(training_args.output_dir, dict(space_json_fields(model_args.model_name_or_path, spec),
+                                                                adapter=GATED_KIND, gated=adapter_config.to_json()))
+            if finetune_args.plot_loss:
+                plot_loss(trainer.state.log_history, Path(training_args.output_dir) / "training_loss.png")
+        return trainer
 
 
 def as_train_args(args) -> TrainArguments:

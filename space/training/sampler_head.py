@@ -169,7 +169,8 @@ def run_sampler_head(args: SamplerHeadArguments) -> dict:
     seconds = time.perf_counter() - start
     report_rows = measure(rows["held_out"], head_weight, embed, head, args.candidates, measure_width, GROUPS)
     for file in source.iterdir():  # the model's files (not checkpoints, not an earlier head): the head is added
-        if file.is_file() and file.name not in (ADAPTER_FIELDS_FILE, HEAD_WEIGHTS, "sampler_head_report.json"):
+        if file.is_file() and file.name not in (ADAPTER_FIELDS_FILE, HEAD_WEIGHTS, "sampler_head_report.json") \
+                and file.suffix != ".lock":  # a training run's lock is not part of the model
             shutil.copy2(file, output / file.name)
     save_head(head, output)
     write_atomic(output / ADAPTER_FIELDS_FILE,
