@@ -20,6 +20,8 @@ measured with and on: versions, device, threads, date, commit), which every benc
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import gzip
 import json
@@ -43,16 +45,34 @@ def shipped(*parts: str) -> Path:
     return Path(str(resources.files("space").joinpath(*parts)))
 
 
+@contextlib.contextmanager
+def writing(path: Path):
+    """A full disk (or quota) while writing `path` is one line: what was written before is kept (a resumable log's
+    earlier records, the old version of a whole file), and the same command resumes once there is room."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise SpaceError(f"no space left to write {path} ({error.strerror}): what was finished is kept; free some "
+                         "space and rerun the same command to resume") from None
+
+
 def write_atomic(path: str | Path, text: str) -> None:
     """Replace `path` with `text` in one step (a temporary file beside it, then a rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(path.name + ".tmp")
-    with temporary.open("w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    temporary.replace(path)
+    with writing(path):
+        try:
+            with temporary.open("w") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError:
+            temporary.unlink(missing_ok=True)  # the old file stays as it was
+            raise
+        temporary.replace(path)
 
 
 def write_json(path: str | Path, data, indent: int | None = 2, sort_keys: bool = False) -> None:
@@ -99,7 +119,7 @@ class JsonlLog:
         """Add one record or a batch; a batch is written with one call, then flushed."""
         batch = [records] if isinstance(records, dict) else list(records)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a") as handle:
+        with writing(self.path), self.path.open("a") as handle:  # a torn last line is skipped on resume
             handle.write(_lines(batch))
             handle.flush()
 

@@ -502,3 +502,65 @@ def test_every_decoder_option_is_an_eval_flag_or_deliberately_not():
     flags = {f.name for f in fields(EvalArgs)}
     options = {name for method in DECODERS for name in option_names(method)}
     assert options - flags == set(not_flags)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--max_new_tokens", "0"], "--max_new_tokens must be at least 1 .got 0.; leave it out for the default"),
+    (["--max_new_tokens", "-1"], "--max_new_tokens must be at least 1 .got -1."),
+    (["--num_samples", "0"], "--num_samples must be at least 1"),
+    (["--batch_size", "0"], "--batch_size must be at least 1 .got 0.$"),
+    (["--exec_timeout", "0"], "--exec_timeout must be more than 0 seconds"),
+])
+def test_a_quality_run_checks_its_bounds_before_the_model_loads(tmp_path, no_model_loading, flags, message):
+    from space.eval.quality import evaluate_quality, parse_quality_args
+
+    with pytest.raises(space.SpaceError, match=message):
+        evaluate_quality(parse_quality_args(["--output_dir", str(tmp_path / "q"), *flags]))
+
+
+def test_a_full_disk_is_one_line_that_keeps_the_answers_and_says_how_to_resume(tiny_dir, tmp_path, monkeypatch):
+    """No space left while appending the second prompt's answers: one SpaceError with the rerun; the first prompt's
+    answers are kept, and the same command (with room again) finishes the run without redoing them."""
+    import errno
+
+    real_open, appends = Path.open, []
+
+    def full_on_the_second_append(self, mode="r", *args, **kwargs):
+        if self.name == "samples.jsonl" and mode == "a":
+            appends.append(self)
+            if len(appends) == 2:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real_open(self, mode, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", full_on_the_second_append)
+    argv = cli(tiny_dir, tmp_path / "run", "--methods", "space,ar", "--pass_at_k", "false")
+    with pytest.raises(space.SpaceError, match=r"no space left to write .*samples.jsonl \(No space left on device\): "
+                                               "what was finished is kept; free some space and rerun the same "
+                                               "command to resume") as error:
+        run_eval(argv)
+    assert "\n" not in str(error.value)
+    kept = [json.loads(line) for line in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
+    assert {r["id"] for r in kept} == {"Python/0"}
+    monkeypatch.setattr(Path, "open", real_open)
+    summary = run_eval(argv)
+    assert summary["num_samples"] == 2
+    again = [json.loads(line) for line in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
+    assert [r for r in again if r["id"] == "Python/0"] == kept  # not redone
+
+
+def test_a_full_disk_leaves_a_whole_file_as_it_was(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from space.io import write_atomic
+
+    path = tmp_path / "summary.json"
+    write_atomic(path, "old\n")
+
+    def full(descriptor):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(space.SpaceError, match="no space left to write .*summary.json"):
+        write_atomic(path, "new\n")
+    assert path.read_text() == "old\n" and not path.with_name("summary.json.tmp").exists()

@@ -264,6 +264,7 @@ def test_ctrl_c_names_the_command_that_resumes(workdir, tmp_path, monkeypatch):
     (["--attn_implementation", "flex_attention", "--mask_efficient_train", "true"], "use --attn_implementation sdpa"),
     (["--stage", "rm"], "--stage rm is not supported"),
     (["--mask_nums", "3"], r"unknown flag\(s\) for train_sft.py: \['--mask_nums'"),
+    (["--finetuning_type", "lora", "--lora_alpha", "0"], r"--lora_alpha must be a positive number \(got 0.0\)"),
 ])
 def test_bad_input_gets_one_clear_line(workdir, tmp_path, extra, message):
     with pytest.raises(space.SpaceError, match=message) as error:
@@ -526,3 +527,18 @@ def test_importing_the_training_entry_point_loads_no_deepspeed_or_peft():
                                         PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])))
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.strip() == "[]"
+
+
+def test_deepspeed_without_cuda_trains_on_the_cpu_ranks(workdir, tmp_path):
+    """The published launch line without --use_cpu on a machine without CUDA: DeepSpeed would refuse its batch size
+    on every rank (a world of one against two ranks); the run trains on the CPU ranks instead, and an explicit
+    --use_cpu false is one line."""
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA machine trains on its GPUs")
+    flags = [*args(workdir, tmp_path / "out"), "--deepspeed", "configs/deepspeed/zero2.json"]
+    at = flags.index("--use_cpu")
+    del flags[at : at + 2]  # the published launch line sets no --use_cpu
+    assert parse_train_args(flags).training.use_cpu is True
+    with pytest.raises(space.SpaceError, match="--deepspeed without CUDA GPUs trains on the CPU ranks: pass "
+                                               "--use_cpu true, not false"):
+        parse_train_args([*flags, "--use_cpu", "false"])

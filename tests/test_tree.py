@@ -481,6 +481,18 @@ def test_rates_carried_across_calls_learn_and_change_nothing_in_the_output():
     assert sum(offered for _, offered in rates.counts.values()) > 30
 
 
+def test_runners_up_wider_than_the_vocabulary_offer_every_other_token():
+    model = tiny_llama(seed=4, mask_num=2, vocab_size=16)
+    prompt = repeated_prompt(5, seed=4, high=12)
+    reference = space.decode(model, prompt, "ar", max_new_tokens=24, eos_token_id=[]).tokens.tolist()
+    for width in (15, 16, 1000):
+        for sampling in ({}, dict(do_sample=True, seed=1)):
+            result = space.decode(model, prompt, "space", max_new_tokens=24, eos_token_id=[], branch_width=width,
+                                  cost_curve=FREE_ROWS, **sampling)
+            if not sampling:
+                assert result.tokens.tolist() == reference
+
+
 def test_the_papers_chain_leaves_carried_rates_alone():
     """The rates plan trees; the paper's chain feeds everything and neither reads nor writes them."""
     model = tiny_llama(seed=2, mask_num=2)

@@ -99,8 +99,10 @@ def draft_chain(target: Model, hidden_rows: torch.Tensor, logits: torch.Tensor, 
         tokens = ids.tolist()
     runners_up = []
     if branch_width > 0:
-        # a fixed number per slot, whether or not the drawn token is among the slot's best (exact sampling)
-        for i, best in enumerate(logits.topk(branch_width + 1, dim=-1).indices.tolist()):
+        # a fixed number per slot, whether or not the drawn token is among the slot's best (exact sampling); a
+        # width past the vocabulary offers every other token
+        best_tokens = logits.topk(min(branch_width + 1, logits.shape[-1]), dim=-1).indices.tolist()
+        for i, best in enumerate(best_tokens):
             others = [token for token in best if token != tokens[i]][:branch_width]
             runners_up += [Drafts([token], origin="topk", slot=first_slot + i, rank=rank, after=i)
                            for rank, token in enumerate(others, start=1)]

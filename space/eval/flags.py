@@ -102,16 +102,23 @@ def parse_eval_args(argv: list[str] | None = None, description: str | None = Non
     return EvalArgs(**{name: value for group in groups for name, value in asdict(group).items()})
 
 
-def check_eval_args(args: EvalArgs) -> None:
-    """One clear error for a count or time out of range (0 or a negative count never means "all")."""
-    at_least_one = {"num_samples": args.num_samples, "max_new_tokens": args.max_new_tokens}
-    for name, value in at_least_one.items():
+def check_run_bounds(args) -> None:
+    """The bounds an evaluation and a quality run share: counts of at least one (0 or a negative count never means
+    "all" or "the default") and a positive execution timeout; before anything is loaded."""
+    for name in ("num_samples", "max_new_tokens", "batch_size"):
+        value = getattr(args, name, None)
         if value is not None and value < 1:
-            raise SpaceError(f"--{name} must be at least 1 (got {value}); leave it out for the default")
-    if args.warmup < 0:
-        raise SpaceError(f"--warmup must be 0 (no warm-up) or more rounds (got {args.warmup})")
+            default = "" if name == "batch_size" else "; leave it out for the default"
+            raise SpaceError(f"--{name} must be at least 1 (got {value}){default}")
     if not args.exec_timeout > 0:
         raise SpaceError(f"--exec_timeout must be more than 0 seconds (got {args.exec_timeout:g}); "
                          "to run no program pass --pass_at_k false")
+
+
+def check_eval_args(args: EvalArgs) -> None:
+    """One clear error for a count or time out of range (0 or a negative count never means "all")."""
+    check_run_bounds(args)
+    if args.warmup < 0:
+        raise SpaceError(f"--warmup must be 0 (no warm-up) or more rounds (got {args.warmup})")
     if args.time_limit is not None and not args.time_limit >= 0:
         raise SpaceError(f"--time_limit must be 0 or more seconds (got {args.time_limit:g})")

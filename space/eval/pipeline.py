@@ -21,6 +21,7 @@ deletes there (`results.RUN_FILES`; the directory and anything else in it are le
 from __future__ import annotations
 
 import csv
+import io
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -35,7 +36,7 @@ from space.eval.divergence import explain, near_tie_threshold
 from space.eval.flags import EvalArgs, check_eval_args
 from space.eval.metrics import split_label, summarize
 from space.eval.rouge import rouge_l
-from space.io import markdown_table, provenance, versions, write_json
+from space.io import markdown_table, provenance, versions, write_atomic, write_json, writing
 from space.models import BASE_MODEL_ALIASES, model_dtype
 
 # The flag a `space@K` / `sdsat@K` label sets; every other option comes from the flag of the same name
@@ -250,20 +251,23 @@ def write_outputs(directory: Path, summary: dict, records: list[dict], save_data
     partial = f"\n{summary['partial']}\n" if summary.get("partial") else ""
     categories = report.category_table(summary)
     categories = f"\n## Per category\n\n{categories}\n" if categories else ""
-    (directory / "summary.md").write_text(f"# {summary['dataset']}: {summary['num_samples']} prompts\n{partial}\n"
-                                          + report.summary_table(summary) + "\n" + categories
-                                          + divergence_table(summary))
-    report.draw_figure(summary, directory / "summary.png")
+    write_atomic(directory / "summary.md", f"# {summary['dataset']}: {summary['num_samples']} prompts\n{partial}\n"
+                 + report.summary_table(summary) + "\n" + categories + divergence_table(summary))
+    with writing(directory / "summary.png"):
+        report.draw_figure(summary, directory / "summary.png")
     if save_data:
-        with (directory / "token_dict.csv").open("w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["idx", "turn", "method", "step", "tokens"])
-            for r in records:
-                for step, emitted in enumerate(r["tokens_per_step"]):
-                    writer.writerow([r["id"], r["turn"], r["method"], step, emitted])
-        with (directory / "res_dict.csv").open("w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["idx", "turn", "method", "infer_time", "new_tokens", "steps", "passed", "content"])
-            for r in records:
-                writer.writerow([r["id"], r["turn"], r["method"], r["seconds"], len(r["ids"]), r["steps"],
-                                 r.get("passed"), r["text"]])
+        per_step = [[r["id"], r["turn"], r["method"], step, emitted]
+                    for r in records for step, emitted in enumerate(r["tokens_per_step"])]
+        write_atomic(directory / "token_dict.csv", _csv(["idx", "turn", "method", "step", "tokens"], per_step))
+        per_answer = [[r["id"], r["turn"], r["method"], r["seconds"], len(r["ids"]), r["steps"], r.get("passed"),
+                       r["text"]] for r in records]
+        write_atomic(directory / "res_dict.csv", _csv(["idx", "turn", "method", "infer_time", "new_tokens", "steps",
+                                                       "passed", "content"], per_answer))
+
+
+def _csv(header: list[str], rows: list[list]) -> str:
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(header)
+    writer.writerows(rows)
+    return text.getvalue()

@@ -29,10 +29,10 @@ from space.decoding.common import eos_ids
 from space.errors import SpaceError
 from space.eval import results
 from space.eval.datasets import default_max_new_tokens, load_eval_dataset
-from space.eval.flags import _flag
+from space.eval.flags import _flag, check_run_bounds
 from space.eval.harness import first_turn_ids
 from space.eval.pipeline import add_quality, check_execution, prompt_style, run_config
-from space.io import provenance, versions, write_json
+from space.io import provenance, versions, write_atomic, write_json
 from space.models import model_dtype
 
 METHOD = "greedy_batched"
@@ -70,13 +70,12 @@ def parse_quality_args(argv: list[str] | None = None, description: str | None = 
 
 def evaluate_quality(args: QualityArgs) -> dict:
     """Answer every prompt of `args.dataset` in batches, score the answers; returns the summary."""
-    if args.batch_size < 1:
-        raise SpaceError(f"--batch_size must be at least 1 (got {args.batch_size})")
+    check_run_bounds(args)
     prompts = load_eval_dataset(args.dataset, args.data_path, args.num_samples, execute=args.pass_at_k)
     if any(len(p.turns) > 1 for p in prompts):
         raise SpaceError(f"{args.dataset} has multi-turn prompts; a batched quality run answers single-turn "
                          "prompts only (use scripts/eval_infer.py --methods ar)")
-    max_new_tokens = args.max_new_tokens or default_max_new_tokens(args.dataset)
+    max_new_tokens = args.max_new_tokens if args.max_new_tokens is not None else default_max_new_tokens(args.dataset)
     directory = args.output_dir or f"outputs/quality/{args.dataset}"
     results.check_output_dir(directory)
     check_execution(args, prompts)
@@ -102,7 +101,7 @@ def evaluate_quality(args: QualityArgs) -> dict:
                        note="batched greedy answers: a quality run, no speed is measured",
                        versions=versions(), provenance=provenance(model.device))
         write_json(store.dir / "summary.json", summary)
-        (store.dir / "summary.md").write_text(quality_table(summary))
+        write_atomic(store.dir / "summary.md", quality_table(summary))
     return summary
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,7 +122,21 @@ def train_args_from(values: Mapping, flags: Sequence[str] = (), source: str = "t
     renames = {old: new for old, new in RENAMED_TRAINING_ARGUMENTS.items() if new in known}
     defaults = {renames.get(key, key): _auto_id(key, value) for key, value in values.items()}
     flags, auto = _without_auto_ids(_renamed_flags(list(flags), renames))
-    return TrainArguments(*parse_flags(types, flags, "train_sft.py", defaults={**defaults, **auto}))
+    parsed = TrainArguments(*parse_flags(types, flags, "train_sft.py", defaults={**defaults, **auto}))
+    if parsed.training.deepspeed and not parsed.training.use_cpu and not _cuda_available():
+        # DeepSpeed's launcher started one rank per process, but without CUDA and without --use_cpu the Trainer
+        # counts a world of one and DeepSpeed refuses its batch size on every rank: train on the CPU ranks
+        if "use_cpu" in values or any(flag.split("=")[0] in ("--use_cpu", "--use-cpu") for flag in flags):
+            raise SpaceError("--deepspeed without CUDA GPUs trains on the CPU ranks: pass --use_cpu true, not false")
+        print("[train_sft] --deepspeed without CUDA GPUs: training on the CPU ranks (--use_cpu true)", file=sys.stderr)
+        return train_args_from({**values, "use_cpu": True}, flags, source)
+    return parsed
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _renamed_flags(flags: list[str], renames: dict[str, str]) -> list[str]:

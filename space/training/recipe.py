@@ -31,6 +31,7 @@ DeepSpeed and peft are imported only by the runs that use them.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import random
 import shlex
@@ -189,6 +190,9 @@ def check_lora(finetune_args: FinetuningArguments) -> None:
                          "the recipes use 8 to 32")
     if not 0.0 <= finetune_args.lora_dropout < 1.0:
         raise SpaceError(f"--lora_dropout must be in [0, 1) (got {finetune_args.lora_dropout})")
+    if not finetune_args.lora_alpha > 0 or not math.isfinite(finetune_args.lora_alpha):
+        raise SpaceError(f"--lora_alpha must be a positive number (got {finetune_args.lora_alpha}): the adapter's "
+                         "deltas are scaled by lora_alpha / lora_rank, so 0 trains nothing that counts")
     if not lora_target_names(finetune_args.lora_target):
         raise SpaceError("--lora_target is empty; name the linear modules to adapt (comma list), or all-linear")
 
