@@ -166,7 +166,7 @@ def test_sdsat_records_carry_per_round_stats_and_other_records_keep_their_keys(t
     records = answer(tmp_path, model, methods, {method: common for method in methods})
     by_method = {record["method"]: record for record in records if record["id"] == "0"}
     assert list(by_method["space"]) == RECORD_KEYS + ["rows_per_step", "copy_accepted_per_step",
-                                                      "topk_accepted_per_step"]
+                                                      "topk_accepted_per_step", "session"]  # its rates, carried
     assert list(by_method["ar"]) == RECORD_KEYS
     record = by_method["sdsat"]
     assert list(record) == RECORD_KEYS + ["tokens_per_round", "drafted_per_round"]

@@ -564,3 +564,44 @@ def test_a_full_disk_leaves_a_whole_file_as_it_was(tmp_path, monkeypatch):
     with pytest.raises(space.SpaceError, match="no space left to write .*summary.json"):
         write_atomic(path, "new\n")
     assert path.read_text() == "old\n" and not path.with_name("summary.json.tmp").exists()
+
+
+def _measured(records: list[dict]) -> dict:
+    """What a run measured per answer, timing aside."""
+    kept = ("ids", "steps", "tokens_per_step", "accepted_per_step", "rows_per_step", "copy_accepted_per_step",
+            "topk_accepted_per_step", "session")
+    return {(r["id"], r["turn"], r["method"]): {k: r.get(k) for k in kept} for r in records}
+
+
+@pytest.mark.parametrize("carry", ["true", "false"])
+def test_a_resumed_run_measures_what_an_uninterrupted_one_does(tiny_dir, tmp_path, monkeypatch, carry):
+    """SPACE's acceptance rates carry from prompt to prompt; a run interrupted after two prompts and resumed takes
+    them up from the stored answers, so every later prompt's steps and rows are the uninterrupted run's."""
+    from space.eval.results import ResultStore
+
+    def argv(output):
+        return cli(tiny_dir, output, "--methods", "space,ar", "--num_samples", "4", "--max_new_tokens", "24",
+                   "--pass_at_k", "false", "--carry_state", carry)
+
+    run_eval(argv(tmp_path / "whole"))
+    add_prompt, stored = ResultStore.add_prompt, []
+
+    def interrupted_after_two(self, prompt_id, records):
+        if len(stored) == 2:
+            raise KeyboardInterrupt
+        stored.append(prompt_id)
+        return add_prompt(self, prompt_id, records)
+
+    monkeypatch.setattr(ResultStore, "add_prompt", interrupted_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        run_eval(argv(tmp_path / "resumed"))
+    monkeypatch.setattr(ResultStore, "add_prompt", add_prompt)
+    run_eval(argv(tmp_path / "resumed"))
+    read = lambda run: [json.loads(line) for line in (tmp_path / run / "samples.jsonl").read_text().splitlines()]  # noqa: E731
+    whole, resumed = _measured(read("whole")), _measured(read("resumed"))
+    assert resumed == whole and len(whole) == 8
+    if carry == "true":  # the rates did change between prompts, so the resume had something to restore
+        sessions = [whole[(f"Python/{i}", 0, "space")]["session"] for i in range(4)]
+        assert sessions[0] != sessions[3]
+    else:
+        assert all(record["session"] is None for record in whole.values())

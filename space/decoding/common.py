@@ -60,7 +60,8 @@ class DecodeOptions:
 
     @classmethod
     def session_options(cls) -> dict:
-        """Options whose value is carried from prompt to prompt of one evaluation run (fresh objects)."""
+        """Options whose value is carried from prompt to prompt of one evaluation run (fresh objects, each with a
+        `to_json()` and a `from_json(data)`, so a resumed run goes on from the stored state)."""
         return {}
 
     def validate(self) -> None:

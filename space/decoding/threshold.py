@@ -15,7 +15,7 @@ drive other methods' draft length later.
 
 from __future__ import annotations
 
-from dataclasses import astuple, dataclass
+from dataclasses import asdict, astuple, dataclass
 
 from space.errors import SpaceError
 
@@ -74,6 +74,13 @@ class ThresholdState:
     @property
     def acceptance_rate(self) -> float:
         return self.accepted / self.drafted if self.drafted else 0.0
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "ThresholdState":
+        return cls(**data)
 
 
 def clamp(gamma: float) -> float:

@@ -46,11 +46,23 @@ class AcceptanceRates:
     """Per branch key, how often a candidate was accepted when its parent was: `[accepted, offered]`.
 
     Keys: `("chain", slot)`, `("copy", min(match, MATCH_BUCKETS), depth)`, `("topk", slot, rank)`. One object may be
-    carried from prompt to prompt (the `acceptance` option), so an evaluation learns its rates once."""
+    carried from prompt to prompt (the `acceptance` option), so an evaluation learns its rates once; `to_json` and
+    `from_json` keep it with an evaluation's answers, so a resumed run goes on from the same rates."""
 
     def __init__(self):
         self.counts: dict[tuple, list[int]] = {}
         self.steps_without_root_group = 0
+
+    def to_json(self) -> dict:
+        return dict(counts=[[list(key), list(entry)] for key, entry in self.counts.items()],
+                    steps_without_root_group=self.steps_without_root_group)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "AcceptanceRates":
+        rates = cls()
+        rates.counts = {tuple(key): list(entry) for key, entry in data["counts"]}
+        rates.steps_without_root_group = data["steps_without_root_group"]
+        return rates
 
     def rate(self, key: tuple) -> float:
         accepted, offered = self.counts.get(key, (0, 0))

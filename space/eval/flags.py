@@ -86,6 +86,8 @@ class ToolkitFlags:
     exec_timeout: float = _flag(10.0, "seconds per executed program")
     unsafe_execution: bool = _flag(False, "run generated code WITHOUT the bubblewrap sandbox (your rights; warns)")
     progress: bool = _flag(True)
+    carry_state: bool = _flag(True, "what a method learns carries from prompt to prompt (SPACE's acceptance rates, "
+                                    "self_spec's γ), as in the paper's evaluation; false: every prompt starts afresh")
     time_limit: float | None = _flag(None, "seconds: start no new prompt after this, summarize the finished ones "
                                            "(resume later)")
 

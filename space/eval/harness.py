@@ -67,21 +67,35 @@ def run_prompts(
     model_type: str = "llama",
     progress: bool = True,
     time_limit: float | None = None,
+    carry_state: bool = True,
 ) -> list[dict]:
     """Answer every unfinished prompt with every method; returns all records (old and new).
 
     With `time_limit` (seconds), no new prompt is started once that much time has passed; the same
     call later resumes where this one stopped.
+
+    `carry_state`: the state a method carries from prompt to prompt (`space.decoding.session_options`: SPACE's
+    acceptance rates, self_spec's γ) goes on from one prompt to the next in the prompts' order, as in the paper's
+    evaluation, so a prompt's steps depend on the prompts before it. Each answer keeps its method's state after it
+    (`session`); a resumed run takes it up from the stored answers, so it measures what an uninterrupted run
+    would. Off, every prompt starts from a fresh state.
     """
     deadline = None if time_limit is None else time.monotonic() + time_limit
     device = model.get_input_embeddings().weight.device
+    stored = {(r["id"], r["turn"], r["method"]): r for r in store.records()}
     done = store.done_ids(prompts, methods)
-    todo = [(index, p) for index, p in enumerate(prompts) if p.id not in done]
     totals = {method: [0, 0.0] for method in methods}  # tokens, seconds: for the running speedup
-    # state a method carries from prompt to prompt (self_spec's threshold γ, as in the paper's evaluation)
     sessions = {method: session_options(decoder_name(method)) for method in methods}
-    bar = tqdm(todo, desc="evaluating", disable=not progress, unit="prompt")
-    for index, prompt in bar:
+    bar = tqdm(total=len(prompts) - len(done), desc="evaluating", disable=not progress, unit="prompt")
+    for index, prompt in enumerate(prompts):
+        if not carry_state:
+            sessions = {method: session_options(decoder_name(method)) for method in methods}
+        if prompt.id in done:  # answered before: its methods' states after it, as an uninterrupted run had them
+            if carry_state:
+                last_turn = len(prompt.turns) - 1
+                sessions = {method: restored(sessions[method], stored[(prompt.id, last_turn, method)])
+                            for method in methods}
+            continue
         if deadline is not None and time.monotonic() >= deadline:
             break
         order = methods[index % len(methods):] + methods[: index % len(methods)]  # rotate: drift hits all alike
@@ -99,12 +113,22 @@ def run_prompts(
                     id=prompt.id, turn=turn, method=method, category=prompt.category, text=answer,
                     ids=result.tokens.tolist(), prompt_tokens=input_ids.shape[1], seconds=round(seconds, 5),
                     **result.stats.record_fields(),  # steps and every per-step / per-round list of the method
+                    **({"session": {name: state.to_json() for name, state in sessions[method].items()}}
+                       if carry_state and sessions[method] else {}),
                 ))
                 totals[method][0] += len(result.tokens)
                 totals[method][1] += seconds
         store.add_prompt(prompt.id, records)
+        bar.update()
         bar.set_postfix_str(_running_speedup(totals))
+    bar.close()
     return store.records()
+
+
+def restored(fresh: dict, record: dict) -> dict:
+    """A method's carried state as a stored answer (`record`) left it; `fresh` when it kept none."""
+    saved = record.get("session") or {}
+    return {name: type(state).from_json(saved[name]) if name in saved else state for name, state in fresh.items()}
 
 
 def _running_speedup(totals: dict[str, list]) -> str:

@@ -66,7 +66,8 @@ def evaluate(args: EvalArgs) -> dict:
             harness.warm_up(model, tokenizer, prompts[0], methods, options, style, args.model_type, args.warmup,
                             model.device)
         stored = harness.run_prompts(model, tokenizer, prompts, methods, options, store, style, args.model_type,
-                                     progress=args.progress, time_limit=args.time_limit)
+                                     progress=args.progress, time_limit=args.time_limit,
+                                     carry_state=args.carry_state)
         complete = results.complete_ids(stored, prompts, methods)
         requested = len(prompts)
         prompts = [p for p in prompts if p.id in complete]  # a stopped run reports only fully answered prompts
@@ -95,12 +96,16 @@ def evaluate(args: EvalArgs) -> dict:
 
 def run_config(args: EvalArgs, methods: list[str], options: dict[str, dict], style: str, model) -> dict:
     """The settings a run's answers depend on (run_config.json): a rerun with other ones is refused, not mixed.
-    `num_samples` only extends a run; `quality` (how pass@1 runs) only re-measures the kept answers."""
-    return dict(llm_dir=args.llm_dir, adapter=args.adapter, dataset=args.dataset, data_path=args.data_path,
-                methods=methods, options=options, prompt_style=style, model_type=args.model_type, dtype=args.dtype,
-                device=str(model.device), num_samples=args.num_samples,
-                quality=dict(pass_at_k=args.pass_at_k, exec_timeout=args.exec_timeout,
-                             unsafe_execution=args.unsafe_execution))
+    `num_samples` only extends a run; `quality` (how pass@1 runs) only re-measures the kept answers. A quality run
+    (`space.eval.quality`, no carried state) records the same but `carry_state`."""
+    config = dict(llm_dir=args.llm_dir, adapter=args.adapter, dataset=args.dataset, data_path=args.data_path,
+                  methods=methods, options=options, prompt_style=style, model_type=args.model_type, dtype=args.dtype,
+                  device=str(model.device), num_samples=args.num_samples,
+                  quality=dict(pass_at_k=args.pass_at_k, exec_timeout=args.exec_timeout,
+                               unsafe_execution=args.unsafe_execution))
+    if isinstance(args, EvalArgs):
+        config["carry_state"] = args.carry_state
+    return config
 
 
 def output_dir(args: EvalArgs) -> Path:

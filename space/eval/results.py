@@ -29,6 +29,8 @@ RESUMABLE_KEYS = ("num_samples",)  # changing these extends a run instead of inv
 RECOMPUTED_KEYS = ("quality",)  # changing these recomputes the kept answers' quality fields (pass@1)
 QUALITY_FIELDS = ("passed", "exec_status")  # what the quality settings decide in a stored answer
 RECORD_KEY = ("id", "turn", "method")  # one answer: counted once
+# settings added after runs were made: a run that does not record one was made with this value
+ADDED_SETTINGS = {"carry_state": True}
 
 
 def own_names() -> set[str]:
@@ -174,7 +176,7 @@ def settings_changes(previous: dict, config: dict) -> list[str]:
     recomputed keys are not differences."""
     changes = []
     for key in sorted(set(previous) | set(config)):
-        old, new = previous.get(key), config.get(key)
+        old, new = previous.get(key, ADDED_SETTINGS.get(key)), config.get(key, ADDED_SETTINGS.get(key))
         if key in RESUMABLE_KEYS + RECOMPUTED_KEYS or old == new:
             continue
         if key == "options" and previous.get("methods") == config.get("methods") and isinstance(old, dict) \
