@@ -36,6 +36,17 @@ def run(main, resume_hint: Callable[[], str] | None = None) -> None:
         sys.exit(f"interrupted: finished results are kept; {hint}")
 
 
+def require_counts(args, names: Sequence[str], hints: Mapping[str, str] | None = None) -> None:
+    """One line for the first flag of `names` (attributes of `args`) set below 1, with `hints[name]` after it: a
+    count of 0 or less never means "all" or "the default", and it must be refused before minutes of loading.
+    An unset flag (None) passes."""
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            hint = (hints or {}).get(name)
+            raise SpaceError(f"--{name} must be at least 1 (got {value})" + (f"; {hint}" if hint else ""))
+
+
 def parse_flags(types: Sequence[type], argv: Sequence[str] | None, program: str, description: str | None = None,
                 defaults: Mapping | None = None, show_defaults: bool = True) -> tuple:
     """One instance of each dataclass in `types` from `argv` (None: the command line). `defaults` replace the

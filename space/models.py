@@ -96,6 +96,8 @@ def has_shipped_model() -> bool:
 def resolve_dtype(dtype: str | torch.dtype, device: str | torch.device = "cpu") -> torch.dtype:
     """A dtype name (or `auto`: the measured choice for `device`, `AUTO_DTYPES`) -> `torch.dtype`."""
     if isinstance(dtype, torch.dtype):
+        if dtype not in DTYPES.values():
+            raise SpaceError(f"dtype {dtype} is not supported; use one of {sorted(set(DTYPES))} or 'auto'")
         return dtype
     if dtype == "auto":
         return AUTO_DTYPES.get(torch.device(device).type, torch.float32)
@@ -139,6 +141,19 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return resolved
 
 
+def _check_load_args(name_or_path, adapter, attn_implementation, merge_adapter, fast_cpu_linear, lean_layers) -> None:
+    """One line for a `load_model` argument of the wrong type (a string flag would pass as true)."""
+    for name, value in (("name_or_path", name_or_path), ("adapter", adapter)):
+        if value is not None and not isinstance(value, (str, os.PathLike)):
+            raise SpaceError(f"{name} must be a path, a hub name or None (got {value!r})")
+    if not isinstance(attn_implementation, str):
+        raise SpaceError(f"attn_implementation must be a string such as 'sdpa' (got {attn_implementation!r})")
+    for name, value, optional in (("merge_adapter", merge_adapter, False), ("fast_cpu_linear", fast_cpu_linear, True),
+                                  ("lean_layers", lean_layers, True)):
+        if not (isinstance(value, bool) or (optional and value is None)):
+            raise SpaceError(f"{name} must be True or False{' or None' if optional else ''} (got {value!r})")
+
+
 def load_model(
     name_or_path: str | os.PathLike | None = None,
     *,
@@ -165,6 +180,7 @@ def load_model(
     # imports transformers' modeling code: seconds, so not with `space`
     from space.kernels.lean_layers import use_lean_layers
 
+    _check_load_args(name_or_path, adapter, attn_implementation, merge_adapter, fast_cpu_linear, lean_layers)
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
     if adapter is None and name_or_path is None and has_shipped_model():

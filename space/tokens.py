@@ -35,6 +35,7 @@ deterministic choice for rows whose original initialisation is unknown.
 from __future__ import annotations
 
 import contextlib
+import numbers
 import re
 from dataclasses import dataclass
 
@@ -157,12 +158,11 @@ def add_mask_tokens(
     token name. Rows the model already has are kept when the id is explicit (see the module
     docstring); new rows are mean-initialised. Returns the spec, also recorded in `model.config`.
     """
+    check_placeholder_args(model, tokenizer, "mask_num", mask_num, "mask_id", mask_id)
+    if not isinstance(mask_diff, bool):
+        raise SpaceError(f"mask_diff must be True or False (got {mask_diff!r})")
     first_free = len(tokenizer)
     spec = MaskSpec(mask_id=first_free if mask_id is None else int(mask_id), mask_num=mask_num, mask_diff=mask_diff)
-    if spec.mask_num < 1:
-        raise SpaceError(f"mask_num must be >= 1 (got {spec.mask_num})")
-    if spec.mask_id < 0:
-        raise SpaceError(f"mask_id must be >= 0 (got {spec.mask_id})")
     for token_id in spec.ids:
         check_placeholder_id(tokenizer, token_id, "mask id", "mask_id", "new mask tokens")
 
@@ -210,6 +210,34 @@ def text_use(tokenizer, token_id: int) -> str | None:
     if any(added.content in template for template in templates):
         return "the chat template writes it"
     return None
+
+
+MAX_FILLERS = 1024  # filler rows an explicit id may add past the vocabulary (LLaMA's 32002 needs 2)
+
+
+def check_placeholder_args(model, tokenizer, count_name: str, count, id_name: str, token_id) -> None:
+    """One line for arguments `add_mask_tokens` / `add_sat_tokens` cannot use: not a model and tokenizer, a
+    count that is not a whole number >= 1, or an id that is negative or so far past the vocabulary that
+    reaching it would add more than `MAX_FILLERS` rows (10**9 would try to allocate terabytes)."""
+    if not (isinstance(model, torch.nn.Module) and callable(getattr(model, "get_input_embeddings", None))):
+        raise SpaceError(f"model must be a Hugging Face model (e.g. from space.load_model), not {type(model).__name__}")
+    if not (hasattr(tokenizer, "__len__") and callable(getattr(tokenizer, "convert_tokens_to_ids", None))):
+        raise SpaceError(f"tokenizer must be a Hugging Face tokenizer, not {type(tokenizer).__name__}")
+    if not _is_count(count) or count < 1:
+        raise SpaceError(f"{count_name} must be a whole number >= 1 (got {count!r})")
+    if token_id is None:
+        return
+    if not _is_count(token_id) or token_id < 0:
+        raise SpaceError(f"{id_name} must be None or a whole number >= 0 (got {token_id!r})")
+    limit = max(len(tokenizer), vocab_rows(model)) + MAX_FILLERS
+    if token_id >= limit:
+        raise SpaceError(f"{id_name} {token_id} is far past the vocabulary ({len(tokenizer)} tokens, "
+                         f"{vocab_rows(model)} embedding rows): reaching it would add {token_id - len(tokenizer)} "
+                         f"filler tokens; leave {id_name} unset to take the first free id, or pick one below {limit}")
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def check_placeholder_id(tokenizer, token_id: int, label: str, flag: str, new_what: str) -> None:
@@ -366,8 +394,7 @@ def add_sat_tokens(model, tokenizer, sat_num: int = DEFAULT_SAT_NUM, sat_id: int
     it is (as the released CodeLlama models keep theirs). An id past the tokenizer is reached with filler
     tokens; rows the model already has are kept, new rows are mean-initialised like SPACE's masks.
     """
-    if sat_num < 1:
-        raise SpaceError(f"sat_num must be >= 1 (got {sat_num})")
+    check_placeholder_args(model, tokenizer, "sat_num", sat_num, "sat_id", sat_id)
     first_free = len(tokenizer)
     explicit = sat_id is not None
     if sat_id is None:

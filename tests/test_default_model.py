@@ -158,9 +158,9 @@ def test_recipe_rerun_with_other_settings_is_refused_before_any_step(tmp_path, b
 
 
 @pytest.mark.parametrize("extra,message", [
-    (["--limit", "0"], r"--limit must be a positive integer \(got 0\); leave it out for the default"),
-    (["--max_new_tokens", "-1"], r"--max_new_tokens must be a positive integer \(got -1\)"),
-    (["--max_steps", "0"], r"--max_steps must be a positive integer \(got 0\)"),
+    (["--limit", "0"], r"--limit must be at least 1 \(got 0\); leave it out for the default"),
+    (["--max_new_tokens", "-1"], r"--max_new_tokens must be at least 1 \(got -1\)"),
+    (["--max_steps", "0"], r"--max_steps must be at least 1 \(got 0\)"),
     (["--train_args", "--lora_rank 0"], r"--lora_rank must be a positive integer \(got 0\)"),
 ])
 def test_recipe_bad_flags_are_refused_before_any_step(tmp_path, base, extra, message):

@@ -26,10 +26,10 @@ def run(base, output, *extra):
 
 
 @pytest.mark.parametrize("extra,message", [
-    (["--limit", "0"], r"--limit must be a positive number of prompts \(got 0\); leave it out to use them all"),
-    (["--limit", "-3"], r"--limit must be a positive number of prompts \(got -3\)"),
-    (["--batch_size", "0"], r"--batch_size must be a positive integer \(got 0\)"),
-    (["--max_new_tokens", "0"], r"--max_new_tokens must be a positive integer \(got 0\)"),
+    (["--limit", "0"], r"--limit must be at least 1 \(got 0\); leave it out to use them all"),
+    (["--limit", "-3"], r"--limit must be at least 1 \(got -3\)"),
+    (["--batch_size", "0"], r"--batch_size must be at least 1 \(got 0\)"),
+    (["--max_new_tokens", "0"], r"--max_new_tokens must be at least 1 \(got 0\)"),
     (["--output", "DIR"], r"--output .* is a directory; name a .jsonl file \(e.g. .*distill.jsonl\)"),
     (["--instructions", "BAD_JSON"],
      r"--instructions .*bad.json: not valid UTF-8 JSON .*; it must be a JSON list of strings"),

@@ -33,7 +33,7 @@ CASES = [
     ("float prompt", lambda: (tiny_llama(), PROMPT.float(), "ar", {}), r"\[1, n\] LongTensor"),
     ("token out of vocabulary", lambda: (tiny_llama(), torch.tensor([[5, 500]]), "ar", {}), "outside the vocabulary"),
     ("zero temperature", lambda: (tiny_llama(), PROMPT, "space", dict(do_sample=True, temperature=0)),
-     "temperature must be > 0"),
+     "temperature must be finite and > 0"),
     ("top_p above one", lambda: (tiny_llama(), PROMPT, "space", dict(do_sample=True, top_p=1.5)),
      r"top_p must be in \(0, 1\]"),
     ("max_new_tokens zero", lambda: (tiny_llama(), PROMPT, "ar", dict(max_new_tokens=0)),
@@ -52,6 +52,27 @@ CASES = [
      r"do_sample must be True or False \(got 'false'\)"),
     ("mask_num above the trained width", lambda: (tiny_llama(mask_num=3), PROMPT, "space", dict(mask_num=6)),
      r"mask_num 6 is above the width this model's masks were trained with \(config mask_num 3\); pass mask_num <= 3"),
+    # found by probing the API with bad values (issue 31): each was a trace from inside torch or silent
+    ("infinite temperature", lambda: (tiny_llama(), PROMPT, "ar", dict(do_sample=True, temperature=float("inf"))),
+     r"temperature must be finite and > 0 when sampling \(got inf\)"),
+    ("NaN temperature", lambda: (tiny_llama(), PROMPT, "space", dict(do_sample=True, temperature=float("nan"))),
+     r"temperature must be finite and > 0 when sampling \(got nan\)"),
+    ("seed past torch's range", lambda: (tiny_llama(), PROMPT, "ar", dict(do_sample=True, seed=2**70)),
+     r"seed must be in \[-9223372036854775808, 18446744073709551615\]"),
+    ("NaN in the cost curve", lambda: (tiny_llama(), PROMPT, "space", dict(cost_curve={1: float("nan"), 8: 2.0})),
+     "cost_curve must be None, \"measure\" or a map of whole rows >= 1 to finite positive times"),
+    ("infinite cost", lambda: (tiny_llama(), PROMPT, "space", dict(cost_curve={1: 1.0, 8: float("inf")})),
+     "a cost curve needs whole row counts >= 1 and finite positive times"),
+    ("fractional rows in the cost curve", lambda: (tiny_llama(), PROMPT, "space", dict(cost_curve={2.5: 1.0})),
+     "a cost curve needs whole row counts"),
+    ("threshold_state not a ThresholdState",
+     lambda: (tiny_llama(), PROMPT, "self_spec", dict(skip_layers={"attention": [0], "mlp": []}, threshold_state="x")),
+     r"threshold_state must be a space.decoding.threshold.ThresholdState or None \(got str\)"),
+    ("model a path string", lambda: ("model", PROMPT, "ar", {}),
+     r"model must be a Hugging Face causal LM .* not str"),
+    ("model None", lambda: (None, PROMPT, "space", {}), "model must be a Hugging Face causal LM .* not NoneType"),
+    ("model a plain module", lambda: (torch.nn.Linear(2, 2), PROMPT, "ar", {}),
+     "model must be a Hugging Face causal LM .* not Linear"),
     ("sat_num above the trained number", lambda: (tiny_llama(sat_num=3), PROMPT, "sdsat", dict(sat_num=9)),
      r"sat_num 9 is above the number of adaptive tokens this model was trained with \(config sat_num 3\)"),
 ]
@@ -147,3 +168,13 @@ def test_decoding_within_the_context_says_nothing():
     with warnings.catch_warnings():
         warnings.simplefilter("error", space.SpaceWarning)
         assert space.decode(model, PROMPT, "space", max_new_tokens=13, eos_token_id=[]).tokens.numel() == 13
+
+
+def test_prepare_takes_a_list_of_option_dicts():
+    from space.decoding import prepare
+    from space.testing import tiny_tokenizer
+
+    with pytest.raises(space.SpaceError, match=r"options must be a list of dicts, one per run of 'space' \(got dict\)"):
+        prepare("space", tiny_llama(), tiny_tokenizer(), {})
+    with pytest.raises(space.SpaceError, match="model must be a Hugging Face causal LM"):
+        prepare("ar", "model", tiny_tokenizer(), [{}])

@@ -509,7 +509,7 @@ def test_a_bf16_model_with_an_fp32_adapter_keeps_the_base_rows_and_adds_the_same
 
 @pytest.mark.parametrize("flag", ["--rank", "--mask_num", "--max_new_tokens", "--repeats"])
 def test_the_gated_step_benchmark_refuses_a_count_below_one_in_one_line(flag):
-    with pytest.raises(SpaceError, match=f"{flag} must be a positive integer \\(got 0\\)"):
+    with pytest.raises(SpaceError, match=f"{flag} must be at least 1 \\(got 0\\)"):
         parse_gated_step_args([flag, "0"])
 
 

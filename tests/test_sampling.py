@@ -28,6 +28,26 @@ def test_probabilities_match_hf_warpers():
         assert torch.allclose(probabilities(logits, temperature, top_k, top_p), scores.softmax(-1), atol=1e-6)
 
 
+def test_a_vanishing_temperature_is_the_argmax_not_nan():
+    """Scores past fp32's range made softmax return NaN (inf - inf) and multinomial raise; a row's own largest
+    logit is subtracted first then, and a normal temperature keeps its exact values."""
+    torch.manual_seed(0)
+    logits = torch.randn(3, 40) * 4
+    logits[1, 7] = float("-inf")  # a suppressed token stays impossible
+    for temperature in (1e-30, 1e-45):
+        probs = probabilities(logits, temperature)
+        assert torch.isfinite(probs).all()
+        assert torch.equal(probs.argmax(-1), logits.argmax(-1)) and torch.allclose(probs.max(-1).values,
+                                                                                   torch.ones(3))
+    assert torch.equal(probabilities(logits, 0.7), (logits / 0.7).softmax(-1))
+    model, prompt = tiny_llama(seed=1), torch.tensor([[5, 6, 7, 8]])
+    greedy = space.decode(model, prompt, "ar", max_new_tokens=10, eos_token_id=[]).tokens
+    for method in ("ar", "space"):
+        cold = space.decode(model, prompt, method, max_new_tokens=10, eos_token_id=[], do_sample=True,
+                            temperature=1e-40, seed=3).tokens
+        assert torch.equal(cold, greedy)
+
+
 def test_greedy_accept_prefix_and_bonus():
     assert greedy_accept(torch.tensor([5, 6, 7, 8]), torch.tensor([5, 6, 7])) == (3, 8)
     assert greedy_accept(torch.tensor([5, 6, 7, 8]), torch.tensor([5, 9, 7])) == (1, 6)

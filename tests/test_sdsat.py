@@ -297,7 +297,7 @@ def test_add_sat_tokens_explicit_ids():
 @pytest.mark.parametrize("sat_id,message", [
     (10, "sat_id 10 is the token .* which the tokenizer uses for text"),
     (2, "sat_id 2 is the token '</s>', which the tokenizer uses for text"),  # eos
-    (-1, "sat_id must be >= 0"),
+    (-1, "sat_id must be None or a whole number >= 0"),
 ])
 def test_add_sat_tokens_refuses_text_tokens(sat_id, message):
     tokenizer = tiny_text_tokenizer()
@@ -305,7 +305,7 @@ def test_add_sat_tokens_refuses_text_tokens(sat_id, message):
     with pytest.raises(space.SpaceError, match=message) as error:
         add_sat_tokens(model, tokenizer, sat_id=sat_id)
     assert "\n" not in str(error.value)
-    with pytest.raises(space.SpaceError, match="sat_num must be >= 1"):
+    with pytest.raises(space.SpaceError, match="sat_num must be a whole number >= 1"):
         add_sat_tokens(model, tokenizer, sat_num=0)
 
 
@@ -315,7 +315,7 @@ def test_add_sat_tokens_refuses_text_tokens(sat_id, message):
     (dict(sat_id=-3), r"sat_id -3 is outside the model vocabulary"),
     (dict(do_sample=True, top_p=0.0), r"top_p must be in \(0, 1\]"),
     (dict(do_sample=True, top_p=1.5), r"top_p must be in \(0, 1\]"),
-    (dict(do_sample=True, temperature=0.0), "temperature must be > 0"),
+    (dict(do_sample=True, temperature=0.0), "temperature must be finite and > 0"),
     (dict(do_sample=True, top_k=-1), "top_k must be >= 0"),
     (dict(sampling_mode="tree"), "unknown sampling_mode 'tree'"),
     (dict(do_sample=True, sampling_mode="original", sat_num=14), "token trees up to depth 13"),

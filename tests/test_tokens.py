@@ -75,7 +75,7 @@ def test_mask_id_that_is_a_real_token_is_refused():
     model, tokenizer = fresh()
     with pytest.raises(space.SpaceError, match="mask id 10 is the token 'tok10', which the tokenizer uses for text"):
         space.add_mask_tokens(model, tokenizer, mask_num=3, mask_id=10)
-    with pytest.raises(space.SpaceError, match="mask_num must be >= 1"):
+    with pytest.raises(space.SpaceError, match="mask_num must be a whole number >= 1"):
         space.add_mask_tokens(model, tokenizer, mask_num=0)
 
 

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from statistics import mean
 
-from space.cli import parse_flags
+from space.cli import parse_flags, require_counts
 from space.errors import SpaceError
 from space.eval.code.programs import build_program
 from space.eval.code.sandbox import run_program
@@ -31,10 +31,11 @@ class ExecutionArgs:
 
 def parse_execution_args(argv: list[str] | None = None, description: str | None = None) -> ExecutionArgs:
     (args,) = parse_flags((ExecutionArgs,), argv, "bench_execution.py", description)
-    unknown = sorted(set(args.languages.split(",")) - set(HUMANEVAL_LANGUAGES) - {""})
-    if unknown or args.problems < 1:
-        raise SpaceError(f"--languages takes {', '.join(HUMANEVAL_LANGUAGES)} (got {unknown}) and --problems at "
-                         f"least 1 (got {args.problems})")
+    chosen = [language for language in args.languages.split(",") if language]
+    unknown = sorted(set(chosen) - set(HUMANEVAL_LANGUAGES))
+    if unknown or not chosen:
+        raise SpaceError(f"--languages takes a comma list of {', '.join(HUMANEVAL_LANGUAGES)} (got {args.languages!r})")
+    require_counts(args, ("problems",))
     return args
 
 

@@ -22,8 +22,7 @@ import torch
 
 import space
 from space.adapters.gated import GatedConfig, add_gated_lora
-from space.cli import parse_flags
-from space.errors import SpaceError
+from space.cli import parse_flags, require_counts
 from space.eval.harness import timed_decode
 from space.io import markdown_table, provenance, write_atomic
 from space.kernels.fast_linear import use_fast_linear
@@ -59,9 +58,7 @@ class GatedStepArgs:
 def parse_gated_step_args(argv: list[str] | None = None, description: str | None = None) -> GatedStepArgs:
     """`argv` (default: the command line) -> `GatedStepArgs`; a bad flag is one `SpaceError` line."""
     (args,) = parse_flags((GatedStepArgs,), argv, "bench_gated_step.py", description, show_defaults=False)
-    for name in ("rank", "mask_num", "max_new_tokens", "repeats"):  # before minutes of loading and decoding
-        if getattr(args, name) < 1:
-            raise SpaceError(f"--{name} must be a positive integer (got {getattr(args, name)})")
+    require_counts(args, ("rank", "mask_num", "max_new_tokens", "repeats"))  # before minutes of loading and decoding
     return args
 
 

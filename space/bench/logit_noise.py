@@ -18,9 +18,8 @@ from tqdm import tqdm
 
 import space
 from space.cache import CompactCache
-from space.cli import parse_flags
+from space.cli import parse_flags, require_counts
 from space.decoding.common import Model
-from space.errors import SpaceError
 from space.eval.datasets import load_eval_dataset
 from space.io import provenance, write_json
 
@@ -38,8 +37,7 @@ class LogitNoiseArgs:
 def parse_logit_noise_args(argv: list[str] | None = None, description: str | None = None) -> LogitNoiseArgs:
     """`argv` (default: the command line) -> `LogitNoiseArgs`; a bad flag or value is one `SpaceError` line."""
     (args,) = parse_flags((LogitNoiseArgs,), argv, "measure_logit_noise.py", description, show_defaults=False)
-    if args.num_samples < 1:
-        raise SpaceError(f"--num_samples must be >= 1 (got {args.num_samples})")
+    require_counts(args, ("num_samples",))
     return args
 
 

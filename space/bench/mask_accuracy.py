@@ -57,6 +57,13 @@ def mask_accuracy(args: MaskAccuracyArguments) -> dict:
     if not path.is_file():
         raise SpaceError(f"--data {path} not found; the default-model recipe writes held_out.jsonl in its work dir")
     records = read_records(path)
+    # the group of an answer is read off its id (`prompt_group`): records the distillation step wrote
+    unnamed = next((n for n, record in enumerate(records, 1) if not isinstance(record, dict) or "id" not in record),
+                   None)
+    if not records or unnamed is not None:
+        where = f"record {unnamed} has no 'id'" if records else "it has no records"
+        raise SpaceError(f"--data {path}: {where}; pass answers written by scripts/make_distill_data.py (the "
+                         "default-model recipe's held_out.jsonl)")
     model, tokenizer = space.load_model(args.model, dtype="float32")
     spec = space.read_mask_spec(model.config)
     if spec is None:

@@ -37,7 +37,7 @@ from torch.profiler import ProfilerActivity, profile
 import space
 from space.bench.step_cost import PROMPT  # the prompt of scripts/bench_step.py, so the two reports compare
 from space.cache import CompactCache
-from space.cli import parse_flags
+from space.cli import parse_flags, require_counts
 from space.decoding.common import Model
 from space.decoding.row_cost import CostCurve
 from space.errors import SpaceError
@@ -270,8 +270,7 @@ def measure_roofline(args: RooflineArgs, command: str) -> dict:
     rows = parse_rows(args.rows)  # every flag is checked before anything is loaded or measured
     dtypes = [dtype_name(d.strip()) for d in args.dtypes.split(",") if d.strip()]
     device = resolve_device(args.device)
-    if args.context_tokens < 1 or args.repeats < 1 or args.max_new_tokens < 1:
-        raise SpaceError("--context_tokens, --repeats and --max_new_tokens must be >= 1")
+    require_counts(args, ("context_tokens", "repeats", "max_new_tokens", "threads"))
     if not dtypes:
         raise SpaceError("--dtypes is empty: use e.g. float32,bfloat16")
     if args.threads:

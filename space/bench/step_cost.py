@@ -27,7 +27,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
 import space
-from space.cli import parse_flags
+from space.cli import parse_flags, require_counts
+from space.errors import SpaceError
 from space.io import markdown_table, provenance, write_atomic
 
 PROMPT = ("Complete the following python code.\n\ndef running_mean(values: list[float]) -> list[float]:\n"
@@ -57,7 +58,20 @@ class StepCostArgs:
 def parse_step_cost_args(argv: list[str] | None = None, description: str | None = None) -> StepCostArgs:
     """`argv` (default: the command line) -> `StepCostArgs`; a bad flag is one `SpaceError` line."""
     (args,) = parse_flags((StepCostArgs,), argv, "bench_step.py", description, show_defaults=False)
+    require_counts(args, ("max_new_tokens", "repeats", "threads"))
+    mask_nums(args)
     return args
+
+
+def mask_nums(args: StepCostArgs) -> list[int]:
+    """`--ks` as the list of k it names: one line for anything but a comma list of whole numbers >= 1."""
+    try:
+        ks = [int(k) for k in args.ks.split(",")]
+    except ValueError:
+        ks = []
+    if not ks or min(ks) < 1:
+        raise SpaceError(f"--ks must be a comma list of mask_num values >= 1, e.g. 1,2,3,5 (got {args.ks!r})")
+    return ks
 
 
 def measure_step_costs(args: StepCostArgs, command: str) -> dict:
@@ -65,7 +79,7 @@ def measure_step_costs(args: StepCostArgs, command: str) -> dict:
     `args.output`."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    ks = [int(k) for k in args.ks.split(",")]
+    ks = mask_nums(args)
     model, tokenizer = space.load_model(args.model or "smollm2")
     if space.read_mask_spec(model.config) is None:
         space.add_mask_tokens(model, tokenizer, mask_num=max(ks))

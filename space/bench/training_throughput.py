@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import space
-from space.cli import parse_flags
+from space.cli import parse_flags, require_counts
+from space.errors import SpaceError
 from space.io import markdown_table, provenance, write_atomic
 from space.training import train
 
@@ -56,7 +57,18 @@ class ThroughputArgs:
 def parse_throughput_args(argv: list[str] | None = None, description: str | None = None) -> ThroughputArgs:
     """`argv` (default: the command line) -> `ThroughputArgs`; a bad or missing flag is one `SpaceError` line."""
     (args,) = parse_flags((ThroughputArgs,), argv, "bench_train.py", description, show_defaults=False)
+    require_counts(args, ("steps", "cutoff_len"))  # before the base model is converted
+    chosen_modes(args)
     return args
+
+
+def chosen_modes(args: ThroughputArgs) -> list[str]:
+    """The `MODES` `--modes` names; one line for a name that is not one."""
+    chosen = list(MODES) if args.modes == "all" else [name.strip() for name in args.modes.split(";") if name.strip()]
+    unknown = [name for name in chosen if name not in MODES]
+    if unknown or not chosen:
+        raise SpaceError(f"--modes: unknown or empty ({args.modes!r}); modes are {list(MODES)} or all")
+    return chosen
 
 
 def measure_training_throughput(args: ThroughputArgs, command: str) -> dict:
@@ -70,11 +82,7 @@ def measure_training_throughput(args: ThroughputArgs, command: str) -> dict:
             tokenizer.save_pretrained(model_dir)
             del model
         rows = []
-        chosen = list(MODES) if args.modes == "all" else [name.strip() for name in args.modes.split(";")]
-        unknown = [name for name in chosen if name not in MODES]
-        if unknown:
-            raise SystemExit(f"unknown mode(s) {unknown}; modes are {list(MODES)}")
-        for name in chosen:
+        for name in chosen_modes(args):
             flags = MODES[name]
             k = int(flags[flags.index("--mask_num") + 1])
             common = ["--stage", "sft", "--do_train", "--model_name_or_path", model_dir, "--dataset", args.dataset,

@@ -19,7 +19,7 @@ import torch
 
 from space.decoding import ar, hf, sdsat, self_spec
 from space.decoding import space as space_decoding
-from space.decoding.common import DecodeOptions, DecodeResult, DecodeStats, check_prompt, fit_context
+from space.decoding.common import DecodeOptions, DecodeResult, DecodeStats, check_model, check_prompt, fit_context
 from space.errors import SpaceError
 
 
@@ -72,6 +72,9 @@ def prepare(method: str, model, tokenizer, options: list[dict], untrained: bool 
     something is resolved once for every call (self_spec's skip-set file becomes its entry). `untrained`: the
     model is a base shipped without trained draft tokens, to which untrained ones may be added (lossless, just
     slow). Returns a note for the user, or None; a method that cannot run is one clear `SpaceError`."""
+    if not isinstance(options, list) or not all(isinstance(run, dict) for run in options):
+        raise SpaceError(f"options must be a list of dicts, one per run of {method!r} (got {type(options).__name__})")
+    check_model(model)
     step = decoder(method).prepare
     return None if step is None else step(model, tokenizer, options, untrained)
 

@@ -26,6 +26,7 @@ The model is used through public HF attributes only, so any LLaMA-family `*ForCa
 from __future__ import annotations
 
 import functools
+import math
 import numbers
 import warnings
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -39,6 +40,8 @@ from space.errors import SpaceError, SpaceWarning
 from space.models import unwrap
 from space.weights import derived
 from space.window import AttentionMasks
+
+SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed takes
 
 
 @dataclass
@@ -68,9 +71,12 @@ class DecodeOptions:
         check_option_types(self)
         if self.max_new_tokens < 1:
             raise SpaceError(f"max_new_tokens must be >= 1 (got {self.max_new_tokens})")
+        if self.seed is not None and not SEED_RANGE[0] <= self.seed <= SEED_RANGE[1]:
+            raise SpaceError(f"seed must be in [{SEED_RANGE[0]}, {SEED_RANGE[1]}] (torch's generator range; got "
+                             f"{self.seed})")
         if self.do_sample:
-            if not self.temperature > 0:
-                raise SpaceError(f"temperature must be > 0 when sampling (got {self.temperature})")
+            if not 0 < self.temperature < math.inf:
+                raise SpaceError(f"temperature must be finite and > 0 when sampling (got {self.temperature})")
             if not 0 < self.top_p <= 1:
                 raise SpaceError(f"top_p must be in (0, 1] (got {self.top_p})")
             if self.top_k < 0:
@@ -147,7 +153,17 @@ class DecodeResult:
     stats: DecodeStats
 
 
+def check_model(model) -> None:
+    """One line unless `model` is (a peft wrapper of) a Hugging Face causal LM, the only thing a decoder drives."""
+    inner = unwrap(model)
+    if not (isinstance(inner, torch.nn.Module) and hasattr(inner, "config")
+            and all(callable(getattr(inner, name, None)) for name in ("get_decoder", "get_output_embeddings"))):
+        raise SpaceError(f"model must be a Hugging Face causal LM (a *ForCausalLM, e.g. from space.load_model), "
+                         f"not {type(model).__name__}")
+
+
 def check_prompt(model, input_ids: torch.Tensor) -> None:
+    check_model(model)
     if not isinstance(input_ids, torch.Tensor) or input_ids.dtype != torch.long or input_ids.dim() != 2:
         raise SpaceError("input_ids must be a [1, n] LongTensor (e.g. tokenizer(text, return_tensors='pt').input_ids)")
     if input_ids.shape[0] != 1:

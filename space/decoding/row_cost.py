@@ -15,6 +15,8 @@ it the trees.
 from __future__ import annotations
 
 import bisect
+import math
+import numbers
 import time
 import weakref
 from dataclasses import dataclass
@@ -41,9 +43,14 @@ class CostCurve:
     @classmethod
     def from_points(cls, points) -> "CostCurve":
         """From `{rows: ms}` or `[(rows, ms), ...]`; made non-decreasing, as a forward never gets cheaper with rows."""
-        items = sorted((int(r), float(m)) for r, m in (points.items() if isinstance(points, dict) else points))
-        if not items or items[0][0] < 1 or any(m <= 0 for _, m in items):
-            raise ValueError("a cost curve needs rows >= 1 and positive times")
+        pairs = list(points.items() if isinstance(points, dict) else points)
+        # A row count is a whole number (2.5 would be cut to 2 silently) and a time a finite positive one (a
+        # NaN compares false with everything and would price every tree as free).
+        if not pairs or any(not (isinstance(r, numbers.Integral) and not isinstance(r, bool) and r >= 1)
+                            or not (isinstance(m, numbers.Real) and not isinstance(m, bool) and 0 < m < math.inf)
+                            for r, m in pairs):
+            raise ValueError("a cost curve needs whole row counts >= 1 and finite positive times")
+        items = sorted((int(r), float(m)) for r, m in pairs)
         rows, ms, top = [], [], 0.0
         for r, m in items:
             top = max(top, m)

@@ -15,6 +15,11 @@ import torch
 def probabilities(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
     """`[..., V]` logits -> `[..., V]` fp32 probabilities after temperature, top-k and top-p filtering."""
     scores = logits.float() / temperature
+    if temperature < 1 and scores.numel() and bool(torch.isposinf(scores.amax())):
+        # A temperature this small pushes finite logits past fp32's range, and softmax's inf - inf is NaN;
+        # shifting each row by its largest logit first gives the same distribution, in range.
+        shifted = logits.float() - logits.float().amax(dim=-1, keepdim=True)
+        scores = shifted / temperature
     if 0 < top_k < scores.shape[-1]:
         kth = torch.topk(scores, top_k, dim=-1).values[..., -1:]  # [..., 1]
         scores = scores.masked_fill(scores < kth, float("-inf"))

@@ -63,6 +63,9 @@ class SelfSpecOptions(DecodeOptions):
             raise SpaceError(f"max_draft must be >= 1 (got {self.max_draft})")
         if self.draft_threshold is not None and not 0 <= self.draft_threshold <= 1:
             raise SpaceError(f"draft_threshold must be in [0, 1] (got {self.draft_threshold})")
+        if self.threshold_state is not None and not isinstance(self.threshold_state, ThresholdState):
+            raise SpaceError("threshold_state must be a space.decoding.threshold.ThresholdState or None (got "
+                             f"{type(self.threshold_state).__name__})")
 
 
 def prepare(model, tokenizer, options: list[dict], untrained: bool = False) -> None:

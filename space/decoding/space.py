@@ -81,8 +81,8 @@ class SpaceOptions(DecodeOptions):
             try:
                 self.cost_curve = CostCurve.from_points(self.cost_curve)
             except (TypeError, ValueError, AttributeError) as error:
-                raise SpaceError('cost_curve must be None, "measure" or a map of rows >= 1 to positive times, e.g. '
-                                 f"{{1: 30.0, 16: 45.0}} ({error})") from None
+                raise SpaceError('cost_curve must be None, "measure" or a map of whole rows >= 1 to finite positive '
+                                 f"times, e.g. {{1: 30.0, 16: 45.0}} ({error})") from None
         if self.max_tree_rows is not None and self.max_tree_rows < 1:
             raise SpaceError(f"max_tree_rows must be >= 1 (got {self.max_tree_rows})")
         if self.acceptance is not None and not isinstance(self.acceptance, AcceptanceRates):

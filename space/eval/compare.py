@@ -12,7 +12,7 @@ from typing import Literal
 
 import space
 from space.cli import parse_flags
-from space.decoding import option_names, prepare
+from space.decoding import option_names, parse_options, prepare
 from space.eval.harness import timed_decode
 from space.io import write_json
 
@@ -60,8 +60,10 @@ def compare(args: GenerateArguments) -> dict:
     for method in methods:
         if method not in space.DECODERS:
             raise space.SpaceError(f"unknown method {method!r} in --methods; available: {sorted(space.DECODERS)}")
-    model, tokenizer = space.load_model(args.llm_dir, adapter=args.adapter, dtype=args.dtype, device=args.device)
     options = {method: decode_options(args, method) for method in methods}
+    for method in methods:  # a bad option: one line before the model loads
+        parse_options(method, options[method])
+    model, tokenizer = space.load_model(args.llm_dir, adapter=args.adapter, dtype=args.dtype, device=args.device)
     for method in methods:  # what each method needs on the model (the embedded base gets untrained masks)
         note = prepare(method, model, tokenizer, [options[method]], untrained=args.llm_dir in (None, "smollm2"))
         if note:

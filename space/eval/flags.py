@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from space.cli import parse_flags
+from space.cli import parse_flags, require_counts
 from space.decoding import DECODERS
 from space.errors import SpaceError
 from space.eval.datasets import dataset_names
@@ -107,11 +107,9 @@ def parse_eval_args(argv: list[str] | None = None, description: str | None = Non
 def check_run_bounds(args) -> None:
     """The bounds an evaluation and a quality run share: counts of at least one (0 or a negative count never means
     "all" or "the default") and a positive execution timeout; before anything is loaded."""
-    for name in ("num_samples", "max_new_tokens", "batch_size"):
-        value = getattr(args, name, None)
-        if value is not None and value < 1:
-            default = "" if name == "batch_size" else "; leave it out for the default"
-            raise SpaceError(f"--{name} must be at least 1 (got {value}){default}")
+    default = "leave it out for the default"
+    require_counts(args, [name for name in ("num_samples", "max_new_tokens", "batch_size") if hasattr(args, name)],
+                   hints={"num_samples": default, "max_new_tokens": default})
     if not args.exec_timeout > 0:
         raise SpaceError(f"--exec_timeout must be more than 0 seconds (got {args.exec_timeout:g}); "
                          "to run no program pass --pass_at_k false")

@@ -28,7 +28,7 @@ from pathlib import Path
 from statistics import mean
 
 import space
-from space.decoding import option_names, prepare
+from space.decoding import option_names, parse_options, prepare
 from space.eval import harness, report, results
 from space.eval.code import check_completion, check_isolation
 from space.eval.datasets import default_max_new_tokens, load_eval_dataset
@@ -52,11 +52,13 @@ def evaluate(args: EvalArgs) -> dict:
     max_new_tokens = args.max_new_tokens if args.max_new_tokens is not None else default_max_new_tokens(args.dataset)
     results.check_output_dir(output_dir(args))  # a file, a foreign directory or a run in use: before the model
 
+    options = method_options(args, methods, max_new_tokens)
+    for method, chosen in options.items():  # a bad option is refused before the model loads or a setting is stored
+        parse_options(split_label(method)[0], chosen)
     check_execution(args, prompts)  # before hours of decoding: one clear error if programs cannot be isolated
     model, tokenizer = space.load_model(args.llm_dir, adapter=args.adapter, dtype=args.dtype, device=args.device)
     args = replace(args, dtype=model_dtype(model))  # `auto` recorded as what it chose: a resume compares real dtypes
     style = prompt_style(args)
-    options = method_options(args, methods, max_new_tokens)
     note = prepare_methods(model, tokenizer, methods, options, untrained=is_embedded(args.llm_dir))
     with results.ResultStore(output_dir(args), run_config(args, methods, options, style, model),
                              overwrite=args.overwrite) as store:  # the run's lock is held until the outputs are written

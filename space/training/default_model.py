@@ -29,11 +29,11 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from space.cli import parse_flags
+from space.cli import parse_flags, require_counts
 from space.errors import SpaceError
 from space.io import OutputLock, read_records, shipped, write_atomic, write_json
 from space.models import SHIPPED_MODEL_DIR, is_adapter_dir
-from space.training.arguments import parse_train_args
+from space.training.arguments import CONFIG_SUFFIXES, parse_train_args
 from space.training.checkpoints import last_complete_checkpoint
 from space.training.distill import FAMILIES, check_distill_args, make_distill_data, parse_distill_args
 from space.training.distill_prompts import root_id
@@ -78,11 +78,9 @@ def parse_default_model_args(argv: list[str] | None = None) -> DefaultModelArgum
 
 def make_default_model(args: DefaultModelArguments) -> Path:
     """Run (or resume) the three steps in `args.work_dir`; returns the export folder."""
-    for name in ("limit", "max_new_tokens", "batch_size", "max_steps"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise SpaceError(f"--{name} must be a positive integer (got {value})"
-                             + ("; leave it out for the default" if name in ("limit", "max_steps") else ""))
+    default = "leave it out for the default"
+    require_counts(args, ("limit", "max_new_tokens", "batch_size", "max_steps"),
+                   hints={"limit": default, "max_steps": default})
     work = Path(args.work_dir)
     data, output = work / "distill.jsonl", work / "sft"
     distill = ["--output", str(data), "--max_new_tokens", str(args.max_new_tokens),
@@ -95,9 +93,15 @@ def make_default_model(args: DefaultModelArguments) -> Path:
     training += args.train_args.split()
     if work.exists() and not work.is_dir():
         raise SpaceError(f"--work_dir {work} is a file; name a directory")
+    export = ["--adapter_dir", str(output), "--output", args.export_dir, "--mask_num", str(args.decode_mask_num),
+              "--cuda_mask_num", str(args.decode_mask_num_cuda)]
+    require_counts(args, ("decode_mask_num", "decode_mask_num_cuda"))
+    if not (Path(args.config).is_file() and args.config.endswith(CONFIG_SUFFIXES)):
+        raise SpaceError(f"--config {args.config} not found: pass a train_sft.py .yaml/.json config")
     check_distill_args(parse_distill_args(distill))  # the steps' own checks, before hours of work
-    model_args, data_args, finetune_args, _ = parse_train_args(training)
-    check_arguments(data_args, finetune_args, model_args)
+    parse_export_args(export)
+    model_args, data_args, finetune_args, training_args = parse_train_args(training)
+    check_arguments(data_args, finetune_args, model_args, training_args)
 
     log_path, settings = work / "recipe_log.json", recipe_settings(args)
 
@@ -138,8 +142,6 @@ def make_default_model(args: DefaultModelArguments) -> Path:
             training += ["--resume_from_checkpoint", "last"] if last else ["--overwrite_output_dir", "true"]
             step("train", train, training)
 
-        export = ["--adapter_dir", str(output), "--output", args.export_dir, "--mask_num", str(args.decode_mask_num),
-                  "--cuda_mask_num", str(args.decode_mask_num_cuda)]
         exported = step("export", lambda flags: export_adapter(parse_export_args(flags)), export)
         print(exported)
         total = sum(entry["seconds"] for key, entry in log.items() if key in ("distill", "train"))

@@ -38,7 +38,7 @@ import torch
 from tqdm.auto import tqdm
 
 import space
-from space.cli import parse_flags
+from space.cli import parse_flags, require_counts
 from space.decoding.common import eos_ids
 from space.errors import SpaceError
 from space.eval.datasets import ORIGINAL_HUMANEVAL_INSTRUCTION, load_eval_dataset
@@ -139,12 +139,7 @@ def _answer_all(args: DistillArguments, output: Path, settings: dict, prompts: l
 
 def check_distill_args(args: DistillArguments) -> None:
     """Every flag of the step, before the model loads."""
-    for name in ("batch_size", "max_new_tokens"):
-        if getattr(args, name) < 1:
-            raise SpaceError(f"--{name} must be a positive integer (got {getattr(args, name)})")
-    if args.limit is not None and args.limit < 1:
-        raise SpaceError(f"--limit must be a positive number of prompts (got {args.limit}); "
-                         "leave it out to use them all")
+    require_counts(args, ("batch_size", "max_new_tokens", "limit"), hints={"limit": "leave it out to use them all"})
     output = Path(args.output)
     if output.is_dir():
         raise SpaceError(f"--output {output} is a directory; name a .jsonl file (e.g. {output / 'distill.jsonl'})")

@@ -15,6 +15,7 @@ head: merging one warns.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import warnings
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ import space
 from space.adapters import addons
 from space.adapters.gated import GATED_WEIGHTS
 from space.adapters.sampler_head import HEAD_FIELD, HEAD_WEIGHTS
-from space.cli import parse_flags
+from space.cli import parse_flags, require_counts
 from space.errors import SpaceError, SpaceWarning
 from space.io import write_atomic
 from space.models import (
@@ -94,6 +95,9 @@ class ExportArguments:
 def parse_export_args(argv: list[str] | None = None) -> ExportArguments:
     (args,) = parse_flags((ExportArguments,), argv, "export_default_model.py",
                           description="Export a LoRA SAR-SFT run as the compact shipped default model.")
+    require_counts(args, ("mask_num", "cuda_mask_num"))  # the upper bound, the trained width, is read at export
+    if not 0 < args.max_mb < math.inf:
+        raise SpaceError(f"--max_mb must be a size in MB above 0 (got {args.max_mb:g})")
     return args
 
 

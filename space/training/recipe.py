@@ -45,6 +45,7 @@ from tqdm.auto import tqdm
 
 import space
 from space.adapters.gated import GATED_KIND, GatedConfig, add_gated_lora, names_module
+from space.cli import require_counts
 from space.errors import SpaceError
 from space.io import OutputLock
 from space.models import peft_without_alias_warning, space_json_fields, write_space_json
@@ -179,9 +180,28 @@ def check_arguments(data_args: DataArguments, finetune_args: FinetuningArguments
         check_gated(data_args, training_args)
     # the sample settings alone (the placeholder id is known only once the model is loaded)
     masking_config(data_args, SatSpec(0, data_args.sat_num) if data_args.sdsat else None).validate()
+    for name in ("mask_id", "sat_id"):  # the upper bound is the model's: checked once it is loaded
+        if getattr(data_args, name) is not None and getattr(data_args, name) < 0:
+            raise SpaceError(f"--{name} must be an id >= 0 (got {getattr(data_args, name)}); leave it out to add one")
+    if not 0 <= data_args.mask_loss_weight < math.inf:
+        raise SpaceError(f"--mask_loss_weight must be a finite weight >= 0 (got {data_args.mask_loss_weight:g}): a "
+                         "negative one would train the masks away from their targets")
+    if training_args is not None:
+        check_schedule(training_args)
     if model_args is not None:
         check_attention(model_args.attn_implementation, data_args, finetune_args.finetuning_type)
         check_attention_installed(model_args.attn_implementation)
+
+
+def check_schedule(training_args) -> None:
+    """The optimizer's schedule, which transformers checks only once the model is loaded (or not at all: a
+    negative epoch count trains nothing and saves the untouched model)."""
+    require_counts(training_args, ("per_device_train_batch_size", "gradient_accumulation_steps"))
+    if not 0 <= training_args.learning_rate < math.inf:
+        raise SpaceError(f"--learning_rate must be a finite rate >= 0 (got {training_args.learning_rate:g})")
+    if training_args.max_steps <= 0 and not training_args.num_train_epochs > 0:
+        raise SpaceError(f"--num_train_epochs must be above 0 (got {training_args.num_train_epochs:g}), or give "
+                         "--max_steps")
 
 
 def check_lora(finetune_args: FinetuningArguments) -> None:

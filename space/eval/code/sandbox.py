@@ -12,6 +12,7 @@ isolation cannot be set up at all is a `SpaceError` (before anything runs).
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import resource
 import signal
@@ -21,6 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from space.errors import SpaceError
 from space.eval.code.extract import extract_code
 from space.eval.code.isolation import give_to_sandbox_user, isolated_argv, process_limit, sandbox_python
 from space.eval.code.programs import build_program
@@ -56,6 +58,7 @@ def run_program(program: str, language: str, timeout: float = 10.0, memory_mb: i
     Safe to call from a thread pool: between fork and exec the child only sets rlimits.
     """
     check_language(language)
+    check_run_args(program, timeout, memory_mb, isolate)
     if not toolchain_available(language):
         return _skipped(language)
     python = sandbox_python() if isolate else None  # also: one clear error if isolation is impossible here
@@ -74,6 +77,19 @@ def run_program(program: str, language: str, timeout: float = 10.0, memory_mb: i
             if result is not None:
                 return result
         return ExecutionResult("passed")
+
+
+def check_run_args(program, timeout, memory_mb, isolate) -> None:
+    """One line for limits `run_program` cannot apply: rlimits take whole seconds and bytes, so NaN and
+    infinity cannot be set, and a limit of zero or less would fail every program as a timeout."""
+    if not isinstance(program, str):
+        raise SpaceError(f"program must be the source text, a str (got {type(program).__name__})")
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or not 0 < timeout < math.inf:
+        raise SpaceError(f"timeout must be a finite number of seconds > 0 (got {timeout!r})")
+    if isinstance(memory_mb, bool) or not isinstance(memory_mb, numbers.Integral) or memory_mb < 1:
+        raise SpaceError(f"memory_mb must be a whole number of MiB >= 1 (got {memory_mb!r})")
+    if not isinstance(isolate, bool):
+        raise SpaceError(f"isolate must be True or False (got {isolate!r})")
 
 
 def check_completion(problem: dict, completion_text: str, language: str, timeout: float = 10.0,
