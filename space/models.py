@@ -368,11 +368,16 @@ def _apply_adapter(model, tokenizer, adapter_dir: Path, merge: bool, device_type
         rows = model.get_input_embeddings().weight.shape[0]
         if len(tokenizer) > rows:
             resize_and_init(model, new_ids=list(range(rows, len(tokenizer))))
-    elif "mask_id" in fields:
-        add_mask_tokens(model, tokenizer, mask_num=fields.get("mask_num", 5), mask_id=fields["mask_id"],
-                        mask_diff=fields.get("mask_diff", False))
-    elif "sat_id" in fields:
-        add_sat_tokens(model, tokenizer, sat_num=fields.get("sat_num", 5), sat_id=fields["sat_id"])
+    else:
+        try:  # an id the base cannot take: the adapter was made for another base
+            if "mask_id" in fields:
+                add_mask_tokens(model, tokenizer, mask_num=fields.get("mask_num", 5), mask_id=fields["mask_id"],
+                                mask_diff=fields.get("mask_diff", False))
+            elif "sat_id" in fields:
+                add_sat_tokens(model, tokenizer, sat_num=fields.get("sat_num", 5), sat_id=fields["sat_id"])
+        except SpaceError as error:
+            raise SpaceError(f"adapter {adapter_dir} does not fit this base ({error}); load it onto the base it was "
+                             f"trained on ({ADAPTER_FIELDS_FILE} or adapter_config.json names it)") from error
     if saved.get("adapter") == GATED_KIND:
         spec = MaskSpec(fields["mask_id"], fields.get("mask_num", 5), fields.get("mask_diff", False))
         add_gated_lora(model, spec.mask_id, spec.num_ids, GatedConfig.from_json(saved["gated"]))

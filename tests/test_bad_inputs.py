@@ -168,3 +168,89 @@ def test_an_evaluation_with_a_bad_option_stores_no_settings(flags, message, tmp_
     output = tmp_path / "run"
     one_line(lambda: script_main("eval_infer")(["--output_dir", str(output), "--num_samples", "1", *flags]), message)
     assert not (output / "run_config.json").exists()
+
+
+# --- files of another model, cut or foreign files ---------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """A saved tiny model, one of another width, and a LoRA adapter of the first."""
+    from peft import LoraConfig, get_peft_model
+
+    root = tmp_path_factory.mktemp("files")
+    for name, model in (("a", tiny_llama(seed=0)), ("b", tiny_llama(seed=1, hidden_size=32))):
+        model.save_pretrained(root / name)
+        tiny_tokenizer().save_pretrained(root / name)
+    get_peft_model(tiny_llama(seed=0), LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(root / "lora")
+    return root
+
+
+def damaged_copy(saved, name, damage):
+    import shutil
+
+    target = saved / f"{name}-{damage.__name__}"
+    if not target.exists():
+        shutil.copytree(saved / name, target)
+        damage(target)
+    return target
+
+
+def cut_weights(path):
+    weights = path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:5000])
+
+
+def broken_config(path):
+    (path / "config.json").write_text("{broken")
+
+
+def unknown_model_type(path):
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps(dict(config, model_type="nosuchmodel")))
+
+
+def no_weights(path):
+    (path / "model.safetensors").unlink()
+
+
+def broken_adapter_config(path):
+    (path / "adapter_config.json").write_text("{")
+
+
+FILE_CASES = [
+    ("cut weights", lambda s: space.load_model(str(damaged_copy(s, "a", cut_weights))), r"is damaged or truncated"),
+    ("config.json not JSON", lambda s: space.load_model(str(damaged_copy(s, "a", broken_config))),
+     r"could not load model .*not a valid JSON file"),
+    ("unknown model_type", lambda s: space.load_model(str(damaged_copy(s, "a", unknown_model_type))),
+     r"could not load model .*nosuchmodel"),
+    ("no weights", lambda s: space.load_model(str(damaged_copy(s, "a", no_weights))), r"could not load model"),
+    ("adapter config not JSON",
+     lambda s: space.load_model(str(s / "a"), adapter=str(damaged_copy(s, "lora", broken_adapter_config))),
+     r"adapter_config.json is not valid JSON"),
+    ("adapter of another width", lambda s: space.load_model(str(s / "b"), adapter=str(s / "lora")),
+     r"adapter .*lora does not fit this base"),
+    # the shipped adapter's mask id (49152) is the SmolLM2 tokenizer's first free id: this base cannot take it
+    ("shipped adapter on another base",
+     lambda s: space.load_model(str(s / "a"), adapter=str(__import__("space.models").models.SHIPPED_MODEL_DIR)),
+     r"adapter .*default_model does not fit this base \(mask_id 49152 is far past the vocabulary"),
+]
+
+
+@pytest.mark.parametrize("name,call,message", FILE_CASES, ids=[case[0] for case in FILE_CASES])
+def test_files_of_another_model_and_cut_files_get_one_line(name, call, message, saved):
+    one_line(lambda: call(saved), message)
+
+
+def test_a_damaged_cost_curve_in_a_roofline_report_gets_one_line(tmp_path):
+    from space.bench.roofline import load_cost_curve
+
+    report = tmp_path / "roofline.json"
+    for curve, found in (({"rows": [1, 2], "ms": [1.0], "context_tokens": 4}, "ValueError"),
+                         ({"rows": [1], "ms": [1.0]}, "KeyError"),
+                         ({"rows": [1, 2], "ms": [1.0, float("nan")], "context_tokens": 4}, "ValueError")):
+        report.write_text(json.dumps({"cost_curves": {"cpu/float32": curve}}))
+        one_line(lambda: load_cost_curve(report, "cpu", "float32"),
+                 rf"the cost curve for cpu/float32 is damaged \({found}.*make it with")
+    report.write_text(json.dumps({"cost_curves": {"cpu/float32": {"rows": [1, 8], "ms": [2.0, 3.0],
+                                                                  "context_tokens": 4}}}))
+    assert load_cost_curve(report, "cpu", "float32").price(8) == 1.5

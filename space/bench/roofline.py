@@ -343,4 +343,9 @@ def load_cost_curve(path: str | Path, device: str | torch.device, dtype: str | t
     if key not in curves:
         raise SpaceError(f"{path} has no cost curve for {key} (it has {sorted(curves) or 'none'}): {make}")
     curve = curves[key]
-    return CostCurve(rows=list(curve["rows"]), measured_ms=list(curve["ms"]), context_tokens=curve["context_tokens"])
+    try:
+        rows, ms, context = list(curve["rows"]), list(curve["ms"]), int(curve["context_tokens"])
+        CostCurve.from_points(dict(zip(rows, ms, strict=True)))  # whole rows, finite positive times
+    except (KeyError, TypeError, ValueError) as error:
+        raise SpaceError(f"{path}: the cost curve for {key} is damaged ({error!r}): {make}") from None
+    return CostCurve(rows=rows, measured_ms=ms, context_tokens=context)
