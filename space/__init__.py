@@ -5,6 +5,7 @@
     ids = tokenizer("def fib(n):", return_tensors="pt").input_ids
     result = space.decode(model, ids, method="space", max_new_tokens=64)
     print(tokenizer.decode(result.tokens), result.stats.mean_tokens_per_step)
+    results = space.decode_batch(model, [ids[0], other_ids[0]], method="space")   # many prompts, one forward a step
 
 A base model without mask tokens (e.g. `space.load_model("smollm2")`) gets them from
 `space.add_mask_tokens(...)` before training (`space.training.train`); decoding with untrained masks
@@ -16,7 +17,7 @@ Layout: this folder is the spine (errors, io, cli, models, tokens, cache, window
 `space.bench` the measurements behind the benchmark scripts.
 """
 
-from space.decoding import DECODERS, DecodeOptions, DecodeResult, DecodeStats, decode
+from space.decoding import DECODERS, DecodeOptions, DecodeResult, DecodeStats, decode, decode_batch
 from space.errors import SpaceError, SpaceWarning
 from space.models import default_model_path, load_model
 from space.tokens import MaskSpec, SatSpec, add_mask_tokens, add_sat_tokens, read_mask_spec, read_sat_spec
@@ -33,6 +34,7 @@ __all__ = [
     "add_mask_tokens",
     "add_sat_tokens",
     "decode",
+    "decode_batch",
     "default_model_path",
     "load_model",
     "read_mask_spec",

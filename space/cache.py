@@ -15,6 +15,12 @@ owns a buffer of fixed capacity, `update` writes the new chunk after the live pr
 
 Both touch only the moved entries, never the whole cache. Buffers grow by doubling when a step would
 overflow them, so a caller's capacity estimate is a hint, not a limit.
+
+A batch keeps one length per row (`space.decoding.batch`): row r's live entries are `[0, lengths[r])`, a forward
+writes row r's chunk right after them (`set_row_lengths` first), and `compact_rows` keeps each row's own
+accepted entries with one gather and one scatter per layer, whatever the batch. Rows never move to realign with
+each other; the decoders' masks hide every column past a row's own entries. `keep_rows` drops finished rows.
+With one row (or equal lengths) every operation is the plain one above.
 """
 
 from __future__ import annotations
@@ -56,19 +62,26 @@ def passed_cache(kwargs: dict):
 
 
 class CompactLayer(DynamicLayer):
-    """One layer's keys and values in buffers `[batch, heads, capacity, head_dim]`; `length` are live."""
+    """One layer's keys and values in buffers `[batch, heads, capacity, head_dim]`; row r's first `lengths[r]`
+    entries are live (`length`: the longest row's)."""
 
     def __init__(self, capacity: int):
         super().__init__()
         self.capacity = max(int(capacity), 1)
-        self.length = 0
+        self.lengths: list[int] = [0]
         self.key_buffer: torch.Tensor | None = None
         self.value_buffer: torch.Tensor | None = None
 
+    @property
+    def length(self) -> int:
+        return max(self.lengths)
+
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         self.dtype, self.device = key_states.dtype, key_states.device
-        self.key_buffer = key_states.new_empty(*key_states.shape[:2], self.capacity, key_states.shape[-1])
-        self.value_buffer = value_states.new_empty(*value_states.shape[:2], self.capacity, value_states.shape[-1])
+        # zeros, not new_empty: a batch's mask hides the columns past a row's own entries, but a hidden column that
+        # held NaN from uninitialised memory would still make the attention NaN (0 * NaN)
+        self.key_buffer = key_states.new_zeros(*key_states.shape[:2], self.capacity, key_states.shape[-1])
+        self.value_buffer = value_states.new_zeros(*value_states.shape[:2], self.capacity, value_states.shape[-1])
         self.is_initialized = True
 
     def _ensure_capacity(self, needed: int) -> None:
@@ -77,7 +90,7 @@ class CompactLayer(DynamicLayer):
         capacity = max(needed, 2 * self.capacity)
         for name in ("key_buffer", "value_buffer"):
             old = getattr(self, name)
-            new = old.new_empty(*old.shape[:2], capacity, old.shape[-1])
+            new = old.new_zeros(*old.shape[:2], capacity, old.shape[-1])
             new[:, :, : self.length] = old[:, :, : self.length]
             setattr(self, name, new)
         self.capacity = capacity
@@ -85,11 +98,20 @@ class CompactLayer(DynamicLayer):
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
-        start, end = self.length, self.length + key_states.shape[-2]
+        fed = key_states.shape[-2]
+        if len(self.lengths) != key_states.shape[0]:
+            raise ValueError(f"the cache holds {len(self.lengths)} rows, the forward feeds {key_states.shape[0]}")
+        start, end = min(self.lengths), self.length + fed
         self._ensure_capacity(end)
-        self.key_buffer[:, :, start:end] = key_states
-        self.value_buffer[:, :, start:end] = value_states
-        self.length = end
+        if start == self.length:  # one row, or rows of one length: one slice
+            self.key_buffer[:, :, start:end] = key_states
+            self.value_buffer[:, :, start:end] = value_states
+        else:  # each row's chunk right after its own entries
+            index = torch.tensor(self.lengths, device=self.device)[:, None] + torch.arange(fed, device=self.device)
+            index = index[:, None, :, None].expand(-1, key_states.shape[1], -1, key_states.shape[-1])
+            self.key_buffer.scatter_(2, index, key_states)
+            self.value_buffer.scatter_(2, index, value_states)
+        self.lengths = [length + fed for length in self.lengths]
         self.keys = self.key_buffer[:, :, :end]
         self.values = self.value_buffer[:, :, :end]
         return self.keys, self.values
@@ -98,7 +120,7 @@ class CompactLayer(DynamicLayer):
         return self.length
 
     def truncate(self, length: int) -> None:
-        self.length = min(self.length, length)
+        self.lengths = [min(row, length) for row in self.lengths]
 
     def compact(self, prefix: int, sources: torch.Tensor) -> None:
         moved = sources.numel()
@@ -106,28 +128,85 @@ class CompactLayer(DynamicLayer):
             # Advanced indexing reads a copy first, so overlapping source and target ranges are safe.
             self.key_buffer[:, :, prefix : prefix + moved] = self.key_buffer[:, :, sources]
             self.value_buffer[:, :, prefix : prefix + moved] = self.value_buffer[:, :, sources]
-        self.length = prefix + moved
+        self.lengths = [prefix + moved] * len(self.lengths)
+
+    def compact_rows(self, prefixes: list[int], sources: torch.Tensor, moved: list[int]) -> None:
+        """Row r keeps `[0, prefixes[r])`, then its entries at `sources[r, :moved[r]]` (`sources` `[B, M]`, padded
+        with each row's own targets, which copy onto themselves)."""
+        if sources.shape[1]:
+            self._ensure_capacity(max(prefixes) + sources.shape[1])
+            targets = torch.tensor(prefixes, device=self.device)[:, None] + torch.arange(sources.shape[1],
+                                                                                         device=self.device)
+            shape = (-1, self.key_buffer.shape[1], -1, self.key_buffer.shape[-1])
+            sources, targets = sources[:, None, :, None].expand(shape), targets[:, None, :, None].expand(shape)
+            for name in ("key_buffer", "value_buffer"):
+                buffer = getattr(self, name)
+                buffer.scatter_(2, targets, buffer.gather(2, sources))  # gather copies first: overlaps are safe
+        self.lengths = [prefix + count for prefix, count in zip(prefixes, moved)]
+
+    def keep_rows(self, rows: list[int]) -> None:
+        if self.is_initialized:
+            index = torch.tensor(rows, device=self.device)
+            self.key_buffer = self.key_buffer.index_select(0, index)
+            self.value_buffer = self.value_buffer.index_select(0, index)
+        self.lengths = [self.lengths[row] for row in rows]
 
     def crop(self, tokens_to_remove: int) -> None:
         self.truncate(self.length - abs(tokens_to_remove))
 
     def reset(self) -> None:
-        self.length = 0
+        self.lengths = [0] * len(self.lengths)
 
 
 class CompactCache(Cache):
     """A transformers `Cache` of `CompactLayer`s, one per decoder layer."""
 
-    def __init__(self, num_layers: int, capacity: int):
+    def __init__(self, num_layers: int, capacity: int, rows: int = 1):
         super().__init__(layers=[CompactLayer(capacity) for _ in range(num_layers)])
+        self.set_row_lengths([0] * rows)
 
     @classmethod
-    def for_model(cls, model, capacity: int) -> "CompactCache":
-        return cls(model.config.num_hidden_layers, capacity)
+    def for_model(cls, model, capacity: int, rows: int = 1) -> "CompactCache":
+        return cls(model.config.num_hidden_layers, capacity, rows)
 
     @property
     def length(self) -> int:
+        """The live entries (of the longest row, in a batch)."""
         return self.layers[0].length
+
+    @property
+    def row_lengths(self) -> list[int]:
+        return list(self.layers[0].lengths)
+
+    def set_row_lengths(self, lengths: list[int]) -> None:
+        """Each row's live entries (never more than it holds): the next forward writes row r after `lengths[r]`."""
+        for layer in self.layers:
+            layer.lengths = list(lengths)
+
+    def keep_rows(self, rows: list[int]) -> None:
+        """Keep only these rows of the batch, in this order (finished sequences leave the batch)."""
+        for layer in self.layers:
+            layer.keep_rows(rows)
+
+    def compact_rows(self, keeps: list[tuple[int, torch.Tensor]]) -> None:
+        """Per row `(prefix, sources)`: keep entries `[0, prefix)`, then those at `sources` (all >= prefix), in that
+        order; every row in one gather and one scatter per layer."""
+        if len(keeps) == 1:
+            self.compact(*keeps[0])
+            return
+        device = self.layers[0].device if self.layers[0].is_initialized else None
+        moved = [int(sources.numel()) for _, sources in keeps]
+        width = max(moved)
+        padded = torch.empty(len(keeps), width, dtype=torch.long)
+        for row, ((prefix, sources), count) in enumerate(zip(keeps, moved)):
+            padded[row, :count] = sources.cpu()
+            padded[row, count:] = torch.arange(prefix + count, prefix + width)  # onto itself
+        prefixes = [prefix for prefix, _ in keeps]
+        for layer in self.layers:
+            if layer.is_initialized:
+                layer.compact_rows(prefixes, padded.to(device), moved)
+            else:
+                layer.lengths = [prefix + count for prefix, count in zip(prefixes, moved)]
 
     def truncate(self, length: int) -> None:
         """Forget every entry at index >= `length`."""

@@ -127,12 +127,29 @@ class DraftOracle(nn.Module):
             spec_ids.add(int(inner.config.sat_id))
         self.mask_ids = torch.tensor(sorted(spec_ids))
         self.reference = torch.zeros(0, dtype=torch.long)
+        self.references = [self.reference]
         self._backbone = _OracleBackbone(self)
         self._head = _OracleHead(self)
 
     def set_reference(self, sequence: torch.Tensor) -> None:
         """The full sequence (prompt + AR continuation) the drafts copy."""
         self.reference = sequence.detach().flatten().cpu()
+        self.references = [self.reference]
+
+    def set_references(self, sequences: list[torch.Tensor]) -> None:
+        """One reference per prompt of a batch: each row of a forward drafts from the reference its committed rows
+        fit best (rows leave a batch as they finish, so a row's index alone does not say whose it is)."""
+        self.references = [sequence.detach().flatten().cpu() for sequence in sequences]
+        self.reference = self.references[0]
+
+    def _row_reference(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """The reference whose tokens agree with most of a row's fed non-mask ids at their positions."""
+        if len(self.references) == 1:
+            return self.references[0]
+        plain = ~torch.isin(input_ids, self.mask_ids)
+        ids, at = input_ids[plain], positions[plain]
+        scores = [int((reference[at.clamp(max=reference.numel() - 1)] == ids).sum()) for reference in self.references]
+        return self.references[scores.index(max(scores))]
 
     def get_decoder(self):
         return self._backbone
@@ -143,10 +160,17 @@ class DraftOracle(nn.Module):
     def get_input_embeddings(self):
         return self.inner.get_input_embeddings()
 
-    def draft_token(self, positions: torch.Tensor) -> torch.Tensor:
-        """The token a mask at `positions` predicts (for position p+1)."""
-        lookup = torch.cat([self.reference, self.reference.new_zeros(1)])  # 0 past the reference's end
-        right = lookup[(positions + 1).clamp(max=self.reference.numel())]
+    def draft_token(self, positions: torch.Tensor, input_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """The token a mask at `positions` `[B, q]` predicts (for position p+1); `input_ids` pick each row's
+        reference when there are several."""
+        if len(self.references) > 1 and input_ids is not None:
+            return torch.stack([self._draft_from(self._row_reference(row_ids, row_positions), row_positions)
+                                for row_ids, row_positions in zip(input_ids.cpu(), positions)])
+        return self._draft_from(self.reference, positions)
+
+    def _draft_from(self, reference: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        lookup = torch.cat([reference, reference.new_zeros(1)])  # 0 past the reference's end
+        right = lookup[(positions + 1).clamp(max=reference.numel())]
         if self.mode == "oracle":
             return right
         junk = (right + 1) % self.config.mask_id  # never the right token, never a mask id
@@ -170,10 +194,10 @@ class _OracleBackbone(nn.Module):
             use_cache=use_cache,
             **cache_kwargs(backbone, cache),
         )
-        hidden = output.last_hidden_state  # [1, q, H]
-        is_mask = torch.isin(input_ids, oracle.mask_ids.to(input_ids.device))  # [1, q]
-        drafted = oracle.draft_token(position_ids.cpu()).to(hidden.device)  # [1, q]
-        extra = torch.stack([is_mask.to(hidden.dtype), drafted.to(hidden.dtype)], dim=-1)  # [1, q, 2]
+        hidden = output.last_hidden_state  # [B, q, H]
+        is_mask = torch.isin(input_ids, oracle.mask_ids.to(input_ids.device))  # [B, q]
+        drafted = oracle.draft_token(position_ids.cpu(), input_ids).to(hidden.device)  # [B, q]
+        extra = torch.stack([is_mask.to(hidden.dtype), drafted.to(hidden.dtype)], dim=-1)  # [B, q, 2]
         return SimpleNamespace(last_hidden_state=torch.cat([hidden, extra], dim=-1))
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from space.cache import CompactCache
-from space.decoding import common
+from space.decoding import batch, common
 from space.testing import tiny_llama, tiny_text_tokenizer
 
 
@@ -24,17 +24,19 @@ def random_prompt(length: int, seed: int, low: int = 3, high: int = 80) -> torch
 
 
 def capture_caches(monkeypatch) -> list:
-    """Record every `CompactCache` a decoder creates (in its preamble, `Run.start`), to inspect it after decoding."""
+    """Record every `CompactCache` a decoder creates (in its preamble, `Run.start`, or the batch loop's), to inspect
+    it after decoding."""
     caches = []
 
     class Recording(CompactCache):
         @classmethod
-        def for_model(cls, model, capacity):
-            cache = super().for_model(model, capacity)
+        def for_model(cls, model, capacity, rows=1):
+            cache = super().for_model(model, capacity, rows)
             caches.append(cache)
             return cache
 
     monkeypatch.setattr(common, "CompactCache", Recording)
+    monkeypatch.setattr(batch, "CompactCache", Recording)
     return caches
 
 

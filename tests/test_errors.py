@@ -134,10 +134,10 @@ def test_a_huge_draft_length_reserves_no_more_cache_than_the_budget(monkeypatch,
     capacities = []
     real = CompactCache.for_model.__func__
 
-    def for_model(cls, model, capacity):
+    def for_model(cls, model, capacity, rows=1):
         capacities.append(capacity)
         assert capacity <= 64, f"cache capacity {capacity} reserved for a 3-token prompt and 10 new tokens"
-        return real(cls, model, capacity)
+        return real(cls, model, capacity, rows)
 
     monkeypatch.setattr(CompactCache, "for_model", classmethod(for_model))
     model = tiny_llama(seed=2, sat_num=3)

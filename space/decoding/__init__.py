@@ -12,14 +12,23 @@ Options class; `prepare` runs a method's step, so a harness loops over methods w
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Callable
 
 import torch
 
 from space.decoding import ar, hf, sdsat, self_spec
 from space.decoding import space as space_decoding
-from space.decoding.common import DecodeOptions, DecodeResult, DecodeStats, check_model, check_prompt, fit_context
+from space.decoding.batch import row_seeds
+from space.decoding.common import (
+    SEED_RANGE,
+    DecodeOptions,
+    DecodeResult,
+    DecodeStats,
+    check_model,
+    check_prompt,
+    fit_context,
+)
 from space.errors import SpaceError
 
 
@@ -31,6 +40,9 @@ class Decoder:
     Options: type[DecodeOptions] = DecodeOptions
     # prepare(model, tokenizer, options: list[dict], untrained: bool) -> a note or None (see `prepare`)
     prepare: Callable[..., str | None] | None = None
+    # generate_batch(model, prompts: list of [1, n_i], options: list[Options]) -> list[DecodeResult]; None: the
+    # method decodes one prompt at a time
+    generate_batch: Callable[..., list[DecodeResult]] | None = None
 
     def option_names(self) -> list[str]:
         return self.Options.option_names()
@@ -40,8 +52,9 @@ class Decoder:
 
 
 DECODERS: dict[str, Decoder] = {
-    "ar": Decoder(ar.generate),
-    "space": Decoder(space_decoding.generate, space_decoding.SpaceOptions, space_decoding.prepare),
+    "ar": Decoder(ar.generate, generate_batch=ar.generate_batch),
+    "space": Decoder(space_decoding.generate, space_decoding.SpaceOptions, space_decoding.prepare,
+                     space_decoding.generate_batch),
     "hf": Decoder(hf.generate),
     "prompt_lookup": Decoder(hf.generate_prompt_lookup, hf.PromptLookupOptions),
     "self_spec": Decoder(self_spec.generate, self_spec.SelfSpecOptions, self_spec.prepare),
@@ -101,6 +114,74 @@ def decode(model, input_ids: torch.Tensor, method: str = "space", **options) -> 
     return DECODERS[method].generate(model, input_ids, fit_context(model, input_ids, parsed))
 
 
+def batching_methods() -> list[str]:
+    """The methods `decode_batch` runs on several prompts in one forward per step."""
+    return [method for method, entry in DECODERS.items() if entry.generate_batch is not None]
+
+
+def decode_batch(model, prompts, method: str = "space", attention_mask: torch.Tensor | None = None,
+                 **options) -> list[DecodeResult]:
+    """Generate from many prompts at once: result i is what `decode` of prompt i alone returns (greedy: the same
+    tokens; sampling: the same target distribution, row i drawing from its own generator seeded `seed + i`). Each
+    row stops at its own EOS and its own `max_new_tokens` (cut to the room its prompt leaves), and leaves the
+    batch when it does.
+
+    `prompts`: a list of 1-D LongTensors of any lengths, or a `[B, n]` LongTensor, left-padded, with its
+    `attention_mask` (what a tokenizer with `padding_side="left"` returns; no mask: no padding). The options are
+    `decode`'s. Methods that batch: see `batching_methods()` (the others take one prompt at a time)."""
+    parsed = parse_options(method, options)
+    rows = split_prompts(prompts, attention_mask)
+    entry = DECODERS[method]
+    if entry.generate_batch is None:
+        if len(rows) > 1:
+            raise SpaceError(f"method {method!r} decodes one prompt at a time; the methods that batch are "
+                             f"{batching_methods()} (or call space.decode per prompt)")
+        check_prompt(model, rows[0])
+        return [entry.generate(model, rows[0], fit_context(model, rows[0], parsed))]
+    for row in rows:
+        check_prompt(model, row)
+    seeds = row_seeds(parsed.seed, len(rows), SEED_RANGE)
+    row_options = [replace(fit_context(model, row, parsed), seed=seed) for row, seed in zip(rows, seeds)]
+    return entry.generate_batch(model, rows, row_options)
+
+
+def split_prompts(prompts, attention_mask: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """`decode_batch`'s prompts as `[1, n_i]` rows, padding removed; one line for anything else."""
+    if isinstance(prompts, torch.Tensor) and prompts.dim() == 2:
+        if prompts.dtype != torch.long:
+            raise SpaceError(f"prompts must be a LongTensor of token ids (got {prompts.dtype})")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(prompts)
+        if not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != prompts.shape:
+            shape = getattr(attention_mask, "shape", type(attention_mask).__name__)
+            raise SpaceError(f"attention_mask must be a tensor of the prompts' shape {tuple(prompts.shape)} "
+                             f"(got {tuple(shape) if isinstance(shape, torch.Size) else shape})")
+        keep = attention_mask.to(prompts.device) != 0
+        if bool((attention_mask != 0).logical_and(attention_mask != 1).any()):
+            raise SpaceError("attention_mask must hold 0 (padding) and 1 (token) only")
+        # left padding: once a row's tokens start they run to its end
+        if bool((keep[:, :-1] & ~keep[:, 1:]).any()):
+            raise SpaceError("the prompts are right-padded (a 0 after a 1 in attention_mask); decode_batch takes "
+                             "left padding: tokenize with padding_side='left'")
+        prompts = [row[kept] for row, kept in zip(prompts, keep)]
+    elif attention_mask is not None:
+        raise SpaceError("attention_mask goes with a [B, n] tensor of prompts; a list of prompts needs none")
+    if not isinstance(prompts, (list, tuple)):
+        raise SpaceError("prompts must be a list of 1-D LongTensors or a left-padded [B, n] LongTensor (got "
+                         f"{type(prompts).__name__})")
+    if not prompts:
+        raise SpaceError("no prompts: decode_batch needs at least one")
+    rows = []
+    for i, prompt in enumerate(prompts):
+        if not isinstance(prompt, torch.Tensor) or prompt.dtype != torch.long or prompt.dim() != 1:
+            raise SpaceError(f"prompt {i} must be a 1-D LongTensor of token ids (got "
+                             f"{getattr(prompt, 'shape', type(prompt).__name__)})")
+        if prompt.numel() == 0:
+            raise SpaceError(f"prompt {i} is empty: every prompt needs at least one token")
+        rows.append(prompt[None])
+    return rows
+
+
 def _options_doc() -> str:
     shared = DecodeOptions.option_names()
     lines = [f"    every method: {', '.join(shared)}"]
@@ -124,5 +205,5 @@ decode.__doc__ = f"""Generate from a `[1, n]` prompt with `method` (one of `DECO
     """
 
 
-__all__ = ["DECODERS", "DecodeOptions", "DecodeResult", "DecodeStats", "Decoder", "decode", "option_names",
-           "parse_options", "prepare", "session_options"]
+__all__ = ["DECODERS", "DecodeOptions", "DecodeResult", "DecodeStats", "Decoder", "batching_methods", "decode",
+           "decode_batch", "option_names", "parse_options", "prepare", "session_options"]

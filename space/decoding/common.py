@@ -323,13 +323,13 @@ class Model:
         causally at their own positions, then `chunk` `[c]`.
 
         With a pattern, chunk row i sits at position `P + offsets[i]` and sees the whole prefix and the chunk rows
-        `allowed[i]` (`[c, c]` bool): the mask is built here, with the model's sliding windows. Without one the
+        `allowed[i]` (`[c, c]` bool): the mask is built from it, with the model's sliding windows. Without one the
         chunk simply continues the prefix (consecutive positions, causal) and the model builds its own mask."""
         device = self.device
         base, unseen = prefix.shape[0], prefix.shape[0] - seen
         ids = prefix[seen:] if chunk is None else torch.cat([prefix[seen:], chunk])
         if allowed is None:
-            return ForwardInputs(ids, torch.arange(seen, seen + ids.shape[0], device=device), None, unseen)
+            return ForwardInputs(ids, torch.arange(seen, seen + ids.shape[0], device=device), unseen, seen)
         positions = torch.cat([torch.arange(seen, base, device=device), offsets + base])
         rows = ids.shape[0]
         prefix_columns = torch.ones(rows, base, dtype=torch.bool, device=device)
@@ -338,8 +338,8 @@ class Model:
         chunk_columns = torch.zeros(rows, chunk.shape[0], dtype=torch.bool, device=device)
         chunk_columns[unseen:] = allowed
         keys = torch.cat([torch.arange(base, device=device), offsets + base])  # a cached x_t sits at position t
-        mask = self.mask(torch.cat([prefix_columns, chunk_columns], dim=1), positions, keys)
-        return ForwardInputs(ids, positions, mask, unseen)
+        return ForwardInputs(ids, positions, unseen, seen, torch.cat([prefix_columns, chunk_columns], dim=1), keys,
+                             self)
 
     def hidden(self, input_ids, position_ids, attention_mask=None, cache=None) -> torch.Tensor:
         """One backbone forward -> final-norm hidden states `[q, H]` (batch 1 squeezed)."""
@@ -351,6 +351,22 @@ class Model:
             **cache_kwargs(self.backbone, cache),
         )
         return output.last_hidden_state[0]
+
+    def feed(self, inputs: "list[ForwardInputs]", cache: CompactCache | None = None) -> list[torch.Tensor]:
+        """One backbone forward over a batch of rows' inputs (`inputs[r].seen` of row r's entries in `cache`) ->
+        each row's hidden states `[fed_r, H]`. One row is fed as it is; several are padded to the longest, each with
+        its own positions and mask, and row r's chunk is written after its own cache entries
+        (`CompactCache.set_row_lengths`): no row moves to line up with another."""
+        if len(inputs) == 1:
+            only = inputs[0]
+            return [self.hidden(only.ids, only.positions, only.mask, cache)]
+        ids, positions, mask = batch_inputs(inputs, self)
+        if cache is not None:
+            cache.set_row_lengths([row.seen for row in inputs])
+        output = self.backbone(input_ids=ids, attention_mask=mask, position_ids=positions,
+                               use_cache=cache is not None, **cache_kwargs(self.backbone, cache))
+        hidden = output.last_hidden_state
+        return [hidden[r, : row.ids.shape[0]] for r, row in enumerate(inputs)]
 
     def logits(self, hidden_rows: torch.Tensor) -> torch.Tensor:
         """lm_head on the given rows only, computed in fp32 whatever the model's dtype.
@@ -379,12 +395,54 @@ class Model:
 
 @dataclass
 class ForwardInputs:
-    """What one backbone forward is fed (`Model.chunk_inputs`); `hidden[unseen:]` are the chunk's rows."""
+    """What one row of a backbone forward is fed (`Model.chunk_inputs`); `hidden[unseen:]` are the chunk's rows."""
 
     ids: torch.Tensor  # [fed]
     positions: torch.Tensor  # [fed]
-    mask: torch.Tensor | dict | None  # the backbone's mask; None: the model's own causal one
     unseen: int  # committed rows fed before the chunk (0 when the cache holds the whole prefix)
+    seen: int  # cache entries before the fed rows (their keys sit at positions 0..seen-1)
+    pattern: torch.Tensor | None = None  # [fed, seen + fed] bool: may attend; None: causal
+    key_positions: torch.Tensor | None = None  # [seen + fed]; None: 0..seen+fed-1
+    model: "Model | None" = field(default=None, repr=False)  # builds the mask from the pattern
+
+    @functools.cached_property
+    def mask(self) -> torch.Tensor | dict | None:
+        """The backbone's mask for this row alone; None: the model's own causal one."""
+        if self.pattern is None:
+            return None
+        return self.model.mask(self.pattern, self.positions, self.key_positions)
+
+    def full_pattern(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pattern and key positions, the causal ones spelled out."""
+        if self.pattern is not None:
+            return self.pattern, self.key_positions
+        fed, device = self.ids.shape[0], self.ids.device
+        causal = torch.ones(fed, self.seen + fed, dtype=torch.bool, device=device).tril(diagonal=self.seen)
+        return causal, torch.arange(self.seen + fed, device=device)
+
+
+def batch_inputs(inputs: list[ForwardInputs], model: Model) -> tuple[torch.Tensor, torch.Tensor, object]:
+    """Rows of different lengths as one forward: ids and positions `[B, F]` (F the longest row), and the mask over
+    `[B, F, max(seen) + F]` keys. Row r's keys are its `seen` cache entries, then its own fed rows at columns
+    `seen .. seen + F`, where the cache writes them; every other column is hidden from it. A padding row repeats the
+    row's first id and sees only itself (its output is never read)."""
+    width = max(row.ids.shape[0] for row in inputs)
+    keys = max(row.seen for row in inputs) + width
+    device = inputs[0].ids.device
+    ids = torch.empty(len(inputs), width, dtype=torch.long, device=device)
+    positions = torch.zeros(len(inputs), width, dtype=torch.long, device=device)
+    allowed = torch.zeros(len(inputs), width, keys, dtype=torch.bool, device=device)
+    key_positions = torch.zeros(len(inputs), keys, dtype=torch.long, device=device)
+    for r, row in enumerate(inputs):
+        fed, seen = row.ids.shape[0], row.seen
+        pattern, row_keys = row.full_pattern()
+        ids[r, :fed], ids[r, fed:] = row.ids, row.ids[0]
+        positions[r, :fed] = row.positions
+        allowed[r, :fed, : seen + fed] = pattern
+        key_positions[r, : seen + fed] = row_keys
+        padding = torch.arange(fed, width, device=device)
+        allowed[r, padding, seen + padding] = True
+    return ids, positions, model.mask(allowed[:, None], positions[:, None], key_positions[:, None])
 
 
 class Output:
@@ -440,12 +498,13 @@ class Run:
 
     @classmethod
     def start(cls, target: Model, input_ids: torch.Tensor, options: DecodeOptions, stats: DecodeStats,
-              cache_slack: int = 0) -> "Run":
+              cache_slack: int = 0, own_cache: bool = True) -> "Run":
         """The preamble: the prompt on the model's device, the output buffer, a cache with room for the
         output plus `cache_slack` uncommitted rows (drafts, masks), the sampler (with a seeded generator when
-        sampling)."""
+        sampling). `own_cache=False`: a row of a batch, whose cache the batch holds (`space.decoding.batch`)."""
         out = Output(input_ids.to(target.device), options.max_new_tokens, eos_ids(target.model, options.eos_token_id))
-        cache = CompactCache.for_model(target.model, out.ids.numel() + cache_slack) if options.use_cache else None
+        cache = (CompactCache.for_model(target.model, out.ids.numel() + cache_slack)
+                 if options.use_cache and own_cache else None)
         generator = make_generator(options.seed, target.device) if options.do_sample else None
         return cls(target, out, cache, Sampler.of(options, generator), stats)
 
@@ -461,8 +520,11 @@ class Run:
     def forward(self, extra: torch.Tensor | None = None) -> torch.Tensor:
         """The hidden states `[fed, H]` of a forward over the input the cache has not seen: the committed tokens after
         `seen`, then `extra` (drafts, adaptive tokens) right after them, causally."""
-        inputs = self.target.chunk_inputs(self.out.committed(), self.seen, extra)
-        return self.target.hidden(inputs.ids, inputs.positions, inputs.mask, self.cache)
+        return self.target.feed([self.inputs(self.seen, extra)], self.cache)[0]
+
+    def inputs(self, seen: int, extra: torch.Tensor | None = None) -> ForwardInputs:
+        """What `forward` feeds when the cache holds `seen` committed tokens."""
+        return self.target.chunk_inputs(self.out.committed(), seen, extra)
 
     def commit(self, tokens: list[int], accepted: int = 0) -> int:
         """Append `tokens` (cut at EOS and at `max_new_tokens`) and record the forward that produced them:

@@ -136,10 +136,17 @@ def prepare(model, tokenizer, options: list[dict], untrained: bool = False) -> s
 
 
 @torch.inference_mode()
-def generate(model, input_ids: torch.Tensor, options: SpaceOptions) -> DecodeResult:
+def generate_batch(model, prompts: list[torch.Tensor], options: list[SpaceOptions]) -> list[DecodeResult]:
+    """SPACE for every prompt (`[1, n_i]` each, with its own options: seed, budget) in one forward per step."""
     target = Model(model)
-    spec = resolve_mask_spec(target.config, options.mask_id, options.mask_num, options.mask_diff)
+    first = options[0]
+    spec = resolve_mask_spec(target.config, first.mask_id, first.mask_num, first.mask_diff)
     k = spec.mask_num
-    check_step_size(k, input_ids.shape[1] + options.max_new_tokens)  # before any layout, which is rows x rows
+    for prompt, row_options in zip(prompts, options):  # before any layout, which is rows x rows
+        check_step_size(k, prompt.shape[1] + row_options.max_new_tokens)
     group_ids = torch.tensor(spec.group_ids(k), device=target.device)
-    return generate_tree(target, input_ids, options, k, group_ids).result()
+    return [run.result() for run in generate_tree(target, prompts, options, k, group_ids)]
+
+
+def generate(model, input_ids: torch.Tensor, options: SpaceOptions) -> DecodeResult:
+    return generate_batch(model, [input_ids], [options])[0]

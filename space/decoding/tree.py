@@ -19,11 +19,13 @@ sampling, or the paper's rule). Its step is the §3.2 layout row for row, and it
 
 from __future__ import annotations
 
+import copy
 import functools
 from dataclasses import dataclass, field
 
 import torch
 
+from space.decoding.batch import run_rows
 from space.decoding.common import DecodeStats, Model, Run
 from space.decoding.drafts import Drafts
 from space.decoding.retrieval import NgramIndex
@@ -36,7 +38,7 @@ from space.decoding.tree_shape import (
     DraftTree,
     ShapeConfig,
     next_chain_source,
-    plan_tree,
+    plan_steps,
     record_outcome,
 )
 from space.decoding.verify import accept, accept_tree
@@ -135,73 +137,111 @@ def verify(node_logits: torch.Tensor, tree: DraftTree, tokens: list[int], chain:
     return list(range(1, accepted + 1)), token  # the chain's nodes are 1..k in order
 
 
-def generate_tree(target: Model, input_ids: torch.Tensor, options, k: int, group_ids: torch.Tensor) -> Run:
-    """Decode with SPACE; `k` is the mask group width, `group_ids` the group's ids. `options.uses_tree` chooses the
-    candidate tree, else the paper's chain."""
-    device = target.device
-    config = shape_config(target, options, k)
-    rates = options.acceptance if options.acceptance is not None else AcceptanceRates()
-    stats = DecodeStats() if config.faithful else TreeStats()
-    # room for the step's uncommitted rows: the paper's step has 1 + k(k+2), a tree at most max_rows and its groups
-    rows = 1 + k * (k + 2) if config.faithful else config.max_rows + k * (k + 2) + 1
-    run = Run.start(target, input_ids, options, stats, cache_slack=rows)
-    out, cache = run.out, run.cache
-    index = None
-    if config.copy:
-        index = NgramIndex(options.copy_ngram)
-        index.extend(out.committed().tolist())
-    chain, runners_up = first_chain(group_ids, config, options.do_sample, target.config.vocab_size), []
-    use_head = target.sampler_head is not None and options.sampler_head
+class TreeRow:
+    """One prompt's SPACE step as a row of the batch loop (`space.decoding.batch`); `k` is the mask group width,
+    `group_ids` the group's ids, `rates` the acceptance its trees are planned from."""
 
-    while True:
-        n = out.length
+    def __init__(self, target: Model, input_ids: torch.Tensor, options, k: int, group_ids: torch.Tensor,
+                 config: ShapeConfig, rates: AcceptanceRates):
+        self.target, self.options, self.k, self.group_ids, self.config, self.rates = (
+            target, options, k, group_ids, config, rates)
+        self.run = Run.start(target, input_ids, options, DecodeStats() if config.faithful else TreeStats(),
+                             own_cache=False)
+        self.index = None
+        if config.copy:
+            self.index = NgramIndex(options.copy_ngram)
+            self.index.extend(self.run.out.committed().tolist())
+        self.chain = first_chain(group_ids, config, options.do_sample, target.config.vocab_size)
+        self.runners_up: list[Drafts] = []
+        self.use_head = target.sampler_head is not None and options.sampler_head
+
+    @property
+    def finished(self) -> bool:
+        return self.run.finished
+
+    @property
+    def slack(self) -> int:
+        """Room for a step's uncommitted rows: the paper's step has 1 + k(k+2), a tree at most max_rows and its
+        groups."""
+        k = self.k
+        return 1 + k * (k + 2) if self.config.faithful else self.config.max_rows + k * (k + 2) + 1
+
+    def plan(self):
         # 1. plan: copies from the root and after each prefix of the chain
-        copies = [] if index is None else [index.lookup(options.copy_tokens, tuple(chain.tokens[:depth]))
-                                            for depth in range(len(chain) + 1)]
-        limit = target.position_limit(n)  # the root sits at n - 1: no row deeper than the limit allows
-        tree = plan_tree(int(out.ids[n - 1]), chain, runners_up, copies, rates, config, sampled=chain.q is not None,
-                         max_depth=None if limit is None else limit - (n - 1))
-        tokens = tree.tokens  # a property that builds the list: read once
-        layout = layout_on(tuple(tree.parents), tuple(tree.grouped), k, device)
-        chunk_ids = torch.zeros(layout.size, dtype=torch.long, device=device)
-        chunk_ids[layout.node_rows] = torch.tensor(tokens, device=device)
-        for rows in layout.group_rows.values():
-            chunk_ids[rows] = group_ids
+        out, chain = self.run.out, self.chain
+        n = out.length
+        copies = [] if self.index is None else [self.index.lookup(self.options.copy_tokens, tuple(chain.tokens[:depth]))
+                                                 for depth in range(len(chain) + 1)]
+        limit = self.target.position_limit(n)  # the root sits at n - 1: no row deeper than the limit allows
+        return plan_steps(int(out.ids[n - 1]), chain, self.runners_up, copies, self.rates, self.config,
+                          sampled=chain.q is not None, max_depth=None if limit is None else limit - (n - 1))
 
+    def feed(self, seen: int, tree: DraftTree):
         # 2. one forward: the tree and its groups (rooted at x_{n-1}), after the prefix the cache has not seen
-        inputs = target.chunk_inputs(out.ids[: n - 1], run.seen, chunk_ids, layout.allowed, layout.position_offsets)
-        # [rows, H]: the chunk's
-        hidden = target.hidden(inputs.ids, inputs.positions, inputs.mask, cache)[inputs.unseen :]
-        logits = target.logits(hidden)  # [rows, V]
+        out, device = self.run.out, self.target.device
+        self.n, self.tree, self.tokens = out.length, tree, tree.tokens  # tokens: a property that builds the list
+        layout = self.layout = layout_on(tuple(tree.parents), tuple(tree.grouped), self.k, device)
+        chunk_ids = torch.zeros(layout.size, dtype=torch.long, device=device)
+        chunk_ids[layout.node_rows] = torch.tensor(self.tokens, device=device)
+        for rows in layout.group_rows.values():
+            chunk_ids[rows] = self.group_ids
+        inputs = self.target.chunk_inputs(out.ids[: self.n - 1], seen, chunk_ids, layout.allowed,
+                                          layout.position_offsets)
+        return inputs, inputs.unseen  # lm_head on the chunk's rows
 
+    def take(self, hidden: torch.Tensor, logits: torch.Tensor):
+        """`hidden` `[rows, H]` and `logits` `[rows, V]`: the chunk's."""
+        run, out, tree, layout, config, n = self.run, self.run.out, self.tree, self.layout, self.config, self.n
         # 3. verify
-        path, token = verify(logits[layout.node_rows], tree, tokens, chain, config, run.sampler,
-                             options.sampling_mode)
+        path, token = verify(logits[layout.node_rows], tree, self.tokens, self.chain, config, run.sampler,
+                             self.options.sampling_mode)
 
         # 4. commit (cut at EOS and at max_new_tokens), learn the rates (the tree's)
-        emitted = run.commit([tokens[u] for u in path] + [token], len(path))
+        emitted = run.commit([self.tokens[u] for u in path] + [token], len(path))
         if not config.faithful:  # the tree's own statistics, and the rates its shape is planned from
             kinds = [tree.nodes[u].kind for u in path[: min(len(path), emitted)]]
-            stats.rows_per_step.append(layout.size)
-            stats.copy_accepted_per_step.append(kinds.count("copy"))
-            stats.topk_accepted_per_step.append(kinds.count("topk"))
-            record_outcome(tree, path, rates)
+            run.stats.rows_per_step.append(layout.size)
+            run.stats.copy_accepted_per_step.append(kinds.count("copy"))
+            run.stats.topk_accepted_per_step.append(kinds.count("topk"))
+            record_outcome(tree, path, self.rates)
         if out.finished:
-            return run
-        if index is not None:
-            index.extend(out.ids[n : out.length].tolist())
+            return None
+        if self.index is not None:
+            self.index.extend(out.ids[n : out.length].tolist())
 
-        # 5. cache: the committed prefix, then the accepted nodes (now x_n ..)
-        if cache is not None:
-            cache.compact(n, (n - 1) + layout.node_rows[path])
-
-        # 6. the next chain
+        # 5. the next chain
         source = next_chain_source(tree, path)
         if source is None:
-            chain, runners_up = Drafts(), []
+            self.chain, self.runners_up = Drafts(), []
         else:
             node, first_slot = source
             rows = layout.group_rows[node]
-            chain, runners_up = draft_chain(target, hidden[rows], logits[rows], first_slot,
-                                            int(out.ids[out.length - 1]), run.sampler, use_head,
-                                            0 if config.faithful else options.branch_width)
+            self.chain, self.runners_up = draft_chain(self.target, hidden[rows], logits[rows], first_slot,
+                                                      int(out.ids[out.length - 1]), run.sampler, self.use_head,
+                                                      0 if config.faithful else self.options.branch_width)
+
+        # 6. cache: the committed prefix, then the accepted nodes (now x_n ..)
+        return n, (n - 1) + layout.node_rows[path]
+
+
+def generate_tree(target: Model, prompts: list[torch.Tensor], options: list, k: int,
+                  group_ids: torch.Tensor) -> list[Run]:
+    """Decode every prompt (`[1, n_i]`, with its own options) with SPACE in one forward per step; `k` is the mask
+    group width, `group_ids` the group's ids. `options[0].uses_tree` chooses the candidate tree, else the paper's
+    chain. One prompt's rates are `acceptance` itself (carried across calls); several prompts each plan from a copy
+    of it, and it learns what all of them measured."""
+    config = shape_config(target, options[0], k)
+    carried = options[0].acceptance
+    if carried is None:
+        rates = [AcceptanceRates() for _ in prompts]
+    elif len(prompts) == 1:
+        rates = [carried]
+    else:
+        rates = [copy.deepcopy(carried) for _ in prompts]
+    rows = [TreeRow(target, prompt, row_options, k, group_ids, config, row_rates)
+            for prompt, row_options, row_rates in zip(prompts, options, rates)]
+    run_rows(target, rows, options[0].use_cache, max(row.run.out.ids.numel() + row.slack for row in rows),
+             config.price, config.max_rows)
+    if carried is not None and len(prompts) > 1:
+        carried.absorb(rates)
+    return [row.run for row in rows]

@@ -64,6 +64,18 @@ class AcceptanceRates:
         rates.steps_without_root_group = data["steps_without_root_group"]
         return rates
 
+    def absorb(self, copies: "list[AcceptanceRates]") -> None:
+        """Add what each copy of these rates measured since it was copied (the rows of a batch, each planning from
+        its own copy)."""
+        start = {key: list(entry) for key, entry in self.counts.items()}
+        for rates in copies:
+            for key, (accepted, offered) in rates.counts.items():
+                before = start.get(key, (0, 0))
+                entry = self.counts.setdefault(key, [0, 0])
+                entry[0] += accepted - before[0]
+                entry[1] += offered - before[1]
+        self.steps_without_root_group = min(rates.steps_without_root_group for rates in copies)
+
     def rate(self, key: tuple) -> float:
         accepted, offered = self.counts.get(key, (0, 0))
         return (accepted + PRIOR_WEIGHT * PRIORS[key[0]]) / (offered + PRIOR_WEIGHT)
@@ -100,6 +112,7 @@ class DraftTree:
     nodes: list[Node]
     grouped: list[bool]
     candidates: list[list[tuple[int, torch.Tensor | None]]]
+    k: int = 0  # the width of a group
 
     @property
     def tokens(self) -> list[int]:
@@ -108,6 +121,16 @@ class DraftTree:
     @property
     def parents(self) -> list[int]:
         return [node.parent for node in self.nodes]
+
+    @property
+    def rows(self) -> int:
+        """Rows the step feeds: a node each, and k per group."""
+        return len(self.nodes) + self.k * sum(self.grouped)
+
+    @property
+    def value(self) -> float:
+        """Expected tokens: the bonus, and each node's chance of being accepted."""
+        return 1.0 + sum(node.reach for node in self.nodes[1:])
 
 
 @dataclass
@@ -193,20 +216,29 @@ def plan_tree(root_token: int, chain: Drafts, runners_up: list[Drafts], copies: 
 
     `max_depth`: no row may sit deeper than this below the root (a node at depth d, a group's masks at d+1 .. d+k;
     `space.decoding.common.Model.position_limit`), whatever it would be worth."""
+    plan = plan_steps(root_token, chain, runners_up, copies, rates, config, sampled, max_depth)
+    return plan_batch([plan], config.price, config.max_rows)[0]
+
+
+def plan_steps(root_token: int, chain: Drafts, runners_up: list[Drafts], copies: list[Drafts],
+               rates: AcceptanceRates, config: ShapeConfig, sampled: bool = False, max_depth: int | None = None):
+    """`plan_tree` as steps a batch takes together: yields each `Selection` (the row's candidates in greedy order)
+    and is sent back how many of them to feed (`cut`, with every row's selection at once); returns the tree."""
     if config.faithful:  # the paper's chain: everything (that fits), a group on the root and every chain node
         nodes = _trie(root_token, chain, runners_up, copies, rates, config)
         depths = _depths(nodes)
         chosen = [u for u in range(len(nodes)) if _fits(depths[u], 0, max_depth)]
         grouped = {u for u in chosen if config.k and nodes[u].kind in ("root", "chain", "masks")
                    and _fits(depths[u], config.k, max_depth)}
-        return _tree(nodes, chosen, grouped)
+        return _tree(nodes, chosen, grouped, config.k)
     if not sampled:
         nodes = _trie(root_token, chain, runners_up, copies, rates, config)
-        chosen, grouped = _select(nodes, rates, config, max_depth=max_depth)
-        return _tree(nodes, chosen, grouped)
+        selection = _candidates(nodes, rates, config, max_depth=max_depth)
+        return _tree(nodes, *selection.taking((yield selection)), config.k)
 
     skeleton = _trie(root_token, chain, runners_up, [], rates, config, merge=False)
-    fixed, fixed_groups = _select(skeleton, rates, config, max_depth=max_depth)
+    selection = _candidates(skeleton, rates, config, max_depth=max_depth)
+    fixed, fixed_groups = selection.taking((yield selection))
     fed_keys = {skeleton[u].keys[0] for u in fixed[1:]}
     grouped_keys = {skeleton[u].keys[0] if u else "root" for u in fixed_groups}
     nodes = _trie(root_token, chain, runners_up, copies, rates, config)
@@ -215,9 +247,76 @@ def plan_tree(root_token: int, chain: Drafts, runners_up: list[Drafts], copies: 
     for u, node in enumerate(nodes):
         if u not in forced:
             node.q = None  # a drawn token fed only through a copy it equals is tested as that copy: one-hot
-    chosen, grouped = _select(nodes, rates, config, forced, forced_groups,
-                              lambda u: any(key[0] == "copy" for key in nodes[u].keys), max_depth)
-    return _tree(nodes, chosen, grouped)
+    selection = _candidates(nodes, rates, config, forced, forced_groups,
+                            lambda u: any(key[0] == "copy" for key in nodes[u].keys), max_depth)
+    return _tree(nodes, *selection.taking((yield selection)), config.k)
+
+
+def plan_batch(plans: list, price: Callable[[int], float], max_rows: int) -> list[DraftTree]:
+    """Run the rows' `plan_steps` together: each round, the selections of the rows still planning are cut at once
+    (`cut`), priced with the rows the finished plans feed. So a candidate's price is what it adds to the whole
+    batch's forward, and each sequence gets fewer candidates as the batch grows. One plan is `plan_tree`."""
+    trees: list[DraftTree | None] = [None] * len(plans)
+    fixed_rows, fixed_value = 0, 0.0
+    answers: dict[int, int | None] = {row: None for row in range(len(plans))}
+    while answers:
+        pending: dict[int, Selection] = {}
+        for row, answer in answers.items():
+            try:
+                pending[row] = plans[row].send(answer)
+            except StopIteration as stop:
+                trees[row] = stop.value
+                fixed_rows, fixed_value = fixed_rows + stop.value.rows, fixed_value + stop.value.value
+        rows = list(pending)
+        prefixes = cut([pending[row] for row in rows], price, max_rows, fixed_rows, fixed_value) if rows else []
+        answers = dict(zip(rows, prefixes))
+    return trees
+
+
+@dataclass
+class Selection:
+    """One row's candidates for a step: what it feeds anyway (`forced` nodes, parents first, and their groups:
+    `rows` rows worth `value` expected tokens) and the rest in greedy order of value per row, `order[i]` =
+    `(kind, node, rows, value)`, kind "node" or "group"."""
+
+    forced: list[int]
+    forced_groups: set[int]
+    rows: int
+    value: float
+    order: list[tuple[str, int, int, float]]
+
+    def taking(self, prefix: int) -> tuple[list[int], set[int]]:
+        """The nodes and groups fed when the first `prefix` entries of the order are."""
+        chosen, grouped = list(self.forced), set(self.forced_groups)
+        for kind, u, _, _ in self.order[:prefix]:
+            (chosen.append if kind == "node" else grouped.add)(u)
+        return chosen, grouped
+
+
+def cut(selections: list[Selection], price: Callable[[int], float], max_rows: int, fixed_rows: int = 0,
+        fixed_value: float = 0.0) -> list[int]:
+    """How much of each selection's order to feed: their orders merged by value per row (best first), and the
+    merged prefix with the most expected tokens per unit price of the whole forward (`fixed_rows` already in it,
+    worth `fixed_value`), within `max_rows` rows in all (never fewer than the forced ones). The price can jump (a
+    row past a kernel's block), so a prefix may pay only once several rows are in."""
+    rows = fixed_rows + sum(selection.rows for selection in selections)
+    value = fixed_value + sum(selection.value for selection in selections)
+    taken = [0] * len(selections)
+    best, best_rate = list(taken), value / price(rows)
+    while True:
+        choice, density = None, 0.0
+        for i, selection in enumerate(selections):
+            if taken[i] < len(selection.order):
+                _, _, extra_rows, extra_value = selection.order[taken[i]]
+                if rows + extra_rows <= max_rows and extra_value / extra_rows > density:
+                    choice, density = i, extra_value / extra_rows
+        if choice is None:
+            return best
+        _, _, extra_rows, extra_value = selections[choice].order[taken[choice]]
+        taken[choice] += 1
+        rows, value = rows + extra_rows, value + extra_value
+        if value / price(rows) > best_rate:
+            best, best_rate = list(taken), value / price(rows)
 
 
 def _depths(nodes: list[Node]) -> list[int]:
@@ -232,13 +331,12 @@ def _fits(depth: int, below: int, max_depth: int | None) -> bool:
     return max_depth is None or depth + below <= max_depth
 
 
-def _select(nodes: list[Node], rates: AcceptanceRates, config: ShapeConfig, forced: list[int] | None = None,
-            forced_groups: set[int] | None = None, allowed: Callable[[int], bool] = lambda u: True,
-            max_depth: int | None = None):
-    """Which nodes and groups to feed: `forced` ones (parents first) and their groups, then, in greedy order of
-    expected tokens per row (a node only after its parent, a group only on a fed node), the `allowed` ones that
-    fit within `max_depth`, for as long as the prefix of that order raises expected tokens per unit price. The
-    price can jump (a row past a kernel's block), so a prefix may pay only once several rows are in."""
+def _candidates(nodes: list[Node], rates: AcceptanceRates, config: ShapeConfig, forced: list[int] | None = None,
+                forced_groups: set[int] | None = None, allowed: Callable[[int], bool] = lambda u: True,
+                max_depth: int | None = None) -> Selection:
+    """What a row could feed: `forced` nodes (parents first) and their groups, then, in greedy order of expected
+    tokens per row (a node only after its parent, a group only on a fed node), the `allowed` ones that fit within
+    `max_depth` and `config.max_rows`. `cut` decides how much of that order pays."""
     depths = _depths(nodes)
     node_fits = [_fits(depth, 0, max_depth) for depth in depths]
     group_fits = [_fits(depth, config.k, max_depth) for depth in depths]
@@ -256,10 +354,9 @@ def _select(nodes: list[Node], rates: AcceptanceRates, config: ShapeConfig, forc
     if config.k and rates.steps_without_root_group >= EXPLORE_EVERY and group_fits[0]:
         forced_groups.add(0)  # an unused chain is measured again now and then
     selected, grouped = set(forced), set(forced_groups)
-    rows = len(forced) + config.k * len(forced_groups)
-    value = sum(nodes[u].reach for u in forced[1:]) + 1.0 + sum(group_gain(u) for u in forced_groups)
-    order: list[tuple[str, int]] = []
-    best_prefix, best_rate = 0, value / config.price(rows)
+    base_rows = rows = len(forced) + config.k * len(forced_groups)
+    base_value = sum(nodes[u].reach for u in forced[1:]) + 1.0 + sum(group_gain(u) for u in forced_groups)
+    order: list[tuple[str, int, int, float]] = []
     while True:
         best, best_density = None, 0.0
         for u in range(1, len(nodes)):
@@ -272,24 +369,19 @@ def _select(nodes: list[Node], rates: AcceptanceRates, config: ShapeConfig, forc
                 if allowed(u) and group_fits[u] and density > best_density:
                     best, best_density = ("group", u), density
         if best is None:
-            break
+            return Selection(forced, forced_groups, base_rows, base_value, order)
         kind, u = best
-        order.append(best)
         if kind == "node":
             selected.add(u)
-            rows, value = rows + 1, value + nodes[u].reach
+            order.append((kind, u, 1, nodes[u].reach))
+            rows += 1
         else:
             grouped.add(u)
-            rows, value = rows + config.k, value + group_gain(u)
-        if value / config.price(rows) > best_rate:
-            best_prefix, best_rate = len(order), value / config.price(rows)
-    chosen, grouped = list(forced), set(forced_groups)
-    for kind, u in order[:best_prefix]:
-        (chosen.append if kind == "node" else grouped.add)(u)
-    return chosen, grouped
+            order.append((kind, u, config.k, group_gain(u)))
+            rows += config.k
 
 
-def _tree(nodes: list[Node], chosen: list[int], grouped: set[int]) -> DraftTree:
+def _tree(nodes: list[Node], chosen: list[int], grouped: set[int], k: int = 0) -> DraftTree:
     """Renumber the chosen nodes (parents first) and list each node's children in test order:
     sampled chain token first, then deterministic ones in the order they were proposed."""
     chosen = sorted(chosen)  # trie indices already put parents first
@@ -300,7 +392,7 @@ def _tree(nodes: list[Node], chosen: list[int], grouped: set[int]) -> DraftTree:
         candidates[node.parent].append((index, node.q))
     for entries in candidates:
         entries.sort(key=lambda entry: entry[1] is None)  # stable: drawn drafts before deterministic ones
-    return DraftTree(kept, [u in grouped for u in chosen], candidates)
+    return DraftTree(kept, [u in grouped for u in chosen], candidates, k)
 
 
 def record_outcome(tree: DraftTree, path: list[int], rates: AcceptanceRates) -> None:

@@ -27,13 +27,18 @@ def decoder_name(label: str) -> str:
     return split_label(label)[0]
 
 
-def timed_decode(model, input_ids: torch.Tensor, method: str, options: dict, device: torch.device | None = None):
+def timed_decode(model, input_ids: torch.Tensor | list[torch.Tensor], method: str, options: dict,
+                 device: torch.device | None = None):
     """`space.decode` of `method` (a label: `space@3` runs `space`) and its wall time in seconds, with the device's
-    queued work waited for on both sides: the one timing of a decode, for every measurement."""
+    queued work waited for on both sides: the one timing of a decode, for every measurement. A list of 1-D prompts
+    is one `space.decode_batch` call (the result: a list)."""
     device = device if device is not None else model.get_input_embeddings().weight.device
     synchronize(device)
     start = time.perf_counter()
-    result = space.decode(model, input_ids, decoder_name(method), **options)
+    if isinstance(input_ids, list):
+        result = space.decode_batch(model, input_ids, decoder_name(method), **options)
+    else:
+        result = space.decode(model, input_ids, decoder_name(method), **options)
     synchronize(device)
     return result, time.perf_counter() - start
 

@@ -1,0 +1,211 @@
+"""Throughput against batch size: AR, SPACE's chain and its tree on the same batches of prompts.
+
+Owns the measurement behind `scripts/bench_batch.py`: its flags (`BatchArgs`), the timed batched decodes, the
+resumable log of every timed batch, the JSON report, its markdown table and its figure. It does not own the
+decoders (`space.decode_batch`).
+
+The prompts (HumanEval by default, rendered as the evaluation renders them) are sorted by length and cut into
+consecutive batches of B, so a batch pads little. For each batch size every batch is decoded by every method in
+turn (interleaved, so drift of the machine hits all methods alike), each timed as one call of `decode_batch`
+(`space.eval.harness.timed_decode`). Every row is compared with the row's batch-1 AR output, the reference every
+lossless method must reproduce. A batch's record goes to a JSONL log beside the report as soon as it is timed, so
+an interrupted run resumes where it stopped (`--overwrite` starts over).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+import space
+from space.cli import parse_flags, require_counts
+from space.errors import SpaceError
+from space.eval.datasets import load_eval_dataset
+from space.eval.harness import first_turn_ids, timed_decode
+from space.io import JsonlLog, OutputLock, markdown_table, provenance, write_atomic
+
+METHODS = {"ar": ("ar", {}), "chain": ("space", {"tree": False}), "tree": ("space", {"tree": True})}
+COLUMNS = ["batch_size", "method", "tokens_per_second", "vs_ar", "tokens_per_step", "rows_per_step",
+           "batch_seconds", "identical_rows", "rows"]
+HEADERS = ["batch", "method", "tokens/s", "vs AR (same batch)", "tokens/step (per row)", "rows fed/step (per row)",
+           "s per batch", "rows = batch-1 AR", "rows"]
+
+
+@dataclass
+class BatchArgs:
+    """The measurement's settings (the flags of `scripts/bench_batch.py`)."""
+
+    llm_dir: str | None = field(default=None, metadata={"help": "HF dir, .gguf or adapter dir (default: the shipped "
+                                                                "SPACE model)"})
+    dataset: str = "human_eval"
+    num_samples: int | None = field(default=None, metadata={"help": "the first N prompts (default: all)"})
+    batch_sizes: str = field(default="1,2,4,8,16", metadata={"help": "comma list of batch sizes"})
+    methods: str = field(default="ar,chain,tree", metadata={"help": f"comma list of {list(METHODS)}"})
+    max_new_tokens: int = 128
+    mask_num: int | None = field(default=None, metadata={"help": "SPACE's k (default: the model's decoding k)"})
+    device: str = "cpu"
+    dtype: str = "auto"
+    output: str = field(default="outputs/bench_batch.json", metadata={
+        "help": "the report; the log of timed batches goes beside it (.jsonl), the figure too (.png)"})
+    overwrite: bool = field(default=False, metadata={"help": "start over instead of resuming the log"})
+
+
+def parse_batch_args(argv: list[str] | None = None, description: str | None = None) -> BatchArgs:
+    """`argv` (default: the command line) -> `BatchArgs`; a bad flag is one `SpaceError` line, before any loading."""
+    (args,) = parse_flags((BatchArgs,), argv, "bench_batch.py", description, show_defaults=False)
+    require_counts(args, ("num_samples", "max_new_tokens", "mask_num"))
+    batch_sizes(args)
+    chosen_methods(args)
+    return args
+
+
+def batch_sizes(args: BatchArgs) -> list[int]:
+    try:
+        sizes = [int(size) for size in args.batch_sizes.split(",")]
+    except ValueError:
+        raise SpaceError(f"--batch_sizes must be a comma list of whole numbers (got {args.batch_sizes!r})") from None
+    if not sizes or min(sizes) < 1:
+        raise SpaceError(f"--batch_sizes must be at least 1 each (got {args.batch_sizes!r})")
+    return sizes
+
+
+def chosen_methods(args: BatchArgs) -> list[str]:
+    methods = [method.strip() for method in args.methods.split(",") if method.strip()]
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown or not methods:
+        raise SpaceError(f"--methods takes a comma list of {list(METHODS)} (got {args.methods!r})")
+    return methods
+
+
+def digest(tokens: list[int]) -> str:
+    """A short fingerprint of a row's tokens: the log compares rows without keeping every answer."""
+    return hashlib.sha1(json.dumps(tokens).encode()).hexdigest()[:16]
+
+
+def batches(lengths: list[int], size: int) -> list[list[int]]:
+    """Prompt indices sorted by length (longest first), cut into consecutive batches of `size`."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    return [order[start : start + size] for start in range(0, len(order), size)]
+
+
+def measure(model, prompts: list[torch.Tensor], args: BatchArgs, log: JsonlLog) -> list[dict]:
+    """Time every method on every batch of every size (resuming `log`); returns every record of the log."""
+    methods, sizes = chosen_methods(args), batch_sizes(args)
+    records = log.resume()
+    done = {(r["batch_size"], r["batch"], r["method"]) for r in records}
+    plan = [(size, index, rows) for size in sizes for index, rows in enumerate(batches([p.numel() for p in prompts],
+                                                                                        size))]
+    options = {method: dict(extra, max_new_tokens=args.max_new_tokens) for method, (_, extra) in METHODS.items()}
+    for method, (decoder, _) in METHODS.items():
+        if decoder == "space" and args.mask_num is not None:
+            options[method]["mask_num"] = args.mask_num
+    warmed = False
+    for size, index, rows in tqdm(plan, desc="batches", unit="batch"):
+        if all((size, index, method) in done for method in methods):
+            continue
+        if not warmed:  # first-call costs (allocator, kernels) are paid before anything is timed
+            for method in methods:
+                space.decode_batch(model, [prompts[i] for i in rows], METHODS[method][0],
+                                   **dict(options[method], max_new_tokens=8))
+            warmed = True
+        for method in methods:
+            if (size, index, method) in done:
+                continue
+            results, seconds = timed_decode(model, [prompts[i] for i in rows], METHODS[method][0], options[method])
+            record = dict(batch_size=size, batch=index, method=method, prompts=rows, seconds=seconds,
+                          tokens=[r.tokens.numel() for r in results], steps=[r.stats.steps for r in results],
+                          rows_fed=[sum(getattr(r.stats, "rows_per_step", []) or [0]) for r in results],
+                          digests=[digest(r.tokens.tolist()) for r in results])
+            log.append(record)
+            records.append(record)
+    return records
+
+
+def summarize(records: list[dict], methods: list[str], sizes: list[int]) -> list[dict]:
+    """Per batch size and method: total tokens per second, per-row tokens per step and rows fed per step, seconds
+    per batch, and how many rows equal their batch-1 AR output."""
+    reference = {}
+    for record in records:
+        if record["method"] == "ar" and record["batch_size"] == 1:
+            reference[record["prompts"][0]] = record["digests"][0]
+    rows = []
+    for size in sizes:
+        speeds = {}
+        for method in methods:
+            chosen = [r for r in records if r["batch_size"] == size and r["method"] == method]
+            if not chosen:
+                continue
+            tokens = sum(sum(r["tokens"]) for r in chosen)
+            seconds = sum(r["seconds"] for r in chosen)
+            steps = sum(sum(r["steps"]) for r in chosen)
+            fed = sum(sum(r["rows_fed"]) for r in chosen)
+            compared = [(reference.get(p), d) for r in chosen for p, d in zip(r["prompts"], r["digests"])
+                        if p in reference]
+            speeds[method] = tokens / seconds
+            rows.append(dict(batch_size=size, method=method, tokens_per_second=round(tokens / seconds, 1),
+                             tokens_per_step=round(tokens / steps, 2),
+                             rows_per_step=round(fed / steps, 1) if fed else None,
+                             batch_seconds=round(seconds / len(chosen), 2),
+                             identical_rows=f"{sum(a == b for a, b in compared)}/{len(compared)}" if compared else None,
+                             rows=sum(len(r["prompts"]) for r in chosen)))
+        for row in rows:
+            if row["batch_size"] == size and "ar" in speeds:
+                row["vs_ar"] = round(speeds[row["method"]] / speeds["ar"], 2)
+    return rows
+
+
+def plot(rows: list[dict], path: Path) -> Path | None:
+    """Throughput against batch size, a line per method (None without matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    figure, axes = plt.subplots(figsize=(6, 4))
+    for method in dict.fromkeys(row["method"] for row in rows):
+        chosen = [row for row in rows if row["method"] == method]
+        axes.plot([row["batch_size"] for row in chosen], [row["tokens_per_second"] for row in chosen], marker="o",
+                  label=method)
+    axes.set_xscale("log", base=2)
+    axes.set_xlabel("batch size (prompts per forward)")
+    axes.set_ylabel("generated tokens / s (all rows)")
+    axes.grid(True, alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def run_batch_bench(args: BatchArgs, command: str) -> dict:
+    """Load the model and prompts, measure (resumable), write the report, its figure and return the report."""
+    output = Path(args.output)
+    log = JsonlLog(output.with_suffix(".jsonl"))
+    with OutputLock.beside(output, "--output"):
+        if args.overwrite and log.path.exists():
+            log.path.unlink()
+        model, tokenizer = space.load_model(args.llm_dir, dtype=args.dtype,
+                                            device=args.device)
+        prompts = [first_turn_ids(tokenizer, prompt, "chat_template", model.config.model_type, model.device)[0]
+                   for prompt in load_eval_dataset(args.dataset, num_samples=args.num_samples, execute=False)]
+        records = measure(model, prompts, args, log)
+        rows = summarize(records, chosen_methods(args), batch_sizes(args))
+        report = dict(command=command, model=args.llm_dir or "the shipped SPACE model", dataset=args.dataset,
+                      prompts=len(prompts), max_new_tokens=args.max_new_tokens, mask_num=args.mask_num,
+                      provenance=provenance(model.device), rows=rows)
+        write_atomic(output, json.dumps(report, indent=2))
+        figure = plot(rows, output.with_suffix(".png"))
+        report["figure"] = None if figure is None else str(figure)
+    return report
+
+
+def batch_table(rows: list[dict]) -> str:
+    """The report's rows as a markdown table (as quoted in docs/benchmarks.md)."""
+    return markdown_table(rows, COLUMNS, HEADERS)
