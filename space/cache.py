@@ -74,7 +74,7 @@ class CompactLayer(DynamicLayer):
 
     @property
     def length(self) -> int:
-        return max(self.lengths)
+        return max(self.lengths, default=0)
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         self.dtype, self.device = key_states.dtype, key_states.device
@@ -144,9 +144,20 @@ class CompactLayer(DynamicLayer):
                 buffer.scatter_(2, targets, buffer.gather(2, sources))  # gather copies first: overlaps are safe
         self.lengths = [prefix + count for prefix, count in zip(prefixes, moved)]
 
+    def replace_row(self, row: int, other: "CompactLayer") -> None:
+        """Row `row` becomes `other`'s only row (a prompt prefilled on its own takes a finished row's place)."""
+        length = other.lengths[0]
+        if length:
+            if not self.is_initialized:
+                raise ValueError("a row with entries cannot join a cache that has never been fed")
+            self._ensure_capacity(length)
+            self.key_buffer[row, :, :length] = other.key_buffer[0, :, :length]
+            self.value_buffer[row, :, :length] = other.value_buffer[0, :, :length]
+        self.lengths[row] = length
+
     def keep_rows(self, rows: list[int]) -> None:
         if self.is_initialized:
-            index = torch.tensor(rows, device=self.device)
+            index = torch.tensor(rows, dtype=torch.long, device=self.device)
             self.key_buffer = self.key_buffer.index_select(0, index)
             self.value_buffer = self.value_buffer.index_select(0, index)
         self.lengths = [self.lengths[row] for row in rows]
@@ -187,6 +198,12 @@ class CompactCache(Cache):
         """Keep only these rows of the batch, in this order (finished sequences leave the batch)."""
         for layer in self.layers:
             layer.keep_rows(rows)
+
+    def replace_row(self, row: int, other: "CompactCache") -> None:
+        """Row `row` of the batch becomes the one row of `other` (a waiting prompt, prefilled on its own, takes a
+        finished row's place: nothing else moves)."""
+        for layer, joining in zip(self.layers, other.layers):
+            layer.replace_row(row, joining)
 
     def compact_rows(self, keeps: list[tuple[int, torch.Tensor]]) -> None:
         """Per row `(prefix, sources)`: keep entries `[0, prefix)`, then those at `sources` (all >= prefix), in that

@@ -115,17 +115,21 @@ def test_some_cases_end_rows_at_different_steps_and_accept_several_tokens():
 
 
 @pytest.mark.parametrize("method", ["ar", "space"])
-def test_each_rows_cache_is_a_fresh_prefill_after_every_step(monkeypatch, method):
-    """After every step, row r's entries `[0, length_r)` are those a fresh prefill of its committed tokens gives."""
+@pytest.mark.parametrize("batch_size", [None, 2])
+def test_each_rows_cache_is_a_fresh_prefill_after_every_step(monkeypatch, method, batch_size):
+    """After every step, row r's entries `[0, length_r)` are those a fresh prefill of its committed tokens gives;
+    with two places for four prompts, also after a waiting prompt takes a finished row's place."""
     inner = tiny_llama(seed=11, vocab_size=64, hidden_size=32, mask_num=3)
-    prompts = [torch.tensor([5, 9, 11, 5, 9]), torch.tensor([7]), torch.tensor([3, 4, 5, 6, 3, 4, 5, 6, 3])]
+    prompts = [torch.tensor([5, 9, 11, 5, 9]), torch.tensor([7]), torch.tensor([3, 4, 5, 6, 3, 4, 5, 6, 3]),
+               torch.tensor([8, 8, 2])]
     model = DraftOracle(inner, "oracle")
     model.set_references([torch.cat([p, space.decode(model, p[None], "ar", max_new_tokens=30, eos_token_id=[]).tokens])
                           for p in prompts])
     caches = capture_caches(monkeypatch)
-    snapshots, order = [], [list(range(len(prompts)))]
-    compact_rows, set_lengths, keep_rows = (CompactCache.compact_rows, CompactCache.set_row_lengths,
-                                            CompactCache.keep_rows)
+    places = len(prompts) if batch_size is None else batch_size
+    snapshots, order, admitted = [], [list(range(places))], [places]
+    compact_rows, set_lengths, keep_rows, replace_row = (CompactCache.compact_rows, CompactCache.set_row_lengths,
+                                                         CompactCache.keep_rows, CompactCache.replace_row)
 
     def snapshot(cache):
         if cache in caches and cache.layers[0].is_initialized:
@@ -141,6 +145,13 @@ def test_each_rows_cache_is_a_fresh_prefill_after_every_step(monkeypatch, method
         set_lengths(cache, lengths)
         snapshot(cache)
 
+    def recording_replace(cache, row, other):
+        replace_row(cache, row, other)
+        order.append(list(order[-1]))
+        order[-1][row] = admitted[0]
+        admitted[0] += 1
+        snapshot(cache)
+
     def recording_keep(cache, rows):
         keep_rows(cache, rows)
         order.append([order[-1][i] for i in rows])
@@ -148,14 +159,17 @@ def test_each_rows_cache_is_a_fresh_prefill_after_every_step(monkeypatch, method
     monkeypatch.setattr(CompactCache, "compact_rows", recording_compact)
     monkeypatch.setattr(CompactCache, "keep_rows", recording_keep)
     monkeypatch.setattr(CompactCache, "set_row_lengths", recording_lengths)
+    monkeypatch.setattr(CompactCache, "replace_row", recording_replace)
     eos = [int(space.decode(model, prompts[0][None], "ar", max_new_tokens=20, eos_token_id=[]).tokens[9])]
-    results = space.decode_batch(model, prompts, method, max_new_tokens=20, eos_token_id=eos)
+    results = space.decode_batch(model, prompts, method, max_new_tokens=20, eos_token_id=eos, batch_size=batch_size)
+    assert admitted[0] == len(prompts)
     assert len({r.tokens.numel() for r in results}) > 1  # rows left the batch at different steps
     finals = [torch.cat([p, r.tokens]) for p, r in zip(prompts, results)]
     assert len(snapshots) >= 5
     for rows, lengths, keys, values in snapshots:
         for slot, (row, length) in enumerate(zip(rows, lengths)):
-            assert length <= finals[row].numel(), (rows, lengths, [f.numel() for f in finals])
+            if not length:  # a finished row, about to leave or be replaced
+                continue
             fresh = CompactCache.for_model(inner, length)
             with torch.no_grad():
                 Model(inner).hidden(finals[row][:length], torch.arange(length), cache=fresh)
@@ -198,6 +212,36 @@ def test_a_gated_model_with_a_sampler_head_batches_as_its_base(seed, tree):
     expected = [space.decode(base, p[None], "ar", max_new_tokens=24).tokens.tolist() for p in prompts]
     batched = space.decode_batch(gated, prompts, "space", max_new_tokens=24, tree=tree)
     assert [r.tokens.tolist() for r in batched] == expected
+
+
+@pytest.mark.parametrize("method", ["ar", "space"])
+@pytest.mark.parametrize("use_cache", [True, False])
+@pytest.mark.parametrize("batch_size", [1, 2, 3])
+def test_continuous_batching_gives_each_prompt_its_batch_1_output(method, use_cache, batch_size):
+    """Seven prompts through at most `batch_size` places: a finished row's place goes to the next prompt
+    (prefilled on its own), rows end at different steps (an EOS inside the budget), and each row is its own
+    batch-1 output."""
+    inner = tiny_llama(seed=8, vocab_size=64, hidden_size=32, mask_num=3, architecture="mistral", sliding_window=7)
+    generator = torch.Generator().manual_seed(8)
+    prompts = [torch.randint(3, 60, (length,), generator=generator) for length in (5, 1, 12, 3, 8, 2, 9)]
+    model = DraftOracle(inner, "oracle")
+    model.set_references([torch.cat([p, space.decode(model, p[None], "ar", max_new_tokens=30, eos_token_id=[]).tokens])
+                          for p in prompts])
+    eos = [int(space.decode(model, prompts[2][None], "ar", max_new_tokens=20, eos_token_id=[]).tokens[6])]
+    options = dict(max_new_tokens=20, eos_token_id=eos, use_cache=use_cache)
+    alone = [space.decode(model, p[None], "ar", **options).tokens.tolist() for p in prompts]
+    assert len({len(tokens) for tokens in alone}) > 1
+    batched = space.decode_batch(model, prompts, method, batch_size=batch_size, **options)
+    assert [r.tokens.tolist() for r in batched] == alone
+    assert [r.stats.steps for r in space.decode_batch(model, prompts, "ar", batch_size=batch_size, **options)] == \
+        [len(tokens) for tokens in alone]
+
+
+@pytest.mark.parametrize("batch_size", [0, -1, 2.0, True, "2"])
+def test_a_bad_batch_size_is_one_line(batch_size):
+    model = tiny_llama(seed=0, vocab_size=64, hidden_size=32)
+    with pytest.raises(space.SpaceError, match="batch_size must be a whole number >= 1 or None"):
+        space.decode_batch(model, [torch.tensor([1, 2])], "ar", batch_size=batch_size, max_new_tokens=2)
 
 
 def test_a_left_padded_tensor_with_its_mask_is_the_list_of_prompts():
@@ -285,10 +329,11 @@ def test_methods_that_do_not_batch_refuse_several_prompts_and_take_one(method):
     if method == "self_spec":
         options["skip_layers"] = {"attention": [1], "mlp": []}
     with pytest.raises(space.SpaceError, match=r"decodes one prompt at a time; the methods that batch are \['ar', "
-                                               r"'space'\]"):
+                                               r"'space'\] \(or pass batch_size=1\)"):
         space.decode_batch(model, prompts, method, **options)
-    alone = space.decode(model, prompts[0][None], method, **options)
-    assert space.decode_batch(model, prompts[:1], method, **options)[0].tokens.tolist() == alone.tokens.tolist()
+    alone = [space.decode(model, prompt[None], method, **options).tokens.tolist() for prompt in prompts]
+    assert space.decode_batch(model, prompts[:1], method, **options)[0].tokens.tolist() == alone[0]
+    assert [r.tokens.tolist() for r in space.decode_batch(model, prompts, method, batch_size=1, **options)] == alone
 
 
 # --- the distribution test, per row ---------------------------------------------------------------------

@@ -33,7 +33,7 @@ def test_the_report_times_every_method_at_every_size_and_checks_every_row(eval_m
     assert json.loads(output.read_text())["rows"] == report["rows"]
     assert output.with_suffix(".png").stat().st_size > 0
     log = output.with_suffix(".jsonl").read_text().splitlines()
-    assert len(log) == 3 * (5 + 3 + 2)  # one record per method and batch: 5, 3 and 2 batches
+    assert len(log) == 3 * (2 + 1 + 1)  # one record per method and chunk of 4 x B prompts: 2, 1 and 1 chunks
     assert "| batch | method | tokens/s |" in capsys.readouterr().out
 
 

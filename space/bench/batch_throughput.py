@@ -5,11 +5,13 @@ resumable log of every timed batch, the JSON report, its markdown table and its 
 decoders (`space.decode_batch`).
 
 The prompts (HumanEval by default, rendered as the evaluation renders them) are sorted by length and cut into
-consecutive batches of B, so a batch pads little. For each batch size every batch is decoded by every method in
-turn (interleaved, so drift of the machine hits all methods alike), each timed as one call of `decode_batch`
-(`space.eval.harness.timed_decode`). Every row is compared with the row's batch-1 AR output, the reference every
-lossless method must reproduce. A batch's record goes to a JSONL log beside the report as soon as it is timed, so
-an interrupted run resumes where it stopped (`--overwrite` starts over).
+consecutive chunks of `CHUNK` x B prompts. Each chunk is one call of `decode_batch` with `batch_size=B` (timed by
+`space.eval.harness.timed_decode`): B prompts decode at once and a finished one's place goes to the next
+(continuous batching), so a batch is never held back by its longest answer except at the chunk's end. For each
+batch size every chunk is decoded by every method in turn (interleaved, so drift of the machine hits all methods
+alike). Every row is compared with the row's batch-1 AR output, the reference every lossless method must
+reproduce. A chunk's record goes to a JSONL log beside the report as soon as it is timed, so an interrupted run
+resumes where it stopped (`--overwrite` starts over).
 """
 
 from __future__ import annotations
@@ -29,11 +31,12 @@ from space.eval.datasets import load_eval_dataset
 from space.eval.harness import first_turn_ids, timed_decode
 from space.io import JsonlLog, OutputLock, markdown_table, provenance, write_atomic
 
+CHUNK = 4  # prompts per timed call, in batch sizes: the batch drains (runs below B rows) once per call
 METHODS = {"ar": ("ar", {}), "chain": ("space", {"tree": False}), "tree": ("space", {"tree": True})}
 COLUMNS = ["batch_size", "method", "tokens_per_second", "vs_ar", "tokens_per_step", "rows_per_step",
-           "batch_seconds", "identical_rows", "rows"]
+           "row_seconds", "identical_rows", "rows"]
 HEADERS = ["batch", "method", "tokens/s", "vs AR (same batch)", "tokens/step (per row)", "rows fed/step (per row)",
-           "s per batch", "rows = batch-1 AR", "rows"]
+           "s per prompt", "rows = batch-1 AR", "rows"]
 
 
 @dataclass
@@ -88,7 +91,7 @@ def digest(tokens: list[int]) -> str:
 
 
 def batches(lengths: list[int], size: int) -> list[list[int]]:
-    """Prompt indices sorted by length (longest first), cut into consecutive batches of `size`."""
+    """Prompt indices sorted by length (longest first), cut into consecutive chunks of `size`."""
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     return [order[start : start + size] for start in range(0, len(order), size)]
 
@@ -98,8 +101,8 @@ def measure(model, prompts: list[torch.Tensor], args: BatchArgs, log: JsonlLog) 
     methods, sizes = chosen_methods(args), batch_sizes(args)
     records = log.resume()
     done = {(r["batch_size"], r["batch"], r["method"]) for r in records}
-    plan = [(size, index, rows) for size in sizes for index, rows in enumerate(batches([p.numel() for p in prompts],
-                                                                                        size))]
+    lengths = [p.numel() for p in prompts]
+    plan = [(size, index, rows) for size in sizes for index, rows in enumerate(batches(lengths, CHUNK * size))]
     options = {method: dict(extra, max_new_tokens=args.max_new_tokens) for method, (_, extra) in METHODS.items()}
     for method, (decoder, _) in METHODS.items():
         if decoder == "space" and args.mask_num is not None:
@@ -110,13 +113,14 @@ def measure(model, prompts: list[torch.Tensor], args: BatchArgs, log: JsonlLog) 
             continue
         if not warmed:  # first-call costs (allocator, kernels) are paid before anything is timed
             for method in methods:
-                space.decode_batch(model, [prompts[i] for i in rows], METHODS[method][0],
+                space.decode_batch(model, [prompts[i] for i in rows[:size]], METHODS[method][0],
                                    **dict(options[method], max_new_tokens=8))
             warmed = True
         for method in methods:
             if (size, index, method) in done:
                 continue
-            results, seconds = timed_decode(model, [prompts[i] for i in rows], METHODS[method][0], options[method])
+            results, seconds = timed_decode(model, [prompts[i] for i in rows], METHODS[method][0],
+                                            dict(options[method], batch_size=size))
             record = dict(batch_size=size, batch=index, method=method, prompts=rows, seconds=seconds,
                           tokens=[r.tokens.numel() for r in results], steps=[r.stats.steps for r in results],
                           rows_fed=[sum(getattr(r.stats, "rows_per_step", []) or [0]) for r in results],
@@ -128,11 +132,12 @@ def measure(model, prompts: list[torch.Tensor], args: BatchArgs, log: JsonlLog) 
 
 def summarize(records: list[dict], methods: list[str], sizes: list[int]) -> list[dict]:
     """Per batch size and method: total tokens per second, per-row tokens per step and rows fed per step, seconds
-    per batch, and how many rows equal their batch-1 AR output."""
+    per prompt (a chunk's time over its prompts, times the batch size: each prompt's share of the machine while it
+    decodes), and how many rows equal their batch-1 AR output."""
     reference = {}
     for record in records:
         if record["method"] == "ar" and record["batch_size"] == 1:
-            reference[record["prompts"][0]] = record["digests"][0]
+            reference.update(zip(record["prompts"], record["digests"]))
     rows = []
     for size in sizes:
         speeds = {}
@@ -150,7 +155,7 @@ def summarize(records: list[dict], methods: list[str], sizes: list[int]) -> list
             rows.append(dict(batch_size=size, method=method, tokens_per_second=round(tokens / seconds, 1),
                              tokens_per_step=round(tokens / steps, 2),
                              rows_per_step=round(fed / steps, 1) if fed else None,
-                             batch_seconds=round(seconds / len(chosen), 2),
+                             row_seconds=round(seconds * size / sum(len(r["prompts"]) for r in chosen), 2),
                              identical_rows=f"{sum(a == b for a, b in compared)}/{len(compared)}" if compared else None,
                              rows=sum(len(r["prompts"]) for r in chosen)))
         for row in rows:

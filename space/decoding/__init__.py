@@ -120,29 +120,34 @@ def batching_methods() -> list[str]:
 
 
 def decode_batch(model, prompts, method: str = "space", attention_mask: torch.Tensor | None = None,
-                 **options) -> list[DecodeResult]:
+                 batch_size: int | None = None, **options) -> list[DecodeResult]:
     """Generate from many prompts at once: result i is what `decode` of prompt i alone returns (greedy: the same
     tokens; sampling: the same target distribution, row i drawing from its own generator seeded `seed + i`). Each
     row stops at its own EOS and its own `max_new_tokens` (cut to the room its prompt leaves), and leaves the
     batch when it does.
 
     `prompts`: a list of 1-D LongTensors of any lengths, or a `[B, n]` LongTensor, left-padded, with its
-    `attention_mask` (what a tokenizer with `padding_side="left"` returns; no mask: no padding). The options are
-    `decode`'s. Methods that batch: see `batching_methods()` (the others take one prompt at a time)."""
+    `attention_mask` (what a tokenizer with `padding_side="left"` returns; no mask: no padding). `batch_size`: at
+    most that many prompts decode at once, a finished one's place going to the next (continuous batching); None:
+    all at once. The options are `decode`'s. Methods that batch: see `batching_methods()` (the others take one
+    prompt at a time)."""
     parsed = parse_options(method, options)
     rows = split_prompts(prompts, attention_mask)
+    if batch_size is not None and (not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1):
+        raise SpaceError(f"batch_size must be a whole number >= 1 or None (got {batch_size!r})")
     entry = DECODERS[method]
     if entry.generate_batch is None:
-        if len(rows) > 1:
+        if len(rows) > 1 and batch_size != 1:
             raise SpaceError(f"method {method!r} decodes one prompt at a time; the methods that batch are "
-                             f"{batching_methods()} (or call space.decode per prompt)")
-        check_prompt(model, rows[0])
-        return [entry.generate(model, rows[0], fit_context(model, rows[0], parsed))]
+                             f"{batching_methods()} (or pass batch_size=1)")
+        for row in rows:
+            check_prompt(model, row)
+        return [entry.generate(model, row, fit_context(model, row, parsed)) for row in rows]
     for row in rows:
         check_prompt(model, row)
     seeds = row_seeds(parsed.seed, len(rows), SEED_RANGE)
     row_options = [replace(fit_context(model, row, parsed), seed=seed) for row, seed in zip(rows, seeds)]
-    return entry.generate_batch(model, rows, row_options)
+    return entry.generate_batch(model, rows, row_options, batch_size)
 
 
 def split_prompts(prompts, attention_mask: torch.Tensor | None = None) -> list[torch.Tensor]:

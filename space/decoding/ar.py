@@ -38,11 +38,13 @@ class ArRow:
         return None
 
 
-def generate_batch(model, prompts: list[torch.Tensor], options: list[DecodeOptions]) -> list[DecodeResult]:
-    """AR for every prompt (`[1, n_i]` each, with its own options: seed, budget) in one forward per step."""
+def generate_batch(model, prompts: list[torch.Tensor], options: list[DecodeOptions],
+                   batch_size: int | None = None) -> list[DecodeResult]:
+    """AR for every prompt (`[1, n_i]` each, with its own options: seed, budget) in one forward per step, at most
+    `batch_size` at once (`space.decoding.batch.run_rows`)."""
     target = Model(model)
     rows = [ArRow(target, prompt, row_options) for prompt, row_options in zip(prompts, options)]
-    run_rows(target, rows, options[0].use_cache, max(row.run.out.ids.numel() for row in rows))
+    run_rows(target, rows, options[0].use_cache, max(row.run.out.ids.numel() for row in rows), batch_size=batch_size)
     return [row.run.result() for row in rows]
 
 

@@ -13,7 +13,8 @@ A batching decoder writes its step as a *row*, one per prompt, with the named st
 so each sequence gets fewer candidates as the batch grows), feeds all rows in one forward (`Model.feed`), runs
 lm_head once over every row's read rows, lets each row verify and commit on its own, and keeps each row's accepted
 KV entries in place (`CompactCache.compact_rows`). A row that finishes leaves the batch (`keep_rows`), so it
-costs nothing more.
+costs nothing more, and with a `batch_size` below the number of prompts the next waiting prompt takes its place
+(continuous batching): prefilled on its own, then stepping with the others.
 
 Why one length per row and no realignment: left-padding rows to a common length and copying every row back
 into alignment after each step (what HF's unmerged batched assisted decoding and ReDrafter do) moves every row's
@@ -34,11 +35,13 @@ from space.decoding.tree_shape import plan_batch
 
 @torch.inference_mode()
 def run_rows(target: Model, rows: list, use_cache: bool, capacity: int,
-             price: Callable[[int], float] | None = None, max_rows: int = 0) -> None:
+             price: Callable[[int], float] | None = None, max_rows: int = 0, batch_size: int | None = None) -> None:
     """Decode every row to its end; `capacity` is a hint for the cache's length, `price` and `max_rows` the step
-    budget of the rows' trees (`space.decoding.tree.shape_config`)."""
-    cache = CompactCache.for_model(target.model, capacity, len(rows)) if use_cache else None
-    active = list(rows)
+    budget of the rows' trees (`space.decoding.tree.shape_config`). `batch_size`: at most that many rows decode at
+    once, and a finished row's place goes to the next waiting one (continuous batching); None: all at once."""
+    batch_size = len(rows) if batch_size is None else batch_size
+    active, waiting = list(rows[:batch_size]), list(rows[batch_size:])
+    cache = CompactCache.for_model(target.model, capacity, len(active)) if use_cache else None
     while active:
         seen = cache.row_lengths if cache is not None else [0] * len(active)
         plans = [row.plan() for row in active]
@@ -51,21 +54,42 @@ def run_rows(target: Model, rows: list, use_cache: bool, capacity: int,
         logits = target.logits(torch.cat(read) if len(read) > 1 else read[0])
         keeps = [row.take(rows_hidden, rows_logits)
                  for row, rows_hidden, rows_logits in zip(active, read, logits.split([r.shape[0] for r in read]))]
+        # each row keeps its accepted entries; a finished row's place goes to the next waiting prompt, or is dropped
+        ended = [i for i, row in enumerate(active) if row.finished]
+        if cache is not None:
+            keep_entries(cache, [(None, 0) if row.finished else (keep, row_seen + inputs.ids.shape[0])
+                                 for row, keep, row_seen, (inputs, _) in zip(active, keeps, seen, fed)])
+        for i in ended:
+            if waiting:
+                active[i] = waiting.pop(0)
+                if cache is not None:
+                    cache.replace_row(i, prefill(target, active[i], capacity))
         going = [i for i, row in enumerate(active) if not row.finished]
-        if len(going) < len(active):  # finished rows leave first: nothing of theirs is moved
+        if len(going) < len(active):  # nothing waits for these places: the batch shrinks
             if cache is not None and going:
                 cache.keep_rows(going)
             active = [active[i] for i in going]
-        if cache is None or not going:
-            continue
-        kept = [(keeps[i], seen[i] + fed[i][0].ids.shape[0]) for i in going]
-        if any(keep is not None for keep, _ in kept):
-            empty = torch.empty(0, dtype=torch.long)
-            cache.compact_rows([keep if keep is not None else (length, empty) for keep, length in kept])
-        elif len(going) > 1:
-            cache.set_row_lengths([length for _, length in kept])
-        elif cache.length != kept[0][1]:  # one row left of several: its own length
-            cache.set_row_lengths([kept[0][1]])
+
+
+def keep_entries(cache: CompactCache, kept: list[tuple]) -> None:
+    """After a step, each row's cache: `(keep, fed_to)` per row, `keep` = `(prefix, sources)` from its `take`, or None
+    to keep every entry it was fed up to `fed_to`."""
+    if any(keep is not None for keep, _ in kept):
+        empty = torch.empty(0, dtype=torch.long)
+        cache.compact_rows([keep if keep is not None else (length, empty) for keep, length in kept])
+    elif len(kept) > 1 or cache.length != kept[0][1]:  # several rows, or one left of several: each its own length
+        cache.set_row_lengths([length for _, length in kept])
+
+
+def prefill(target: Model, row, capacity: int) -> CompactCache:
+    """A cache of one row holding a waiting row's prompt but its last token (which its first step feeds, as every
+    row's first step does): the row joins a running batch without widening the batch's next forward to its prompt.
+    This forward chooses no token, so it is not one of the row's steps."""
+    cache = CompactCache.for_model(target.model, capacity, 1)
+    prompt = row.run.out.committed()
+    if prompt.shape[0] > 1:
+        target.feed([target.chunk_inputs(prompt[:-1], 0)], cache)
+    return cache
 
 
 def row_seeds(seed: int | None, count: int, seed_range: tuple[int, int]) -> list[int | None]:

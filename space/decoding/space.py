@@ -136,8 +136,10 @@ def prepare(model, tokenizer, options: list[dict], untrained: bool = False) -> s
 
 
 @torch.inference_mode()
-def generate_batch(model, prompts: list[torch.Tensor], options: list[SpaceOptions]) -> list[DecodeResult]:
-    """SPACE for every prompt (`[1, n_i]` each, with its own options: seed, budget) in one forward per step."""
+def generate_batch(model, prompts: list[torch.Tensor], options: list[SpaceOptions],
+                   batch_size: int | None = None) -> list[DecodeResult]:
+    """SPACE for every prompt (`[1, n_i]` each, with its own options: seed, budget) in one forward per step, at most
+    `batch_size` at once (`space.decoding.batch.run_rows`)."""
     target = Model(model)
     first = options[0]
     spec = resolve_mask_spec(target.config, first.mask_id, first.mask_num, first.mask_diff)
@@ -145,7 +147,7 @@ def generate_batch(model, prompts: list[torch.Tensor], options: list[SpaceOption
     for prompt, row_options in zip(prompts, options):  # before any layout, which is rows x rows
         check_step_size(k, prompt.shape[1] + row_options.max_new_tokens)
     group_ids = torch.tensor(spec.group_ids(k), device=target.device)
-    return [run.result() for run in generate_tree(target, prompts, options, k, group_ids)]
+    return [run.result() for run in generate_tree(target, prompts, options, k, group_ids, batch_size)]
 
 
 def generate(model, input_ids: torch.Tensor, options: SpaceOptions) -> DecodeResult:

@@ -224,12 +224,12 @@ class TreeRow:
         return n, (n - 1) + layout.node_rows[path]
 
 
-def generate_tree(target: Model, prompts: list[torch.Tensor], options: list, k: int,
-                  group_ids: torch.Tensor) -> list[Run]:
-    """Decode every prompt (`[1, n_i]`, with its own options) with SPACE in one forward per step; `k` is the mask
-    group width, `group_ids` the group's ids. `options[0].uses_tree` chooses the candidate tree, else the paper's
-    chain. One prompt's rates are `acceptance` itself (carried across calls); several prompts each plan from a copy
-    of it, and it learns what all of them measured."""
+def generate_tree(target: Model, prompts: list[torch.Tensor], options: list, k: int, group_ids: torch.Tensor,
+                  batch_size: int | None = None) -> list[Run]:
+    """Decode every prompt (`[1, n_i]`, with its own options) with SPACE in one forward per step, at most
+    `batch_size` at once; `k` is the mask group width, `group_ids` the group's ids. `options[0].uses_tree` chooses
+    the candidate tree, else the paper's chain. One prompt's rates are `acceptance` itself (carried across calls);
+    several prompts each plan from a copy of it, and it learns what all of them measured."""
     config = shape_config(target, options[0], k)
     carried = options[0].acceptance
     if carried is None:
@@ -241,7 +241,7 @@ def generate_tree(target: Model, prompts: list[torch.Tensor], options: list, k: 
     rows = [TreeRow(target, prompt, row_options, k, group_ids, config, row_rates)
             for prompt, row_options, row_rates in zip(prompts, options, rates)]
     run_rows(target, rows, options[0].use_cache, max(row.run.out.ids.numel() + row.slack for row in rows),
-             config.price, config.max_rows)
+             config.price, config.max_rows, batch_size)
     if carried is not None and len(prompts) > 1:
         carried.absorb(rates)
     return [row.run for row in rows]

@@ -254,10 +254,10 @@ def plan_steps(root_token: int, chain: Drafts, runners_up: list[Drafts], copies:
 
 def plan_batch(plans: list, price: Callable[[int], float], max_rows: int) -> list[DraftTree]:
     """Run the rows' `plan_steps` together: each round, the selections of the rows still planning are cut at once
-    (`cut`), priced with the rows the finished plans feed. So a candidate's price is what it adds to the whole
+    (`cut`), priced with the trees the finished plans feed. So a candidate's price is what it adds to the whole
     batch's forward, and each sequence gets fewer candidates as the batch grows. One plan is `plan_tree`."""
     trees: list[DraftTree | None] = [None] * len(plans)
-    fixed_rows, fixed_value = 0, 0.0
+    fixed_widths, fixed_value = [], 0.0
     answers: dict[int, int | None] = {row: None for row in range(len(plans))}
     while answers:
         pending: dict[int, Selection] = {}
@@ -266,9 +266,10 @@ def plan_batch(plans: list, price: Callable[[int], float], max_rows: int) -> lis
                 pending[row] = plans[row].send(answer)
             except StopIteration as stop:
                 trees[row] = stop.value
-                fixed_rows, fixed_value = fixed_rows + stop.value.rows, fixed_value + stop.value.value
+                fixed_widths.append(stop.value.rows)
+                fixed_value += stop.value.value
         rows = list(pending)
-        prefixes = cut([pending[row] for row in rows], price, max_rows, fixed_rows, fixed_value) if rows else []
+        prefixes = cut([pending[row] for row in rows], price, max_rows, fixed_widths, fixed_value) if rows else []
         answers = dict(zip(rows, prefixes))
     return trees
 
@@ -293,30 +294,36 @@ class Selection:
         return chosen, grouped
 
 
-def cut(selections: list[Selection], price: Callable[[int], float], max_rows: int, fixed_rows: int = 0,
-        fixed_value: float = 0.0) -> list[int]:
-    """How much of each selection's order to feed: their orders merged by value per row (best first), and the
-    merged prefix with the most expected tokens per unit price of the whole forward (`fixed_rows` already in it,
-    worth `fixed_value`), within `max_rows` rows in all (never fewer than the forced ones). The price can jump (a
-    row past a kernel's block), so a prefix may pay only once several rows are in."""
-    rows = fixed_rows + sum(selection.rows for selection in selections)
-    value = fixed_value + sum(selection.value for selection in selections)
-    taken = [0] * len(selections)
-    best, best_rate = list(taken), value / price(rows)
-    while True:
-        choice, density = None, 0.0
-        for i, selection in enumerate(selections):
-            if taken[i] < len(selection.order):
-                _, _, extra_rows, extra_value = selection.order[taken[i]]
-                if rows + extra_rows <= max_rows and extra_value / extra_rows > density:
-                    choice, density = i, extra_value / extra_rows
-        if choice is None:
-            return best
-        _, _, extra_rows, extra_value = selections[choice].order[taken[choice]]
-        taken[choice] += 1
-        rows, value = rows + extra_rows, value + extra_value
-        if value / price(rows) > best_rate:
-            best, best_rate = list(taken), value / price(rows)
+def cut(selections: list[Selection], price: Callable[[int], float], max_rows: int,
+        fixed_widths: list[int] | None = None, fixed_value: float = 0.0) -> list[int]:
+    """How much of each selection's order to feed. A batch's forward is as wide as its widest sequence (every row
+    is padded to it, `space.decoding.common.batch_inputs`), so a step of B sequences W rows wide costs what B * W
+    rows cost, and a sequence's candidates up to W ride in what would be padding. So the cut is a width: for each
+    W from the widest forced tree up, every sequence takes the longest prefix of its order that fits in W rows,
+    and the W with the most expected tokens per unit price (`price(B * W)`) wins, within `max_rows` rows in all
+    (never narrower than a forced tree). `fixed_widths`: the trees already chosen (worth `fixed_value`). With one
+    sequence this is the prefix of its order with the most tokens per unit price. The price can jump (a row past a
+    kernel's block), so a width may pay only once several rows are in."""
+    fixed_widths = fixed_widths or []
+    sequences = len(selections) + len(fixed_widths)
+    sizes = []  # per selection: rows and value after each prefix of its order
+    for selection in selections:
+        rows, value, sums = selection.rows, selection.value, [(selection.rows, selection.value)]
+        for _, _, extra_rows, extra_value in selection.order:
+            rows, value = rows + extra_rows, value + extra_value
+            sums.append((rows, value))
+        sizes.append(sums)
+    narrowest = max([sums[0][0] for sums in sizes] + fixed_widths)
+    widest = max(narrowest, max_rows // sequences)
+    widths = sorted({rows for sums in sizes for rows, _ in sums if narrowest <= rows <= widest} | {narrowest})
+    best, best_rate = None, 0.0
+    for width in widths:
+        taken = [max(p for p, (rows, _) in enumerate(sums) if rows <= width) for sums in sizes]
+        value = fixed_value + sum(sums[p][1] for sums, p in zip(sizes, taken))
+        rate = value / price(sequences * width)
+        if best is None or rate > best_rate:
+            best, best_rate = taken, rate
+    return best
 
 
 def _depths(nodes: list[Node]) -> list[int]:
