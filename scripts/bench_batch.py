@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 
-from space.bench.batch_throughput import batch_table, parse_batch_args, run_batch_bench
+from space.bench.batch_throughput import batch_table, parse_batch_args, run_batch_bench, upkeep_table
 from space.cli import run
 
 
@@ -21,6 +21,8 @@ def main(argv=None) -> dict:
     command = "python scripts/bench_batch.py " + " ".join(argv if argv is not None else sys.argv[1:])
     report = run_batch_bench(args, command=command)
     print(batch_table(report["rows"]))
+    if report["cache_upkeep"]:
+        print(upkeep_table(report["cache_upkeep"]))
     if report["figure"]:
         print(f"figure: {report['figure']}")
     return report

@@ -1,8 +1,8 @@
-"""pass@1 / ROUGE-L of one model's greedy answers, generated in batches (no speed is measured).
+"""pass@1 / ROUGE-L of one model's greedy answers, decoded in lossless batches (no speed is measured).
 
-Same datasets, prompts, sandboxed execution and run directory rules as `scripts/eval_infer.py`, but
-the prompts are answered `--batch_size` at a time (`space.eval.quality`), several times faster on a
-CPU. Interrupted runs keep finished batches; the same command resumes.
+Same datasets, prompts, sandboxed execution and run directory rules as `scripts/eval_infer.py`, but the prompts
+are answered `--batch_size` at a time with `space.decode_batch` (`space.eval.quality`): each answer is exactly
+the AR decoder's, several times faster on a CPU. Interrupted runs keep finished chunks; the same command resumes.
 
     python scripts/eval_quality.py --dataset humaneval-x-cpp --max_new_tokens 256 --output_dir runs/quality/cpp
 """

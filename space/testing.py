@@ -19,12 +19,19 @@
 
 from __future__ import annotations
 
+import os
 from types import SimpleNamespace
 
 import torch
 from torch import nn
 
 from space.cache import cache_kwargs
+
+
+def tiny_device() -> str:
+    """Where `tiny_llama` puts its models: `$SPACE_TEST_DEVICE` (scripts/gpu_check.sh runs the batch and identity
+    tests with `cuda`), else the CPU."""
+    return os.environ.get("SPACE_TEST_DEVICE", "cpu")
 
 
 def tiny_llama(
@@ -87,7 +94,7 @@ def tiny_llama(
         **({} if rope_parameters is None else dict(rope_parameters=dict(rope_parameters))),
     )
     torch.manual_seed(seed)
-    model = model_class(config).float().eval()
+    model = model_class(config).float().eval().to(tiny_device())  # initialised on the CPU: the same weights anywhere
     num_ids = mask_num + 1 if mask_diff else 1
     record_mask_spec(model.config, MaskSpec(vocab_size - num_ids, mask_num, mask_diff))
     if sat_num is not None:

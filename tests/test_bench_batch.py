@@ -34,7 +34,10 @@ def test_the_report_times_every_method_at_every_size_and_checks_every_row(eval_m
     assert output.with_suffix(".png").stat().st_size > 0
     log = output.with_suffix(".jsonl").read_text().splitlines()
     assert len(log) == 3 * (2 + 1 + 1)  # one record per method and chunk of 4 x B prompts: 2, 1 and 1 chunks
-    assert "| batch | method | tokens/s |" in capsys.readouterr().out
+    assert [entry["batch"] for entry in report["cache_upkeep"]] == [2, 4]
+    assert all(entry["compact_ms"] > 0 and entry["realign_ms"] > 0 for entry in report["cache_upkeep"])
+    printed = capsys.readouterr().out
+    assert "| batch | method | tokens/s |" in printed and "| batch | entries per row |" in printed
 
 
 def test_an_interrupted_run_resumes_and_times_only_what_is_missing(eval_model_dir, tmp_path, monkeypatch):

@@ -195,6 +195,33 @@ def test_cli_writes_well_formed_outputs_and_resumes(tiny_dir, tmp_path):
     assert len((tmp_path / "run" / "samples.jsonl").read_text().splitlines()) == 8
 
 
+def test_batched_evaluation_times_batches_and_gives_every_prompt_its_one_prompt_answer(tiny_dir, tmp_path):
+    """--batch_size 3 on 5 prompts: space and ar decode three rows per call (then two), prompt_lookup one prompt at
+    a time; every answer equals the one-prompt run's, the totals are the wall time of the calls, a rerun resumes
+    and another batch size is refused for the same directory."""
+    flags = ["--num_samples", "5", "--methods", "space,ar,prompt_lookup", "--pass_at_k", "false"]
+    single = run_eval(cli(tiny_dir, tmp_path / "one", *flags))
+    batched = run_eval(cli(tiny_dir, tmp_path / "three", *flags, "--batch_size", "3"))
+    read = {name: [json.loads(line) for line in (tmp_path / name / "samples.jsonl").read_text().splitlines()]
+            for name in ("one", "three")}
+    ids = {name: {(r["id"], r["method"]): r["ids"] for r in records} for name, records in read.items()}
+    assert ids["three"] == ids["one"]
+    for record in read["three"]:
+        if record["method"] == "prompt_lookup":
+            assert "batch_seconds" not in record
+        else:
+            assert record["batch_size"] in (3, 2)
+            assert record["seconds"] == pytest.approx(record["batch_seconds"] / record["batch_size"], abs=1e-4)
+    for method in ("space", "ar"):
+        assert batched["methods"][method]["mean_batch_size"] == pytest.approx((3 * 3 + 2 * 2) / 5)
+        assert batched["methods"][method]["identity_rate"] == 1.0
+        assert "mean_batch_size" not in single["methods"][method]
+    run_eval(cli(tiny_dir, tmp_path / "three", *flags, "--batch_size", "3"))  # nothing decoded again
+    assert len((tmp_path / "three" / "samples.jsonl").read_text().splitlines()) == 15
+    with pytest.raises(space.SpaceError, match="batch_size"):
+        run_eval(cli(tiny_dir, tmp_path / "three", *flags, "--batch_size", "2"))
+
+
 def test_cli_explains_answers_that_differ_from_ar(tiny_dir, tmp_path):
     summary = run_eval(cli(tiny_dir, tmp_path / "run", "--methods", "space,ar"))
     assert summary["divergences"] == []

@@ -1,14 +1,13 @@
-"""`space.eval.quality`: batched greedy answers equal one-prompt AR answers, resume, and refuse bad input."""
+"""`space.eval.quality`: lossless batched answers equal one-prompt AR answers, resume, and refuse bad input."""
 
 import json
 
 import pytest
-import torch
 
 import space
 from space.eval import evaluate
 from space.eval.flags import parse_eval_args
-from space.eval.quality import METHOD, QualityArgs, cut_at_stop, evaluate_quality, left_pad
+from space.eval.quality import METHOD, QualityArgs, evaluate_quality, parse_quality_args
 from space.testing import tiny_llama, tiny_text_tokenizer
 
 
@@ -27,35 +26,33 @@ def quality(tiny_dir, output, **overrides) -> dict:
     return evaluate_quality(QualityArgs(**{**settings, **overrides}))
 
 
-def test_left_pad_and_the_stop_rule():
-    ids, mask = left_pad([torch.tensor([4, 5, 6]), torch.tensor([7])], pad=0)
-    assert ids.tolist() == [[4, 5, 6], [0, 0, 7]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
-    assert cut_at_stop([3, 9, 2, 9], stop=[9], max_new_tokens=8) == [3, 9]  # the stop token is kept, as decode does
-    assert cut_at_stop([3, 4, 5], stop=[9], max_new_tokens=2) == [3, 4]
-
-
-def test_batched_answers_equal_the_ar_decoder_and_a_rerun_resumes(tiny_dir, tmp_path):
-    """Prompts of different lengths, padded together, each get the AR decoder's greedy answer (fp32, tiny model)."""
-    summary = quality(tiny_dir, tmp_path / "q")
-    assert summary["methods"][METHOD]["answers"] == 5 and summary["settings"]["dtype"] == "float32"
+@pytest.mark.parametrize("method", [None, "ar"])
+def test_batched_answers_equal_the_ar_decoder_and_a_rerun_resumes(tiny_dir, tmp_path, method):
+    """Prompts of different lengths, batched (three at once, continuous), each get the AR decoder's greedy answer
+    (fp32, tiny model), whether SPACE (the default: the model has masks) or AR answers."""
+    summary = quality(tiny_dir, tmp_path / "q", method=method, num_samples=7)
+    assert summary["methods"][METHOD]["answers"] == 7 and summary["settings"]["dtype"] == "float32"
+    assert summary["settings"]["decoder"] == (method or "space")
     batched = {r["id"]: r["ids"] for r in map(json.loads, (tmp_path / "q" / "samples.jsonl").open())}
-    evaluate(parse_eval_args(["--llm_dir", str(tiny_dir), "--dataset", "humaneval-x-python", "--num_samples", "5",
+    evaluate(parse_eval_args(["--llm_dir", str(tiny_dir), "--dataset", "humaneval-x-python", "--num_samples", "7",
                               "--max_new_tokens", "10", "--methods", "ar", "--pass_at_k", "false", "--warmup", "0",
                               "--output_dir", str(tmp_path / "ar"), "--progress", "false"]))
     reference = {r["id"]: r["ids"] for r in map(json.loads, (tmp_path / "ar" / "samples.jsonl").open())}
     assert batched == reference
-    assert "| all | 5 |" in (tmp_path / "q" / "summary.md").read_text()
+    assert "| all | 7 |" in (tmp_path / "q" / "summary.md").read_text()
 
     before = (tmp_path / "q" / "samples.jsonl").read_text()
-    quality(tiny_dir, tmp_path / "q")  # every prompt answered: nothing is generated again
+    quality(tiny_dir, tmp_path / "q", method=method, num_samples=7)  # every prompt answered: nothing decoded again
     assert (tmp_path / "q" / "samples.jsonl").read_text() == before
     with pytest.raises(space.SpaceError, match="max_new_tokens"):
-        quality(tiny_dir, tmp_path / "q", max_new_tokens=11)
+        quality(tiny_dir, tmp_path / "q", method=method, num_samples=7, max_new_tokens=11)
 
 
 def test_bad_input_is_one_clear_error(tiny_dir, tmp_path):
     with pytest.raises(space.SpaceError, match="--batch_size must be at least 1"):
         quality(tiny_dir, tmp_path / "a", batch_size=0)
+    with pytest.raises(space.SpaceError, match=r"--method must be one of \['ar', 'space'\]"):
+        parse_quality_args(["--method", "hf"])
     conversation = tmp_path / "chat.jsonl"
     conversation.write_text(json.dumps({"question_id": 1, "category": "chat", "turns": ["hi", "and?"]}) + "\n")
     with pytest.raises(space.SpaceError, match="single-turn"):

@@ -158,3 +158,21 @@ def test_bench_roofline_script_end_to_end(tmp_path, monkeypatch, capsys):
     table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
     assert len(table) == 2 + 2  # header, rule, one row per dtype
     assert [line.split(" | ")[0] for line in table[2:]] == ["| float32", "| bfloat16"]
+
+
+def test_stored_curves_price_the_tree_on_their_device_and_dtype(monkeypatch, tmp_path):
+    """`--store_curves true` merges the measured curves into the package file, and `device_curve` prices rows with
+    the stored curve of that device and dtype (others keep the defaults)."""
+    from space.decoding import row_cost
+
+    monkeypatch.setattr(row_cost, "shipped", lambda *parts: tmp_path.joinpath(*parts))
+    monkeypatch.setattr(roofline, "shipped", lambda *parts: tmp_path.joinpath(*parts))
+    default = row_cost.device_curve(torch.device("cpu"))
+    curve = dict(rows=[1, 8, 64], ms=[2.0, 2.0, 8.0], context_tokens=16)
+    path = roofline.store_cost_curves({"cpu/bfloat16": curve}, command="test")
+    assert json.loads(path.read_text())["cpu/bfloat16"]["ms"] == [2.0, 2.0, 8.0]
+    stored = row_cost.device_curve(torch.device("cpu"), torch.bfloat16)
+    assert stored.price(8) == 1.0 and stored.price(64) == 4.0
+    assert row_cost.device_curve(torch.device("cpu")).measured_ms == default.measured_ms  # fp32: the default
+    roofline.store_cost_curves({"cpu/float32": curve}, command="test")  # merged: the bf16 curve stays
+    assert set(json.loads(path.read_text())) == {"cpu/bfloat16", "cpu/float32"}

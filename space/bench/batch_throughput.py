@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import statistics
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,11 +27,13 @@ import torch
 from tqdm.auto import tqdm
 
 import space
+from space.cache import CompactCache, cache_kwargs
 from space.cli import parse_flags, require_counts
 from space.errors import SpaceError
 from space.eval.datasets import load_eval_dataset
 from space.eval.harness import first_turn_ids, timed_decode
 from space.io import JsonlLog, OutputLock, markdown_table, provenance, write_atomic
+from space.models import synchronize
 
 CHUNK = 4  # prompts per timed call, in batch sizes: the batch drains (runs below B rows) once per call
 METHODS = {"ar": ("ar", {}), "chain": ("space", {"tree": False}), "tree": ("space", {"tree": True})}
@@ -164,6 +168,51 @@ def summarize(records: list[dict], methods: list[str], sizes: list[int]) -> list
     return rows
 
 
+@torch.inference_mode()
+def cache_upkeep(model, batch: int, context: int, repeats: int = 20, seed: int = 0) -> dict:
+    """What keeping a batch's KV cache costs after one step, both ways, on `model`'s real cache shapes (ms, median):
+
+    * `compact_ms`: this project's way: each row keeps its accepted entries in place (`CompactCache.compact_rows`:
+      one gather and one scatter per layer for the whole batch), rows of different lengths;
+    * `realign_ms`: left-padding's way: every row's entries shifted so that all rows end at the same column again
+      (what left-pad-and-realign designs do whenever rows accept different counts), done as one copy per row.
+
+    Each row has `context` entries and accepted between 0 and 3 of the 8 fed in this step."""
+    device = model.get_input_embeddings().weight.device
+    generator = torch.Generator().manual_seed(seed)
+    accepted = torch.randint(0, 4, (batch,), generator=generator).tolist()
+    cache = CompactCache.for_model(model, context + 16, batch)
+    ids = torch.randint(0, model.config.vocab_size, (batch, context + 8), generator=generator).to(device)
+    positions = torch.arange(context + 8, device=device).expand(batch, -1)
+    model.get_decoder()(input_ids=ids, position_ids=positions, use_cache=True, **cache_kwargs(model.get_decoder(),
+                                                                                              cache))
+    keeps = [(context, torch.arange(context, context + count)) for count in accepted]
+    shift = [max(accepted) - count for count in accepted]  # what each row moves to end with the longest
+
+    def compact():
+        cache.set_row_lengths([context + 8] * batch)
+        cache.compact_rows(keeps)
+
+    def realign():
+        for layer in cache.layers:
+            for buffer in (layer.key_buffer, layer.value_buffer):
+                for row, by in enumerate(shift):
+                    if by:
+                        buffer[row, :, by : context + 8] = buffer[row, :, : context + 8 - by].clone()
+
+    times = {}
+    for name, work in (("compact_ms", compact), ("realign_ms", realign)):
+        runs = []
+        for _ in range(repeats):
+            synchronize(device)
+            start = time.perf_counter()
+            work()
+            synchronize(device)
+            runs.append((time.perf_counter() - start) * 1000)
+        times[name] = round(statistics.median(runs), 3)
+    return dict(batch=batch, context=context, accepted=accepted, **times)
+
+
 def plot(rows: list[dict], path: Path) -> Path | None:
     """Throughput against batch size, a line per method (None without matplotlib)."""
     try:
@@ -202,9 +251,11 @@ def run_batch_bench(args: BatchArgs, command: str) -> dict:
                    for prompt in load_eval_dataset(args.dataset, num_samples=args.num_samples, execute=False)]
         records = measure(model, prompts, args, log)
         rows = summarize(records, chosen_methods(args), batch_sizes(args))
+        context = int(sum(p.numel() for p in prompts) / len(prompts)) + args.max_new_tokens // 2
+        upkeep = [cache_upkeep(model, size, context) for size in batch_sizes(args) if size > 1]
         report = dict(command=command, model=args.llm_dir or "the shipped SPACE model", dataset=args.dataset,
                       prompts=len(prompts), max_new_tokens=args.max_new_tokens, mask_num=args.mask_num,
-                      provenance=provenance(model.device), rows=rows)
+                      provenance=provenance(model.device), rows=rows, cache_upkeep=upkeep)
         write_atomic(output, json.dumps(report, indent=2))
         figure = plot(rows, output.with_suffix(".png"))
         report["figure"] = None if figure is None else str(figure)
@@ -214,3 +265,9 @@ def run_batch_bench(args: BatchArgs, command: str) -> dict:
 def batch_table(rows: list[dict]) -> str:
     """The report's rows as a markdown table (as quoted in docs/benchmarks.md)."""
     return markdown_table(rows, COLUMNS, HEADERS)
+
+
+def upkeep_table(upkeep: list[dict]) -> str:
+    """The cache-upkeep measurement as a markdown table."""
+    return markdown_table(upkeep, ["batch", "context", "compact_ms", "realign_ms"],
+                          ["batch", "entries per row", "keep in place (ms)", "realign (ms)"])

@@ -19,7 +19,8 @@ Batch-1 decoding reads every weight once per forward, so an AR step cannot beat
   reading weights.
 
 The cost curves are saved under `cost_curves["<device>/<dtype>"]` in the JSON and read back with
-`load_cost_curve(path, device, dtype).ms(rows)`.
+`load_cost_curve(path, device, dtype).ms(rows)`; `--store_curves true` also stores them in the package, where
+SPACE's tree prices rows on that device by default (`space.decoding.row_cost.device_curve`).
 """
 
 from __future__ import annotations
@@ -39,10 +40,10 @@ from space.bench.step_cost import PROMPT  # the prompt of scripts/bench_step.py,
 from space.cache import CompactCache
 from space.cli import parse_flags, require_counts
 from space.decoding.common import Model
-from space.decoding.row_cost import CostCurve
+from space.decoding.row_cost import STORED_CURVES, CostCurve, stored_curves
 from space.errors import SpaceError
 from space.eval.harness import timed_decode
-from space.io import markdown_table, provenance, write_json
+from space.io import markdown_table, provenance, shipped, write_json
 from space.models import dtype_name, resolve_device, synchronize
 
 SCRIPT = "python scripts/bench_roofline.py"
@@ -68,6 +69,9 @@ class RooflineArgs:
     max_new_tokens: int = field(default=64, metadata={"help": "tokens each timed decode generates"})
     threads: int | None = field(default=None, metadata={"help": "torch CPU threads (default: torch's choice)"})
     output: str = "outputs/roofline.json"
+    store_curves: bool = field(default=False, metadata={
+        "help": "also store the measured cost curves in the package (space/configs/cost_curves/curves.json), where "
+                "SPACE's tree reads the device's price of rows"})
 
 
 def parse_roofline_args(argv: list[str] | None = None, description: str | None = None) -> RooflineArgs:
@@ -318,7 +322,21 @@ def measure_roofline(args: RooflineArgs, command: str) -> dict:
         cost_curves=curves,
     )
     write_json(args.output, written)
+    if args.store_curves:
+        store_cost_curves(curves, command)
     return written
+
+
+def store_cost_curves(curves: dict, command: str) -> Path:
+    """Merge `curves` ({"<device>/<dtype>": curve}) into the package's stored curves (`device_curve` reads them)."""
+    path = shipped(*STORED_CURVES)
+    stored = stored_curves()
+    for key, curve in curves.items():
+        stored[key] = dict(rows=curve["rows"], ms=curve["ms"], context_tokens=curve["context_tokens"], command=command,
+                           provenance=provenance(key.split("/")[0]))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, stored)
+    return path
 
 
 def roofline_table(report: dict) -> str:

@@ -1,13 +1,15 @@
-"""The decoder registry and the public entry point `decode`.
+"""The decoder registry and the public entry points `decode` and `decode_batch`.
 
 Each method lives in a module of its own with a plain function `generate(model, input_ids, options) ->
 DecodeResult`, its own options dataclass (a subclass of `DecodeOptions`, which holds what every method
 reads) and, where the method needs something on the model first, a preparation step
 `prepare(model, tokenizer, options, untrained) -> note` (SPACE's mask tokens, SDSAT's adaptive token,
-self_spec's skip set). `DECODERS` maps a method name to `Decoder(generate, Options, prepare)`; adding a method
-is one module and one line here. The option names, their validation, the error for an option a method does
-not take, the state an evaluation carries from prompt to prompt and `decode`'s docstring all come from the
-Options class; `prepare` runs a method's step, so a harness loops over methods without knowing them.
+self_spec's skip set). `DECODERS` maps a method name to `Decoder(generate, Options, prepare, generate_batch)`;
+adding a method is one module and one line here. The option names, their validation, the error for an option a
+method does not take, the state an evaluation carries from prompt to prompt and `decode`'s docstring all come from the
+Options class; `prepare` runs a method's step, so a harness loops over methods without knowing them. A method
+that batches also has `generate_batch(model, prompts, options, batch_size)` (its rows run in
+`space.decoding.batch`); `decode_batch` checks the prompts and gives each row its own options (seed, budget).
 """
 
 from __future__ import annotations

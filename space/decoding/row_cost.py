@@ -3,7 +3,9 @@
 The price is not linear in the rows. On 2 Zen 4 cores SmolLM2-135M costs the same from 1 to 8 rows, jumps
 by a quarter at 9-10 and climbs by about 1 ms a row after that; a GPU should stay flat much longer (not measured
 here: no GPU was lent). The decoder prices
-rows with the device's default curve (`DEVICE_CURVES`), with a curve measured on the model itself when
+rows with the device's curve (one measured by `scripts/bench_roofline.py --store_curves true` and shipped in
+`space/configs/cost_curves/curves.json` for that device and dtype, else `DEVICE_CURVES`), with a curve measured
+on the model itself when
 asked (`SpaceOptions.cost_curve="measure"`: `measured_curve`, the median of 5 forwards per size after 256
 cached tokens, once per model, device and dtype; about 4 s on that CPU), or with one the caller gives
 (`{rows: ms}`, or the `CostCurve` that `space.bench.roofline.load_cost_curve` reads from a
@@ -15,6 +17,7 @@ it the trees.
 from __future__ import annotations
 
 import bisect
+import json
 import math
 import numbers
 import time
@@ -24,6 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from space.cache import CompactCache
+from space.io import shipped
 from space.models import synchronize
 
 MEASURED_ROWS = (1, 2, 4, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64, 96, 128)
@@ -87,7 +91,21 @@ DEVICE_CURVES = {
 }
 
 
-def device_curve(device: torch.device) -> CostCurve:
+STORED_CURVES = ("configs", "cost_curves", "curves.json")  # package data: {"<device>/<dtype>": {rows, ms, ...}}
+
+
+def stored_curves() -> dict:
+    """The curves `scripts/bench_roofline.py --store_curves true` measured and stored in the package, by
+    "<device type>/<dtype>" ({} when none is)."""
+    path = shipped(*STORED_CURVES)
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def device_curve(device: torch.device, dtype: torch.dtype = torch.float32) -> CostCurve:
+    """The device's curve for `dtype`: the stored measurement where there is one, else `DEVICE_CURVES`."""
+    stored = stored_curves().get(f"{device.type}/{str(dtype).removeprefix('torch.')}")
+    if stored is not None:
+        return CostCurve.from_points(zip(stored["rows"], stored["ms"]))
     return CostCurve.from_points(DEVICE_CURVES["cpu" if device.type == "cpu" else "cuda"])
 
 

@@ -65,7 +65,7 @@ def shape_config(target: Model, options, k: int) -> ShapeConfig:
     if faithful:
         curve = CostCurve.from_points({1: 1.0})
     elif options.cost_curve is None:
-        curve = device_curve(target.device)
+        curve = device_curve(target.device, target.dtype)
     elif options.cost_curve == "measure":
         curve = measured_curve(target, max_rows)
     else:

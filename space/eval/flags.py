@@ -90,6 +90,8 @@ class ToolkitFlags:
                                     "self_spec's γ), as in the paper's evaluation; false: every prompt starts afresh")
     time_limit: float | None = _flag(None, "seconds: start no new prompt after this, summarize the finished ones "
                                            "(resume later)")
+    batch_size: int = _flag(1, "prompts answered at once: the methods that batch (space, ar) decode them in one "
+                               "space.decode_batch call per turn, timed together (total tokens/s)")
 
 
 @dataclass

@@ -14,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 import space
-from space.decoding import session_options
+from space.decoding import batching_methods, session_options
 from space.eval.datasets import EvalPrompt
 from space.eval.metrics import split_label
 from space.eval.prompts import add_special_tokens, render
@@ -73,10 +73,11 @@ def run_prompts(
     progress: bool = True,
     time_limit: float | None = None,
     carry_state: bool = True,
+    batch_size: int = 1,
 ) -> list[dict]:
     """Answer every unfinished prompt with every method; returns all records (old and new).
 
-    With `time_limit` (seconds), no new prompt is started once that much time has passed; the same
+    With `time_limit` (seconds), no new prompt (or batch) is started once that much time has passed; the same
     call later resumes where this one stopped.
 
     `carry_state`: the state a method carries from prompt to prompt (`space.decoding.session_options`: SPACE's
@@ -84,6 +85,11 @@ def run_prompts(
     evaluation, so a prompt's steps depend on the prompts before it. Each answer keeps its method's state after it
     (`session`); a resumed run takes it up from the stored answers, so it measures what an uninterrupted run
     would. Off, every prompt starts from a fresh state.
+
+    `batch_size` > 1: consecutive unfinished prompts are answered `batch_size` at a time, turn by turn, each method
+    that batches (`space.decoding.batching_methods`) in one `decode_batch` call per turn (the others one prompt at
+    a time). An answer's `seconds` is its share of the call (the call's time over its rows: the totals are the
+    wall time), `batch_seconds` the call's time (the row's latency) and `batch_size` its rows.
     """
     deadline = None if time_limit is None else time.monotonic() + time_limit
     device = model.get_input_embeddings().weight.device
@@ -92,42 +98,69 @@ def run_prompts(
     totals = {method: [0, 0.0] for method in methods}  # tokens, seconds: for the running speedup
     sessions = {method: session_options(decoder_name(method)) for method in methods}
     bar = tqdm(total=len(prompts) - len(done), desc="evaluating", disable=not progress, unit="prompt")
-    for index, prompt in enumerate(prompts):
-        if not carry_state:
-            sessions = {method: session_options(decoder_name(method)) for method in methods}
-        if prompt.id in done:  # answered before: its methods' states after it, as an uninterrupted run had them
-            if carry_state:
+    group: list[EvalPrompt] = []
+    for index, prompt in enumerate(prompts + [None]):  # None: the end, which answers the last group
+        if prompt is not None and prompt.id in done:
+            if carry_state:  # answered before: its methods' states after it, as an uninterrupted run had them
                 last_turn = len(prompt.turns) - 1
                 sessions = {method: restored(sessions[method], stored[(prompt.id, last_turn, method)])
                             for method in methods}
             continue
-        if deadline is not None and time.monotonic() >= deadline:
-            break
-        order = methods[index % len(methods):] + methods[: index % len(methods)]  # rotate: drift hits all alike
-        histories = {method: [] for method in methods}
-        records = []
-        for turn, user in enumerate(prompt.turns):
-            for method in order:
-                text = render(histories[method] + [(user, None)], style, model_type, tokenizer)
-                input_ids = encode(tokenizer, text, style, device)
-                result, seconds = timed_decode(model, input_ids, method, dict(options[method], **sessions[method]),
-                                               device)
+        if prompt is not None:
+            group.append(prompt)
+        if group and (prompt is None or len(group) == batch_size):
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            if not carry_state:
+                sessions = {method: session_options(decoder_name(method)) for method in methods}
+            for answered, records in answer_group(model, tokenizer, group, methods, options, sessions, style,
+                                                  model_type, index, device, carry_state, totals):
+                store.add_prompt(answered.id, records)
+            bar.update(len(group))
+            bar.set_postfix_str(_running_speedup(totals))
+            group = []
+    bar.close()
+    return store.records()
+
+
+def answer_group(model, tokenizer, group: list[EvalPrompt], methods: list[str], options: dict[str, dict],
+                 sessions: dict, style: str, model_type: str, index: int, device, carry_state: bool,
+                 totals: dict) -> list[tuple[EvalPrompt, list[dict]]]:
+    """Every method's answers to every turn of the prompts of `group` (`index`: where the group ends in the run,
+    which rotates the methods' order); returns each prompt with its records."""
+    order = methods[index % len(methods):] + methods[: index % len(methods)]  # rotate: drift hits all alike
+    histories = {(prompt.id, method): [] for prompt in group for method in methods}
+    records = {prompt.id: [] for prompt in group}
+    for turn in range(max(len(prompt.turns) for prompt in group)):
+        rows = [prompt for prompt in group if len(prompt.turns) > turn]
+        for method in order:
+            inputs = [encode(tokenizer, render(histories[prompt.id, method] + [(prompt.turns[turn], None)], style,
+                                               model_type, tokenizer), style, device) for prompt in rows]
+            chosen = dict(options[method], **sessions[method])
+            if len(rows) > 1 and decoder_name(method) in batching_methods():
+                results, seconds = timed_decode(model, [ids[0] for ids in inputs], method, chosen, device)
+                timings = [(seconds / len(rows), seconds, len(rows))] * len(rows)
+            else:
+                results, timings = [], []
+                for ids in inputs:
+                    result, seconds = timed_decode(model, ids, method, chosen, device)
+                    results.append(result)
+                    timings.append((seconds, None, 1))
+            for prompt, ids, result, (seconds, batch_seconds, rows_in_call) in zip(rows, inputs, results, timings):
                 answer = tokenizer.decode(result.tokens, skip_special_tokens=True)
-                histories[method].append((user, answer))
-                records.append(dict(
+                histories[prompt.id, method].append((prompt.turns[turn], answer))
+                records[prompt.id].append(dict(
                     id=prompt.id, turn=turn, method=method, category=prompt.category, text=answer,
-                    ids=result.tokens.tolist(), prompt_tokens=input_ids.shape[1], seconds=round(seconds, 5),
+                    ids=result.tokens.tolist(), prompt_tokens=ids.shape[1], seconds=round(seconds, 5),
+                    **({"batch_seconds": round(batch_seconds, 5), "batch_size": rows_in_call}
+                       if batch_seconds is not None else {}),
                     **result.stats.record_fields(),  # steps and every per-step / per-round list of the method
                     **({"session": {name: state.to_json() for name, state in sessions[method].items()}}
                        if carry_state and sessions[method] else {}),
                 ))
                 totals[method][0] += len(result.tokens)
                 totals[method][1] += seconds
-        store.add_prompt(prompt.id, records)
-        bar.update()
-        bar.set_postfix_str(_running_speedup(totals))
-    bar.close()
-    return store.records()
+    return [(prompt, records[prompt.id]) for prompt in group]
 
 
 def restored(fresh: dict, record: dict) -> dict:

@@ -49,7 +49,18 @@ def method_summary(records: list[dict]) -> dict:
         target_forwards=steps,
         tokens_per_step_histogram={str(n): histogram[n] for n in sorted(histogram)},
         **tree_summary(records, steps),
+        **batch_summary(records),
     )
+
+
+def batch_summary(records: list[dict]) -> dict:
+    """For answers decoded in batches (`--batch_size`): the mean rows per call and the mean time of a call, each
+    row's latency (its `seconds` are its share of the call, so `tokens_per_second` is the total throughput)."""
+    batched = [r for r in records if "batch_seconds" in r]
+    if not batched:
+        return {}
+    return dict(mean_batch_size=round(sum(r["batch_size"] for r in batched) / len(batched), 2),
+                mean_row_latency_seconds=round(sum(r["batch_seconds"] for r in batched) / len(batched), 4))
 
 
 def tree_summary(records: list[dict], steps: int) -> dict:

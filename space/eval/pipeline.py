@@ -69,7 +69,7 @@ def evaluate(args: EvalArgs) -> dict:
                             model.device)
         stored = harness.run_prompts(model, tokenizer, prompts, methods, options, store, style, args.model_type,
                                      progress=args.progress, time_limit=args.time_limit,
-                                     carry_state=args.carry_state)
+                                     carry_state=args.carry_state, batch_size=args.batch_size)
         complete = results.complete_ids(stored, prompts, methods)
         requested = len(prompts)
         prompts = [p for p in prompts if p.id in complete]  # a stopped run reports only fully answered prompts
@@ -107,6 +107,7 @@ def run_config(args: EvalArgs, methods: list[str], options: dict[str, dict], sty
                                unsafe_execution=args.unsafe_execution))
     if isinstance(args, EvalArgs):
         config["carry_state"] = args.carry_state
+        config["batch_size"] = args.batch_size  # batched timings are not mixed with one-prompt ones
     return config
 
 

@@ -1,41 +1,39 @@
-"""A quality-only run: one model's greedy answers generated in batches, then pass@1 / ROUGE-L.
+"""A quality-only run: one model's greedy answers decoded in batches, then pass@1 / ROUGE-L.
 
-`space.eval.evaluate` decodes one prompt at a time because it times every method. A question such as
-"what is this model's pass@1 in five languages" needs no timing, and on a CPU one answer at a time
-is several times slower than a batch: `evaluate_quality(args)` answers the prompts in left-padded
-batches of `batch_size` with `transformers`' `generate` (greedy), shortest prompts together, and scores
-them the way `evaluate` does (the same prompts, chat rendering, sandboxed execution and summary).
+`space.eval.evaluate` times every method. A question such as "what is this model's pass@1 in five languages"
+needs no timing: `evaluate_quality(args)` answers the prompts with lossless batched decoding
+(`space.decode_batch`, `batch_size` prompts at once with continuous batching, SPACE by default), shortest prompts
+first, and scores them the way `evaluate` does (the same prompts, chat rendering, sandboxed execution and summary).
 
-The answers are the model's greedy answers up to rounding: a padded batch computes each row in
-products of another shape than a one-prompt AR step does, so where the top two logits nearly tie an
-answer can differ from `space.decode(..., "ar")` (and so from every lossless method, whose greedy
-output is AR's). `docs/benchmarks.md` reports how often that happened. Lossless methods need no
-separate quality run: their pass@1 is the model's.
+Every answer is exactly `space.decode(..., "ar")`'s for its prompt (greedy, fp32): the batched rows are each their
+own batch-1 output, so this pass@1 is the model's, and the pass@1 of every lossless method.
 
-The run directory is an ordinary results store (`space.eval.results`): resumable batch by batch, a
-rerun with other settings refused, one method label `greedy_batched` in `samples.jsonl`.
+The run directory is an ordinary results store (`space.eval.results`): resumable chunk by chunk (`CHUNK` batches
+of prompts per call), a rerun with other settings refused, one method label `greedy_batched` in `samples.jsonl`.
 """
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, replace
 
-import torch
 from tqdm.auto import tqdm
 
 import space
 from space.cli import parse_flags
-from space.decoding.common import eos_ids
+from space.decoding import batching_methods
+from space.decoding import prepare as prepare_method
 from space.errors import SpaceError
 from space.eval import results
 from space.eval.datasets import default_max_new_tokens, load_eval_dataset
 from space.eval.flags import _flag, check_run_bounds
 from space.eval.harness import first_turn_ids
-from space.eval.pipeline import add_quality, check_execution, prompt_style, run_config
+from space.eval.pipeline import add_quality, check_execution, is_embedded, prompt_style, run_config
 from space.io import provenance, versions, write_atomic, write_json
 from space.models import model_dtype
 
 METHOD = "greedy_batched"
+CHUNK = 4  # batches of prompts per decode_batch call: the store keeps each chunk as soon as it is answered
 
 
 @dataclass
@@ -47,7 +45,9 @@ class QualityArgs:
     adapter: str | None = _flag(None, "peft adapter directory on top of --llm_dir")
     num_samples: int | None = _flag(None, "first N prompts (default: all)")
     max_new_tokens: int | None = _flag(None, "default: the original's per dataset")
-    batch_size: int = _flag(16, "prompts per generate call")
+    batch_size: int = _flag(16, "prompts decoded at once")
+    method: str | None = _flag(None, "the lossless decoder that answers (space or ar; the answers are AR's either way; "
+                                     "default: space when the model has mask tokens or is the embedded one, else ar)")
     output_dir: str | None = _flag(None, "default: outputs/quality/<dataset>")
     overwrite: bool = _flag(False, "replace the files of a run with other settings in --output_dir")
     data_path: str | None = _flag(None, "local file or hub name for non-vendored datasets")
@@ -65,12 +65,20 @@ class QualityArgs:
 def parse_quality_args(argv: list[str] | None = None, description: str | None = None) -> QualityArgs:
     """`argv` (default: the command line) -> `QualityArgs`; a bad flag is one `SpaceError` line."""
     (args,) = parse_flags((QualityArgs,), argv, "eval_quality.py", description, show_defaults=False)
+    check_method(args)
     return args
+
+
+def check_method(args: QualityArgs) -> None:
+    if args.method is not None and args.method not in batching_methods():
+        raise SpaceError(f"--method must be one of {batching_methods()}, the lossless decoders that batch "
+                         f"(got {args.method!r})")
 
 
 def evaluate_quality(args: QualityArgs) -> dict:
     """Answer every prompt of `args.dataset` in batches, score the answers; returns the summary."""
     check_run_bounds(args)
+    check_method(args)
     prompts = load_eval_dataset(args.dataset, args.data_path, args.num_samples, execute=args.pass_at_k)
     if any(len(p.turns) > 1 for p in prompts):
         raise SpaceError(f"{args.dataset} has multi-turn prompts; a batched quality run answers single-turn "
@@ -82,12 +90,17 @@ def evaluate_quality(args: QualityArgs) -> dict:
     model, tokenizer = space.load_model(args.llm_dir, adapter=args.adapter, dtype=args.dtype, device=args.device)
     args = replace(args, dtype=model_dtype(model))  # `auto` recorded as what it chose
     style = prompt_style(args)
-    config = run_config(args, [METHOD], {METHOD: dict(max_new_tokens=max_new_tokens, batch_size=args.batch_size)},
-                        style, model)
+    method = args.method or ("space" if is_embedded(args.llm_dir) or space.read_mask_spec(model.config) else "ar")
+    note = prepare_method(method, model, tokenizer, [dict(max_new_tokens=max_new_tokens)],
+                          untrained=is_embedded(args.llm_dir))
+    if note:
+        print(note, file=sys.stderr)
+    config = run_config(args, [METHOD], {METHOD: dict(max_new_tokens=max_new_tokens, batch_size=args.batch_size,
+                                                      decoder=method)}, style, model)
     with results.ResultStore(directory, config, overwrite=args.overwrite) as store:
         done = store.done_ids(prompts, [METHOD])
         answer_in_batches(model, tokenizer, [p for p in prompts if p.id not in done], store, style, args.model_type,
-                          max_new_tokens, args.batch_size, args.progress)
+                          max_new_tokens, args.batch_size, method, args.progress)
         records = store.records()
         add_quality(records, prompts, args)
         store.rewrite(records)
@@ -95,10 +108,11 @@ def evaluate_quality(args: QualityArgs) -> dict:
                        categories={category: quality_fields([r for r in records if r.get("category") == category])
                                    for category in sorted({r["category"] for r in records if r.get("category")})})
         summary.update(dataset=args.dataset, num_samples=len(prompts), prompt_style=style,
-                       settings=dict(do_sample=False, batch_size=args.batch_size, max_new_tokens=max_new_tokens,
+                       settings=dict(do_sample=False, batch_size=args.batch_size, decoder=method,
+                                     max_new_tokens=max_new_tokens,
                                      dtype=args.dtype, model=args.llm_dir or "embedded SmolLM2-135M-Instruct",
                                      adapter=args.adapter),
-                       note="batched greedy answers: a quality run, no speed is measured",
+                       note="lossless batched greedy answers (each AR's own): a quality run, no speed is measured",
                        versions=versions(), provenance=provenance(model.device))
         write_json(store.dir / "summary.json", summary)
         write_atomic(store.dir / "summary.md", quality_table(summary))
@@ -130,45 +144,22 @@ def quality_table(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-@torch.inference_mode()
 def answer_in_batches(model, tokenizer, prompts, store, style: str, model_type: str, max_new_tokens: int,
-                      batch_size: int, progress: bool = True) -> None:
-    """Greedy answers to `prompts` (first turns), `batch_size` at a time, each batch stored as it finishes."""
+                      batch_size: int, method: str = "space", progress: bool = True) -> None:
+    """Greedy answers to `prompts` (first turns), `batch_size` decoding at once, stored chunk by chunk."""
     device = model.get_input_embeddings().weight.device
     encoded = [(p, first_turn_ids(tokenizer, p, style, model_type, device)[0]) for p in prompts]
     encoded.sort(key=lambda item: len(item[1]))  # similar lengths together: less padding
-    stop = eos_ids(model, None)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop[0]
     bar = tqdm(total=len(encoded), desc="answering", disable=not progress, unit="prompt")
-    for start in range(0, len(encoded), batch_size):
-        batch = encoded[start:start + batch_size]
-        input_ids, attention_mask = left_pad([ids for _, ids in batch], pad)
-        output = model.generate(input_ids=input_ids, attention_mask=attention_mask, do_sample=False,
-                                max_new_tokens=max_new_tokens, eos_token_id=stop, pad_token_id=pad,
-                                temperature=None, top_p=None, top_k=None)
-        for (prompt, ids), row in zip(batch, output[:, input_ids.shape[1]:].tolist()):
-            tokens = cut_at_stop(row, stop, max_new_tokens)
+    chunk = CHUNK * batch_size
+    for start in range(0, len(encoded), chunk):
+        part = encoded[start:start + chunk]
+        answers = space.decode_batch(model, [ids for _, ids in part], method, batch_size=batch_size,
+                                     max_new_tokens=max_new_tokens)
+        for (prompt, ids), answer in zip(part, answers):
+            tokens = answer.tokens.tolist()
             store.add_prompt(prompt.id, [dict(id=prompt.id, turn=0, method=METHOD, category=prompt.category,
                                               text=tokenizer.decode(tokens, skip_special_tokens=True), ids=tokens,
                                               prompt_tokens=len(ids))])
-        bar.update(len(batch))
+        bar.update(len(part))
     bar.close()
-
-
-def left_pad(rows: list[torch.Tensor], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """`[batch, longest]` ids padded on the left, and the attention mask that hides the padding."""
-    longest = max(len(row) for row in rows)
-    ids = torch.full((len(rows), longest), pad, dtype=rows[0].dtype, device=rows[0].device)
-    mask = torch.zeros((len(rows), longest), dtype=torch.long, device=rows[0].device)
-    for index, row in enumerate(rows):
-        ids[index, longest - len(row):] = row
-        mask[index, longest - len(row):] = 1
-    return ids, mask
-
-
-def cut_at_stop(tokens: list[int], stop: list[int], max_new_tokens: int) -> list[int]:
-    """The answer as a one-prompt decode returns it: up to and including the first stop token."""
-    for index, token in enumerate(tokens[:max_new_tokens]):
-        if token in stop:
-            return tokens[:index + 1]
-    return tokens[:max_new_tokens]

@@ -30,7 +30,7 @@ RECOMPUTED_KEYS = ("quality",)  # changing these recomputes the kept answers' qu
 QUALITY_FIELDS = ("passed", "exec_status")  # what the quality settings decide in a stored answer
 RECORD_KEY = ("id", "turn", "method")  # one answer: counted once
 # settings added after runs were made: a run that does not record one was made with this value
-ADDED_SETTINGS = {"carry_state": True}
+ADDED_SETTINGS = {"carry_state": True, "batch_size": 1}
 
 
 def own_names() -> set[str]:
