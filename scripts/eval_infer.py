@@ -8,6 +8,7 @@ writes to `--output_dir` (samples.jsonl, summary.json/.md/.png, with `--save_dat
 CSVs). Interrupted runs keep finished prompts; the same command resumes.
 
     python scripts/eval_infer.py --dataset human_eval --methods space,ar,hf,prompt_lookup --num_samples 20
+    torchrun --nproc_per_node 8 scripts/eval_infer.py --dataset human_eval --device cuda   # a shard per GPU
 """
 
 from __future__ import annotations
@@ -16,13 +17,15 @@ from space.cli import run
 from space.eval import evaluate, report
 from space.eval.flags import parse_eval_args
 from space.eval.pipeline import output_dir
+from space.eval.ranks import Ranks
 
 
 def main(argv=None) -> dict:
     args = parse_eval_args(argv, description=__doc__.split("\n\n")[0])
     summary = evaluate(args)
-    print(report.summary_table(summary))
-    print(f"\nresults: {output_dir(args)}/summary.json, summary.md, summary.png, samples.jsonl")
+    if Ranks.from_env().main:  # every rank returns the summary; one prints it
+        print(report.summary_table(summary))
+        print(f"\nresults: {output_dir(args)}/summary.json, summary.md, summary.png, samples.jsonl")
     return summary
 
 

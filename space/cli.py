@@ -47,6 +47,19 @@ def require_counts(args, names: Sequence[str], hints: Mapping[str, str] | None =
             raise SpaceError(f"--{name} must be at least 1 (got {value})" + (f"; {hint}" if hint else ""))
 
 
+def count_list(flag: str, text: str, example: str = "1,2,4") -> list[int]:
+    """`text` (the value of `--flag`) as the whole numbers >= 1 it lists, in order: one line for anything else
+    (a word, an empty item, 0 or less), naming the flag and an example."""
+    try:
+        counts = [int(item) for item in text.split(",")]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise SpaceError(f"--{flag} must be a comma list of whole numbers, at least 1 each, e.g. {example} "
+                         f"(got {text!r})")
+    return counts
+
+
 def parse_flags(types: Sequence[type], argv: Sequence[str] | None, program: str, description: str | None = None,
                 defaults: Mapping | None = None, show_defaults: bool = True) -> tuple:
     """One instance of each dataclass in `types` from `argv` (None: the command line). `defaults` replace the

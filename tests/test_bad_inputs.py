@@ -117,7 +117,7 @@ def files(tmp_path):
 
 
 SCRIPT_CASES = [
-    ("bench_step", ["--ks", "a,b"], r"--ks must be a comma list of mask_num values >= 1"),  # was a trace
+    ("bench_step", ["--ks", "a,b"], r"--ks must be a comma list of whole numbers, at least 1 each"),  # was a trace
     ("bench_step", ["--ks", "0"], r"--ks must be a comma list"),
     ("bench_step", ["--repeats", "0"], r"--repeats must be at least 1 \(got 0\)"),  # was a trace after loading
     ("bench_step", ["--threads", "0"], r"--threads must be at least 1"),  # was silently torch's default

@@ -11,7 +11,7 @@ import transformers
 
 import space
 from space.eval import evaluate
-from space.eval.datasets import ORIGINAL_HUMANEVAL_INSTRUCTION, load_eval_dataset
+from space.eval.datasets import ORIGINAL_HUMANEVAL_INSTRUCTION, EvalPrompt, load_eval_dataset
 from space.eval.flags import EvalArgs, parse_eval_args
 from space.eval.metrics import method_summary, original_metrics, repetition_ratio, summarize
 from space.eval.prompts import render
@@ -632,3 +632,20 @@ def test_a_resumed_run_measures_what_an_uninterrupted_one_does(tiny_dir, tmp_pat
         assert sessions[0] != sessions[3]
     else:
         assert all(record["session"] is None for record in whole.values())
+
+
+def test_quality_executes_each_distinct_answer_of_a_problem_once(monkeypatch):
+    from types import SimpleNamespace
+
+    from space.eval.pipeline import add_quality
+
+    calls = []
+    monkeypatch.setattr("space.eval.pipeline.check_completion",
+                        lambda problem, text, language, **kw: calls.append(text) or SimpleNamespace(
+                            status="passed" if text == "good" else "failed", passed=text == "good"))
+    prompts = [EvalPrompt(id=f"p{i}", turns=["x"], problem={"task_id": f"p{i}"}, language="python") for i in range(2)]
+    records = [dict(id=p, turn=0, method=m, text=t) for p, m, t in
+               [("p0", "ar", "good"), ("p0", "space", "good"), ("p0", "hf", "bad"), ("p1", "ar", "good")]]
+    add_quality(records, prompts, SimpleNamespace(pass_at_k=True, exec_timeout=1.0, unsafe_execution=False))
+    assert calls == ["good", "bad", "good"]  # p0's second "good" is not run again; p1's is another problem
+    assert [r["passed"] for r in records] == [True, True, False, True]

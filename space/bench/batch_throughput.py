@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 import space
 from space.cache import CompactCache, cache_kwargs
-from space.cli import parse_flags, require_counts
+from space.cli import count_list, parse_flags, require_counts
 from space.errors import SpaceError
 from space.eval.datasets import load_eval_dataset
 from space.eval.harness import first_turn_ids, timed_decode
@@ -72,13 +72,7 @@ def parse_batch_args(argv: list[str] | None = None, description: str | None = No
 
 
 def batch_sizes(args: BatchArgs) -> list[int]:
-    try:
-        sizes = [int(size) for size in args.batch_sizes.split(",")]
-    except ValueError:
-        raise SpaceError(f"--batch_sizes must be a comma list of whole numbers (got {args.batch_sizes!r})") from None
-    if not sizes or min(sizes) < 1:
-        raise SpaceError(f"--batch_sizes must be at least 1 each (got {args.batch_sizes!r})")
-    return sizes
+    return count_list("batch_sizes", args.batch_sizes, "1,2,4,8,16")
 
 
 def chosen_methods(args: BatchArgs) -> list[str]:

@@ -27,8 +27,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
 import space
-from space.cli import parse_flags, require_counts
-from space.errors import SpaceError
+from space.cli import count_list, parse_flags, require_counts
 from space.io import markdown_table, provenance, write_atomic
 
 PROMPT = ("Complete the following python code.\n\ndef running_mean(values: list[float]) -> list[float]:\n"
@@ -65,13 +64,7 @@ def parse_step_cost_args(argv: list[str] | None = None, description: str | None 
 
 def mask_nums(args: StepCostArgs) -> list[int]:
     """`--ks` as the list of k it names: one line for anything but a comma list of whole numbers >= 1."""
-    try:
-        ks = [int(k) for k in args.ks.split(",")]
-    except ValueError:
-        ks = []
-    if not ks or min(ks) < 1:
-        raise SpaceError(f"--ks must be a comma list of mask_num values >= 1, e.g. 1,2,3,5 (got {args.ks!r})")
-    return ks
+    return count_list("ks", args.ks, "1,2,3,5")
 
 
 def measure_step_costs(args: StepCostArgs, command: str) -> dict:

@@ -74,6 +74,8 @@ def run_prompts(
     time_limit: float | None = None,
     carry_state: bool = True,
     batch_size: int = 1,
+    should_stop=None,
+    rank: int | None = None,
 ) -> list[dict]:
     """Answer every unfinished prompt with every method; returns all records (old and new).
 
@@ -90,6 +92,9 @@ def run_prompts(
     that batches (`space.decoding.batching_methods`) in one `decode_batch` call per turn (the others one prompt at
     a time). An answer's `seconds` is its share of the call (the call's time over its rows: the totals are the
     wall time), `batch_seconds` the call's time (the row's latency) and `batch_size` its rows.
+
+    Data-parallel runs (`space.eval.ranks`): `should_stop()` is asked before each new prompt group (another rank
+    failed: stop as at a time limit), and `rank` is recorded in every answer.
     """
     deadline = None if time_limit is None else time.monotonic() + time_limit
     device = model.get_input_embeddings().weight.device
@@ -109,13 +114,13 @@ def run_prompts(
         if prompt is not None:
             group.append(prompt)
         if group and (prompt is None or len(group) == batch_size):
-            if deadline is not None and time.monotonic() >= deadline:
+            if (deadline is not None and time.monotonic() >= deadline) or (should_stop and should_stop()):
                 break
             if not carry_state:
                 sessions = {method: session_options(decoder_name(method)) for method in methods}
             for answered, records in answer_group(model, tokenizer, group, methods, options, sessions, style,
                                                   model_type, index, device, carry_state, totals):
-                store.add_prompt(answered.id, records)
+                store.add_prompt(answered.id, [dict(r, rank=rank) for r in records] if rank is not None else records)
             bar.update(len(group))
             bar.set_postfix_str(_running_speedup(totals))
             group = []

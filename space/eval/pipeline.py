@@ -35,6 +35,7 @@ from space.eval.datasets import default_max_new_tokens, load_eval_dataset
 from space.eval.divergence import explain, near_tie_threshold
 from space.eval.flags import EvalArgs, check_eval_args
 from space.eval.metrics import split_label, summarize
+from space.eval.ranks import Ranks, ShardedRun, agree, launch_settings, model_fingerprint, per_rank, process_group
 from space.eval.rouge import rouge_l
 from space.io import markdown_table, provenance, versions, write_atomic, write_json, writing
 from space.models import BASE_MODEL_ALIASES, model_dtype
@@ -45,54 +46,78 @@ VARIANT_OPTION = {"space": "mask_num", "sdsat": "sat_num"}  # `space@K` / `sdsat
 
 
 def evaluate(args: EvalArgs) -> dict:
-    """Run the evaluation `args` describes; returns the summary (also written to summary.json)."""
+    """Run the evaluation `args` describes; returns the summary (also written to summary.json). Under a launcher
+    with several ranks (`space.eval.ranks`), every rank answers its shard and every rank returns the summary rank 0
+    wrote."""
     check_eval_args(args)
+    ranks = Ranks.from_env()
     methods = parse_methods(args.methods)
     prompts = load_eval_dataset(args.dataset, args.data_path, args.num_samples, execute=args.pass_at_k)
     max_new_tokens = args.max_new_tokens if args.max_new_tokens is not None else default_max_new_tokens(args.dataset)
-    results.check_output_dir(output_dir(args))  # a file, a foreign directory or a run in use: before the model
+    if ranks.main:
+        results.check_output_dir(output_dir(args))  # a file, a foreign directory or a run in use: before the model
 
     options = method_options(args, methods, max_new_tokens)
     for method, chosen in options.items():  # a bad option is refused before the model loads or a setting is stored
         parse_options(split_label(method)[0], chosen)
     check_execution(args, prompts)  # before hours of decoding: one clear error if programs cannot be isolated
-    model, tokenizer = space.load_model(args.llm_dir, adapter=args.adapter, dtype=args.dtype, device=args.device)
-    args = replace(args, dtype=model_dtype(model))  # `auto` recorded as what it chose: a resume compares real dtypes
-    style = prompt_style(args)
-    note = prepare_methods(model, tokenizer, methods, options, untrained=is_embedded(args.llm_dir))
-    with results.ResultStore(output_dir(args), run_config(args, methods, options, style, model),
-                             overwrite=args.overwrite) as store:  # the run's lock is held until the outputs are written
-        if note:
-            print(note, file=sys.stderr)
-        if args.warmup:
-            harness.warm_up(model, tokenizer, prompts[0], methods, options, style, args.model_type, args.warmup,
-                            model.device)
-        stored = harness.run_prompts(model, tokenizer, prompts, methods, options, store, style, args.model_type,
-                                     progress=args.progress, time_limit=args.time_limit,
-                                     carry_state=args.carry_state, batch_size=args.batch_size)
-        complete = results.complete_ids(stored, prompts, methods)
-        requested = len(prompts)
-        prompts = [p for p in prompts if p.id in complete]  # a stopped run reports only fully answered prompts
-        if not prompts:
-            raise space.SpaceError(f"no prompt was answered by every method within --time_limit {args.time_limit}s; "
-                                   "raise it (answers so far are kept and the same command resumes)")
-        records = [r for r in stored if r["id"] in complete]
-        add_quality(records, prompts, args)
-        store.rewrite(stored)  # unfinished prompts keep their answers for the resume
+    with process_group(ranks):
+        agree(ranks, launch_settings(args))
+        model, tokenizer = space.load_model(args.llm_dir, adapter=args.adapter, dtype=args.dtype,
+                                            device=ranks.device(args.device))
+        agree(ranks, {"model": model_fingerprint(model)})
+        args = replace(args, dtype=model_dtype(model))  # `auto` recorded as what it chose: a resume compares dtypes
+        style = prompt_style(args)
+        note = prepare_methods(model, tokenizer, methods, options, untrained=is_embedded(args.llm_dir))
+        with ShardedRun(ranks, output_dir(args), run_config(args, methods, options, style, model),
+                        overwrite=args.overwrite) as run:  # rank 0 holds the run's lock until the outputs are written
+            if note and ranks.main:
+                print(note, file=sys.stderr)
+            if args.warmup:
+                harness.warm_up(model, tokenizer, prompts[0], methods, options, style, args.model_type, args.warmup,
+                                model.device)
+            harness.run_prompts(model, tokenizer, run.shard(prompts, methods), methods, options, run.store, style,
+                                args.model_type, progress=args.progress, time_limit=args.time_limit,
+                                carry_state=args.carry_state, batch_size=args.batch_size,
+                                should_stop=run.should_stop, rank=ranks.rank if ranks.world > 1 else None)
+            if ranks.world > 1:  # each rank executes its own answers' programs: rank 0 alone would take as long
+                add_quality(run.store.new, prompts, args)
+            stored = run.collect()
+            if not ranks.main:
+                return run.finish()
+            return run.finish(summarize_run(model, tokenizer, stored, prompts, methods, options, args, note, style,
+                                            run.main_store))
 
-        spec = space.read_mask_spec(model.config)
-        summary = summarize(records, count_tokens=lambda text: len(tokenizer.encode(text)) + 1,
-                            mask_num=options.get("space", {}).get("mask_num") or (spec.mask_num if spec else None))
-        finish_summary(summary, records, args, methods, len(prompts), note, style)
-        if len(prompts) < requested:
-            summary["partial"] = (f"stopped by --time_limit: {len(prompts)} of {requested} prompts answered by "
-                                  "every method; the same command resumes")
-            print(summary["partial"], file=sys.stderr)
-        summary["versions"] = versions()
-        summary["provenance"] = provenance(model.device)
-        if not args.do_sample and "ar" in methods:
-            summary["divergences"] = explain_divergences(model, tokenizer, records, prompts, style, args.model_type)
-        write_outputs(store.dir, summary, records, args.save_data)
+
+def summarize_run(model, tokenizer, stored: list[dict], prompts, methods: list[str], options: dict, args: EvalArgs,
+                  note: str | None, style: str, store: results.ResultStore) -> dict:
+    """Quality, summary and outputs of the prompts every method answered (`stored`: every answer of the run)."""
+    complete = results.complete_ids(stored, prompts, methods)
+    requested = len(prompts)
+    prompts = [p for p in prompts if p.id in complete]  # a stopped run reports only fully answered prompts
+    if not prompts:
+        raise space.SpaceError(f"no prompt was answered by every method within --time_limit {args.time_limit}s; "
+                               "raise it (answers so far are kept and the same command resumes)")
+    records = [r for r in stored if r["id"] in complete]
+    add_quality(records, prompts, args)
+    store.rewrite(stored)  # unfinished prompts keep their answers for the resume
+
+    spec = space.read_mask_spec(model.config)
+    summary = summarize(records, count_tokens=lambda text: len(tokenizer.encode(text)) + 1,
+                        mask_num=options.get("space", {}).get("mask_num") or (spec.mask_num if spec else None))
+    finish_summary(summary, records, args, methods, len(prompts), note, style)
+    if len(prompts) < requested:
+        summary["partial"] = (f"stopped by --time_limit: {len(prompts)} of {requested} prompts answered by "
+                              "every method; the same command resumes")
+        print(summary["partial"], file=sys.stderr)
+    throughput = per_rank(records)
+    if throughput:
+        summary["ranks"] = throughput
+    summary["versions"] = versions()
+    summary["provenance"] = provenance(model.device)
+    if not args.do_sample and "ar" in methods:
+        summary["divergences"] = explain_divergences(model, tokenizer, records, prompts, style, args.model_type)
+    write_outputs(store.dir, summary, records, args.save_data)
     return summary
 
 
@@ -184,14 +209,19 @@ def check_execution(args: EvalArgs, prompts) -> None:
 
 
 def add_quality(records: list[dict], prompts, args: EvalArgs) -> None:
-    """pass@1 for code datasets (executed in a sandbox), ROUGE-L for summaries."""
+    """pass@1 for code datasets (executed in a sandbox), ROUGE-L for summaries. An answer text that another method
+    gave to the same problem (greedy lossless methods all give AR's) is executed once."""
     by_id = {p.id: p for p in prompts}
+    executed = {}
     for record in records:
         prompt = by_id[record["id"]]
         if prompt.problem is not None and args.pass_at_k and record["turn"] == 0:
             if "passed" not in record:
-                result = check_completion(prompt.problem, record["text"], prompt.language, timeout=args.exec_timeout,
-                                          isolate=not args.unsafe_execution)
+                key = (record["id"], record["text"])
+                if key not in executed:
+                    executed[key] = check_completion(prompt.problem, record["text"], prompt.language,
+                                                     timeout=args.exec_timeout, isolate=not args.unsafe_execution)
+                result = executed[key]
                 record["passed"] = None if result.status == "skipped" else result.passed
                 record["exec_status"] = result.status
         if prompt.reference is not None:
@@ -259,6 +289,9 @@ def write_outputs(directory: Path, summary: dict, records: list[dict], save_data
     partial = f"\n{summary['partial']}\n" if summary.get("partial") else ""
     categories = report.category_table(summary)
     categories = f"\n## Per category\n\n{categories}\n" if categories else ""
+    if summary.get("ranks"):
+        columns = list(dict.fromkeys(key for row in summary["ranks"] for key in row))
+        categories += f"\n## Per rank (each on its own device)\n\n{markdown_table(summary['ranks'], columns)}\n"
     write_atomic(directory / "summary.md", f"# {summary['dataset']}: {summary['num_samples']} prompts\n{partial}\n"
                  + report.summary_table(summary) + "\n" + categories + divergence_table(summary))
     with writing(directory / "summary.png"):

@@ -29,6 +29,7 @@ from space.eval.datasets import default_max_new_tokens, load_eval_dataset
 from space.eval.flags import _flag, check_run_bounds
 from space.eval.harness import first_turn_ids
 from space.eval.pipeline import add_quality, check_execution, is_embedded, prompt_style, run_config
+from space.eval.ranks import Ranks, ShardedRun, agree, launch_settings, model_fingerprint, per_rank, process_group
 from space.io import provenance, versions, write_atomic, write_json
 from space.models import model_dtype
 
@@ -85,38 +86,52 @@ def evaluate_quality(args: QualityArgs) -> dict:
                          "prompts only (use scripts/eval_infer.py --methods ar)")
     max_new_tokens = args.max_new_tokens if args.max_new_tokens is not None else default_max_new_tokens(args.dataset)
     directory = args.output_dir or f"outputs/quality/{args.dataset}"
-    results.check_output_dir(directory)
+    ranks = Ranks.from_env()
+    if ranks.main:
+        results.check_output_dir(directory)
     check_execution(args, prompts)
-    model, tokenizer = space.load_model(args.llm_dir, adapter=args.adapter, dtype=args.dtype, device=args.device)
-    args = replace(args, dtype=model_dtype(model))  # `auto` recorded as what it chose
-    style = prompt_style(args)
-    method = args.method or ("space" if is_embedded(args.llm_dir) or space.read_mask_spec(model.config) else "ar")
-    note = prepare_method(method, model, tokenizer, [dict(max_new_tokens=max_new_tokens)],
-                          untrained=is_embedded(args.llm_dir))
-    if note:
-        print(note, file=sys.stderr)
-    config = run_config(args, [METHOD], {METHOD: dict(max_new_tokens=max_new_tokens, batch_size=args.batch_size,
-                                                      decoder=method)}, style, model)
-    with results.ResultStore(directory, config, overwrite=args.overwrite) as store:
-        done = store.done_ids(prompts, [METHOD])
-        answer_in_batches(model, tokenizer, [p for p in prompts if p.id not in done], store, style, args.model_type,
-                          max_new_tokens, args.batch_size, method, args.progress)
-        records = store.records()
-        add_quality(records, prompts, args)
-        store.rewrite(records)
-        summary = dict(methods={METHOD: quality_fields(records)},
-                       categories={category: quality_fields([r for r in records if r.get("category") == category])
-                                   for category in sorted({r["category"] for r in records if r.get("category")})})
-        summary.update(dataset=args.dataset, num_samples=len(prompts), prompt_style=style,
-                       settings=dict(do_sample=False, batch_size=args.batch_size, decoder=method,
-                                     max_new_tokens=max_new_tokens,
-                                     dtype=args.dtype, model=args.llm_dir or "embedded SmolLM2-135M-Instruct",
-                                     adapter=args.adapter),
-                       note="lossless batched greedy answers (each AR's own): a quality run, no speed is measured",
-                       versions=versions(), provenance=provenance(model.device))
-        write_json(store.dir / "summary.json", summary)
-        write_atomic(store.dir / "summary.md", quality_table(summary))
-    return summary
+    with process_group(ranks):
+        agree(ranks, launch_settings(args))
+        model, tokenizer = space.load_model(args.llm_dir, adapter=args.adapter, dtype=args.dtype,
+                                            device=ranks.device(args.device))
+        agree(ranks, {"model": model_fingerprint(model)})
+        args = replace(args, dtype=model_dtype(model))  # `auto` recorded as what it chose
+        style = prompt_style(args)
+        method = args.method or ("space" if is_embedded(args.llm_dir) or space.read_mask_spec(model.config) else "ar")
+        note = prepare_method(method, model, tokenizer, [dict(max_new_tokens=max_new_tokens)],
+                              untrained=is_embedded(args.llm_dir))
+        if note and ranks.main:
+            print(note, file=sys.stderr)
+        config = run_config(args, [METHOD], {METHOD: dict(max_new_tokens=max_new_tokens, batch_size=args.batch_size,
+                                                          decoder=method)}, style, model)
+        with ShardedRun(ranks, directory, config, overwrite=args.overwrite) as run:
+            done = run.store.done_ids(prompts, [METHOD])
+            answer_in_batches(model, tokenizer, [p for p in run.shard(prompts, [METHOD]) if p.id not in done],
+                              run.store, style, args.model_type, max_new_tokens, args.batch_size, method,
+                              args.progress, should_stop=run.should_stop,
+                              rank=ranks.rank if ranks.world > 1 else None)
+            if ranks.world > 1:  # each rank executes its own answers' programs
+                add_quality(run.store.new, prompts, args)
+            records = run.collect()
+            if not ranks.main:
+                return run.finish()
+            add_quality(records, prompts, args)
+            run.main_store.rewrite(records)
+            summary = dict(methods={METHOD: quality_fields(records)},
+                           categories={category: quality_fields([r for r in records if r.get("category") == category])
+                                       for category in sorted({r["category"] for r in records if r.get("category")})})
+            summary.update(dataset=args.dataset, num_samples=len(prompts), prompt_style=style,
+                           settings=dict(do_sample=False, batch_size=args.batch_size, decoder=method,
+                                         max_new_tokens=max_new_tokens,
+                                         dtype=args.dtype, model=args.llm_dir or "embedded SmolLM2-135M-Instruct",
+                                         adapter=args.adapter),
+                           note="lossless batched greedy answers (each AR's own): a quality run, no speed is measured",
+                           versions=versions(), provenance=provenance(model.device))
+            if ranks.world > 1 or any("rank" in r for r in records):
+                summary["ranks"] = [{"rank": row["rank"], "prompts": row["prompts"]} for row in per_rank(records)]
+            write_json(run.main_store.dir / "summary.json", summary)
+            write_atomic(run.main_store.dir / "summary.md", quality_table(summary))
+            return run.finish(summary)
 
 
 def quality_fields(records: list[dict]) -> dict:
@@ -145,14 +160,18 @@ def quality_table(summary: dict) -> str:
 
 
 def answer_in_batches(model, tokenizer, prompts, store, style: str, model_type: str, max_new_tokens: int,
-                      batch_size: int, method: str = "space", progress: bool = True) -> None:
-    """Greedy answers to `prompts` (first turns), `batch_size` decoding at once, stored chunk by chunk."""
+                      batch_size: int, method: str = "space", progress: bool = True, should_stop=None,
+                      rank: int | None = None) -> None:
+    """Greedy answers to `prompts` (first turns), `batch_size` decoding at once, stored chunk by chunk; before
+    each chunk, `should_stop()` may end it (another rank failed); `rank` is recorded in every answer."""
     device = model.get_input_embeddings().weight.device
     encoded = [(p, first_turn_ids(tokenizer, p, style, model_type, device)[0]) for p in prompts]
     encoded.sort(key=lambda item: len(item[1]))  # similar lengths together: less padding
     bar = tqdm(total=len(encoded), desc="answering", disable=not progress, unit="prompt")
     chunk = CHUNK * batch_size
     for start in range(0, len(encoded), chunk):
+        if should_stop and should_stop():
+            break
         part = encoded[start:start + chunk]
         answers = space.decode_batch(model, [ids for _, ids in part], method, batch_size=batch_size,
                                      max_new_tokens=max_new_tokens)
@@ -160,6 +179,6 @@ def answer_in_batches(model, tokenizer, prompts, store, style: str, model_type: 
             tokens = answer.tokens.tolist()
             store.add_prompt(prompt.id, [dict(id=prompt.id, turn=0, method=METHOD, category=prompt.category,
                                               text=tokenizer.decode(tokens, skip_special_tokens=True), ids=tokens,
-                                              prompt_tokens=len(ids))])
+                                              prompt_tokens=len(ids), **({} if rank is None else {"rank": rank}))])
         bar.update(len(part))
     bar.close()

@@ -6,12 +6,14 @@ the prompts whose answers are incomplete (a damaged line costs only its prompt; 
 method) counts once). The store writes, replaces and deletes only its own files (`RUN_FILES`), never
 the directory; it refuses a non-empty directory that holds no run, refuses a run with other settings
 unless `overwrite` (then only that run's files are removed), and holds a lock (`eval.lock`) for the
-whole run, so two runs never write into one directory at once.
+whole run, so two runs never write into one directory at once. A data-parallel run (`space.eval.ranks`) adds
+one part file per rank (`samples.rank<r>.jsonl`) that rank 0 merges into `samples.jsonl`.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -33,9 +35,29 @@ RECORD_KEY = ("id", "turn", "method")  # one answer: counted once
 ADDED_SETTINGS = {"carry_state": True, "batch_size": 1}
 
 
+PART_FILES = re.compile(r"samples\.rank\d+\.jsonl(\.tmp)?")  # one rank's answers while several ranks run
+
+
 def own_names() -> set[str]:
-    """The names the store may find in a run directory: its files, their temporary twins, the lock."""
+    """The names the store may find in a run directory: its files, their temporary twins, the lock (and the
+    ranks' part files, `is_own`)."""
     return {*RUN_FILES, *(name + ".tmp" for name in RUN_FILES), LOCK_FILE}
+
+
+def is_own(name: str) -> bool:
+    return name in own_names() or PART_FILES.fullmatch(name) is not None
+
+
+def part_path(directory: str | Path, rank: int) -> Path:
+    """Where rank `rank` of a data-parallel run appends its answers until rank 0 merges them (`space.eval.ranks`)."""
+    return Path(directory) / f"samples.rank{rank}.jsonl"
+
+
+def part_paths(directory: str | Path) -> list[Path]:
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    return sorted(path for path in directory.iterdir() if PART_FILES.fullmatch(path.name) and path.suffix == ".jsonl")
 
 
 def check_output_dir(directory: str | Path) -> None:
@@ -49,7 +71,7 @@ def check_output_dir(directory: str | Path) -> None:
         raise SpaceError(f"--output_dir {directory} {what}, not a directory: choose a directory")
     if not directory.is_dir():
         return
-    strangers = sorted(entry.name for entry in directory.iterdir() if entry.name not in own_names())
+    strangers = sorted(entry.name for entry in directory.iterdir() if not is_own(entry.name))
     if strangers and not (directory / CONFIG_FILE).is_file():
         shown = ", ".join(strangers[:3]) + (", ..." if len(strangers) > 3 else "")
         raise SpaceError(f"--output_dir {directory} is not empty ({shown}) and holds no evaluation run (no "
@@ -70,6 +92,7 @@ class ResultStore:
     def __init__(self, output_dir: str | Path, config: dict, overwrite: bool = False):
         self.dir = Path(output_dir)
         self.config = config
+        self.replaced = False  # whether `overwrite` removed a run with other settings
         check_output_dir(self.dir)
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -92,11 +115,12 @@ class ResultStore:
                                  "another --output_dir, or pass --overwrite to replace that run's files")
             if changes:
                 self._remove_run()
+                self.replaced = True
                 print(f"--overwrite: replaced the run in {self.dir} ({'; '.join(changes)})", file=sys.stderr)
                 previous = None
         self.log = JsonlLog(self.samples_path)
         records = self.log.resume()  # damaged lines are dropped before anything is appended after them
-        unique = _first_of_each(records)
+        unique = first_of_each(records)
         recompute = previous is not None and any(previous.get(k) != self.config.get(k) for k in RECOMPUTED_KEYS)
         if recompute:  # other quality settings: the answers stay, their pass@1 is measured again
             unique = [{k: v for k, v in r.items() if k not in QUALITY_FIELDS} for r in unique]
@@ -132,9 +156,8 @@ class ResultStore:
 
     def _remove_run(self) -> None:
         """Only the run's own files go; the directory and anything else in it stay."""
-        for name in own_names() - {LOCK_FILE}:
-            path = self.dir / name
-            if path.is_file() or path.is_symlink():
+        for path in self.dir.iterdir():
+            if is_own(path.name) and path.name != LOCK_FILE and (path.is_file() or path.is_symlink()):
                 path.unlink()
 
     def close(self) -> None:
@@ -152,7 +175,7 @@ class ResultStore:
 
     def records(self) -> list[dict]:
         """Every stored answer, each (prompt, turn, method) once."""
-        return _first_of_each(self.log.read())
+        return first_of_each(self.log.read())
 
     def done_ids(self, prompts: list[EvalPrompt], methods: list[str]) -> set[str]:
         return complete_ids(self.records(), prompts, methods)
@@ -165,6 +188,19 @@ class ResultStore:
         else:
             self.log.append(records)
             self._answered_ids.add(prompt_id)
+
+    def add_answers(self, records: list[dict]) -> None:
+        """Store answers of several prompts (other ranks' parts): like `add_prompt` per prompt, in one write."""
+        by_id: dict[str, list[dict]] = {}
+        for record in records:
+            by_id.setdefault(record["id"], []).append(record)
+        if not by_id:
+            return
+        if set(by_id) & self._answered_ids:
+            self.log.rewrite([r for r in self.records() if r["id"] not in by_id] + records)
+        else:
+            self.log.append(records)
+        self._answered_ids |= set(by_id)
 
     def rewrite(self, records: list[dict]) -> None:
         """Replace samples.jsonl atomically (used to add quality fields at the end)."""
@@ -204,7 +240,7 @@ def _key(record: dict) -> tuple | None:
     return tuple(str(record[k]) for k in RECORD_KEY)
 
 
-def _first_of_each(records: list[dict]) -> list[dict]:
+def first_of_each(records: list[dict]) -> list[dict]:
     seen, kept = set(), []
     for record in records:
         key = _key(record)
