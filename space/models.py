@@ -164,6 +164,7 @@ def load_model(
     merge_adapter: bool = True,
     fast_cpu_linear: bool | None = None,
     lean_layers: bool | None = None,
+    generate: str | None = None,
 ):
     """Load `(model, tokenizer)` from a HF directory, a hub name or a `.gguf` file (default: SmolLM2).
 
@@ -173,6 +174,8 @@ def load_model(
     on for CPU) computes multi-row linear layers with the faster CPU formulation (`space.kernels.fast_linear`).
     `lean_layers` (default: as `fast_cpu_linear`) switches LLaMA decoder layers to a leaner inference forward
     (`space.kernels.lean_layers`: fused q/k/v and gate/up products, fewer small ops); other models are unchanged.
+    `generate` (opt-in, e.g. "space"): the model's `generate` decodes with that `space.decode` method
+    (`space.decoding.generation`), so `pipeline("text-generation", model=model)` and other callers of `generate` use it.
     """
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -181,6 +184,13 @@ def load_model(
     from space.kernels.lean_layers import use_lean_layers
 
     _check_load_args(name_or_path, adapter, attn_implementation, merge_adapter, fast_cpu_linear, lean_layers)
+    if generate is not None and not isinstance(generate, str):
+        raise SpaceError(f"generate must be a method name such as 'space' or None (got {generate!r})")
+    if generate is not None:
+        from space.decoding import DECODERS
+
+        if generate not in DECODERS:
+            raise SpaceError(f"generate must be one of {sorted(DECODERS)} or None (got {generate!r})")
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
     if adapter is None and name_or_path is None and has_shipped_model():
@@ -226,6 +236,10 @@ def load_model(
         use_fast_linear(model)
     if lean_layers if lean_layers is not None else fast_cpu_linear:
         use_lean_layers(model)
+    if generate is not None:
+        from space.decoding.generation import use_space_generate
+
+        use_space_generate(model, generate)
     return model, tokenizer
 
 

@@ -271,9 +271,10 @@ def test_every_shipped_file_is_package_data(tmp_path):
                     str(tmp_path), str(source)], check=True, capture_output=True, cwd=tmp_path)
     (wheel,) = tmp_path.glob("space-*.whl")
     packed = set(zipfile.ZipFile(wheel).namelist())
-    for folder in ("configs", "default_model", "eval/data"):
+    for folder in ("configs", "default_model", "eval/data", "hub"):
         for path in (PACKAGE / folder).rglob("*"):
-            if path.is_file() and path.suffix in (".json", ".yaml", ".gz", ".safetensors", ".jsonl"):
+            if path.is_file() and (folder == "hub" and "__pycache__" not in path.parts
+                                   or path.suffix in (".json", ".yaml", ".gz", ".safetensors", ".jsonl")):
                 assert str(path.relative_to(ROOT)) in packed, f"{path.relative_to(ROOT)} is not in the wheel"
 
 

@@ -55,6 +55,38 @@ def test_generate_script_is_the_library_comparison(tiny_dir, capsys):
     assert "=== space: 6 tokens" in capsys.readouterr().out
 
 
+def test_generate_streams_each_answer_as_it_is_decoded_and_reports_step_latency(tiny_dir, capsys):
+    argv = ["--llm_dir", str(tiny_dir), "--prompt", "tok5 tok6 tok5 tok6 tok5", "--chat", "false",
+            "--methods", "space,ar", "--max_new_tokens", "10"]
+    results = generate.main([*argv, "--stream"])
+    out = capsys.readouterr().out
+    for method in ("space", "ar"):
+        assert f"=== {method} (streaming)\n{results[method]['text']}\n" in out  # streamed once, not printed again
+        assert 0 < results[method]["first_token_seconds"] <= results[method]["seconds"]
+        assert results[method]["mean_step_seconds"] > 0
+    assert out.count(results["ar"]["text"]) == 2  # both streams, nothing else
+
+
+def test_burst_printer_shows_multi_token_steps_in_colour_on_a_terminal():
+    import io
+
+    import torch
+
+    from space.eval.compare import BurstPrinter
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    out = Terminal()
+    printer = BurstPrinter(tiny_tokenizer(), out)
+    printer.put(torch.tensor([[5, 6]]))  # the prompt: skipped
+    printer.put(torch.tensor([7]))
+    printer.put(torch.tensor([8, 9]))
+    printer.end()
+    assert out.getvalue() == "tok7\033[32m tok8 tok9\033[0m\n"
+
+
 # --- what every entry point shares --------------------------------------------------------------------
 
 SCRIPTS = sorted((Path(__file__).resolve().parents[1] / "scripts").glob("*.py"))
@@ -62,6 +94,7 @@ REQUIRED = {  # scripts with required flags: given, so that the unknown flag is 
     "bench_train.py": ["--dataset", "d.json"], "eval_mask_accuracy.py": ["--data", "d.jsonl"],
     "export_default_model.py": ["--adapter_dir", "a"], "merge_lora.py": ["--adapter_dir", "a", "--output_dir", "o"],
     "train_sampler_head.py": ["--model", "m", "--train_data", "t", "--held_out", "h", "--output_dir", "o"],
+    "export_spec_bench.py": ["--run_dir", "r", "--answer_file", "a.jsonl"],
 }
 
 

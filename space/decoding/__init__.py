@@ -137,6 +137,9 @@ def decode_batch(model, prompts, method: str = "space", attention_mask: torch.Te
     rows = split_prompts(prompts, attention_mask)
     if batch_size is not None and (not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1):
         raise SpaceError(f"batch_size must be a whole number >= 1 or None (got {batch_size!r})")
+    if len(rows) > 1 and (parsed.streamer is not None or parsed.on_step is not None):
+        raise SpaceError("a streamer or on_step callback follows one prompt (as transformers' streamers do); "
+                         "decode_batch of several prompts takes neither")
     entry = DECODERS[method]
     if entry.generate_batch is None:
         if len(rows) > 1 and batch_size != 1:

@@ -35,6 +35,7 @@ import torch
 
 from space.adapters import addons
 from space.cache import CompactCache, cache_kwargs
+from space.decoding.observe import Observer, check_observers
 from space.decoding.sampling import Sampler
 from space.errors import SpaceError, SpaceWarning
 from space.models import unwrap
@@ -56,6 +57,8 @@ class DecodeOptions:
     top_k: int = 0  # 0 disables top-k
     top_p: float = 1.0
     seed: int | None = None
+    streamer: object = field(default=None, repr=False, compare=False)  # HF streamer (`space.decoding.observe`)
+    on_step: object = field(default=None, repr=False, compare=False)  # callable(Step) after each commit
 
     @classmethod
     def option_names(cls) -> list[str]:
@@ -69,6 +72,7 @@ class DecodeOptions:
 
     def validate(self) -> None:
         check_option_types(self)
+        check_observers(self.streamer, self.on_step)
         if self.max_new_tokens < 1:
             raise SpaceError(f"max_new_tokens must be >= 1 (got {self.max_new_tokens})")
         if self.seed is not None and not SEED_RANGE[0] <= self.seed <= SEED_RANGE[1]:
@@ -495,6 +499,7 @@ class Run:
     cache: CompactCache | None
     sampler: Sampler
     stats: DecodeStats
+    observer: Observer | None = None  # the streamer and on_step callback, if the call has them
 
     @classmethod
     def start(cls, target: Model, input_ids: torch.Tensor, options: DecodeOptions, stats: DecodeStats,
@@ -506,7 +511,10 @@ class Run:
         cache = (CompactCache.for_model(target.model, out.ids.numel() + cache_slack)
                  if options.use_cache and own_cache else None)
         generator = make_generator(options.seed, target.device) if options.do_sample else None
-        return cls(target, out, cache, Sampler.of(options, generator), stats)
+        observer = Observer.of(options)
+        if observer is not None:
+            observer.start(input_ids)
+        return cls(target, out, cache, Sampler.of(options, generator), stats, observer)
 
     @property
     def finished(self) -> bool:
@@ -531,7 +539,13 @@ class Run:
         `accepted` of them were drafts. Returns how many were kept."""
         emitted = self.out.append(tokens)
         self.stats.record(emitted, min(accepted, emitted))
+        if self.observer is not None:
+            self.observer.step(tokens[:emitted])
+            if self.out.finished:
+                self.observer.end()
         return emitted
 
     def result(self) -> DecodeResult:
+        if self.observer is not None:
+            self.observer.end()  # a loop that stops without a finishing commit (e.g. the context is full)
         return self.out.result(self.stats)

@@ -16,6 +16,7 @@ from transformers import GenerationConfig
 from space.adapters import addons
 from space.cache import passed_cache
 from space.decoding.common import DecodeOptions, DecodeResult, DecodeStats, check_prompt, eos_ids
+from space.decoding.observe import Observer, StreamRelay
 from space.decoding.sampling import Sampler
 from space.errors import SpaceError
 from space.models import unwrap
@@ -113,11 +114,15 @@ def _run(model, input_ids: torch.Tensor, options: DecodeOptions, **extra) -> Dec
     input_ids = input_ids.to(device)
     if options.seed is not None:
         torch.manual_seed(options.seed)  # HF samples from the global generator
+    observer = Observer.of(options)
     with _ForwardLog(model) as log:
-        output = model.generate(
+        # the class's generate: a model loaded with `generate="space"` has its own on the instance
+        output = type(model).generate(
+            model,
             input_ids=input_ids,
             attention_mask=torch.ones_like(input_ids),
             generation_config=_generation_config(model, options, **extra),
+            streamer=None if observer is None else StreamRelay(observer),
         )
     # transformers 5.0 prompt lookup can overshoot max_new_tokens by one token; never report more
     tokens = output[0, input_ids.shape[1] :][: options.max_new_tokens].clone()

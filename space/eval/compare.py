@@ -37,6 +37,8 @@ class GenerateArguments:
     dtype: str = "auto"
     device: str = "cpu"
     output: str | None = field(default=None, metadata={"help": "write the results as JSON here"})
+    stream: bool = field(default=False, metadata={
+        "help": "print each answer as it is decoded; a step's tokens arrive together (bursts of 2+ in green)"})
 
 
 def parse_compare_args(argv=None, description: str | None = None) -> GenerateArguments:
@@ -77,8 +79,16 @@ def compare(args: GenerateArguments) -> dict:
     results = {}
     for method in methods:
         space.decode(model, input_ids, method, **dict(options[method], max_new_tokens=4))  # warm-up
-        result, seconds = timed_decode(model, input_ids, method, options[method])
+        steps = []
+        watched = dict(options[method], on_step=steps.append)
+        if args.stream:
+            print(f"=== {method} (streaming)", flush=True)
+            watched["streamer"] = BurstPrinter(tokenizer)
+        result, seconds = timed_decode(model, input_ids, method, watched)
         results[method] = dict(
+            first_token_seconds=round(steps[0].seconds, 4) if steps else None,
+            mean_step_seconds=round((steps[-1].seconds - steps[0].seconds) / (len(steps) - 1), 4)
+            if len(steps) > 1 else None,
             text=tokenizer.decode(result.tokens, skip_special_tokens=True),
             tokens=result.tokens.tolist(),
             seconds=round(seconds, 3),
@@ -92,3 +102,35 @@ def compare(args: GenerateArguments) -> dict:
     if args.output:
         write_json(args.output, results)
     return results
+
+
+class BurstPrinter:
+    """A streamer that prints an answer as it arrives, one step's tokens at a time: a step that commits two or more
+    tokens (a draft or a copy accepted) is shown in green on a terminal. The prompt (the first `put`) is skipped."""
+
+    def __init__(self, tokenizer, out=None):
+        self.tokenizer, self.out = tokenizer, out or sys.stdout
+        self.tokens: list[int] = []
+        self.shown = 0
+        self.prompt_seen = False
+        self.color = getattr(self.out, "isatty", lambda: False)()
+
+    def put(self, value) -> None:
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        new = value.reshape(-1).tolist()
+        self.tokens += new
+        text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+        if text.endswith("\ufffd"):  # a character split across tokens: wait for its end
+            return
+        piece, self.shown = text[self.shown:], len(text)
+        if self.color and len(new) > 1:
+            piece = f"\033[32m{piece}\033[0m"
+        self.out.write(piece)
+        self.out.flush()
+
+    def end(self) -> None:
+        text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+        self.out.write(text[self.shown:] + "\n")
+        self.out.flush()

@@ -5,6 +5,7 @@
 | `human_eval` | vendored HumanEval-X Python, the original instruction prompt (docs/spec/SPACE.md §4.2) | 1 | pass@1 |
 | `humaneval-x-{python,cpp,java,js,go}` | vendored HumanEval-X, the same instruction per language | 1 | pass@1 |
 | `mt-bench` | FastChat `question.jsonl` (`--data_path`) or a hub name | 2 | per-category speed |
+| `spec-bench` | Spec-Bench's `data/spec_bench/question.jsonl` (`--data_path`), MT-bench's format | 1-2 | per category |
 | `cip` | chatbot instruction prompts, first 100 `prompt`s (`--data_path` or hub) | 1 | - |
 | `xsum` | `document` / `summary` (`--data_path` or hub) | 1 | ROUGE-L |
 | `general` | the project's own (`data/general/`): 72 prompts, 12 in each of 6 categories | 1 (chat: 2) | per category |
@@ -35,7 +36,7 @@ ORIGINAL_HUMANEVAL_INSTRUCTION = (
 )
 # The original's generation budget per dataset (docs/spec/SPACE.md §4.2); xsum and general are ours.
 DEFAULT_MAX_NEW_TOKENS = {"human_eval": 1024, "humaneval-x": 1024, "mt-bench": 1024, "cip": 512, "xsum": 128,
-                          "general": 256}
+                          "general": 256, "spec-bench": 1024}  # Spec-Bench's own default: 1024
 HUB_NAMES = {"mt-bench": "HuggingFaceH4/mt_bench_prompts", "cip": "alespalla/chatbot_instruction_prompts",
              "xsum": "EdinburghNLP/xsum"}
 XSUM_INSTRUCTION = "Summarize the following article in one sentence.\n\n"
@@ -56,8 +57,8 @@ class EvalPrompt:
 
 
 def dataset_names() -> list[str]:
-    return ["human_eval", *[f"humaneval-x-{lang}" for lang in HUMANEVAL_LANGUAGES], "mt-bench", "cip", "xsum",
-            "general"]
+    return ["human_eval", *[f"humaneval-x-{lang}" for lang in HUMANEVAL_LANGUAGES], "mt-bench", "spec-bench", "cip",
+            "xsum", "general"]
 
 
 def default_max_new_tokens(name: str) -> int:
@@ -74,7 +75,7 @@ def load_eval_dataset(name: str, data_path: str | None = None, num_samples: int 
         prompts = _humaneval("python", data_path, faithful=True, execute=execute)
     elif name.startswith("humaneval-x-") and name.split("-", 2)[2] in HUMANEVAL_LANGUAGES:
         prompts = _humaneval(name.split("-", 2)[2], data_path, faithful=False, execute=execute)
-    elif name == "mt-bench":
+    elif name in ("mt-bench", "spec-bench"):
         prompts = _conversations(_records(name, data_path), name)
     elif name == "cip":
         prompts = [EvalPrompt(id=str(i), turns=[_field(r, "prompt", name, i)])
@@ -153,6 +154,9 @@ def _field(record: dict, key: str, dataset: str, index: int) -> str:
 
 def _records(dataset: str, data_path: str | None) -> list[dict]:
     if data_path is None:
+        if dataset == "spec-bench":  # 480 questions (MT-bench's 80 and 80 in each of five tasks), not on the hub
+            raise SpaceError("dataset 'spec-bench' is not vendored: pass --data_path with Spec-Bench's "
+                             "data/spec_bench/question.jsonl (github.com/hemingkx/Spec-Bench)")
         raise SpaceError(f"dataset {dataset!r} is not vendored: pass --data_path (a local .json/.jsonl file, "
                          f"or a hub dataset such as {HUB_NAMES.get(dataset, 'its hub name')})")
     path = Path(data_path)

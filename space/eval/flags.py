@@ -92,6 +92,12 @@ class ToolkitFlags:
                                            "(resume later)")
     batch_size: int = _flag(1, "prompts answered at once: the methods that batch (space, ar) decode them in one "
                                "space.decode_batch call per turn, timed together (total tokens/s)")
+    answer_format: str | None = _flag(None, "spec-bench: also write Spec-Bench model-answer files (--answer_file)",
+                                      choices=["spec-bench"])
+    answer_file: str | None = _flag(None, "Spec-Bench answers: a path with {method}, or F.jsonl -> F-<method>.jsonl "
+                                          "(default: <output_dir>/spec_bench-{method}.jsonl)")
+    model_id: str | None = _flag(None, "the model_id in Spec-Bench answers (default: the model's folder name, "
+                                       "+ -<method>)")
 
 
 @dataclass
@@ -124,3 +130,5 @@ def check_eval_args(args: EvalArgs) -> None:
         raise SpaceError(f"--warmup must be 0 (no warm-up) or more rounds (got {args.warmup})")
     if args.time_limit is not None and not args.time_limit >= 0:
         raise SpaceError(f"--time_limit must be 0 or more seconds (got {args.time_limit:g})")
+    if args.answer_file is not None and args.answer_format is None:
+        raise SpaceError("--answer_file names where --answer_format writes; pass --answer_format spec-bench")

@@ -29,7 +29,7 @@ from statistics import mean
 
 import space
 from space.decoding import option_names, parse_options, prepare
-from space.eval import harness, report, results
+from space.eval import harness, report, results, spec_bench
 from space.eval.code import check_completion, check_isolation
 from space.eval.datasets import default_max_new_tokens, load_eval_dataset
 from space.eval.divergence import explain, near_tie_threshold
@@ -43,6 +43,7 @@ from space.models import BASE_MODEL_ALIASES, model_dtype
 # The flag a `space@K` / `sdsat@K` label sets; every other option comes from the flag of the same name
 # (`method_options`, driven by each decoder's Options class).
 VARIANT_OPTION = {"space": "mask_num", "sdsat": "sat_num"}  # `space@K` / `sdsat@K`: k sweeps
+SPEC_BENCH_FILES = "spec_bench-{method}.jsonl"  # --answer_format spec-bench without --answer_file
 
 
 def evaluate(args: EvalArgs) -> dict:
@@ -118,6 +119,12 @@ def summarize_run(model, tokenizer, stored: list[dict], prompts, methods: list[s
     if not args.do_sample and "ar" in methods:
         summary["divergences"] = explain_divergences(model, tokenizer, records, prompts, style, args.model_type)
     write_outputs(store.dir, summary, records, args.save_data)
+    if args.answer_format == "spec-bench":
+        written = spec_bench.write_answer_files(records, methods, args.answer_file or store.dir / SPEC_BENCH_FILES,
+                                                args.model_id or spec_bench.default_model_id(args.llm_dir),
+                                                args.dataset)
+        summary["answer_files"] = [str(path) for path in written]
+        write_json(store.dir / "summary.json", summary)
     return summary
 
 
