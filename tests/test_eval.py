@@ -216,6 +216,9 @@ def test_batched_evaluation_times_batches_and_gives_every_prompt_its_one_prompt_
         assert batched["methods"][method]["mean_batch_size"] == pytest.approx((3 * 3 + 2 * 2) / 5)
         assert batched["methods"][method]["identity_rate"] == 1.0
         assert "mean_batch_size" not in single["methods"][method]
+    assert batched["methods"]["ar"]["batch1_ar_identity_rate"] == 1.0  # each batched AR row is its batch-1 answer
+    assert all(r["equals_batch1_ar"] for r in read["three"] if r["method"] == "ar")
+    assert "batch1_ar_identity_rate" not in batched["methods"]["space"]
     run_eval(cli(tiny_dir, tmp_path / "three", *flags, "--batch_size", "3"))  # nothing decoded again
     assert len((tmp_path / "three" / "samples.jsonl").read_text().splitlines()) == 15
     with pytest.raises(space.SpaceError, match="batch_size"):
@@ -649,3 +652,17 @@ def test_quality_executes_each_distinct_answer_of_a_problem_once(monkeypatch):
     add_quality(records, prompts, SimpleNamespace(pass_at_k=True, exec_timeout=1.0, unsafe_execution=False))
     assert calls == ["good", "bad", "good"]  # p0's second "good" is not run again; p1's is another problem
     assert [r["passed"] for r in records] == [True, True, False, True]
+
+
+def test_a_batched_ar_row_that_differs_from_its_batch1_answer_is_reported(tiny_dir, tmp_path, monkeypatch):
+    original = space.decode_batch
+
+    def off_by_one(model, prompts, method, **options):  # a batched decoder that is wrong on its first row
+        results = original(model, prompts, method, **options)
+        results[0].tokens[-1] = (results[0].tokens[-1] + 1) % 50
+        return results
+
+    monkeypatch.setattr(space, "decode_batch", off_by_one)
+    summary = run_eval(cli(tiny_dir, tmp_path / "run", "--num_samples", "4", "--methods", "ar", "--pass_at_k",
+                           "false", "--batch_size", "2"))
+    assert summary["methods"]["ar"]["batch1_ar_identity_rate"] == 0.5

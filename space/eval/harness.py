@@ -91,7 +91,9 @@ def run_prompts(
     `batch_size` > 1: consecutive unfinished prompts are answered `batch_size` at a time, turn by turn, each method
     that batches (`space.decoding.batching_methods`) in one `decode_batch` call per turn (the others one prompt at
     a time). An answer's `seconds` is its share of the call (the call's time over its rows: the totals are the
-    wall time), `batch_seconds` the call's time (the row's latency) and `batch_size` its rows.
+    wall time), `batch_seconds` the call's time (the row's latency) and `batch_size` its rows. Greedy batched AR
+    rows are also decoded alone, untimed: `equals_batch1_ar` says whether the row is that batch-1 answer (every other
+    method's identity is measured against the batched AR answers).
 
     Data-parallel runs (`space.eval.ranks`): `should_stop()` is asked before each new prompt group (another rank
     failed: stop as at a time limit), and `rank` is recorded in every answer.
@@ -142,16 +144,22 @@ def answer_group(model, tokenizer, group: list[EvalPrompt], methods: list[str], 
             inputs = [encode(tokenizer, render(histories[prompt.id, method] + [(prompt.turns[turn], None)], style,
                                                model_type, tokenizer), style, device) for prompt in rows]
             chosen = dict(options[method], **sessions[method])
+            checks = [None] * len(rows)
             if len(rows) > 1 and decoder_name(method) in batching_methods():
                 results, seconds = timed_decode(model, [ids[0] for ids in inputs], method, chosen, device)
                 timings = [(seconds / len(rows), seconds, len(rows))] * len(rows)
+                if decoder_name(method) == "ar" and not chosen.get("do_sample"):
+                    # untimed: each batched AR row against the same prompt decoded alone
+                    checks = [space.decode(model, ids, "ar", **chosen).tokens.tolist() == result.tokens.tolist()
+                              for ids, result in zip(inputs, results)]
             else:
                 results, timings = [], []
                 for ids in inputs:
                     result, seconds = timed_decode(model, ids, method, chosen, device)
                     results.append(result)
                     timings.append((seconds, None, 1))
-            for prompt, ids, result, (seconds, batch_seconds, rows_in_call) in zip(rows, inputs, results, timings):
+            for prompt, ids, result, (seconds, batch_seconds, rows_in_call), check in zip(rows, inputs, results,
+                                                                                         timings, checks):
                 answer = tokenizer.decode(result.tokens, skip_special_tokens=True)
                 histories[prompt.id, method].append((prompt.turns[turn], answer))
                 records[prompt.id].append(dict(
@@ -159,6 +167,7 @@ def answer_group(model, tokenizer, group: list[EvalPrompt], methods: list[str], 
                     ids=result.tokens.tolist(), prompt_tokens=ids.shape[1], seconds=round(seconds, 5),
                     **({"batch_seconds": round(batch_seconds, 5), "batch_size": rows_in_call}
                        if batch_seconds is not None else {}),
+                    **({"equals_batch1_ar": check} if check is not None else {}),
                     **result.stats.record_fields(),  # steps and every per-step / per-round list of the method
                     **({"session": {name: state.to_json() for name, state in sessions[method].items()}}
                        if carry_state and sessions[method] else {}),

@@ -55,12 +55,15 @@ def method_summary(records: list[dict]) -> dict:
 
 def batch_summary(records: list[dict]) -> dict:
     """For answers decoded in batches (`--batch_size`): the mean rows per call and the mean time of a call, each
-    row's latency (its `seconds` are its share of the call, so `tokens_per_second` is the total throughput)."""
+    row's latency (its `seconds` are its share of the call, so `tokens_per_second` is the total throughput), and
+    for batched greedy AR the share of rows equal to the same prompt decoded alone."""
     batched = [r for r in records if "batch_seconds" in r]
     if not batched:
         return {}
+    checked = [r["equals_batch1_ar"] for r in batched if "equals_batch1_ar" in r]
     return dict(mean_batch_size=round(sum(r["batch_size"] for r in batched) / len(batched), 2),
-                mean_row_latency_seconds=round(sum(r["batch_seconds"] for r in batched) / len(batched), 4))
+                mean_row_latency_seconds=round(sum(r["batch_seconds"] for r in batched) / len(batched), 4),
+                **({"batch1_ar_identity_rate": round(sum(checked) / len(checked), 4)} if checked else {}))
 
 
 def tree_summary(records: list[dict], steps: int) -> dict:
