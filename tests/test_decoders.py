@@ -23,7 +23,8 @@ from space.eval.results import ResultStore
 from space.testing import tiny_llama, tiny_tokenizer
 
 PROMPT = torch.tensor([[5, 6, 7]])
-SHARED = ["max_new_tokens", "eos_token_id", "use_cache", "do_sample", "temperature", "top_k", "top_p", "seed"]
+SHARED = ["max_new_tokens", "eos_token_id", "use_cache", "do_sample", "temperature", "top_k", "top_p", "seed",
+          "streamer", "on_step"]
 # per method: an option another method takes but this one does not
 INAPPLICABLE = {"ar": "mask_num", "space": "skip_layers", "hf": "sat_num", "prompt_lookup": "mask_num",
                 "self_spec": "sampling_mode", "sdsat": "max_draft"}

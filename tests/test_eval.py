@@ -399,6 +399,8 @@ def test_run_config_holds_every_setting_the_answers_depend_on(tiny_dir, tmp_path
         "output_dir": "where the run is", "overwrite": "what to do with another run",
         "save_data": "which summaries are written (rewritten every run)", "warmup": "untimed",
         "progress": "display", "time_limit": "when to stop starting prompts (resumable)",
+        "answer_format": "extra files written from the answers", "answer_file": "the same",
+        "model_id": "a name in those files",
         "skip_layers": "resolved into options.self_spec.skip_layers", "skip_layers_key": "the same",
         "mask_num": "in options / the model config",
         "mask_id": "in options.space", "mask_diff": "in options.space", "sat_num": "in options.sdsat",
@@ -528,6 +530,7 @@ def test_every_decoder_option_is_an_eval_flag_or_deliberately_not():
         "auto_parameters": "the reference's fixed γ-update constants",
         "adaptive_threshold": "always on in the paper's evaluation",
         "prompt_lookup_num_tokens": "HF's default for the baseline",
+        "streamer": "an object that watches a decode (Python API only)", "on_step": "the same",
     }
     flags = {f.name for f in fields(EvalArgs)}
     options = {name for method in DECODERS for name in option_names(method)}

@@ -211,7 +211,8 @@ decode.__doc__ = f"""Generate from a `[1, n]` prompt with `method` (one of `DECO
 
     An unknown method, an option the method does not take, or one of the wrong type is a `SpaceError`
     naming the fix. `max_new_tokens` beyond the room the model's context leaves after the prompt is cut
-    to that room, with a `SpaceWarning`.
+    to that room, with a `SpaceWarning`. `streamer` (an HF streamer) and `on_step` (a callable) watch the decode
+    as it goes: `space.decoding.observe`.
     """
 
 
