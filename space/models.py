@@ -209,8 +209,10 @@ def load_model(
         check_weight_files(Path(source), "model")
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **load_kwargs)
+        # use_kernels=False: from transformers 5.25 hub kernels replace layers by default (downloaded, and not the
+        # layers every decoder's identity with AR is tested on); 5.24 takes the same argument with this default
         model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=torch_dtype, attn_implementation=attn_implementation, **load_kwargs
+            source, dtype=torch_dtype, attn_implementation=attn_implementation, use_kernels=False, **load_kwargs
         )
     except (OSError, ValueError, SafetensorError) as error:
         if isinstance(error, SpaceError):
