@@ -253,3 +253,5 @@ def test_per_rank_throughput():
     assert per_rank(records) == [{"rank": 0, "prompts": 1, "ar tok/s": 10.0, "space tok/s": 20.0},
                                  {"rank": 1, "prompts": 1, "ar tok/s": 3.0}]
     assert per_rank([{k: v for k, v in r.items() if k != "rank"} for r in records]) == []
+    untimed = [{k: v for k, v in r.items() if k != "seconds"} for r in records]  # a quality run's answers
+    assert per_rank(untimed) == [{"rank": 0, "prompts": 1}, {"rank": 1, "prompts": 1}]

@@ -156,7 +156,7 @@ def per_rank(records: list[dict]) -> list[dict]:
     for rank in sorted({r.get("rank") for r in records}, key=lambda value: (value is None, value)):
         mine = [r for r in records if r.get("rank") == rank]
         row = {"rank": rank, "prompts": len({r["id"] for r in mine})}
-        for method in dict.fromkeys(r["method"] for r in mine):
+        for method in dict.fromkeys(r["method"] for r in mine if "seconds" in r):  # a quality run times nothing
             answers = [r for r in mine if r["method"] == method]
             seconds = sum(r["seconds"] for r in answers)
             row[f"{method} tok/s"] = round(sum(len(r["ids"]) for r in answers) / seconds, 2) if seconds else None
