@@ -4,7 +4,6 @@
     model, tokenizer = space.load_model()      # the shipped SPACE model: SmolLM2-135M-Instruct + trained masks
     ids = tokenizer("def fib(n):", return_tensors="pt").input_ids
     out = model.generate(ids, custom_generate=space.CUSTOM_GENERATE, trust_remote_code=True, max_new_tokens=64)
-    ids = tokenizer("def fib(n):", return_tensors="pt").input_ids
     result = space.decode(model, ids, method="space", max_new_tokens=64)
     print(tokenizer.decode(result.tokens), result.stats.mean_tokens_per_step)
     results = space.decode_batch(model, [ids[0], other_ids[0]], method="space")   # many prompts, one forward a step

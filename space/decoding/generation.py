@@ -86,13 +86,13 @@ def generate(model, inputs: torch.Tensor | None = None, generation_config=None, 
         if rows.shape[0] > 1:
             raise SpaceError("a streamer follows one sequence (as in transformers); generate one prompt with it")
         options["streamer"] = streamer
-    if do_sample_without_seed(options, config):
+    if config.do_sample and options.get("seed") is None:
         options["seed"] = int(torch.randint(0, 2**62, (1,)).item())  # from torch's global generator, as HF samples
     if rows.shape[0] == 1 and mask is None:
         results = [space.decode(model, rows, space_method, **options)]
     else:
         results = space.decode_batch(model, rows, space_method, attention_mask=mask, **options)
-    sequences = with_prompts(rows, results, pad_token_id(model, config))
+    sequences = with_prompts(rows, results, pad_token_id(config))
     if config.return_dict_in_generate:
         return SpaceGenerateOutput(sequences=sequences, decode_stats=[r.stats for r in results], method=space_method)
     return sequences
@@ -133,11 +133,7 @@ def decode_options(config, prompt_length: int) -> dict:
     return options
 
 
-def do_sample_without_seed(options: dict, config) -> bool:
-    return bool(config.do_sample) and options.get("seed") is None
-
-
-def pad_token_id(model, config) -> int:
+def pad_token_id(config) -> int:
     """What fills a row that ended early: the config's pad id, else its first EOS id (as HF does), else 0."""
     if config.pad_token_id is not None:
         return int(config.pad_token_id)

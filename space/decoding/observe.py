@@ -50,10 +50,9 @@ class Observer:
 
     @classmethod
     def of(cls, options) -> "Observer | None":
-        streamer, on_step = getattr(options, "streamer", None), getattr(options, "on_step", None)
-        if streamer is None and on_step is None:
+        if options.streamer is None and options.on_step is None:
             return None
-        return cls(streamer, on_step, options.max_new_tokens)
+        return cls(options.streamer, options.on_step, options.max_new_tokens)
 
     def start(self, prompt: torch.Tensor) -> None:
         """The prompt, as HF's generate puts it first (`[1, n]` on the CPU)."""

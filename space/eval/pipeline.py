@@ -35,7 +35,7 @@ from space.eval.datasets import default_max_new_tokens, load_eval_dataset
 from space.eval.divergence import explain, near_tie_threshold
 from space.eval.flags import EvalArgs, check_eval_args
 from space.eval.metrics import split_label, summarize
-from space.eval.ranks import Ranks, ShardedRun, agree, launch_settings, model_fingerprint, per_rank, process_group
+from space.eval.ranks import Ranks, ShardedRun, load_agreed, per_rank, process_group
 from space.eval.rouge import rouge_l
 from space.io import markdown_table, provenance, versions, write_atomic, write_json, writing
 from space.models import BASE_MODEL_ALIASES, model_dtype
@@ -63,10 +63,7 @@ def evaluate(args: EvalArgs) -> dict:
         parse_options(split_label(method)[0], chosen)
     check_execution(args, prompts)  # before hours of decoding: one clear error if programs cannot be isolated
     with process_group(ranks):
-        agree(ranks, launch_settings(args))
-        model, tokenizer = space.load_model(args.llm_dir, adapter=args.adapter, dtype=args.dtype,
-                                            device=ranks.device(args.device))
-        agree(ranks, {"model": model_fingerprint(model)})
+        model, tokenizer = load_agreed(ranks, args)
         args = replace(args, dtype=model_dtype(model))  # `auto` recorded as what it chose: a resume compares dtypes
         style = prompt_style(args)
         note = prepare_methods(model, tokenizer, methods, options, untrained=is_embedded(args.llm_dir))
@@ -80,7 +77,7 @@ def evaluate(args: EvalArgs) -> dict:
             harness.run_prompts(model, tokenizer, run.shard(prompts, methods), methods, options, run.store, style,
                                 args.model_type, progress=args.progress, time_limit=args.time_limit,
                                 carry_state=args.carry_state, batch_size=args.batch_size,
-                                should_stop=run.should_stop, rank=ranks.rank if ranks.world > 1 else None)
+                                should_stop=run.should_stop, rank=ranks.recorded)
             if ranks.world > 1:  # each rank executes its own answers' programs: rank 0 alone would take as long
                 add_quality(run.store.new, prompts, args)
             stored = run.collect()
@@ -118,13 +115,12 @@ def summarize_run(model, tokenizer, stored: list[dict], prompts, methods: list[s
     summary["provenance"] = provenance(model.device)
     if not args.do_sample and "ar" in methods:
         summary["divergences"] = explain_divergences(model, tokenizer, records, prompts, style, args.model_type)
-    write_outputs(store.dir, summary, records, args.save_data)
     if args.answer_format == "spec-bench":
         written = spec_bench.write_answer_files(records, methods, args.answer_file or store.dir / SPEC_BENCH_FILES,
                                                 args.model_id or spec_bench.default_model_id(args.llm_dir),
                                                 args.dataset)
         summary["answer_files"] = [str(path) for path in written]
-        write_json(store.dir / "summary.json", summary)
+    write_outputs(store.dir, summary, records, args.save_data)
     return summary
 
 

@@ -29,7 +29,7 @@ from space.eval.datasets import default_max_new_tokens, load_eval_dataset
 from space.eval.flags import _flag, check_run_bounds
 from space.eval.harness import first_turn_ids
 from space.eval.pipeline import add_quality, check_execution, is_embedded, prompt_style, run_config
-from space.eval.ranks import Ranks, ShardedRun, agree, launch_settings, model_fingerprint, per_rank, process_group
+from space.eval.ranks import Ranks, ShardedRun, load_agreed, per_rank, process_group
 from space.io import provenance, versions, write_atomic, write_json
 from space.models import model_dtype
 
@@ -91,10 +91,7 @@ def evaluate_quality(args: QualityArgs) -> dict:
         results.check_output_dir(directory)
     check_execution(args, prompts)
     with process_group(ranks):
-        agree(ranks, launch_settings(args))
-        model, tokenizer = space.load_model(args.llm_dir, adapter=args.adapter, dtype=args.dtype,
-                                            device=ranks.device(args.device))
-        agree(ranks, {"model": model_fingerprint(model)})
+        model, tokenizer = load_agreed(ranks, args)
         args = replace(args, dtype=model_dtype(model))  # `auto` recorded as what it chose
         style = prompt_style(args)
         method = args.method or ("space" if is_embedded(args.llm_dir) or space.read_mask_spec(model.config) else "ar")
@@ -109,7 +106,7 @@ def evaluate_quality(args: QualityArgs) -> dict:
             answer_in_batches(model, tokenizer, [p for p in run.shard(prompts, [METHOD]) if p.id not in done],
                               run.store, style, args.model_type, max_new_tokens, args.batch_size, method,
                               args.progress, should_stop=run.should_stop,
-                              rank=ranks.rank if ranks.world > 1 else None)
+                              rank=ranks.recorded)
             if ranks.world > 1:  # each rank executes its own answers' programs
                 add_quality(run.store.new, prompts, args)
             records = run.collect()
@@ -127,8 +124,9 @@ def evaluate_quality(args: QualityArgs) -> dict:
                                          adapter=args.adapter),
                            note="lossless batched greedy answers (each AR's own): a quality run, no speed is measured",
                            versions=versions(), provenance=provenance(model.device))
-            if ranks.world > 1 or any("rank" in r for r in records):
-                summary["ranks"] = [{"rank": row["rank"], "prompts": row["prompts"]} for row in per_rank(records)]
+            shares = per_rank(records)  # untimed answers: each rank's prompts
+            if shares:
+                summary["ranks"] = shares
             write_json(run.main_store.dir / "summary.json", summary)
             write_atomic(run.main_store.dir / "summary.md", quality_table(summary))
             return run.finish(summary)

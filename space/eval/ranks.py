@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+import space
 from space.errors import SpaceError
 from space.eval import results
 from space.eval.datasets import EvalPrompt
@@ -71,6 +72,11 @@ class Ranks:
     @property
     def main(self) -> bool:
         return self.rank == 0
+
+    @property
+    def recorded(self) -> int | None:
+        """The rank each answer records: None for a one-process run, whose answers carry none."""
+        return self.rank if self.world > 1 else None
 
     def device(self, requested: str) -> str:
         """The device this rank decodes on: with several ranks on a node, `cuda`/`auto` (with CUDA) is
@@ -129,6 +135,16 @@ def agree(ranks: Ranks, settings: dict) -> None:
             shown = "; ".join(_difference(name, every[0].get(name), theirs.get(name), rank) for name in names[:3])
             raise SpaceError(f"rank {rank} was started with other settings than rank 0 ({shown}): start every rank "
                              "with the same command, libraries and files")
+
+
+def load_agreed(ranks: Ranks, args):
+    """`(model, tokenizer)` of `args` (`llm_dir`, `adapter`, `dtype`, `device`) on this rank's device, once every rank
+    has shown the same flags and libraries (before loading) and the same model (after)."""
+    agree(ranks, launch_settings(args))
+    model, tokenizer = space.load_model(args.llm_dir, adapter=args.adapter, dtype=args.dtype,
+                                        device=ranks.device(args.device))
+    agree(ranks, {"model": model_fingerprint(model)})
+    return model, tokenizer
 
 
 def launch_settings(args) -> dict:
